@@ -1,0 +1,435 @@
+"""The engine: a batch of raw gift records in, outputs out. No I/O, no clock, no randomness.
+
+Per partition and per event, in arrival order:
+  1. decode and validate (bad input -> dead letter with a reason code);
+  2. bound the event time against the watermark (far future / older than the dedupe horizon -> dead letter);
+  3. dedupe by event_id (a duplicate is counted and skipped);
+  4. advance the watermark and fire what it makes due, in order: streak timeouts, window closes, expiry;
+  5. credit the gift: at once for a plain gift, at the end or timeout of a streak for a streakable one.
+A credit adds to the balance and to the pane of its event time, and emits a notice when the balance
+crosses the region's threshold from below. Because every decision depends only on the event sequence
+of the partition, the outputs do not depend on how the sequence is cut into batches.
+"""
+
+from __future__ import annotations
+
+import base64
+import heapq
+from collections import Counter
+from dataclasses import dataclass, field
+
+from aiokafka.partitioner import murmur2
+
+from stream import model
+from stream.model import (
+    DeadLetter,
+    GiftEvent,
+    LateGift,
+    MissedWindow,
+    Payout,
+    PayoutNotice,
+    WindowTotal,
+)
+from stream.policy import Policy
+from stream.state import RETENTION_BUCKET_MS, CreatorState, PartitionState, Streak
+
+STREAKABLE = 1  # gift_type of gifts sent as streaks with cumulative repeat_count
+
+
+@dataclass
+class Outputs:
+    """What one or more batches produced, in emission order."""
+
+    notices: list[PayoutNotice] = field(default_factory=list)
+    window_totals: list[WindowTotal] = field(default_factory=list)
+    late: list[LateGift] = field(default_factory=list)
+    dead_letters: list[DeadLetter] = field(default_factory=list)
+    stats: Counter[str] = field(default_factory=Counter)
+
+
+@dataclass
+class Dirty:
+    """Keys changed since the last changelog flush (one changelog record per key per batch)."""
+
+    creators: set[str] = field(default_factory=set)
+    streaks: set[str] = field(default_factory=set)
+    seen_buckets: dict[int, int] = field(default_factory=dict)  # bucket -> its length before this batch
+    expired_buckets: set[int] = field(default_factory=set)
+    payouts: list[str] = field(default_factory=list)
+
+
+class PartitionEngine:
+    """Processes the event sequence of one input partition."""
+
+    def __init__(self, policy: Policy, partition: int = 0, state: PartitionState | None = None,
+                 source_topic: str = "gifts") -> None:
+        self.policy = policy
+        self.partition = partition
+        self.source_topic = source_topic
+        self.state = state if state is not None else PartitionState()
+        self.dirty = Dirty()
+        self._rates = {r: p.milli_diamonds_per_coin for r, p in policy.regions.items()}
+        self._thresholds = {r: p.threshold_milli_diamonds for r, p in policy.regions.items()}
+        self._pane = policy.pane_ms
+        self._grace = policy.grace_ms
+        self._timeout = policy.streak_timeout_ms
+        self._horizon = policy.dedupe_horizon_ms
+        self._future = policy.max_future_ms
+        self._rebuild_timers()
+
+    # ---------------------------------------------------------------- timers (derived state)
+
+    def _rebuild_timers(self) -> None:
+        st = self.state
+        self._heap = [(s.last_ts + self._timeout, k) for k, s in st.streaks.items() if s.open]
+        heapq.heapify(self._heap)
+        self._next_timer = self._compute_next_timer()
+
+    def _compute_next_timer(self) -> int:
+        st = self.state
+        if st.watermark is None:
+            return -1
+        nxt = st.close_cursor + self._pane + self._grace
+        if self._heap:
+            nxt = min(nxt, self._heap[0][0])
+        buckets = [*st.seen_buckets, *st.streak_buckets]
+        if buckets:
+            nxt = min(nxt, min(buckets) + RETENTION_BUCKET_MS + self._horizon)
+        return nxt
+
+    # ---------------------------------------------------------------- gifts
+
+    def process(self, raws: list[bytes], offsets: list[int] | None = None,
+                out: Outputs | None = None) -> Outputs:
+        """Process one batch of raw records of this partition (in offset order)."""
+        out = out if out is not None else Outputs()
+        self.process_decoded(model.decode_events(raws, self.policy.max_record_bytes), raws, offsets, out)
+        return out
+
+    def process_decoded(self, decoded: list[GiftEvent | tuple[str, str]], raws: list[bytes],
+                        offsets: list[int] | None, out: Outputs) -> None:
+        st = self.state
+        stats = out.stats
+        rates = self._rates
+        seen = st.seen
+        seen_buckets = st.seen_buckets
+        dirty_buckets = self.dirty.seen_buckets
+        future, horizon = self._future, self._horizon
+        stats["events_in"] += len(decoded)
+        duplicates = 0
+        for i, ev in enumerate(decoded):
+            if type(ev) is tuple:
+                self._reject(ev[0], ev[1], raws[i], offsets[i] if offsets else None, out)
+                continue
+            ts = ev.ts
+            rate = rates.get(ev.region)
+            if rate is None:
+                self._reject(model.UNKNOWN_REGION, f"region {ev.region!r} is not in policy "
+                             f"{self.policy.version}", raws[i], offsets[i] if offsets else None, out)
+                continue
+            wm = st.watermark
+            if wm is not None:
+                if ts > wm + future:
+                    self._reject(model.TS_TOO_FAR_FUTURE, f"ts {ts} is more than {future} ms after the "
+                                 f"watermark {wm}", raws[i], offsets[i] if offsets else None, out)
+                    continue
+                if ts < wm - horizon:
+                    self._reject(model.TS_TOO_OLD, f"ts {ts} is older than the dedupe horizon "
+                                 f"({horizon} ms before the watermark {wm})", raws[i],
+                                 offsets[i] if offsets else None, out)
+                    continue
+            eid = ev.event_id
+            if eid in seen:
+                duplicates += 1
+                continue
+            seen.add(eid)
+            bucket = ts - ts % RETENTION_BUCKET_MS
+            ids = seen_buckets.get(bucket)
+            if ids is None:
+                seen_buckets[bucket] = ids = []
+            if bucket not in dirty_buckets:
+                dirty_buckets[bucket] = len(ids)
+            ids.append(eid)
+            if wm is None:
+                self._start(ts)
+            elif ts > wm:
+                st.watermark = ts
+                if ts >= self._next_timer:
+                    self._fire_timers(ts, out)
+            if ev.gift_type == STREAKABLE:
+                self._streak_event(ev, out)
+            else:
+                self._credit(ev.creator_id, ev.region, ev.diamond_count * ev.repeat_count * rate, ts, eid, out)
+        stats["duplicates"] += duplicates
+
+    def _start(self, ts: int) -> None:
+        """First accepted event of the partition: windows ending before it (plus grace) are closed."""
+        st = self.state
+        st.watermark = ts
+        cut = ts - self._grace
+        st.close_cursor = cut - cut % self._pane
+        self._next_timer = self._compute_next_timer()
+
+    def _reject(self, reason: str, detail: str, raw: bytes, offset: int | None, out: Outputs) -> None:
+        out.stats[f"rejected.{reason}"] += 1
+        out.dead_letters.append(DeadLetter(
+            reason=reason, detail=detail, raw_b64=base64.b64encode(raw).decode(),
+            source_topic=self.source_topic, partition=self.partition, offset=offset,
+            policy_version=self.policy.version,
+        ))
+
+    # ---------------------------------------------------------------- streaks
+
+    def _streak_event(self, ev: GiftEvent, out: Outputs) -> None:
+        st = self.state
+        key = f"{ev.room_id}\x1f{ev.sender_id}\x1f{ev.gift_id}\x1f{ev.group_id}"
+        s = st.streaks.get(key)
+        count = ev.repeat_count
+        if s is not None and s.open and not ev.group_id and count < s.count:
+            # Without a group id a lower cumulative count can only mean a new streak began.
+            self._close_streak(key, s, s.last_ts, s.last_event_id, out)
+            s = None
+        if s is None:
+            s = Streak(ev.creator_id, ev.region, ev.diamond_count, count, 0, ev.ts, ev.event_id)
+            st.streaks[key] = s
+            self.dirty.streaks.add(key)
+            out.stats["streaks"] += 1
+            if ev.repeat_end:
+                self._close_streak(key, s, ev.ts, ev.event_id, out)
+            else:
+                deadline = ev.ts + self._timeout
+                heapq.heappush(self._heap, (deadline, key))
+                if deadline < self._next_timer:
+                    self._next_timer = deadline
+            return
+        self.dirty.streaks.add(key)
+        if s.open:
+            if count > s.count:
+                s.count = count
+            if ev.ts >= s.last_ts:
+                s.last_ts, s.last_event_id = ev.ts, ev.event_id
+            if ev.repeat_end:
+                self._close_streak(key, s, ev.ts, ev.event_id, out)
+        elif count > s.credited:
+            # A straggler with a higher count after a timeout (or the real end arriving late): credit the rest.
+            s.count = count
+            s.last_ts = max(s.last_ts, ev.ts)
+            self._close_streak(key, s, ev.ts, ev.event_id, out)
+        else:
+            out.stats["streak_stragglers"] += 1
+
+    def _close_streak(self, key: str, s: Streak, ts: int, event_id: str, out: Outputs) -> None:
+        st = self.state
+        rate = self._rates[s.region]
+        delta = s.count - s.credited
+        s.credited = s.count
+        s.open = False
+        self.dirty.streaks.add(key)
+        if delta:
+            self._credit(s.creator_id, s.region, s.diamond_count * delta * rate, ts, event_id, out)
+        if key.endswith("\x1f"):  # no group id: nothing can tell a straggler from a new streak
+            del st.streaks[key]
+        else:
+            bucket = s.last_ts - s.last_ts % RETENTION_BUCKET_MS
+            keys = st.streak_buckets.get(bucket)
+            if keys is None:
+                st.streak_buckets[bucket] = keys = []
+                self._next_timer = min(self._next_timer, bucket + RETENTION_BUCKET_MS + self._horizon)
+            keys.append(key)
+
+    # ---------------------------------------------------------------- credits and notices
+
+    def _credit(self, creator_id: str, region: str, milli: int, ts: int, event_id: str, out: Outputs) -> None:
+        st = self.state
+        c = st.creators.get(creator_id)
+        if c is None:
+            st.creators[creator_id] = c = CreatorState(region)
+        elif c.region != region:
+            c.region = region  # the creator's payout region moved: its threshold applies from now on
+        self.dirty.creators.add(creator_id)
+        c.balance += milli
+        c.credited += milli
+        pane_ms = self._pane
+        pane = ts - ts % pane_ms
+        if pane + pane_ms > st.close_cursor:
+            self._add_to_pane(c, creator_id, pane, milli)
+        else:
+            self._late_credit(c, creator_id, pane, milli, ts, event_id, out)
+        out.stats["credits"] += 1
+        out.stats["milli_diamonds"] += milli
+        threshold = self._thresholds[c.region]
+        if threshold is not None and not c.above and c.balance >= threshold:
+            self._notice(c, creator_id, event_id, ts, out)
+
+    def _add_to_pane(self, c: CreatorState, creator_id: str, pane: int, milli: int) -> None:
+        tally = c.panes.get(pane)
+        if tally is None:
+            c.panes[pane] = [milli, 1]
+            holders = self.state.pane_creators.get(pane)
+            if holders is None:
+                self.state.pane_creators[pane] = holders = {}
+            holders[creator_id] = None
+        else:
+            tally[0] += milli
+            tally[1] += 1
+
+    def _late_credit(self, c: CreatorState, creator_id: str, pane: int, milli: int, ts: int,
+                     event_id: str, out: Outputs) -> None:
+        """Some window holding ts is already closed: the balance still gets the money, the closed
+        windows do not (their totals are final), and the gift is reported on gifts-late."""
+        cursor = self.state.close_cursor
+        missed = [MissedWindow(w.name, start, start + w.size_ms)
+                  for w in self.policy.windows for start in self._window_starts(w.size_ms, w.hop_ms, ts)
+                  if start + w.size_ms <= cursor]
+        if self._pane_needed_until(pane) > cursor:
+            self._add_to_pane(c, creator_id, pane, milli)
+        out.stats["late"] += 1
+        out.late.append(LateGift(event_id, creator_id, ts, self.state.watermark, milli, missed))
+
+    @staticmethod
+    def _window_starts(size: int, hop: int, ts: int) -> range:
+        last = ts - ts % hop
+        return range(last - size + hop, last + 1, hop)
+
+    def _pane_needed_until(self, pane: int) -> int:
+        """End of the last window that holds this pane."""
+        return max(pane - pane % w.hop_ms + w.size_ms for w in self.policy.windows)
+
+    def _notice(self, c: CreatorState, creator_id: str, event_id: str, ts: int, out: Outputs) -> None:
+        rp = self.policy.regions[c.region]
+        c.crossings += 1
+        c.above = True
+        gross = rp.value_cents(c.balance)
+        payable = min(gross, rp.daily_cap_cents)
+        fee = rp.fees[rp.payout_method].of(payable)
+        out.stats["notices"] += 1
+        out.notices.append(PayoutNotice(
+            notice_id=f"pn-{creator_id}-{c.crossings}", creator_id=creator_id, region=c.region,
+            crossing_seq=c.crossings, balance_milli_diamonds=c.balance, gross_cents=gross,
+            payable_cents=payable, fee_cents=fee, net_cents=payable - fee,
+            threshold_cents=rp.threshold_cents, daily_cap_cents=rp.daily_cap_cents,
+            payout_method=rp.payout_method, currency="USD", policy_version=self.policy.version,
+            trigger_event_id=event_id, trigger_ts=ts,
+        ))
+
+    # ---------------------------------------------------------------- timers
+
+    def _fire_timers(self, wm: int, out: Outputs) -> None:
+        st = self.state
+        heap = self._heap
+        while heap and heap[0][0] <= wm:
+            deadline, key = heapq.heappop(heap)
+            s = st.streaks.get(key)
+            if s is None or not s.open:
+                continue
+            real = s.last_ts + self._timeout
+            if real != deadline:  # the streak moved on since this entry was pushed
+                heapq.heappush(heap, (real, key))
+                continue
+            out.stats["streak_timeouts"] += 1
+            self._close_streak(key, s, s.last_ts, s.last_event_id, out)
+        target = wm - self._grace
+        while st.close_cursor + self._pane <= target:
+            st.close_cursor += self._pane
+            self._close_windows(st.close_cursor, out)
+        self._expire(wm)
+        self._next_timer = self._compute_next_timer()
+
+    def _close_windows(self, end: int, out: Outputs) -> None:
+        st = self.state
+        pane_ms = self._pane
+        for w in self.policy.windows:
+            if end % w.hop_ms:
+                continue
+            start = end - w.size_ms
+            holders: set[str] = set()
+            for pane in range(start, end, pane_ms):
+                holders.update(st.pane_creators.get(pane, ()))
+            for creator_id in sorted(holders):
+                panes = st.creators[creator_id].panes
+                milli = credits = 0
+                for pane in range(start, end, pane_ms):
+                    tally = panes.get(pane)
+                    if tally is not None:
+                        milli += tally[0]
+                        credits += tally[1]
+                out.stats["window_totals"] += 1
+                out.window_totals.append(WindowTotal(creator_id, w.name, start, end, milli, credits,
+                                                     self.policy.version))
+        for pane in [p for p in st.pane_creators if self._pane_needed_until(p) <= end]:
+            for creator_id in st.pane_creators.pop(pane):
+                del st.creators[creator_id].panes[pane]
+                self.dirty.creators.add(creator_id)
+
+    def _expire(self, wm: int) -> None:
+        """Forget event ids and closed streaks older than the dedupe horizon: events that old are now
+        rejected as ts_too_old, so nothing they could match can be accepted again."""
+        st = self.state
+        cutoff = wm - self._horizon
+        for bucket in [b for b in st.seen_buckets if b + RETENTION_BUCKET_MS <= cutoff]:
+            st.seen.difference_update(st.seen_buckets.pop(bucket))
+            self.dirty.expired_buckets.add(bucket)
+            self.dirty.seen_buckets.pop(bucket, None)
+        for bucket in [b for b in st.streak_buckets if b + RETENTION_BUCKET_MS <= cutoff]:
+            for key in st.streak_buckets.pop(bucket):
+                s = st.streaks.get(key)
+                # A straggler may have moved the streak to a newer bucket; it expires from that one.
+                if s is not None and not s.open and s.last_ts - s.last_ts % RETENTION_BUCKET_MS == bucket:
+                    del st.streaks[key]
+                    self.dirty.streaks.add(key)
+
+    # ---------------------------------------------------------------- payouts
+
+    def apply_payouts(self, payouts: list[Payout | tuple[str, str]], raws: list[bytes],
+                      offsets: list[int] | None, out: Outputs, source_topic: str = "payouts") -> None:
+        """Payouts made by the payment system: idempotent by payout_id; re-arm the threshold."""
+        st = self.state
+        for i, p in enumerate(payouts):
+            offset = offsets[i] if offsets else None
+            if type(p) is tuple:
+                self._reject_payout(p[0], p[1], raws[i], offset, out, source_topic)
+                continue
+            if p.payout_id in st.payouts_seen:
+                out.stats["payout_duplicates"] += 1
+                continue
+            c = st.creators.get(p.creator_id)
+            if c is None or p.milli_diamonds > c.balance:
+                self._reject_payout(model.INVALID_VALUE, f"payout {p.payout_id} of {p.milli_diamonds} "
+                                    f"exceeds the balance {c.balance if c else 0}", raws[i], offset, out,
+                                    source_topic)
+                continue
+            st.payouts_seen.add(p.payout_id)
+            self.dirty.payouts.append(p.payout_id)
+            self.dirty.creators.add(p.creator_id)
+            c.balance -= p.milli_diamonds
+            c.paid_out += p.milli_diamonds
+            threshold = self._thresholds[c.region]
+            if c.above and (threshold is None or c.balance < threshold):
+                c.above = False
+            out.stats["payouts"] += 1
+
+    def _reject_payout(self, reason: str, detail: str, raw: bytes, offset: int | None, out: Outputs,
+                       source_topic: str) -> None:
+        saved, self.source_topic = self.source_topic, source_topic
+        try:
+            self._reject(reason, detail, raw, offset, out)
+        finally:
+            self.source_topic = saved
+
+
+def partition_for(key: bytes, partitions: int) -> int:
+    """The partition Kafka's default partitioner (Java client and aiokafka alike) picks for a keyed record."""
+    return (murmur2(key) & 0x7FFFFFFF) % partitions
+
+
+def end_of_stream(engine: PartitionEngine, out: Outputs) -> None:
+    """Declare the partition's input finished (end of a recorded session): time out every open streak
+    and close every window, as if event time had moved far enough past the last event."""
+    st = engine.state
+    if st.watermark is None:
+        return
+    policy = engine.policy
+    horizon = max(policy.streak_timeout_ms, *(w.size_ms for w in policy.windows))
+    final = st.watermark + horizon + policy.grace_ms + policy.pane_ms
+    st.watermark = final
+    engine._fire_timers(final, out)

@@ -1,0 +1,61 @@
+"""The state one input partition owns, as plain msgspec structs so it snapshots to bytes and back.
+
+Everything the engine needs to continue exactly where it stopped lives here; derived runtime data (the
+streak timer heap, the next-timer time) is rebuilt from it on restore. Dict iteration order is never
+relied on for outputs (a changelog restore inserts keys in another order), only sorted views are.
+"""
+
+from __future__ import annotations
+
+import msgspec
+from msgspec import Struct
+
+RETENTION_BUCKET_MS = 60_000  # dedupe ids and closed streaks expire a minute-bucket at a time
+
+
+class CreatorState(Struct, gc=False):
+    region: str
+    balance: int = 0  # milli-diamonds credited minus paid out
+    credited: int = 0  # lifetime milli-diamonds credited
+    paid_out: int = 0  # lifetime milli-diamonds paid out
+    crossings: int = 0  # notices emitted so far (the next notice's sequence is crossings + 1)
+    above: bool = False  # a notice is out and no payout has brought the balance under the threshold yet
+    panes: dict[int, list[int]] = {}  # pane start ms -> [milli_diamonds, credits] for open windows
+
+
+class Streak(Struct, gc=False):
+    """A streak of a streakable gift: (room, sender, gift, group). Credited once with its highest
+    cumulative count; kept after closing (for groups with an id) so stragglers are not counted again."""
+
+    creator_id: str
+    region: str
+    diamond_count: int
+    count: int  # highest cumulative repeat_count seen
+    credited: int  # repeat_count already credited
+    last_ts: int  # event time of the newest event seen (the timeout runs from here)
+    last_event_id: str
+    open: bool = True
+
+
+class PartitionState(Struct, gc=False):
+    watermark: int | None = None  # highest accepted event time on this partition
+    close_cursor: int | None = None  # every window ending at or before this is closed and emitted
+    creators: dict[str, CreatorState] = {}
+    streaks: dict[str, Streak] = {}
+    seen: set[str] = set()  # event ids inside the dedupe horizon
+    seen_buckets: dict[int, list[str]] = {}  # retention bucket -> event ids (for expiry)
+    streak_buckets: dict[int, list[str]] = {}  # retention bucket -> closed streak keys (for expiry)
+    payouts_seen: set[str] = set()
+    pane_creators: dict[int, dict[str, None]] = {}  # pane start -> creators holding a tally there
+
+
+_encoder = msgspec.msgpack.Encoder()
+_decoder = msgspec.msgpack.Decoder(PartitionState)
+
+
+def snapshot(state: PartitionState) -> bytes:
+    return _encoder.encode(state)
+
+
+def restore(data: bytes) -> PartitionState:
+    return _decoder.decode(data)

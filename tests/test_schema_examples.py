@@ -1,0 +1,207 @@
+"""The JSON Schemas in schemas/ are the contract: check them and their examples.
+
+Layout: schemas/<name>.schema.json, valid examples in schemas/examples/<name>/*.json, invalid ones in
+schemas/examples/<name>/invalid/*.json, and the policy file example in schemas/examples/policy.example.toml.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import functools
+import json
+import tomllib
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import pytest
+from jsonschema import Draft202012Validator
+
+SCHEMA_DIR = Path(__file__).resolve().parents[1] / "schemas"
+EXAMPLE_DIR = SCHEMA_DIR / "examples"
+POLICY_TOML = EXAMPLE_DIR / "policy.example.toml"
+DRAFT_2020_12 = "https://json-schema.org/draft/2020-12/schema"
+
+EXPECTED_SCHEMAS = {
+    "gift-event",
+    "payout-notice",
+    "window-total",
+    "late-gift",
+    "dead-letter",
+    "policy",
+}
+# Records we consume from upstream may carry extra fields; records we produce may not.
+OPEN_SCHEMAS = {"gift-event"}
+
+
+def _schema_names() -> list[str]:
+    return sorted(p.name.removesuffix(".schema.json") for p in SCHEMA_DIR.glob("*.schema.json"))
+
+
+def _load_json(path: Path) -> Any:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+@functools.cache
+def _schema(name: str) -> dict[str, Any]:
+    return _load_json(SCHEMA_DIR / f"{name}.schema.json")
+
+
+@functools.cache
+def _validator(name: str) -> Draft202012Validator:
+    return Draft202012Validator(_schema(name), format_checker=Draft202012Validator.FORMAT_CHECKER)
+
+
+def _examples(name: str, *, invalid: bool) -> list[Path]:
+    folder = EXAMPLE_DIR / name / "invalid" if invalid else EXAMPLE_DIR / name
+    return sorted(folder.glob("*.json"))
+
+
+def _example_params(*, invalid: bool) -> list[Any]:
+    return [
+        pytest.param(name, path, id=str(path.relative_to(EXAMPLE_DIR)))
+        for name in _schema_names()
+        for path in _examples(name, invalid=invalid)
+    ]
+
+
+def _valid_records(name: str) -> list[dict[str, Any]]:
+    return [_load_json(p) for p in _examples(name, invalid=False)]
+
+
+def _load_policy_toml() -> dict[str, Any]:
+    with POLICY_TOML.open("rb") as f:
+        return tomllib.load(f)
+
+
+def test_all_expected_schemas_present() -> None:
+    assert set(_schema_names()) == EXPECTED_SCHEMAS
+
+
+@pytest.mark.parametrize("name", _schema_names())
+def test_schema_is_valid_draft_2020_12(name: str) -> None:
+    schema = _schema(name)
+    Draft202012Validator.check_schema(schema)
+    assert schema["$schema"] == DRAFT_2020_12
+    assert schema["$id"] == f"https://giftstream.dev/schemas/{name}.schema.json"
+    assert schema["type"] == "object"
+    assert schema["additionalProperties"] is (name in OPEN_SCHEMAS)
+    # Every required field is declared (a typo in `required` would make every record invalid).
+    assert set(schema["required"]) <= set(schema["properties"])
+
+
+@pytest.mark.parametrize("name", _schema_names())
+def test_each_schema_has_valid_and_invalid_examples(name: str) -> None:
+    assert 2 <= len(_examples(name, invalid=False)) <= 4
+    assert 2 <= len(_examples(name, invalid=True)) <= 4
+
+
+@pytest.mark.parametrize(("name", "path"), _example_params(invalid=False))
+def test_valid_example_validates(name: str, path: Path) -> None:
+    errors = [e.message for e in _validator(name).iter_errors(_load_json(path))]
+    assert errors == []
+
+
+@pytest.mark.parametrize(("name", "path"), _example_params(invalid=True))
+def test_invalid_example_fails_for_exactly_one_reason(name: str, path: Path) -> None:
+    # Exactly one error keeps each invalid example a single, deliberate defect rather than a broken file.
+    errors = list(_validator(name).iter_errors(_load_json(path)))
+    assert len(errors) == 1, [e.message for e in errors]
+
+
+def test_gift_event_schema_lists_all_known_fields() -> None:
+    schema = _schema("gift-event")
+    known = {
+        "event_id",
+        "room_id",
+        "creator_id",
+        "sender_id",
+        "gift_id",
+        "gift_type",
+        "diamond_count",
+        "repeat_count",
+        "repeat_end",
+        "group_id",
+        "ts",
+        "region",
+    }
+    assert set(schema["properties"]) == known
+    assert set(schema["required"]) == known - {"group_id"}
+
+
+def test_gift_event_allows_unknown_upstream_fields() -> None:
+    record = _load_json(EXAMPLE_DIR / "gift-event" / "streak-final-event.json")
+    record["some_future_upstream_field"] = {"nested": [1, 2, 3]}
+    assert _validator("gift-event").is_valid(record)
+
+
+def test_policy_toml_example_validates() -> None:
+    errors = [
+        f"{list(e.absolute_path)}: {e.message}" for e in _validator("policy").iter_errors(_load_policy_toml())
+    ]
+    assert errors == []
+
+
+def _effective_region_settings(policy: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    defaults = policy["defaults"]
+    return {code: {**defaults, **override} for code, override in policy.get("regions", {}).items()}
+
+
+@pytest.mark.parametrize(
+    "policy",
+    [pytest.param(_load_policy_toml(), id="policy.example.toml")]
+    + [pytest.param(_load_json(p), id=p.name) for p in _examples("policy", invalid=False)],
+)
+def test_policy_examples_cross_field_rules(policy: dict[str, Any]) -> None:
+    # Rules the loader enforces that JSON Schema cannot express.
+    for settings in [policy["defaults"], *_effective_region_settings(policy).values()]:
+        assert settings["payout_method"] in settings["fees"]
+        rate = Fraction(settings["diamonds_per_coin"])
+        assert rate > 0
+        assert (rate * 1000).denominator == 1, "diamonds_per_coin must be a multiple of 1/1000"
+
+
+def test_policy_toml_example_regions() -> None:
+    policy = _load_policy_toml()
+    regions = _effective_region_settings(policy)
+    assert set(regions) == {"US", "GB", "DE", "FR", "BR", "MX", "ID", "JP", "KR", "TR"}
+    thresholds = {code: s["threshold_cents"] for code, s in regions.items()}
+    assert all(100 <= t <= 10_000 for t in thresholds.values())  # $1 .. $100
+    assert min(thresholds.values()) == 100
+    assert max(thresholds.values()) == 10_000
+    assert all(s["daily_cap_cents"] == 100_000 for s in regions.values())  # $1,000 per day
+    assert regions["KR"]["eligible"] is True
+    assert regions["TR"]["eligible"] is False
+    assert [code for code, s in regions.items() if not s["eligible"]] == ["TR"]
+
+
+def test_payout_notice_examples_are_arithmetically_consistent() -> None:
+    for n in _valid_records("payout-notice"):
+        assert n["notice_id"] == f"pn-{n['creator_id']}-{n['crossing_seq']}"
+        assert n["payable_cents"] == min(n["gross_cents"], n["daily_cap_cents"])
+        assert n["net_cents"] == n["payable_cents"] - n["fee_cents"]
+        assert n["gross_cents"] >= n["threshold_cents"]
+
+
+def _assert_window_bounds(window: dict[str, Any]) -> None:
+    assert window["window_end"] > window["window_start"]
+
+
+def test_window_examples_have_ordered_bounds() -> None:
+    for total in _valid_records("window-total"):
+        _assert_window_bounds(total)
+    for late in _valid_records("late-gift"):
+        assert late["watermark"] > late["ts"]
+        for window in late["missed_windows"]:
+            _assert_window_bounds(window)
+            assert window["window_start"] <= late["ts"] < window["window_end"]
+            assert window["window_end"] < late["watermark"]
+
+
+def test_dead_letter_examples_carry_decodable_raw_bytes() -> None:
+    for dl in _valid_records("dead-letter"):
+        base64.b64decode(dl["raw_b64"], validate=True)
+    not_base64 = _load_json(EXAMPLE_DIR / "dead-letter" / "invalid" / "raw-not-base64.json")["raw_b64"]
+    with pytest.raises(binascii.Error):
+        base64.b64decode(not_base64, validate=True)
