@@ -52,6 +52,7 @@ class Dirty:
     """Keys changed since the last changelog flush (one changelog record per key per batch)."""
 
     creators: set[str] = field(default_factory=set)
+    panes: set[tuple[str, int]] = field(default_factory=set)
     streaks: set[str] = field(default_factory=set)
     seen_buckets: dict[int, int] = field(default_factory=dict)  # bucket -> its length before this batch
     expired_buckets: set[int] = field(default_factory=set)
@@ -262,6 +263,7 @@ class PartitionEngine:
             self._notice(c, creator_id, event_id, ts, out)
 
     def _add_to_pane(self, c: CreatorState, creator_id: str, pane: int, milli: int) -> None:
+        self.dirty.panes.add((creator_id, pane))
         tally = c.panes.get(pane)
         if tally is None:
             c.panes[pane] = [milli, 1]
@@ -359,7 +361,7 @@ class PartitionEngine:
         for pane in [p for p in st.pane_creators if self._pane_needed_until(p) <= end]:
             for creator_id in st.pane_creators.pop(pane):
                 del st.creators[creator_id].panes[pane]
-                self.dirty.creators.add(creator_id)
+                self.dirty.panes.add((creator_id, pane))
 
     def _expire(self, wm: int) -> None:
         """Forget event ids and closed streaks older than the dedupe horizon: events that old are now

@@ -23,7 +23,7 @@ def gift(**fields) -> bytes:
     return orjson.dumps({k: v for k, v in rec.items() if v is not ...})
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def policy():
     from stream.policy import load_policy
 

@@ -1,0 +1,40 @@
+# giftstream: `make demo` runs the main job offline; `make test` runs every test against a real local Kafka.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: install demo test unit lint kafka-up kafka-down bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "giftstream needs Python >= 3.11")'
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	@touch $@
+
+demo: install
+	$(BIN)/giftstream replay --out out/demo
+
+lint: install
+	$(BIN)/ruff check .
+
+unit: install
+	$(BIN)/python -m pytest -q -m "not kafka"
+
+test: install lint kafka-up
+	$(BIN)/python -m pytest -q
+
+kafka-up:
+	bash deploy/kafka/kafka-up.sh
+
+kafka-down:
+	bash deploy/kafka/kafka-down.sh
+
+bench: install
+	$(BIN)/python -m load.bench_engine
+
+clean:
+	rm -rf out build *.egg-info .pytest_cache .ruff_cache

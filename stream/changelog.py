@@ -1,0 +1,104 @@
+"""Partition state <-> compacted changelog records.
+
+One record per changed key per batch, never per event. Keys (bytes, per input partition, written to the
+changelog partition with the same number):
+  m                  watermark and window close cursor
+  c:<creator>        balance, lifetime credited / paid out, crossings, above-threshold flag, region
+  w:<creator>:<pane> one pane tally [milli_diamonds, credits]      (tombstone when the pane is dropped)
+  s:<streak key>     a streak                                      (tombstone when it expires)
+  d:<bucket>:<start> a chunk of event ids seen (dedupe), appended per batch (tombstones on expiry)
+  p:<payout id>      a payout already applied
+Everything else in PartitionState (which ids sit in which bucket, which creators hold a pane, which
+closed streaks expire when) is derived again on restore.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import msgspec
+
+from stream.engine import Dirty, PartitionEngine
+from stream.state import RETENTION_BUCKET_MS, CreatorState, PartitionState, Streak
+
+_enc = msgspec.msgpack.Encoder()
+_dec_any = msgspec.msgpack.Decoder()
+_dec_streak = msgspec.msgpack.Decoder(Streak)
+_dec_ids = msgspec.msgpack.Decoder(list[str])
+_SEP = "\x1e"  # creator ids never contain it (schema: printable ids)
+
+Record = tuple[bytes, bytes | None]
+
+
+class ChangelogWriter:
+    """Turns an engine's dirty keys into changelog records. Keeps the chunk keys of each dedupe bucket
+    so an expired bucket can be tombstoned completely."""
+
+    def __init__(self, chunks: dict[int, list[int]] | None = None) -> None:
+        self.chunks: dict[int, list[int]] = chunks if chunks is not None else {}
+
+    def drain(self, engine: PartitionEngine) -> list[Record]:
+        st, dirty = engine.state, engine.dirty
+        out: list[Record] = [(b"m", _enc.encode((st.watermark, st.close_cursor)))]
+        for cid in dirty.creators:
+            c = st.creators.get(cid)
+            out.append((f"c:{cid}".encode(), None if c is None else _enc.encode(
+                (c.region, c.balance, c.credited, c.paid_out, c.crossings, c.above))))
+        for cid, pane in dirty.panes:
+            c = st.creators.get(cid)
+            tally = c.panes.get(pane) if c is not None else None
+            out.append((f"w:{cid}{_SEP}{pane}".encode(), None if tally is None else _enc.encode(tally)))
+        for key in dirty.streaks:
+            s = st.streaks.get(key)
+            out.append((f"s:{key}".encode(), None if s is None else _enc.encode(s)))
+        for bucket, start in dirty.seen_buckets.items():
+            ids = st.seen_buckets[bucket][start:]
+            if ids:
+                self.chunks.setdefault(bucket, []).append(start)
+                out.append((f"d:{bucket}:{start}".encode(), _enc.encode(ids)))
+        for bucket in dirty.expired_buckets:
+            out.extend((f"d:{bucket}:{start}".encode(), None) for start in self.chunks.pop(bucket, ()))
+        out.extend((f"p:{pid}".encode(), b"1") for pid in dirty.payouts)
+        engine.dirty = Dirty()
+        return out
+
+
+def restore_state(records: Iterable[Record]) -> tuple[PartitionState, ChangelogWriter]:
+    """Rebuild a partition's state from its changelog (oldest first; the last record of a key wins)."""
+    latest: dict[bytes, bytes | None] = {}
+    for key, value in records:
+        latest[key] = value
+    st = PartitionState()
+    panes: list[tuple[str, int, list[int]]] = []
+    chunks: dict[int, list[tuple[int, list[str]]]] = {}
+    for key, value in latest.items():
+        if value is None:
+            continue
+        kind, name = key[:1], key[2:].decode()
+        if kind == b"m":
+            st.watermark, st.close_cursor = _dec_any.decode(value)
+        elif kind == b"c":
+            region, balance, credited, paid_out, crossings, above = _dec_any.decode(value)
+            st.creators[name] = CreatorState(region, balance, credited, paid_out, crossings, above)
+        elif kind == b"w":
+            cid, pane = name.rsplit(_SEP, 1)
+            panes.append((cid, int(pane), _dec_any.decode(value)))
+        elif kind == b"s":
+            st.streaks[name] = _dec_streak.decode(value)
+        elif kind == b"d":
+            bucket, start = name.split(":")
+            chunks.setdefault(int(bucket), []).append((int(start), _dec_ids.decode(value)))
+        elif kind == b"p":
+            st.payouts_seen.add(name)
+    for cid, pane, tally in sorted(panes):
+        st.creators[cid].panes[pane] = tally
+        st.pane_creators.setdefault(pane, {})[cid] = None
+    for bucket in sorted(chunks):
+        ids = [i for _, part in sorted(chunks[bucket]) for i in part]
+        st.seen_buckets[bucket] = ids
+        st.seen.update(ids)
+    for key, s in st.streaks.items():
+        if not s.open:
+            st.streak_buckets.setdefault(s.last_ts - s.last_ts % RETENTION_BUCKET_MS, []).append(key)
+    writer = ChangelogWriter({b: [start for start, _ in sorted(parts)] for b, parts in chunks.items()})
+    return st, writer
