@@ -50,11 +50,95 @@ def cmd_replay(args: argparse.Namespace) -> int:
     return 0
 
 
+def _worker_config(args: argparse.Namespace):
+    from stream.config import load_config
+
+    return load_config(getattr(args, "config", None), bootstrap_servers=getattr(args, "bootstrap", None))
+
+
+def cmd_replay_to_kafka(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from tqdm import tqdm
+
+    from stream.kafka_io import produce_session
+    from stream.replay import read_session
+
+    cfg = _worker_config(args)
+    path = Path(args.file) if args.file else _default_session()
+    records = read_session(path)
+    speed = None if args.speed == "max" else float(args.speed)
+    with tqdm(total=len(records), unit="ev", unit_scale=True, disable=args.quiet, file=sys.stderr) as bar:
+        sent = asyncio.run(produce_session(records, cfg, args.topic, speed, bar.update))
+    print(f"produced {sent:,} records from {path} to {args.topic or cfg.topics.gifts} "
+          f"at {cfg.bootstrap_servers}", file=sys.stderr)
+    return 0
+
+
+def cmd_record(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from stream.kafka_io import record_topic
+    from stream.replay import write_session
+
+    cfg = _worker_config(args)
+    lines = asyncio.run(record_topic(cfg, args.topic))
+    n = write_session(args.file, lines)
+    print(f"recorded {n:,} committed records of {args.topic} to {args.file}", file=sys.stderr)
+    return 0
+
+
+def cmd_topics(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from stream.topics import create_topics, delete_topics, parse_retention
+
+    cfg = _worker_config(args)
+    if args.action == "delete":
+        asyncio.run(delete_topics(cfg))
+        print("deleted giftstream topics", file=sys.stderr)
+        return 0
+    created = asyncio.run(create_topics(cfg, args.partitions, parse_retention(args.retention)))
+    print(f"created {', '.join(created) or 'nothing (all topics exist)'}", file=sys.stderr)
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    import asyncio
+    import signal
+
+    from stream.logs import setup_logging
+    from stream.service import serve_worker
+
+    setup_logging(args.log_level)
+    cfg = _worker_config(args)
+    if args.at_least_once:
+        cfg.exactly_once = False
+    if args.http_port is not None:
+        cfg.http_port = args.http_port
+    policy = load_policy(args.policy or cfg.policy)
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await serve_worker(cfg, policy, stop, worker_id=args.worker_id)
+
+    asyncio.run(main())
+    return 0
+
+
 def cmd_policy_check(args: argparse.Namespace) -> int:
     policy = load_policy(args.policy)
     print(f"policy {policy.version} from {policy.source}: {len(policy.regions)} regions, windows "
           f"{', '.join(w.name for w in policy.windows)}, grace {policy.grace_ms} ms: OK")
     return 0
+
+
+def _kafka_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--bootstrap", help="Kafka bootstrap servers (default 127.0.0.1:19092 or the config's)")
+    p.add_argument("--config", help="worker config TOML (see `giftstream worker --help`)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -79,7 +163,35 @@ def build_parser() -> argparse.ArgumentParser:
                    help="after the last record, time out open streaks and close every window")
     p.add_argument("--show", type=int, default=10, help="notices and window totals to print")
     p.add_argument("--quiet", action="store_true", help="no progress bar, only the summary")
-    p.set_defaults(func=cmd_replay)
+    p.add_argument("--to-kafka", action="store_true", help="produce the session to Kafka instead")
+    p.add_argument("--speed", default="max", help="with --to-kafka: 'max' or N times the event-time pace")
+    p.add_argument("--topic", help="with --to-kafka: target topic (default: the gifts topic)")
+    _kafka_args(p)
+    p.set_defaults(func=lambda a: cmd_replay_to_kafka(a) if a.to_kafka else cmd_replay(a))
+
+    p = sub.add_parser("topics", help="create (or delete) the topics giftstream uses")
+    p.add_argument("action", choices=["create", "delete"])
+    p.add_argument("--partitions", type=int, default=6, help="partitions of every topic (default 6)")
+    p.add_argument("--retention", default="7d", help="retention of non-compacted topics (default 7d)")
+    _kafka_args(p)
+    p.set_defaults(func=cmd_topics)
+
+    p = sub.add_parser("worker", help="run the streaming worker (consumer group member, exactly-once)",
+                       description="Consume `gifts` and `payouts`, keep per-creator state, emit notices, "
+                                   "window totals, late gifts and dead letters in one transaction per batch.")
+    _kafka_args(p)
+    p.add_argument("--policy", help="policy TOML file (default: the config's, else the built-in policy)")
+    p.add_argument("--worker-id", default="worker", help="client id shown in logs and the group")
+    p.add_argument("--http-port", type=int, help="serve /metrics /healthz /readyz /creators/ID here")
+    p.add_argument("--at-least-once", action="store_true", help="no transactions (for comparison only)")
+    p.add_argument("--log-level", default="INFO")
+    p.set_defaults(func=cmd_worker)
+
+    p = sub.add_parser("record", help="write a topic's committed records to a session file")
+    p.add_argument("topic")
+    p.add_argument("file", help="output JSONL (.gz ok)")
+    _kafka_args(p)
+    p.set_defaults(func=cmd_record)
 
     p = sub.add_parser("policy", help="validate a policy file")
     p.add_argument("policy", nargs="?", help="policy TOML file (default: the built-in policy)")
@@ -92,6 +204,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except PolicyError as e:
+        print(f"giftstream: {e}", file=sys.stderr)
+        return 2
+    except ValueError as e:  # configuration errors carry the setting's name
         print(f"giftstream: {e}", file=sys.stderr)
         return 2
     except FileNotFoundError as e:

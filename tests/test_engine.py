@@ -65,7 +65,7 @@ def test_straggler_after_timeout_credits_only_the_rest(policy):
 
 def test_streak_without_group_id_restarts_when_the_count_drops(policy):
     recs = [gift(gift_type=1, repeat_count=n, group_id=..., ts=T0 + i) for i, n in enumerate((1, 2, 3, 1, 2))]
-    eng, out = run(policy, recs, final=True)
+    eng, _out = run(policy, recs, final=True)
     assert balance(eng) == (3 + 2) * 5 * 1000
 
 

@@ -3,6 +3,7 @@ not depend on batching, partition restarts or snapshot/restore."""
 
 from __future__ import annotations
 
+import itertools
 from fractions import Fraction
 
 import reference
@@ -92,7 +93,7 @@ def test_snapshot_restore_and_batching_equal_an_uninterrupted_run(policy, record
     eng = PartitionEngine(policy)
     got = Outputs()
     bounds = sorted({min(c, len(records)) for c in cuts} | {0, len(records)})
-    for lo, hi in zip(bounds, bounds[1:], strict=False):
+    for lo, hi in itertools.pairwise(bounds):
         eng.process(records[lo:hi], list(range(lo, hi)), got)
         eng = PartitionEngine(policy, state=restore(snapshot(eng.state)))  # a restart at every cut
     end_of_stream(eng, got)
@@ -122,7 +123,7 @@ def test_changelog_restore_equals_an_uninterrupted_run(policy, records, cuts):
     changelog: list = []
     eng, writer, got = PartitionEngine(policy), ChangelogWriter(), Outputs()
     bounds = sorted({min(c, len(records)) for c in cuts} | {0, len(records)})
-    for lo, hi in zip(bounds, bounds[1:], strict=False):
+    for lo, hi in itertools.pairwise(bounds):
         eng.process(records[lo:hi], list(range(lo, hi)), got)
         changelog.extend(writer.drain(eng))  # what one transaction commits
         state, writer = restore_state(changelog)  # a crash right after the commit

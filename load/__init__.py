@@ -1,0 +1,1 @@
+"""Load generation and load-test tooling for giftstream."""

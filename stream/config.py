@@ -1,0 +1,96 @@
+"""Worker settings: one dataclass, filled from defaults, a TOML file, environment and flags (in that order)."""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+
+@dataclass
+class Topics:
+    gifts: str = "gifts"
+    payouts: str = "payouts"
+    notices: str = "payout-notices"
+    window_totals: str = "creator-window-totals"
+    late: str = "gifts-late"
+    dlq: str = "gifts-dlq"
+    changelog: str = "giftstream-state-changelog"
+
+
+@dataclass
+class WorkerConfig:
+    bootstrap_servers: str = "127.0.0.1:19092"
+    group_id: str = "giftstream"
+    policy: str | None = None  # policy TOML path; None = built-in
+    batch_max_records: int = 50_000  # getmany bound on records per batch
+    batch_max_ms: int = 200  # getmany bound on waiting for a batch
+    exactly_once: bool = True  # transactions + read_committed; off = at-least-once, for comparison
+    http_port: int = 0  # /metrics /healthz /readyz /creators; 0 = off
+    security_protocol: str = "PLAINTEXT"  # PLAINTEXT, SSL, SASL_PLAINTEXT, SASL_SSL
+    sasl_mechanism: str | None = None  # SCRAM-SHA-256 or SCRAM-SHA-512
+    sasl_username: str | None = None
+    sasl_password: str | None = field(default=None, repr=False)  # never logged
+    ssl_cafile: str | None = None
+    topics: Topics = field(default_factory=Topics)
+
+    def kafka_security(self) -> dict[str, Any]:
+        """Connection settings for aiokafka clients."""
+        opts: dict[str, Any] = {"security_protocol": self.security_protocol}
+        if self.security_protocol in ("SSL", "SASL_SSL"):
+            from aiokafka.helpers import create_ssl_context
+
+            opts["ssl_context"] = create_ssl_context(cafile=self.ssl_cafile)
+        if self.security_protocol.startswith("SASL"):
+            opts.update(sasl_mechanism=self.sasl_mechanism, sasl_plain_username=self.sasl_username,
+                        sasl_plain_password=self.sasl_password)
+        return opts
+
+
+ENV_PREFIX = "GIFTSTREAM_"
+
+
+def load_config(path: str | Path | None = None, env: dict[str, str] | None = None,
+                **overrides: Any) -> WorkerConfig:
+    """Defaults < TOML file < GIFTSTREAM_* environment < explicit overrides (command-line flags)."""
+    cfg = WorkerConfig()
+    if path:
+        data = tomllib.loads(Path(path).read_text())
+        for key, value in data.items():
+            if key == "topics":
+                for tkey, tval in value.items():
+                    _set(cfg.topics, tkey, tval, f"{path}: topics.{tkey}")
+            else:
+                _set(cfg, key, value, f"{path}: {key}")
+    env = os.environ if env is None else env
+    for f in fields(WorkerConfig):
+        raw = env.get(ENV_PREFIX + f.name.upper())
+        if raw is not None and f.name != "topics":
+            _set(cfg, f.name, raw, ENV_PREFIX + f.name.upper())
+    for key, value in overrides.items():
+        if value is not None:
+            _set(cfg, key, value, f"--{key.replace('_', '-')}")
+    return cfg
+
+
+def _set(obj: Any, key: str, value: Any, where: str) -> None:
+    types = {f.name: f.type for f in fields(obj)}
+    if key not in types:
+        raise ValueError(f"{where}: unknown setting (known: {', '.join(sorted(types))})")
+    current = getattr(obj, key)
+    kind = types[key]
+    if isinstance(value, str) and ("int" in kind or "bool" in kind):
+        if "bool" in kind:
+            if value.lower() not in ("1", "0", "true", "false", "yes", "no", "on", "off"):
+                raise ValueError(f"{where}: expected true/false, got {value!r}")
+            value = value.lower() in ("1", "true", "yes", "on")
+        else:
+            try:
+                value = int(value)
+            except ValueError:
+                raise ValueError(f"{where}: expected an integer, got {value!r}") from None
+    if current is not None and not isinstance(value, type(current)):
+        raise ValueError(f"{where}: expected {type(current).__name__}, got {value!r}")
+    setattr(obj, key, value)

@@ -1,0 +1,120 @@
+"""Moving recorded sessions in and out of Kafka: `replay --to-kafka` and `record`."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+
+import msgspec
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+from stream.config import WorkerConfig
+from stream.engine import partition_for
+
+
+class _KeyOnly(msgspec.Struct):
+    creator_id: str
+    ts: int = 0
+
+
+_keys = msgspec.json.Decoder(_KeyOnly)
+
+
+def key_of(raw: bytes) -> tuple[bytes | None, int | None]:
+    """(creator_id key, event time) of a record; (None, None) when it cannot be read."""
+    try:
+        k = _keys.decode(raw)
+        return k.creator_id.encode(), k.ts
+    except (msgspec.DecodeError, UnicodeEncodeError):
+        return None, None
+
+
+async def produce_session(records: list[bytes], cfg: WorkerConfig, topic: str | None = None,
+                          speed: float | None = None,
+                          progress: Callable[[int], None] | None = None) -> int:
+    """Produce records keyed by creator_id with Kafka's default partitioning (keyless ones to partition 0,
+    as the offline replay routes them). speed=None: as fast as possible; N: N times the event-time pace."""
+    topic = topic or cfg.topics.gifts
+    producer = AIOKafkaProducer(bootstrap_servers=cfg.bootstrap_servers, acks="all", enable_idempotence=True,
+                                linger_ms=20, max_batch_size=1 << 20, max_request_size=16 << 20,
+                                **cfg.kafka_security())
+    await producer.start()
+    try:
+        n = len(await producer.partitions_for(topic))
+        cache: dict[bytes, int] = {}
+        batches: dict[int, object] = {}
+        pending: list[asyncio.Future] = []
+
+        async def flush(p: int) -> None:
+            batch = batches.pop(p)
+            pending.append(await producer.send_batch(batch, topic, partition=p))
+
+        wall0 = time.monotonic()
+        ts0 = None
+        sent = 0
+        for raw in records:
+            key, ts = key_of(raw)
+            if speed and ts is not None:
+                ts0 = ts if ts0 is None else ts0
+                delay = wall0 + (ts - ts0) / 1000 / speed - time.monotonic()
+                if delay > 0.005:
+                    for p in list(batches):
+                        await flush(p)
+                    await asyncio.sleep(delay)
+            p = 0 if key is None else cache.get(key)
+            if p is None:
+                p = cache[key] = partition_for(key, n)
+            batch = batches.get(p)
+            if batch is None:
+                batch = batches[p] = producer.create_batch()
+            if batch.append(key=key, value=raw, timestamp=None) is None:
+                await flush(p)
+                batch = batches[p] = producer.create_batch()
+                batch.append(key=key, value=raw, timestamp=None)
+            sent += 1
+            if progress and sent % 10_000 == 0:
+                progress(10_000)
+        for p in list(batches):
+            await flush(p)
+        await asyncio.gather(*pending)
+        if progress:
+            progress(sent % 10_000)
+        return sent
+    finally:
+        await producer.stop()
+
+
+async def read_topic(cfg: WorkerConfig, topic: str, committed_only: bool = True) -> dict[int, list]:
+    """Every record of a topic up to its current end, per partition, in offset order."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=cfg.bootstrap_servers, enable_auto_commit=False,
+                                isolation_level="read_committed" if committed_only else "read_uncommitted",
+                                max_partition_fetch_bytes=16 << 20, **cfg.kafka_security())
+    await consumer.start()
+    try:
+        parts = sorted(consumer.partitions_for_topic(topic) or ())
+        if not parts:
+            await consumer._client.force_metadata_update()
+            parts = sorted(consumer.partitions_for_topic(topic) or ())
+        tps = [TopicPartition(topic, p) for p in parts]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        ends = await consumer.end_offsets(tps)
+        out: dict[int, list] = {tp.partition: [] for tp in tps}
+        remaining = {tp for tp in tps if ends[tp] > 0}
+        while remaining:
+            data = await consumer.getmany(*remaining, timeout_ms=1000)
+            for tp, msgs in data.items():
+                out[tp.partition].extend(msgs)
+            for tp in list(remaining):
+                if await consumer.position(tp) >= ends[tp]:
+                    remaining.discard(tp)
+        return out
+    finally:
+        await consumer.stop()
+
+
+async def record_topic(cfg: WorkerConfig, topic: str) -> list[bytes]:
+    """A topic's committed records as session lines (a raw newline inside a record becomes a space)."""
+    per_partition = await read_topic(cfg, topic)
+    return [(m.value or b"").replace(b"\n", b" ") for p in sorted(per_partition) for m in per_partition[p]]

@@ -1,0 +1,89 @@
+"""The deployed process: a Worker plus its HTTP side (/metrics, /healthz, /readyz, /creators/<id>)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from stream import model
+from stream.config import WorkerConfig
+from stream.engine import partition_for
+from stream.policy import Policy
+from stream.worker import Worker
+
+log = logging.getLogger(__name__)
+
+
+def build_app(worker: Worker) -> web.Application:
+    async def metrics(_: web.Request) -> web.Response:
+        body = generate_latest(worker.metrics.registry)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def healthz(_: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def readyz(_: web.Request) -> web.Response:
+        ready = worker.ready
+        return web.json_response({"ready": ready, "partitions": sorted(worker.tasks)},
+                                 status=200 if ready else 503)
+
+    async def creator(request: web.Request) -> web.Response:
+        """Balance and open window tallies of a creator, answered by the worker that owns its partition."""
+        cid = request.match_info["creator_id"]
+        n = worker.gifts_partitions()
+        p = partition_for(cid.encode(), n) if n else None
+        task = worker.tasks.get(p) if p is not None else None
+        if task is None:
+            return web.json_response({"error": "not owned here", "creator_id": cid, "partition": p,
+                                      "owned_partitions": sorted(worker.tasks)}, status=421)
+        c = task.engine.state.creators.get(cid)
+        if c is None:
+            return web.json_response({"error": "unknown creator", "creator_id": cid}, status=404)
+        policy = task.engine.policy
+        cursor = task.engine.state.close_cursor or 0
+        windows = []
+        for w in policy.windows:
+            starts = sorted({pane - pane % w.hop_ms - k * w.hop_ms for pane in c.panes
+                             for k in range(w.size_ms // w.hop_ms)})
+            for start in starts:
+                if start + w.size_ms <= cursor:
+                    continue
+                tallies = [c.panes[p] for p in c.panes if start <= p < start + w.size_ms]
+                if tallies:
+                    windows.append({"window": w.name, "window_start": start, "window_end": start + w.size_ms,
+                                    "milli_diamonds": sum(t[0] for t in tallies),
+                                    "credits": sum(t[1] for t in tallies), "final": False})
+        region = policy.regions[c.region]
+        body = {"creator_id": cid, "partition": p, "region": c.region, "balance_milli_diamonds": c.balance,
+                "balance_cents": region.value_cents(c.balance), "credited_milli_diamonds": c.credited,
+                "paid_out_milli_diamonds": c.paid_out, "notices": c.crossings,
+                "above_threshold": c.above, "watermark": task.engine.state.watermark, "open_windows": windows}
+        return web.Response(body=model.encode(body), content_type="application/json")
+
+    app = web.Application()
+    app.add_routes([web.get("/metrics", metrics), web.get("/healthz", healthz), web.get("/readyz", readyz),
+                    web.get("/creators/{creator_id}", creator)])
+    return app
+
+
+async def serve_worker(cfg: WorkerConfig, policy: Policy, stop: asyncio.Event, worker_id: str = "worker") -> None:
+    worker = Worker(cfg, policy, worker_id=worker_id)
+    runner = None
+    if cfg.http_port:
+        runner = web.AppRunner(build_app(worker), access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, "0.0.0.0", cfg.http_port).start()
+        log.info("http listening", extra={"port": cfg.http_port})
+    task = asyncio.create_task(worker.run())
+    stopper = asyncio.create_task(stop.wait())
+    _done, _ = await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    worker.stop()
+    try:
+        await task  # finishes the batch in hand, commits it, leaves the group
+    finally:
+        stopper.cancel()
+        if runner:
+            await runner.cleanup()

@@ -1,0 +1,297 @@
+"""The streaming worker: aiokafka consumer group in, one Kafka transaction per partition batch out.
+
+For each assigned input partition p the worker owns a PartitionEngine, a ChangelogWriter and (exactly-once
+mode) a transactional producer whose transactional.id is derived from p. Starting that producer fences
+any zombie that still owns p (an old owner's open transaction is aborted), then the state is restored
+from changelog partition p, read_committed. Each batch of p is processed, and its notices, window totals,
+late gifts, dead letters, changelog records and consumed offsets are committed in one transaction: a
+crash anywhere leaves either all of it or none of it, and the restart resumes from the committed offsets
+with the state that matches them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.coordinator.assignors.range import RangePartitionAssignor
+from aiokafka.structs import OffsetAndMetadata
+
+from stream import model
+from stream.changelog import ChangelogWriter, Record, restore_state
+from stream.config import WorkerConfig
+from stream.engine import Outputs, PartitionEngine, partition_for
+from stream.metrics import Metrics
+from stream.policy import Policy
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PartitionTask:
+    """Everything this worker owns for one input partition while it is assigned."""
+
+    partition: int
+    engine: PartitionEngine
+    writer: ChangelogWriter
+    producer: AIOKafkaProducer
+
+
+class _Rebalance(ConsumerRebalanceListener):
+    def __init__(self, worker: Worker) -> None:
+        self.worker = worker
+
+    async def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
+        await self.worker._on_revoked(revoked)
+
+    async def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
+        await self.worker._on_assigned(assigned)
+
+
+class Worker:
+    def __init__(self, cfg: WorkerConfig, policy: Policy, metrics: Metrics | None = None,
+                 worker_id: str = "worker") -> None:
+        self.cfg = cfg
+        self.policy = policy
+        self.metrics = metrics or Metrics()
+        self.worker_id = worker_id
+        self.tasks: dict[int, PartitionTask] = {}
+        self.ready = False  # true once every assigned partition is restored
+        self._stopping = asyncio.Event()
+        self._lock = asyncio.Lock()  # a batch and a rebalance never interleave
+        self._consumer: AIOKafkaConsumer | None = None
+        self._plain_producer: AIOKafkaProducer | None = None  # at-least-once mode only
+        self._partitions: dict[str, int] = {}
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def stop(self) -> None:
+        """Ask the loop to finish the batch in hand, commit it and leave the group (SIGTERM)."""
+        self._stopping.set()
+
+    async def run(self) -> None:
+        cfg = self.cfg
+        t = cfg.topics
+        self._consumer = AIOKafkaConsumer(
+            bootstrap_servers=cfg.bootstrap_servers, group_id=cfg.group_id, client_id=self.worker_id,
+            enable_auto_commit=False, auto_offset_reset="earliest",
+            isolation_level="read_committed" if cfg.exactly_once else "read_uncommitted",
+            # Range keeps gifts-p and payouts-p on the same worker (co-partitioned by creator_id).
+            partition_assignment_strategy=(RangePartitionAssignor,),
+            max_partition_fetch_bytes=8 << 20, fetch_max_bytes=64 << 20,
+            **cfg.kafka_security(),
+        )
+        self._consumer.subscribe([t.gifts, t.payouts], listener=_Rebalance(self))
+        if not cfg.exactly_once:
+            self._plain_producer = self._producer(None)
+            await self._plain_producer.start()
+        await self._consumer.start()
+        log.info("worker started", extra={"worker": self.worker_id, "group": cfg.group_id,
+                                          "exactly_once": cfg.exactly_once})
+        try:
+            while not self._stopping.is_set():
+                data = await self._consumer.getmany(timeout_ms=cfg.batch_max_ms,
+                                                    max_records=cfg.batch_max_records)
+                if data:
+                    async with self._lock:
+                        await self._process(data)
+                await self.metrics.observe_lag(self._consumer)
+        finally:
+            async with self._lock:
+                await self._release(list(self.tasks))
+            await self._consumer.stop()
+            if self._plain_producer:
+                await self._plain_producer.stop()
+            log.info("worker stopped", extra={"worker": self.worker_id})
+
+    def _producer(self, partition: int | None) -> AIOKafkaProducer:
+        opts = dict(bootstrap_servers=self.cfg.bootstrap_servers, linger_ms=5, max_batch_size=1 << 20,
+                    max_request_size=16 << 20, **self.cfg.kafka_security())
+        if partition is None:
+            return AIOKafkaProducer(acks="all", enable_idempotence=True, **opts)
+        txn_id = f"giftstream-{self.cfg.group_id}-{self.cfg.topics.gifts}-{partition}"
+        return AIOKafkaProducer(transactional_id=txn_id, transaction_timeout_ms=60_000, **opts)
+
+    def gifts_partitions(self) -> int:
+        """Partition count of the gifts topic as the consumer knows it (0 before metadata arrives)."""
+        if self._consumer is None:
+            return 0
+        return len(self._consumer.partitions_for_topic(self.cfg.topics.gifts) or ())
+
+    # ------------------------------------------------------------------ rebalance
+
+    async def _on_assigned(self, assigned: Iterable[TopicPartition]) -> None:
+        async with self._lock:
+            self.ready = False
+            parts = sorted({tp.partition for tp in assigned if tp.topic == self.cfg.topics.gifts})
+            for p in parts:
+                if p not in self.tasks:
+                    self.tasks[p] = await self._restore(p)
+            self.ready = True
+            log.info("partitions assigned", extra={"worker": self.worker_id, "partitions": parts})
+
+    async def _on_revoked(self, revoked: Iterable[TopicPartition]) -> None:
+        # Every batch is committed before the lock is released, so there is nothing to flush: drop the
+        # state; the next owner restores it from the changelog.
+        async with self._lock:
+            parts = sorted({tp.partition for tp in revoked if tp.topic == self.cfg.topics.gifts})
+            await self._release(parts)
+            log.info("partitions revoked", extra={"worker": self.worker_id, "partitions": parts})
+
+    async def _release(self, parts: list[int]) -> None:
+        for p in parts:
+            task = self.tasks.pop(p, None)
+            if task is not None and task.producer is not self._plain_producer:
+                await task.producer.stop()
+        self.metrics.set_state_size(self.tasks)
+
+    async def _restore(self, p: int) -> PartitionTask:
+        started = time.perf_counter()
+        if self.cfg.exactly_once:
+            producer = self._producer(p)
+            await producer.start()  # init_transactions: fences a zombie owner of p, ends its transaction
+        else:
+            producer = self._plain_producer
+        records = await self._read_changelog(p)
+        state, writer = restore_state(records)
+        task = PartitionTask(p, PartitionEngine(self.policy, p, state, self.cfg.topics.gifts), writer, producer)
+        seconds = time.perf_counter() - started
+        self.metrics.restore_seconds.observe(seconds)
+        self.metrics.set_state_size(self.tasks | {p: task})
+        log.info("partition restored", extra={"worker": self.worker_id, "partition": p,
+                                              "changelog_records": len(records), "creators": len(state.creators),
+                                              "seconds": round(seconds, 3)})
+        return task
+
+    async def _read_changelog(self, p: int) -> list[Record]:
+        tp = TopicPartition(self.cfg.topics.changelog, p)
+        consumer = AIOKafkaConsumer(bootstrap_servers=self.cfg.bootstrap_servers, enable_auto_commit=False,
+                                    isolation_level="read_committed", max_partition_fetch_bytes=16 << 20,
+                                    **self.cfg.kafka_security())
+        await consumer.start()
+        records: list[Record] = []
+        try:
+            consumer.assign([tp])
+            await consumer.seek_to_beginning(tp)
+            end = (await consumer.end_offsets([tp]))[tp]
+            while await consumer.position(tp) < end:
+                batch = await consumer.getmany(tp, timeout_ms=1000)
+                records.extend((m.key, m.value) for m in batch.get(tp, ()))
+        finally:
+            await consumer.stop()
+        return records
+
+    # ------------------------------------------------------------------ batches
+
+    async def _process(self, data: dict[TopicPartition, list]) -> None:
+        t = self.cfg.topics
+        by_partition: dict[int, tuple[list, list]] = {}
+        for tp, msgs in data.items():
+            slot = by_partition.setdefault(tp.partition, ([], []))
+            slot[0 if tp.topic == t.gifts else 1].extend(msgs)
+        commits = []
+        for p, (gifts, payouts) in sorted(by_partition.items()):
+            task = self.tasks.get(p)
+            if task is None:
+                continue  # revoked while the batch was in flight: the next owner reads it again
+            started = time.perf_counter()
+            out = Outputs()
+            offsets: dict[TopicPartition, OffsetAndMetadata] = {}
+            if payouts:
+                raws = [m.value or b"" for m in payouts]
+                task.engine.apply_payouts([model.decode_payout(r) for r in raws], raws,
+                                          [m.offset for m in payouts], out, t.payouts)
+                offsets[TopicPartition(t.payouts, p)] = OffsetAndMetadata(payouts[-1].offset + 1, "")
+            if gifts:
+                task.engine.process([m.value or b"" for m in gifts], [m.offset for m in gifts], out)
+                offsets[TopicPartition(t.gifts, p)] = OffsetAndMetadata(gifts[-1].offset + 1, "")
+            changelog = task.writer.drain(task.engine)
+            self.metrics.record_batch(out, len(gifts) + len(payouts), time.perf_counter() - started, gifts)
+            commits.append(self._commit(task, out, changelog, offsets))
+        results = await asyncio.gather(*commits, return_exceptions=True)
+        for (p, _), result in zip(sorted(by_partition.items()), results, strict=False):
+            if isinstance(result, BaseException):
+                await self._recover(p, result)
+        self.metrics.set_state_size(self.tasks)
+
+    async def _commit(self, task: PartitionTask, out: Outputs, changelog: list[Record],
+                      offsets: dict[TopicPartition, OffsetAndMetadata]) -> None:
+        prod = task.producer
+        if not self.cfg.exactly_once:
+            await self._send_outputs(prod, task.partition, out, changelog)
+            await prod.flush()
+            await self._consumer.commit(offsets)
+            return
+        await prod.begin_transaction()
+        try:
+            await self._send_outputs(prod, task.partition, out, changelog)
+            await prod.send_offsets_to_transaction(offsets, self.cfg.group_id)
+            await prod.commit_transaction()
+        except BaseException:
+            self.metrics.transactions_aborted.inc()
+            try:
+                await prod.abort_transaction()
+            except Exception:  # fenced or broken producer: the restart path below replaces it
+                log.warning("abort failed", exc_info=True)
+            raise
+
+    async def _recover(self, p: int, error: BaseException) -> None:
+        """A transaction failed: the engine is ahead of what was committed. Throw the state away and
+        start over from the last commit (state from the changelog, position from committed offsets)."""
+        log.error("transaction failed; restoring partition from its last commit",
+                  extra={"worker": self.worker_id, "partition": p, "error": repr(error)})
+        await self._release([p])
+        self.tasks[p] = await self._restore(p)
+        for topic in (self.cfg.topics.gifts, self.cfg.topics.payouts):
+            tp = TopicPartition(topic, p)
+            committed = await self._consumer.committed(tp)
+            if committed is None:
+                await self._consumer.seek_to_beginning(tp)
+            else:
+                self._consumer.seek(tp, committed)
+
+    async def _send_outputs(self, prod: AIOKafkaProducer, p: int, out: Outputs,
+                            changelog: list[Record]) -> None:
+        t = self.cfg.topics
+        encode = model.encode
+        keyed = [
+            (t.notices, [(n.creator_id.encode(), encode(n)) for n in out.notices]),
+            (t.window_totals, [(w.creator_id.encode(), encode(w)) for w in out.window_totals]),
+            (t.late, [(g.creator_id.encode(), encode(g)) for g in out.late]),
+        ]
+        for topic, records in keyed:
+            if records:
+                n = await self._partition_count(prod, topic)
+                by_p: dict[int, list[Record]] = {}
+                for key, value in records:
+                    by_p.setdefault(partition_for(key, n), []).append((key, value))
+                for q, recs in by_p.items():
+                    await self._send_batches(prod, topic, q, recs)
+        if out.dead_letters:
+            # Dead letters stay on the partition number they came from, so they keep their order.
+            dlq_parts = await self._partition_count(prod, t.dlq)
+            await self._send_batches(prod, t.dlq, p % dlq_parts, [(None, encode(d)) for d in out.dead_letters])
+        await self._send_batches(prod, t.changelog, p, changelog)
+
+    async def _partition_count(self, prod: AIOKafkaProducer, topic: str) -> int:
+        n = self._partitions.get(topic)
+        if n is None:
+            n = self._partitions[topic] = len(await prod.partitions_for(topic))
+        return n
+
+    @staticmethod
+    async def _send_batches(prod: AIOKafkaProducer, topic: str, partition: int,
+                            records: list[tuple[bytes | None, bytes | None]]) -> None:
+        """Append records into producer batches directly: far cheaper than one send() per record."""
+        batch = prod.create_batch()
+        for key, value in records:
+            if batch.append(key=key, value=value, timestamp=None) is None:
+                await prod.send_batch(batch, topic, partition=partition)
+                batch = prod.create_batch()
+                batch.append(key=key, value=value, timestamp=None)
+        if batch.record_count():
+            await prod.send_batch(batch, topic, partition=partition)
