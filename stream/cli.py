@@ -56,6 +56,25 @@ def _worker_config(args: argparse.Namespace):
     return load_config(getattr(args, "config", None), bootstrap_servers=getattr(args, "bootstrap", None))
 
 
+def _check_kafka(cfg, log_json: bool = False) -> None:
+    """Fail in seconds with a clear cause (bad password, untrusted certificate, wrong listener, unreachable
+    advertised broker) instead of aiokafka's "Unable to bootstrap" or endless metadata retries: exit code 3."""
+    import asyncio
+
+    from stream.connect import ConnectionCheckError, check_connection
+
+    try:
+        asyncio.run(check_connection(cfg))
+    except ConnectionCheckError as e:
+        if log_json:  # the worker's logs are JSON lines; say it there too
+            import logging
+
+            logging.getLogger("stream.cli").error("cannot start: Kafka connection check failed",
+                                                  extra={"error": str(e), "bootstrap": cfg.bootstrap_servers})
+        print(f"giftstream: cannot use Kafka: {e}", file=sys.stderr)
+        raise SystemExit(3) from None
+
+
 def cmd_replay_to_kafka(args: argparse.Namespace) -> int:
     import asyncio
 
@@ -65,6 +84,7 @@ def cmd_replay_to_kafka(args: argparse.Namespace) -> int:
     from stream.replay import read_session
 
     cfg = _worker_config(args)
+    _check_kafka(cfg)
     path = Path(args.file) if args.file else _default_session()
     records = read_session(path)
     speed = None if args.speed == "max" else float(args.speed)
@@ -82,6 +102,7 @@ def cmd_record(args: argparse.Namespace) -> int:
     from stream.replay import write_session
 
     cfg = _worker_config(args)
+    _check_kafka(cfg)
     lines = asyncio.run(record_topic(cfg, args.topic))
     n = write_session(args.file, lines)
     print(f"recorded {n:,} committed records of {args.topic} to {args.file}", file=sys.stderr)
@@ -94,6 +115,7 @@ def cmd_topics(args: argparse.Namespace) -> int:
     from stream.topics import create_topics, delete_topics, parse_retention
 
     cfg = _worker_config(args)
+    _check_kafka(cfg)
     if args.action == "delete":
         asyncio.run(delete_topics(cfg))
         print("deleted giftstream topics", file=sys.stderr)
@@ -117,6 +139,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     if args.http_port is not None:
         cfg.http_port = args.http_port
     policy = load_policy(args.policy or cfg.policy)
+    _check_kafka(cfg, log_json=True)
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
