@@ -84,7 +84,16 @@ class PartitionEngine:
         st = self.state
         self._heap = [(s.last_ts + self._timeout, k) for k, s in st.streaks.items() if s.open]
         heapq.heapify(self._heap)
+        self._min_bucket = self._smallest_bucket()
         self._next_timer = self._compute_next_timer()
+
+    def _smallest_bucket(self) -> int | None:
+        """Oldest retention bucket of dedupe ids or closed streaks. Kept in self._min_bucket (updated where
+        a bucket is added, recomputed when buckets expire) because timers fire about once per streak and a
+        scan of all buckets each time was a large share of the engine's time."""
+        st = self.state
+        buckets = [*st.seen_buckets, *st.streak_buckets]
+        return min(buckets) if buckets else None
 
     def _compute_next_timer(self) -> int:
         st = self.state
@@ -93,9 +102,8 @@ class PartitionEngine:
         nxt = st.close_cursor + self._pane + self._grace
         if self._heap:
             nxt = min(nxt, self._heap[0][0])
-        buckets = [*st.seen_buckets, *st.streak_buckets]
-        if buckets:
-            nxt = min(nxt, min(buckets) + RETENTION_BUCKET_MS + self._horizon)
+        if self._min_bucket is not None:
+            nxt = min(nxt, self._min_bucket + RETENTION_BUCKET_MS + self._horizon)
         return nxt
 
     # ---------------------------------------------------------------- gifts
@@ -109,15 +117,23 @@ class PartitionEngine:
 
     def process_decoded(self, decoded: list[GiftEvent | tuple[str, str]], raws: list[bytes],
                         offsets: list[int] | None, out: Outputs) -> None:
+        # The hot loop: everything it touches per event is bound to a local first (attribute and global
+        # lookups cost as much as the work), and the common cases are inlined (see the comments below).
         st = self.state
         stats = out.stats
         rates = self._rates
         seen = st.seen
+        seen_add = seen.add
         seen_buckets = st.seen_buckets
         dirty_buckets = self.dirty.seen_buckets
         future, horizon = self._future, self._horizon
+        streak_event = self._streak_event
+        credit = self._credit
         stats["events_in"] += len(decoded)
         duplicates = 0
+        wm = st.watermark  # only this loop (and _start) moves the watermark; kept in a local
+        # Consecutive events nearly always share a retention bucket: remember the last one and its id list.
+        last_bucket = ids = None
         for i, ev in enumerate(decoded):
             if type(ev) is tuple:
                 self._reject(ev[0], ev[1], raws[i], offsets[i] if offsets else None, out)
@@ -128,7 +144,6 @@ class PartitionEngine:
                 self._reject(model.UNKNOWN_REGION, f"region {ev.region!r} is not in policy "
                              f"{self.policy.version}", raws[i], offsets[i] if offsets else None, out)
                 continue
-            wm = st.watermark
             if wm is not None:
                 if ts > wm + future:
                     self._reject(model.TS_TOO_FAR_FUTURE, f"ts {ts} is more than {future} ms after the "
@@ -143,24 +158,30 @@ class PartitionEngine:
             if eid in seen:
                 duplicates += 1
                 continue
-            seen.add(eid)
+            seen_add(eid)
             bucket = ts - ts % RETENTION_BUCKET_MS
-            ids = seen_buckets.get(bucket)
-            if ids is None:
-                seen_buckets[bucket] = ids = []
-            if bucket not in dirty_buckets:
-                dirty_buckets[bucket] = len(ids)
+            if bucket != last_bucket:
+                ids = seen_buckets.get(bucket)
+                if ids is None:
+                    seen_buckets[bucket] = ids = []
+                    if self._min_bucket is None or bucket < self._min_bucket:
+                        self._min_bucket = bucket
+                if bucket not in dirty_buckets:
+                    dirty_buckets[bucket] = len(ids)
+                last_bucket = bucket
             ids.append(eid)
             if wm is None:
                 self._start(ts)
+                wm = ts
             elif ts > wm:
-                st.watermark = ts
+                st.watermark = wm = ts
                 if ts >= self._next_timer:
                     self._fire_timers(ts, out)
+                    last_bucket = None  # expiry may have dropped buckets
             if ev.gift_type == STREAKABLE:
-                self._streak_event(ev, out)
+                streak_event(ev, out)
             else:
-                self._credit(ev.creator_id, ev.region, ev.diamond_count * ev.repeat_count * rate, ts, eid, out)
+                credit(ev.creator_id, ev.region, ev.diamond_count * ev.repeat_count * rate, ts, eid, out)
         stats["duplicates"] += duplicates
 
     def _start(self, ts: int) -> None:
@@ -236,6 +257,8 @@ class PartitionEngine:
             if keys is None:
                 st.streak_buckets[bucket] = keys = []
                 self._next_timer = min(self._next_timer, bucket + RETENTION_BUCKET_MS + self._horizon)
+                if self._min_bucket is None or bucket < self._min_bucket:
+                    self._min_bucket = bucket
             keys.append(key)
 
     # ---------------------------------------------------------------- credits and notices
@@ -368,6 +391,8 @@ class PartitionEngine:
         rejected as ts_too_old, so nothing they could match can be accepted again."""
         st = self.state
         cutoff = wm - self._horizon
+        if self._min_bucket is None or self._min_bucket + RETENTION_BUCKET_MS > cutoff:
+            return  # even the oldest bucket is still inside the horizon
         for bucket in [b for b in st.seen_buckets if b + RETENTION_BUCKET_MS <= cutoff]:
             st.seen.difference_update(st.seen_buckets.pop(bucket))
             self.dirty.expired_buckets.add(bucket)
@@ -379,6 +404,7 @@ class PartitionEngine:
                 if s is not None and not s.open and s.last_ts - s.last_ts % RETENTION_BUCKET_MS == bucket:
                     del st.streaks[key]
                     self.dirty.streaks.add(key)
+        self._min_bucket = self._smallest_bucket()
 
     # ---------------------------------------------------------------- payouts
 
