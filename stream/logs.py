@@ -22,10 +22,23 @@ class JsonFormatter(logging.Formatter):
         }
         for key, value in record.__dict__.items():
             if key not in _STANDARD:
-                doc[key] = "***" if any(w in key.lower() for w in _SECRET_WORDS) else value
+                doc[key] = _redact(key, value)
         if record.exc_info:
             doc["exc"] = self.formatException(record.exc_info)
-        return orjson.dumps(doc, default=str).decode()
+        # Dataclasses go through str(), i.e. their repr, which leaves out repr=False fields such as
+        # WorkerConfig.sasl_password; orjson's own dataclass support would serialize every field.
+        return orjson.dumps(doc, default=str, option=orjson.OPT_PASSTHROUGH_DATACLASS).decode()
+
+
+def _redact(key: str, value: object) -> object:
+    """`***` for values under secret-looking keys, at any depth of dicts and lists."""
+    if any(w in key.lower() for w in _SECRET_WORDS):
+        return "***"
+    if isinstance(value, dict):
+        return {k: _redact(str(k), v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_redact("", v) for v in value]
+    return value
 
 
 def setup_logging(level: str = "INFO") -> None:
