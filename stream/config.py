@@ -27,6 +27,7 @@ class WorkerConfig:
     policy: str | None = None  # policy TOML path; None = built-in
     batch_max_records: int = 50_000  # getmany bound on records per batch
     batch_max_ms: int = 200  # getmany bound on waiting for a batch
+    session_timeout_ms: int = 10_000  # a silent (killed) worker's partitions move after this long
     exactly_once: bool = True  # transactions + read_committed; off = at-least-once, for comparison
     http_port: int = 0  # /metrics /healthz /readyz /creators; 0 = off
     security_protocol: str = "PLAINTEXT"  # PLAINTEXT, SSL, SASL_PLAINTEXT, SASL_SSL

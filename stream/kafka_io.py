@@ -13,6 +13,9 @@ from stream.config import WorkerConfig
 from stream.engine import partition_for
 
 
+MAX_PACE_JUMP_MS = 60_000
+
+
 class _KeyOnly(msgspec.Struct):
     creator_id: str
     ts: int = 0
@@ -51,12 +54,14 @@ async def produce_session(records: list[bytes], cfg: WorkerConfig, topic: str | 
             pending.append(await producer.send_batch(batch, topic, partition=p))
 
         wall0 = time.monotonic()
-        ts0 = None
+        ts0 = paced_ts = None
         sent = 0
         for raw in records:
             key, ts = key_of(raw)
-            if speed and ts is not None:
+            # Pace on event time, ignoring outliers (a far-future or far-past ts is bad input, not a clock).
+            if speed and ts is not None and (paced_ts is None or paced_ts <= ts <= paced_ts + MAX_PACE_JUMP_MS):
                 ts0 = ts if ts0 is None else ts0
+                paced_ts = ts
                 delay = wall0 + (ts - ts0) / 1000 / speed - time.monotonic()
                 if delay > 0.005:
                     for p in list(batches):

@@ -162,3 +162,20 @@ def decode_payout(raw: bytes) -> Payout | tuple[str, str]:
         return _payout_decoder.decode(raw)
     except msgspec.DecodeError as e:
         return classify_error(e), str(e)[:300]
+
+
+_notice_decoder = msgspec.json.Decoder(PayoutNotice)
+_dead_letter_decoder = msgspec.json.Decoder(DeadLetter)
+_window_total_decoder = msgspec.json.Decoder(WindowTotal)
+
+
+def decode_notice(raw: bytes) -> PayoutNotice:
+    return _notice_decoder.decode(raw)
+
+
+def decode_dead_letter(raw: bytes) -> DeadLetter:
+    return _dead_letter_decoder.decode(raw)
+
+
+def decode_window_total(raw: bytes) -> WindowTotal:
+    return _window_total_decoder.decode(raw)

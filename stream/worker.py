@@ -83,6 +83,7 @@ class Worker:
             # Range keeps gifts-p and payouts-p on the same worker (co-partitioned by creator_id).
             partition_assignment_strategy=(RangePartitionAssignor,),
             max_partition_fetch_bytes=8 << 20, fetch_max_bytes=64 << 20,
+            session_timeout_ms=cfg.session_timeout_ms, heartbeat_interval_ms=min(3000, cfg.session_timeout_ms // 3),
             **cfg.kafka_security(),
         )
         self._consumer.subscribe([t.gifts, t.payouts], listener=_Rebalance(self))
@@ -128,9 +129,9 @@ class Worker:
         async with self._lock:
             self.ready = False
             parts = sorted({tp.partition for tp in assigned if tp.topic == self.cfg.topics.gifts})
-            for p in parts:
-                if p not in self.tasks:
-                    self.tasks[p] = await self._restore(p)
+            new = [p for p in parts if p not in self.tasks]
+            for task in await asyncio.gather(*(self._restore(p) for p in new)):  # restores run side by side
+                self.tasks[task.partition] = task
             self.ready = True
             log.info("partitions assigned", extra={"worker": self.worker_id, "partitions": parts})
 

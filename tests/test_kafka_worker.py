@@ -1,0 +1,209 @@
+"""The worker against the real local broker (make kafka-up): exact totals, identical notices to the
+offline replay, a rebalance mid-stream, SIGKILL at random points, poison records."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.structs import TopicPartition
+
+from load.generator import TrafficConfig, generate
+from stream import model
+from stream.changelog import restore_state
+from stream.config import Topics, WorkerConfig
+from stream.kafka_io import produce_session, read_topic
+from stream.policy import load_policy
+from stream.replay import replay
+from stream.topics import create_topics, delete_topics
+from stream.worker import Worker
+
+pytestmark = pytest.mark.kafka
+BOOTSTRAP = os.environ.get("GIFTSTREAM_TEST_BOOTSTRAP", "127.0.0.1:19092")
+PARTITIONS = 4
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def session(events: int, seed: int) -> list[bytes]:
+    cfg = TrafficConfig(seed=seed, events=events, creators=60, senders=4_000, duplicate_rate=0.01,
+                        late_rate=0.005, malformed_rate=0.003, streak_missing_end_rate=0.03)
+    return list(generate(cfg))
+
+
+@pytest.fixture
+async def cfg():
+    suffix = uuid.uuid4().hex[:8]
+    c = WorkerConfig(bootstrap_servers=BOOTSTRAP, group_id=f"giftstream-test-{suffix}",
+                     topics=Topics(**{k: f"{v}-{suffix}" for k, v in vars(Topics()).items()}))
+    try:
+        await create_topics(c, PARTITIONS)
+    except Exception as e:  # a missing broker is a failure, not a skip: `make test` starts it
+        pytest.fail(f"no Kafka broker at {BOOTSTRAP} ({e!r}); run `make kafka-up`")
+    yield c
+    await delete_topics(c)
+
+
+async def committed_lag(c: WorkerConfig) -> int:
+    """Records of the gifts topic not yet covered by the group's committed offsets."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=c.bootstrap_servers)
+    await admin.start()
+    try:
+        committed = await admin.list_consumer_group_offsets(c.group_id)
+    finally:
+        await admin.close()
+    ends = {p: len(msgs) for p, msgs in (await read_topic(c, c.topics.gifts)).items()}
+    return sum(end - (committed.get(TopicPartition(c.topics.gifts, p)).offset
+                      if committed.get(TopicPartition(c.topics.gifts, p)) else 0)
+               for p, end in ends.items())
+
+
+async def wait_drained(c: WorkerConfig, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while (lag := await committed_lag(c)) > 0:
+        assert time.monotonic() < deadline, f"worker did not drain: {lag} records left"
+        await asyncio.sleep(0.5)
+
+
+async def assert_matches_offline(c: WorkerConfig, records: list[bytes]) -> None:
+    """Everything committed equals what the offline replay computes from the same records."""
+    policy = load_policy()
+    offline = replay(records, policy, partitions=PARTITIONS)
+    notices = [m.value for ms in (await read_topic(c, c.topics.notices)).values() for m in ms]
+    assert sorted(notices) == sorted(model.encode(n) for n in offline.outputs.notices)  # byte for byte
+    assert len({model.decode_notice(n).notice_id for n in notices}) == len(notices)  # each exactly once
+    totals = [m.value for ms in (await read_topic(c, c.topics.window_totals)).values() for m in ms]
+    assert Counter(totals) == Counter(model.encode(w) for w in offline.outputs.window_totals)
+    late = [m.value for ms in (await read_topic(c, c.topics.late)).values() for m in ms]
+    assert Counter(late) == Counter(model.encode(g) for g in offline.outputs.late)
+    dlq = [model.decode_dead_letter(m.value) for ms in (await read_topic(c, c.topics.dlq)).values() for m in ms]
+    assert Counter(d.reason for d in dlq) == Counter(d.reason for d in offline.outputs.dead_letters)
+    # Balances: the state restored from the changelog equals the offline engine's, creator by creator.
+    changelog = await read_topic(c, c.topics.changelog)
+    live = {}
+    for p, msgs in changelog.items():
+        state, _ = restore_state((m.key, m.value) for m in msgs)
+        live.update({cid: (s.balance, s.crossings) for cid, s in state.creators.items()})
+    expected = {cid: (s.balance, s.crossings) for e in offline.engines.values()
+                for cid, s in e.state.creators.items()}
+    assert live == expected
+
+
+async def test_end_to_end_totals_are_exact_and_notices_match_the_offline_replay(cfg):
+    records = session(30_000, seed=11)
+    await produce_session(records, cfg)
+    worker = Worker(cfg, load_policy())
+    run = asyncio.create_task(worker.run())
+    await wait_drained(cfg)
+    worker.stop()
+    await run
+    await assert_matches_offline(cfg, records)
+
+
+async def test_poison_records_go_to_the_dead_letter_topic_and_the_worker_keeps_going(cfg):
+    good = session(2_000, seed=5)
+    poison = [b"\xff\xfe not json", b"[]", b'{"event_id": "x"}', b"", b"{" * 100]
+    records = good[:1000] + poison + good[1000:]
+    await produce_session(records, cfg)
+    worker = Worker(cfg, load_policy())
+    run = asyncio.create_task(worker.run())
+    await wait_drained(cfg)
+    worker.stop()
+    await run
+    dlq = [model.decode_dead_letter(m.value) for ms in (await read_topic(cfg, cfg.topics.dlq)).values() for m in ms]
+    by_raw = {base64.b64decode(d.raw_b64): d for d in dlq}
+    for raw in poison:
+        d = by_raw[raw]
+        assert d.reason in model.REJECT_REASONS and d.source_topic == cfg.topics.gifts
+        assert d.partition == 0 and d.offset is not None  # keyless records go to partition 0
+    assert worker.metrics.rejected.labels("not_json")._value.get() >= 2  # counted in metrics too
+    await assert_matches_offline(cfg, records)
+
+
+async def wait_for(condition, what: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.2)
+
+
+async def test_two_workers_share_partitions_with_a_rebalance_mid_stream(cfg):
+    records = session(40_000, seed=23)
+    half = len(records) // 2
+    await produce_session(records[:half], cfg)
+    cfg.batch_max_records = 500  # many small transactions, so the rebalance lands mid-stream
+    a = Worker(cfg, load_policy(), worker_id="worker-a")
+    b = Worker(cfg, load_policy(), worker_id="worker-b")
+    run_a = asyncio.create_task(a.run())
+    await wait_for(lambda: a.metrics.events_in._value.get() > 0, "worker a to start consuming")
+    run_b = asyncio.create_task(b.run())  # joins: partitions move from a to b
+    # The second half arrives over ~10 s of wall time, so traffic flows before, during and after the move.
+    producing = asyncio.create_task(produce_session(records[half:], cfg, speed=2.0))
+    await wait_for(lambda: a.ready and b.ready and a.tasks and b.tasks
+                   and set(a.tasks) | set(b.tasks) == set(range(PARTITIONS)), "a shared assignment")
+    assert not set(a.tasks) & set(b.tasks)
+    await producing
+    await wait_drained(cfg)
+    assert 0 < b.metrics.events_in._value.get() < len(records)  # b took over part of the stream
+    a.stop()
+    await run_a  # a leaves: b takes everything over, restoring a's partitions from the changelog
+    extra = session(500, seed=99)
+    await produce_session(extra, cfg)
+    await wait_for(lambda: b.ready and sorted(b.tasks) == list(range(PARTITIONS)), "b to own every partition")
+    await wait_drained(cfg)
+    b.stop()
+    await run_b
+    await assert_matches_offline(cfg, records + extra)
+
+
+def _start_worker(config_path: Path, log) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "stream.cli", "worker", "--config", str(config_path)],
+                            cwd=ROOT, stdout=log, stderr=log)
+
+
+async def test_worker_killed_with_sigkill_at_random_points_loses_and_duplicates_nothing(cfg, tmp_path):
+    records = session(200_000, seed=31)
+    await produce_session(records, cfg)
+    config = tmp_path / "worker.toml"
+    topics = "\n".join(f'{k} = "{v}"' for k, v in vars(cfg.topics).items())
+    config.write_text(f'bootstrap_servers = "{cfg.bootstrap_servers}"\ngroup_id = "{cfg.group_id}"\n'
+                      f"batch_max_records = 200\nsession_timeout_ms = 6000\n\n[topics]\n{topics}\n")
+    log_path = tmp_path / "worker.log"
+    rng = random.Random(7)
+    kills_mid_stream = 0
+    total = len(records)
+    with log_path.open("wb") as log:
+        for round_ in range(1, 5):
+            proc = _start_worker(config, log)
+            # Kill only once this worker owns the partitions and is committing, at a random instant.
+            await wait_for(lambda r=round_: log_path.read_bytes().count(b"partitions assigned") >= r,
+                           "the worker to be assigned its partitions", timeout=60)
+            before = await committed_lag(cfg)
+            await asyncio.sleep(rng.uniform(0.3, 2.0))
+            proc.send_signal(signal.SIGKILL)  # no chance to finish the batch or leave the group
+            proc.wait(timeout=10)
+            after = await committed_lag(cfg)
+            if after == 0:
+                break
+            assert after < total and after <= before
+            kills_mid_stream += 1
+        assert kills_mid_stream >= 2, "the worker finished before it could be killed mid-stream"
+        proc = _start_worker(config, log)
+        try:
+            await wait_drained(cfg, timeout=240)
+            await wait_for(lambda: log_path.read_bytes().count(b"partitions assigned") > kills_mid_stream,
+                           "the last worker to own its partitions")
+        finally:
+            proc.send_signal(signal.SIGTERM)  # drains, commits and leaves the group
+            assert proc.wait(timeout=30) == 0
+    await assert_matches_offline(cfg, records)
