@@ -12,7 +12,6 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from stream.config import WorkerConfig
 from stream.engine import partition_for
 
-
 MAX_PACE_JUMP_MS = 60_000
 
 

@@ -91,7 +91,7 @@ async def assert_matches_offline(c: WorkerConfig, records: list[bytes]) -> None:
     # Balances: the state restored from the changelog equals the offline engine's, creator by creator.
     changelog = await read_topic(c, c.topics.changelog)
     live = {}
-    for p, msgs in changelog.items():
+    for _p, msgs in changelog.items():
         state, _ = restore_state((m.key, m.value) for m in msgs)
         live.update({cid: (s.balance, s.crossings) for cid, s in state.creators.items()})
     expected = {cid: (s.balance, s.crossings) for e in offline.engines.values()
