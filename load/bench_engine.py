@@ -60,12 +60,15 @@ def bench_config(events: int, seed: int = DEFAULT_SEED) -> TrafficConfig:
 
 
 def pre_read(generated: Iterable[bytes]) -> list[bytes]:
-    """The records as `stream.replay.read_session` would return them from the session file: the
-    newline-joined blob split again. (Besides matching the file path exactly, this copies the records into
-    exact-size bytes objects: the generator's orjson output carries ~4 KiB of buffer per record.)"""
+    """The records as `stream.replay.read_session` returns them from the session file (newline-joined,
+    split again, blank lines dropped), done a chunk at a time so the blob never exists whole. Besides
+    matching the file path exactly, this copies the records into exact-size bytes objects: the
+    generator's orjson output carries ~4 KiB of buffer per record."""
     it = iter(generated)
-    blob = b"\n".join(b"\n".join(chunk) for chunk in iter(lambda: list(islice(it, 10_000)), []))
-    return [line for line in blob.split(b"\n") if line.strip()]
+    records: list[bytes] = []
+    for chunk in iter(lambda: list(islice(it, 10_000)), []):
+        records.extend(line for line in b"\n".join(chunk).split(b"\n") if line.strip())
+    return records
 
 
 def peak_rss_mib() -> float:
