@@ -11,8 +11,9 @@ Then, each measured as the best of R fresh repeats (new engines, nothing cached 
   (b) the engine: ``stream.replay.replay(records, policy, partitions=P)`` (decode + route + engine);
   (c) the engine with ``partitions=1`` (no routing).
 
-Also reported: peak RSS (``resource.getrusage``, a high-water mark, sampled after each phase) and the
-size of the live state after run (b).
+"Events" are records: everything in the file, duplicates and malformed ones included. Also reported:
+peak RSS (``resource.getrusage``, a high-water mark, sampled after each phase), the RSS still held with
+run (b)'s result alive, and the size of the live state after run (b) (see ``state_size``).
 """
 
 from __future__ import annotations
@@ -74,6 +75,15 @@ def pre_read(generated: Iterable[bytes]) -> list[bytes]:
 def peak_rss_mib() -> float:
     """Peak resident set size of this process so far (Linux reports ru_maxrss in KiB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def current_rss_mib() -> float | None:
+    """Resident set size right now (Linux /proc; None elsewhere)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def best_of(repeat: int, run: Callable[[], Any]) -> tuple[float, Any]:
@@ -155,12 +165,16 @@ def main(argv: list[str] | None = None) -> int:
         f" seed {args.seed}; best of {args.repeat}")
     rss_records = peak_rss_mib()
 
-    t_dec, _ = best_of(args.repeat, lambda: decode_all(records, policy.max_record_bytes))
+    t_dec = best_of(args.repeat, lambda: decode_all(records, policy.max_record_bytes))[0]
     rss_decode = peak_rss_mib()
-    t_one, _ = best_of(args.repeat, lambda: replay(records, policy, partitions=1))
+    t_one = best_of(args.repeat, lambda: replay(records, policy, partitions=1))[0]
     rss_one = peak_rss_mib()
+    gc.collect()
+    live_before = current_rss_mib()
     t_p, res = best_of(args.repeat, lambda: replay(records, policy, partitions=args.partitions))
     rss_p = peak_rss_mib()
+    gc.collect()
+    live_after = current_rss_mib()
     size = state_size([e.state for e in res.engines.values()])
     summary = res.summary
 
@@ -185,6 +199,9 @@ def main(argv: list[str] | None = None) -> int:
     say(f"peak RSS (ru_maxrss high-water mark): start {rss0:.0f} MiB, records in memory {rss_records:.0f} MiB, "
         f"after decode {rss_decode:.0f} MiB, after engine P=1 {rss_one:.0f} MiB, after engine P={P} "
         f"{rss_p:.0f} MiB")
+    if live_before is not None and live_after is not None:
+        say(f"current RSS with the last P={P} run's result alive (state + outputs), minus before the runs: "
+            f"{live_after - live_before:+.0f} MiB (approximate: the allocator keeps freed memory)")
     say(f"live state after the P={P} run: {size['creators']:,} creators, {size['panes']:,} pane tallies, "
         f"{size['streaks']:,} streaks ({size['open_streaks']:,} open), {size['dedupe_ids']:,} dedupe ids")
     say(f"    snapshot (msgpack) {size['snapshot_bytes'] / 2**20:.1f} MiB in all: tallies "
@@ -193,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{(size['snapshot_bytes'] - size['tally_bytes'] - size['streak_bytes']) / 2**20:.1f} MiB "
         f"(whole snapshot / (creators + panes) = {size['bytes_per_tally_all']:.0f} bytes)")
     say("")
-    say("| events | decode only (ev/s) | engine P=1 (ev/s) | engine P=" + f"{P} (ev/s) | engine/decode P=1 | "
+    say(f"| events | decode only (ev/s) | engine P=1 (ev/s) | engine P={P} (ev/s) | engine/decode P=1 | "
         f"engine/decode P={P} | peak RSS (MiB) | B/tally (snapshot) |")
     say("|---:|---:|---:|---:|---:|---:|---:|---:|")
     say(f"| {n:,} | {rate['decode']:,.0f} | {rate['one']:,.0f} | {rate['p']:,.0f} | "
