@@ -1,0 +1,138 @@
+"""Drain measurements on a pre-loaded topic: how fast a consumer (the native worker, a bare aiokafka loop,
+or any other runner) gets through a fixed backlog. Shared by the worker benchmark and the load harness."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+
+from load.generator import TrafficConfig, generate
+from stream.config import Topics, WorkerConfig
+from stream.kafka_io import produce_session
+from stream.topics import create_topics, delete_topics
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class DrainResult:
+    name: str
+    events: int
+    seconds: float  # first progress seen -> backlog committed (steady state, no start-up)
+    total_seconds: float  # process start -> backlog committed
+    peak_rss_mb: float | None = None
+
+    @property
+    def events_per_second(self) -> float:
+        return self.events / self.seconds if self.seconds else 0.0
+
+
+def unique_config(bootstrap: str, prefix: str = "bench") -> WorkerConfig:
+    suffix = uuid.uuid4().hex[:8]
+    return WorkerConfig(bootstrap_servers=bootstrap, group_id=f"giftstream-{prefix}-{suffix}",
+                        topics=Topics(**{k: f"{v}-{prefix}-{suffix}" for k, v in vars(Topics()).items()}))
+
+
+def realistic_session(events: int, seed: int = 42) -> list[bytes]:
+    return list(generate(TrafficConfig(seed=seed, events=events, creators=5_000, senders=500_000,
+                                       rate_per_s=5_000.0)))
+
+
+async def preload(cfg: WorkerConfig, records: list[bytes], partitions: int) -> float:
+    await create_topics(cfg, partitions)
+    started = time.perf_counter()
+    await produce_session(records, cfg)
+    return time.perf_counter() - started
+
+
+async def end_offsets(cfg: WorkerConfig, topic: str) -> dict[TopicPartition, int]:
+    consumer = AIOKafkaConsumer(bootstrap_servers=cfg.bootstrap_servers, isolation_level="read_committed")
+    await consumer.start()
+    try:
+        await consumer._client.force_metadata_update()  # noqa: SLF001 (topic created moments ago)
+        tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
+        return await consumer.end_offsets(tps)
+    finally:
+        await consumer.stop()
+
+
+async def group_committed(admin: AIOKafkaAdminClient, group: str, ends: dict[TopicPartition, int]) -> int:
+    offsets = await admin.list_consumer_group_offsets(group)
+    return sum(min(offsets[tp].offset, end) if tp in offsets and offsets[tp].offset >= 0 else 0
+               for tp, end in ends.items())
+
+
+def worker_config_file(cfg: WorkerConfig, path: Path, **settings: object) -> Path:
+    lines = [f'bootstrap_servers = "{cfg.bootstrap_servers}"', f'group_id = "{cfg.group_id}"']
+    lines += [f"{k} = {str(v).lower() if isinstance(v, bool) else v}" for k, v in settings.items()]
+    lines += ["", "[topics]"] + [f'{k} = "{v}"' for k, v in vars(cfg.topics).items()]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+async def drain_with_process(name: str, cfg: WorkerConfig, argv: list[str], events: int,
+                             timeout: float = 600) -> DrainResult:
+    """Start a runner process that commits offsets for cfg.group_id; time it through the backlog."""
+    ends = await end_offsets(cfg, cfg.topics.gifts)
+    admin = AIOKafkaAdminClient(bootstrap_servers=cfg.bootstrap_servers)
+    await admin.start()
+    started = time.perf_counter()
+    # The runner's log goes to a file: an unread pipe would fill up and stall the runner.
+    log = tempfile.TemporaryFile()
+    proc = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=log,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    first = None
+    first_done = 0
+    try:
+        while True:
+            done = await group_committed(admin, cfg.group_id, ends)
+            now = time.perf_counter()
+            if first is None and done > 0:
+                first, first_done = now, done
+            if done >= events:
+                break
+            if proc.poll() is not None:
+                log.seek(0)
+                raise RuntimeError(f"{name} exited with {proc.returncode}: {log.read()[-2000:]!r}")
+            if now - started > timeout:
+                raise TimeoutError(f"{name} committed {done}/{events} in {timeout}s")
+            await asyncio.sleep(0.25)
+        finished = time.perf_counter()
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+        await admin.close()
+    assert first is not None
+    # Steady state: events committed after the first commit over the time they took.
+    return DrainResult(name, events - first_done, finished - first, finished - started)
+
+
+def native_worker_argv(config: Path) -> list[str]:
+    return [sys.executable, "-m", "stream.cli", "worker", "--config", str(config), "--log-level", "WARNING"]
+
+
+def bare_consumer_argv(cfg: WorkerConfig, batch: int) -> list[str]:
+    return [sys.executable, "-m", "load.bare_consumer", "--bootstrap", cfg.bootstrap_servers,
+            "--topic", cfg.topics.gifts, "--group", cfg.group_id, "--batch", str(batch)]
+
+
+async def cleanup(cfg: WorkerConfig) -> None:
+    await delete_topics(cfg)
+
+
+def with_group(cfg: WorkerConfig, suffix: str) -> WorkerConfig:
+    return replace(cfg, group_id=f"{cfg.group_id}-{suffix}")
