@@ -238,8 +238,8 @@ class PartitionEngine:
                     s.count = ev.repeat_count
                 if ts >= s.last_ts:
                     s.last_ts, s.last_event_id = ts, eid
-                if ev.repeat_end:
-                    close_streak(key, s, ts, eid, out)
+                if ev.repeat_end:  # credited at the streak's newest event time, even if the end came early
+                    close_streak(key, s, s.last_ts, eid, out)
             else:
                 streak_event(ev, key, s, out)
         stats["duplicates"] += duplicates
@@ -301,7 +301,7 @@ class PartitionEngine:
             if ev.ts >= s.last_ts:
                 s.last_ts, s.last_event_id = ev.ts, ev.event_id
             if ev.repeat_end:
-                self._close_streak(key, s, ev.ts, ev.event_id, out)
+                self._close_streak(key, s, s.last_ts, ev.event_id, out)
         elif count > s.credited:
             # A straggler with a higher count after a timeout (or the real end arriving late): credit the rest.
             s.count = count

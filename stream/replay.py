@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from stream import model
-from stream.engine import Outputs, PartitionEngine, end_of_stream, partition_for
+from stream.engine import Dirty, Outputs, PartitionEngine, end_of_stream, partition_for
 from stream.model import GiftEvent
 from stream.policy import Policy
 
@@ -106,6 +106,8 @@ def replay(records: list[bytes], policy: Policy, partitions: int = DEFAULT_PARTI
                 if idx:
                     engines[p].process_decoded(list(map(decoded.__getitem__, idx)),
                                                list(map(raws.__getitem__, idx)), [lo + i for i in idx], out)
+        for engine in engines.values():
+            engine.dirty = Dirty()  # offline there is no changelog to flush the changed keys to
         if progress:
             progress(len(raws))
     if final:
