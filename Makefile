@@ -25,6 +25,7 @@ unit: install
 	$(BIN)/python -m pytest -q -m "not kafka"
 
 test: install lint kafka-up
+	bash deploy/install-test-tools.sh
 	$(BIN)/python -m pytest -q
 
 kafka-up:

@@ -37,12 +37,15 @@ class Metrics:
         self.lag = Gauge("giftstream_consumer_lag", "Records behind the partition end",
                          ["topic", "partition"], registry=r)
         self.restore_seconds = Histogram("giftstream_restore_seconds", "Changelog restore time per partition",
-                                         buckets=_SECONDS, registry=r)
+                                         buckets=(*_SECONDS, 30, 60, 120, 300, 600), registry=r)
         self.transactions_aborted = Counter("giftstream_transactions_aborted", "Aborted transactions",
                                             registry=r)
         self.state_creators = Gauge("giftstream_state_creators", "Creators held in memory", registry=r)
         self.state_streaks = Gauge("giftstream_state_streaks", "Streaks held in memory", registry=r)
         self.state_dedupe_ids = Gauge("giftstream_state_dedupe_ids", "Event ids held for dedupe", registry=r)
+        self.last_poll = Gauge("giftstream_last_poll_timestamp_seconds", "When the consume loop last polled",
+                               registry=r)
+        self._lag_series: set = set()
         self.partitions = Gauge("giftstream_assigned_partitions", "Input partitions owned", registry=r)
 
     def record_batch(self, out: Outputs, records: int, seconds: float, msgs: list[Any]) -> None:
@@ -65,12 +68,17 @@ class Metrics:
                     self.latency.observe(max(0.0, (now_ms - m.timestamp) / 1000))
 
     async def observe_lag(self, consumer: Any) -> None:
-        for tp in consumer.assignment():
+        assigned = consumer.assignment()
+        for tp in self._lag_series - assigned:  # partitions that moved away: their lag is not ours any more
+            self.lag.remove(tp.topic, str(tp.partition))
+        self._lag_series = set(assigned)
+        for tp in assigned:
             end = consumer.last_stable_offset(tp)  # read_committed: the end a reader can reach
             if end is None:
                 end = consumer.highwater(tp)
             if end is not None:
                 self.lag.labels(tp.topic, str(tp.partition)).set(max(0, end - await consumer.position(tp)))
+        self.last_poll.set_to_current_time()
 
     def set_state_size(self, tasks: dict) -> None:
         states = [t.engine.state for t in tasks.values()]

@@ -15,6 +15,7 @@ from stream.policy import Policy
 from stream.worker import Worker
 
 log = logging.getLogger(__name__)
+LIVENESS_STALL_SECONDS = 120  # a batch plus a rebalance with restores fits well inside this
 
 
 def build_app(worker: Worker) -> web.Application:
@@ -23,6 +24,10 @@ def build_app(worker: Worker) -> web.Application:
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def healthz(_: web.Request) -> web.Response:
+        """Live while the consume loop keeps polling (a hung loop gets the pod restarted)."""
+        stalled = worker.seconds_since_poll()
+        if stalled is not None and stalled > LIVENESS_STALL_SECONDS:
+            return web.json_response({"status": "stalled", "seconds_since_poll": round(stalled, 1)}, status=503)
         return web.json_response({"status": "ok"})
 
     async def readyz(_: web.Request) -> web.Response:

@@ -66,6 +66,7 @@ class Worker:
         self._consumer: AIOKafkaConsumer | None = None
         self._plain_producer: AIOKafkaProducer | None = None  # at-least-once mode only
         self._partitions: dict[str, int] = {}
+        self._last_poll: float | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -97,6 +98,7 @@ class Worker:
             while not self._stopping.is_set():
                 data = await self._consumer.getmany(timeout_ms=cfg.batch_max_ms,
                                                     max_records=cfg.batch_max_records)
+                self._last_poll = time.monotonic()
                 if data:
                     async with self._lock:
                         await self._process(data)
@@ -116,6 +118,10 @@ class Worker:
             return AIOKafkaProducer(acks="all", enable_idempotence=True, **opts)
         txn_id = f"giftstream-{self.cfg.group_id}-{self.cfg.topics.gifts}-{partition}"
         return AIOKafkaProducer(transactional_id=txn_id, transaction_timeout_ms=60_000, **opts)
+
+    def seconds_since_poll(self) -> float | None:
+        """Seconds since the consume loop last came back from getmany (None before the first poll)."""
+        return None if self._last_poll is None else time.monotonic() - self._last_poll
 
     def gifts_partitions(self) -> int:
         """Partition count of the gifts topic as the consumer knows it (0 before metadata arrives)."""
