@@ -59,7 +59,7 @@ async def end_offsets(cfg: WorkerConfig, topic: str) -> dict[TopicPartition, int
     consumer = AIOKafkaConsumer(bootstrap_servers=cfg.bootstrap_servers, isolation_level="read_committed")
     await consumer.start()
     try:
-        await consumer._client.force_metadata_update()  # noqa: SLF001 (topic created moments ago)
+        await consumer._client.force_metadata_update()
         tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
         return await consumer.end_offsets(tps)
     finally:
@@ -88,7 +88,7 @@ async def drain_with_process(name: str, cfg: WorkerConfig, argv: list[str], even
     await admin.start()
     started = time.perf_counter()
     # The runner's log goes to a file: an unread pipe would fill up and stall the runner.
-    log = tempfile.TemporaryFile()
+    log = tempfile.TemporaryFile()  # noqa: SIM115 (closed in the finally below, after the process ends)
     proc = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=log,
                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
     first = None
