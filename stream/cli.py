@@ -7,6 +7,7 @@ import sys
 from importlib import resources
 from pathlib import Path
 
+from stream.config import settings_help
 from stream.policy import PolicyError, load_policy
 
 DEMO_SESSION = "demo-session.jsonl.gz"
@@ -201,7 +202,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("worker", help="run the streaming worker (consumer group member, exactly-once)",
                        description="Consume `gifts` and `payouts`, keep per-creator state, emit notices, "
-                                   "window totals, late gifts and dead letters in one transaction per batch.")
+                                   "window totals, late gifts and dead letters in one transaction per batch.",
+                       epilog=settings_help(), formatter_class=argparse.RawDescriptionHelpFormatter)
     _kafka_args(p)
     p.add_argument("--policy", help="policy TOML file (default: the config's, else the built-in policy)")
     p.add_argument("--worker-id", default="worker", help="client id shown in logs and the group")

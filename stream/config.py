@@ -52,6 +52,36 @@ class WorkerConfig:
 
 ENV_PREFIX = "GIFTSTREAM_"
 
+SETTING_HELP = {
+    "bootstrap_servers": "Kafka bootstrap servers, host:port[,host:port]",
+    "group_id": "consumer group; also part of every transactional.id (one per input partition)",
+    "policy": "payout policy TOML (rates, thresholds, fees, windows); empty = the built-in policy",
+    "batch_max_records": "getmany bound: most records handled (and committed) per batch",
+    "batch_max_ms": "getmany bound: longest wait for a batch to fill, in ms",
+    "session_timeout_ms": "how long a silent (killed) worker keeps its partitions before they move",
+    "exactly_once": "true: transactions + read_committed; false: at-least-once (comparison only)",
+    "http_port": "port for /metrics /healthz /readyz /creators/<id>; 0 = no HTTP",
+    "security_protocol": "PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL",
+    "sasl_mechanism": "SCRAM-SHA-256 or SCRAM-SHA-512 (with SASL_*)",
+    "sasl_username": "SASL user",
+    "sasl_password": "SASL password (prefer the environment variable; never logged)",
+    "ssl_cafile": "CA bundle that signed the brokers' certificates (with SSL / SASL_SSL)",
+    "topics": "[topics] table: gifts, payouts, notices, window_totals, late, dlq, changelog topic names",
+}
+
+
+def settings_help() -> str:
+    """The epilog of `giftstream worker --help`: every setting, its default and its variable."""
+    defaults = WorkerConfig()
+    lines = ["settings (TOML key / environment variable, default: meaning):"]
+    for f in fields(WorkerConfig):
+        default = "see below" if f.name == "topics" else repr(getattr(defaults, f.name))
+        env = "" if f.name == "topics" else f" / {ENV_PREFIX}{f.name.upper()}"
+        lines.append(f"  {f.name}{env}, default {default}:\n      {SETTING_HELP[f.name]}")
+    lines.append("  topics defaults: " + ", ".join(f"{k}={v}" for k, v in vars(defaults.topics).items()))
+    lines.append("precedence: defaults < --config TOML < environment < command-line flags")
+    return "\n".join(lines)
+
 
 def load_config(path: str | Path | None = None, env: dict[str, str] | None = None,
                 **overrides: Any) -> WorkerConfig:
