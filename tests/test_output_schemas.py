@@ -1,0 +1,51 @@
+"""What the code emits conforms to the JSON Schemas in schemas/ (the contract), on the bundled session."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import orjson
+import pytest
+from jsonschema import Draft202012Validator
+
+from stream import model
+from stream.cli import _default_session
+from stream.replay import read_session, replay
+
+SCHEMAS = Path(__file__).resolve().parents[1] / "schemas"
+
+
+def validator(name: str) -> Draft202012Validator:
+    return Draft202012Validator(json.loads((SCHEMAS / f"{name}.schema.json").read_text()))
+
+
+@pytest.fixture(scope="module")
+def demo(policy):
+    return replay(read_session(_default_session()), policy, partitions=6, final=True)
+
+
+@pytest.mark.parametrize(("schema", "attr"), [("payout-notice", "notices"), ("window-total", "window_totals"),
+                                              ("late-gift", "late"), ("dead-letter", "dead_letters")])
+def test_every_output_record_validates(demo, schema, attr):
+    records = getattr(demo.outputs, attr)
+    assert records, f"the demo session produces {attr}"
+    v = validator(schema)
+    for r in records:
+        errors = list(v.iter_errors(orjson.loads(model.encode(r))))
+        assert not errors, (r, errors[0].message)
+
+
+def test_the_accepted_input_of_the_demo_session_validates(policy):
+    v = validator("gift-event")
+    accepted = [r for r in read_session(_default_session()) if type(model.decode_event(r)) is model.GiftEvent]
+    assert len(accepted) > 19_000
+    for raw in accepted[:5_000]:
+        assert not list(v.iter_errors(orjson.loads(raw)))
+
+
+def test_notice_money_adds_up(demo):
+    for n in demo.outputs.notices:
+        assert n.payable_cents == min(n.gross_cents, n.daily_cap_cents)
+        assert n.net_cents == n.payable_cents - n.fee_cents >= 0
+        assert n.gross_cents >= n.threshold_cents
