@@ -15,6 +15,7 @@ import uuid
 from collections import Counter
 from pathlib import Path
 
+import orjson
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.structs import TopicPartition
@@ -54,23 +55,23 @@ async def cfg():
     await delete_topics(c)
 
 
-async def committed_lag(c: WorkerConfig) -> int:
-    """Records of the gifts topic not yet covered by the group's committed offsets."""
+async def committed_lag(c: WorkerConfig, topic: str | None = None) -> int:
+    """Records of an input topic (default: gifts) not yet covered by the group's committed offsets."""
+    topic = topic or c.topics.gifts
     admin = AIOKafkaAdminClient(bootstrap_servers=c.bootstrap_servers)
     await admin.start()
     try:
         committed = await admin.list_consumer_group_offsets(c.group_id)
     finally:
         await admin.close()
-    ends = {p: len(msgs) for p, msgs in (await read_topic(c, c.topics.gifts)).items()}
-    return sum(end - (committed.get(TopicPartition(c.topics.gifts, p)).offset
-                      if committed.get(TopicPartition(c.topics.gifts, p)) else 0)
+    ends = {p: len(msgs) for p, msgs in (await read_topic(c, topic)).items()}
+    return sum(end - (committed[TopicPartition(topic, p)].offset if TopicPartition(topic, p) in committed else 0)
                for p, end in ends.items())
 
 
-async def wait_drained(c: WorkerConfig, timeout: float = 120) -> None:
+async def wait_drained(c: WorkerConfig, timeout: float = 120, topic: str | None = None) -> None:
     deadline = time.monotonic() + timeout
-    while (lag := await committed_lag(c)) > 0:
+    while (lag := await committed_lag(c, topic)) > 0:
         assert time.monotonic() < deadline, f"worker did not drain: {lag} records left"
         await asyncio.sleep(0.5)
 
@@ -135,6 +136,33 @@ async def wait_for(condition, what: str, timeout: float = 60) -> None:
     while not condition():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         await asyncio.sleep(0.2)
+
+
+async def test_payouts_rearm_the_threshold_and_bad_payouts_are_dead_lettered(cfg):
+    def gift(i: int, coins: int) -> bytes:
+        return orjson.dumps({"event_id": f"e{i}", "room_id": "r", "creator_id": "c-payout", "sender_id": "s",
+                             "gift_id": 1, "gift_type": 2, "diamond_count": coins, "repeat_count": 1,
+                             "repeat_end": False, "ts": 1_764_000_000_000 + i, "region": "US"})
+
+    worker = Worker(cfg, load_policy())
+    run = asyncio.create_task(worker.run())
+    try:
+        await produce_session([gift(1, 2_500)], cfg)  # $12.50 >= the US threshold of $10
+        await wait_drained(cfg)
+        payout = orjson.dumps({"payout_id": "p1", "creator_id": "c-payout", "milli_diamonds": 2_000_000, "ts": 1})
+        await produce_session([payout, payout, b"not a payout"], cfg, topic=cfg.topics.payouts)
+        await wait_drained(cfg, topic=cfg.topics.payouts)
+        await produce_session([gift(2, 1_500)], cfg)  # 500 + 1500 diamonds: crosses again
+        await wait_drained(cfg)
+    finally:
+        worker.stop()
+        await run
+    notices = [model.decode_notice(m.value) for ms in (await read_topic(cfg, cfg.topics.notices)).values()
+               for m in ms]
+    assert [(n.notice_id, n.balance_milli_diamonds) for n in notices] == [
+        ("pn-c-payout-1", 2_500_000), ("pn-c-payout-2", 2_000_000)]
+    dlq = [model.decode_dead_letter(m.value) for ms in (await read_topic(cfg, cfg.topics.dlq)).values() for m in ms]
+    assert [(d.reason, d.source_topic) for d in dlq] == [("not_json", cfg.topics.payouts)]
 
 
 async def test_two_workers_share_partitions_with_a_rebalance_mid_stream(cfg):
