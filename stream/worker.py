@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
+from aiokafka.errors import ProducerFenced
 from aiokafka.structs import OffsetAndMetadata
 
 from stream import model
@@ -249,9 +250,15 @@ class Worker:
     async def _recover(self, p: int, error: BaseException) -> None:
         """A transaction failed: the engine is ahead of what was committed. Throw the state away and
         start over from the last commit (state from the changelog, position from committed offsets)."""
+        await self._release([p])
+        assigned = {tp.partition for tp in self._consumer.assignment() if tp.topic == self.cfg.topics.gifts}
+        if isinstance(error, ProducerFenced) and p not in assigned:
+            # Another worker owns p now and our consumer already knows it: let it have p. (If our consumer
+            # still lists p, the group says we own it: restoring fences the other side, which is right.)
+            log.warning("fenced: partition %s has a new owner", p, extra={"worker": self.worker_id, "partition": p})
+            return
         log.error("transaction failed; restoring partition from its last commit",
                   extra={"worker": self.worker_id, "partition": p, "error": repr(error)})
-        await self._release([p])
         self.tasks[p] = await self._restore(p)
         for topic in (self.cfg.topics.gifts, self.cfg.topics.payouts):
             tp = TopicPartition(topic, p)
