@@ -221,6 +221,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("policy", help="validate a policy file")
     p.add_argument("policy", nargs="?", help="policy TOML file (default: the built-in policy)")
     p.set_defaults(func=cmd_policy_check)
+    from load.cli import register as register_load
+    register_load(sub)
     return parser
 
 

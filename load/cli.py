@@ -1,0 +1,185 @@
+"""`giftstream load ...`: generate traffic, drive running workers (run), compare native vs Faust (compare)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+
+def _rate(text: str) -> float | None:
+    if text == "max":
+        return None
+    value = float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError("--rate must be > 0 or 'max'")
+    return value
+
+
+def _traffic_args(p: argparse.ArgumentParser, events_default: int | None) -> None:
+    g = p.add_argument_group("traffic (load/generator.py TrafficConfig)")
+    g.add_argument("--events", type=int, default=events_default,
+                   help="records to generate" + (f" (default {events_default:,})" if events_default else
+                                                 " (default: rate x duration, or 2,000,000 with --rate max)"))
+    g.add_argument("--seed", type=int, default=1)
+    g.add_argument("--creators", type=int, default=200)
+    g.add_argument("--senders", type=int, default=20_000)
+    g.add_argument("--duplicate-rate", type=float, default=0.005, help="exact resends (same event_id)")
+    g.add_argument("--late-rate", type=float, default=0.003, help="gifts whose ts is late_by_ms old")
+    g.add_argument("--malformed-rate", type=float, default=0.002, help="bad records of every kind")
+    g.add_argument("--missing-end-rate", type=float, default=0.02, help="streaks whose final event never comes")
+    g.add_argument("--burst-multiplier", type=float, default=25.0, help="viral burst: x usual traffic (<= 1: off)")
+    g.add_argument("--burst-start", type=float, default=0.4, help="burst start, fraction of the span")
+    g.add_argument("--burst-duration", type=float, default=0.08, help="burst length, fraction of the span")
+    g.add_argument("--event-rate", type=float, default=None,
+                   help="records per second of EVENT time (default: --rate, else 1000)")
+
+
+def _kafka_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="worker config TOML (bootstrap, group_id, [topics]) as given to the workers")
+    p.add_argument("--bootstrap", help="Kafka bootstrap servers (default: the config's or 127.0.0.1:19092)")
+    p.add_argument("--topic", help="gifts topic (default: the config's)")
+
+
+def _cfg(args: argparse.Namespace):
+    from stream.config import load_config
+
+    cfg = load_config(args.config, bootstrap_servers=args.bootstrap)
+    if getattr(args, "group", None):
+        cfg.group_id = args.group
+    if args.topic:
+        cfg.topics.gifts = args.topic
+    return cfg
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from tqdm import tqdm
+
+    from load.generator import generate, write_jsonl
+    from load.harness import produce_to_kafka, traffic_config
+
+    rate = args.rate
+    traffic = traffic_config(args, rate)
+    quiet = args.quiet or not sys.stderr.isatty()
+    with tqdm(total=traffic.events, unit="ev", unit_scale=True, disable=quiet, file=sys.stderr,
+              mininterval=0.25) as bar:
+        if args.to_kafka:
+            cfg = _cfg(args)
+            from stream.topics import create_topics
+
+            asyncio.run(create_topics(cfg, args.partitions))  # missing topics only
+            n, seconds = asyncio.run(produce_to_kafka(cfg, generate(traffic), rate, progress=bar.update))
+            print(json.dumps({"topic": cfg.topics.gifts, "bootstrap": cfg.bootstrap_servers, "records": n,
+                              "seconds": round(seconds, 3), "rate": round(n / seconds) if seconds else None,
+                              "target_rate": rate or "max"}))
+            return 0
+        if not args.out:
+            print("giftstream load generate: give --out FILE (.jsonl or .jsonl.gz) or --to-kafka", file=sys.stderr)
+            return 2
+        stats = write_jsonl(args.out, traffic, progress=bar.update)
+    print(json.dumps({"file": str(args.out), **stats.to_dict()}, default=str))
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from load.generator import generate
+    from load.harness import RunOptions, run_load, traffic_config
+    from stream.policy import load_policy
+
+    cfg = _cfg(args)
+    policy = load_policy(args.policy or cfg.policy)
+    if args.events is None:
+        args.events = 2_000_000 if args.rate is None else math.ceil(args.rate * args.duration)
+    traffic = traffic_config(args, args.rate)
+    opts = RunOptions(rate=args.rate, duration=args.duration, out=Path(args.out), poll_interval=args.poll_interval,
+                      drain_timeout=args.drain_timeout, verify=not args.no_verify, quiet=args.quiet,
+                      partitions=args.partitions,
+                      extra={"traffic": {k: v for k, v in asdict(traffic).items() if k != "regions"}})
+    report = asyncio.run(run_load(cfg, policy, generate(traffic), opts))
+    r, v = report["results"], report["verification"]
+    lat = r["latency_s"]
+
+    def f(x: float | None) -> str:
+        return "n/a" if x is None else f"{x:.3f}s"
+
+    print(f"produced {r['produced']:,} at {r['produce_rate'] or 0:,.0f}/s; committed {r['committed']:,} "
+          f"({(r['throughput'] or 0):,.0f}/s); max lag {r['max_lag']:,}; latency p50 {f(lat['p50'])} "
+          f"p90 {f(lat['p90'])} p99 {f(lat['p99'])} max {f(lat['max'])}", file=sys.stderr)
+    for ch in v.get("checks", []):
+        print(f"  {'ok  ' if ch['passed'] else 'FAIL'} {ch['name']}: {ch['detail']}", file=sys.stderr)
+    if not v.get("checks"):
+        print(f"  verification: {v.get('reason')}", file=sys.stderr)
+    print(f"report: {report['files']['markdown']}", file=sys.stderr)
+    print(json.dumps({"results": r, "verification": {"passed": v.get("passed")}}, default=str))
+    if v.get("passed") is False:
+        return 1
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from load.harness_compare import compare
+
+    asyncio.run(compare(args.events, args.partitions, args.bootstrap or "127.0.0.1:19092", args.batch,
+                        args.take, args.runners.split(","), args.timeout))
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    load = subparsers.add_parser("load", help="traffic generation, load runs and benchmarks",
+                                 description="Synthetic traffic, load runs against running workers, and the "
+                                             "native-vs-Faust drain comparison.")
+    sub = load.add_subparsers(dest="load_command", required=True)
+
+    p = sub.add_parser("generate", help="seeded synthetic traffic to a file (JSONL/.gz) or into Kafka",
+                       description="Seeded, skewed, bursty traffic with streaks, duplicates, late and bad "
+                                   "records. Equal flags give byte-identical output.")
+    _traffic_args(p, 100_000)
+    p.add_argument("--out", help="output file (.jsonl or .jsonl.gz)")
+    p.add_argument("--to-kafka", action="store_true", help="produce into Kafka instead of a file")
+    p.add_argument("--rate", type=_rate, default=None, help="with --to-kafka: records/s of wall time, or 'max'")
+    p.add_argument("--partitions", type=int, default=6, help="with --to-kafka: for topics that do not exist yet")
+    p.add_argument("--quiet", action="store_true")
+    _kafka_args(p)
+    p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("run", help="drive RUNNING workers at a rate; measure throughput, lag, latency; verify",
+                       description="Produce traffic at --rate for --duration into the gifts topic of the "
+                                   "workers' config, poll the group's committed offsets, then verify the "
+                                   "outputs against the offline replay and the independent ground truth. "
+                                   "Start the workers first (giftstream worker --config SAME.toml).")
+    p.add_argument("--rate", type=_rate, default=5_000.0, help="records/s of wall time, or 'max' (default 5000)")
+    p.add_argument("--duration", type=float, default=30.0, help="seconds of producing (default 30)")
+    p.add_argument("--out", default="out/load", help="report directory (default out/load)")
+    p.add_argument("--group", help="the workers' consumer group (default: the config's group_id)")
+    p.add_argument("--policy", help="the workers' policy TOML (default: the config's, else built-in)")
+    p.add_argument("--partitions", type=int, default=6, help="for topics that do not exist yet")
+    p.add_argument("--poll-interval", type=float, default=0.1, help="committed-offset poll (s)")
+    p.add_argument("--drain-timeout", type=float, default=60.0, help="wait for the group to catch up (s)")
+    p.add_argument("--no-verify", action="store_true", help="skip the ground-truth verification")
+    p.add_argument("--quiet", action="store_true", help="no live progress line")
+    _kafka_args(p)
+    _traffic_args(p, None)
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("compare", help="drain one pre-loaded topic with the native worker and Faust",
+                       description="Pre-load a topic, then drain it, each in its own process and group: bare "
+                                   "aiokafka (ceiling), native worker exactly-once on/off, Faust per-event and "
+                                   "take(); prints events/s and the native/Faust ratios.")
+    p.add_argument("--events", type=int, default=300_000)
+    p.add_argument("--partitions", type=int, default=6)
+    p.add_argument("--batch", type=int, default=50_000, help="native/bare getmany max_records")
+    p.add_argument("--take", type=int, default=10_000, help="Faust take_events batch size")
+    p.add_argument("--runners", default="bare,native-eos,native-alo,faust-events,faust-take",
+                   help="comma-separated subset of bare,native-eos,native-alo,faust-events,faust-take")
+    p.add_argument("--timeout", type=float, default=600.0, help="per-runner drain timeout (s)")
+    p.add_argument("--bootstrap", help="Kafka bootstrap servers (default 127.0.0.1:19092)")
+    p.set_defaults(func=cmd_compare)
