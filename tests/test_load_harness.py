@@ -1,0 +1,170 @@
+"""The load harness without a broker: latency from offsets and send times, the report files, the CLI."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from load.harness import LatencySample, LatencyTracker, PacedProducer, Point, percentiles, series, write_report
+
+ROOT = Path(__file__).resolve().parents[1]
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def test_latency_is_commit_time_minus_send_time_per_record():
+    tr = LatencyTracker()
+    tr.sent(0, 0, 100, send_time=1.0)  # records 0..99 of p0 at t=1.0
+    tr.sent(0, 100, 50, send_time=1.5)  # 100..149 at t=1.5
+    tr.sent(1, 0, 10, send_time=1.2)
+    tr.committed(0, 60, t=2.0)  # 60 of the first batch
+    tr.committed(0, 60, t=2.5)  # no progress: nothing new
+    tr.committed(0, 120, t=3.0)  # the other 40 of batch 1 and 20 of batch 2
+    tr.committed(1, 10, t=1.7)
+    got = sorted((s.latency, s.records) for s in tr.samples)
+    assert got == [(pytest.approx(0.5), 10), (pytest.approx(1.0), 60), (pytest.approx(1.5), 20),
+                   (pytest.approx(2.0), 40)]
+    assert tr.measured_records() == 130
+    assert tr.pending_records() == 30  # 120..149 of p0 not committed yet
+
+
+def test_a_batch_acked_after_its_commit_was_seen_gets_the_first_covering_poll():
+    tr = LatencyTracker()
+    tr.committed(0, 50, t=2.0)
+    tr.committed(0, 200, t=3.0)
+    tr.sent(0, 40, 100, send_time=1.0)  # 40..49 covered at t=2, 50..139 at t=3
+    assert sorted((s.committed_at, s.records) for s in tr.samples) == [(2.0, 10), (3.0, 90)]
+    assert tr.pending_records() == 0
+
+
+def test_percentiles_are_weighted_by_records():
+    samples = [LatencySample(1, 0.1, 98), LatencySample(1, 1.0, 1), LatencySample(1, 5.0, 1)]
+    p = percentiles(samples)
+    assert p["p50"] == 0.1 and p["p90"] == 0.1 and p["p99"] == 1.0 and p["max"] == 5.0
+    assert percentiles([]) == {"p50": None, "p90": None, "p99": None, "max": None}
+
+
+def test_series_rates_and_latency_per_second():
+    points = [Point(t / 10, produced=t * 100, committed=max(0, t - 5) * 100, end=t * 100, lag=5) for t in range(31)]
+    samples = [LatencySample(0.5, 0.2, 100), LatencySample(1.5, 0.4, 100), LatencySample(2.5, 0.8, 100)]
+    s = series(points, samples)
+    assert s["t"] == [1.0, 2.0, 3.0]
+    assert s["produced_per_s"] == [pytest.approx(1000.0)] * 3
+    assert s["committed_per_s"][1:] == [pytest.approx(1000.0)] * 2
+    assert s["latency_p99"] == [0.2, 0.4, 0.8]
+
+
+def test_report_writes_json_markdown_and_valid_pngs(tmp_path):
+    points = [Point(t / 10, t * 100, t * 90, t * 100, 10) for t in range(25)]
+    samples = [LatencySample(t / 10, 0.1 + t / 100, 100) for t in range(25)]
+    report = {"config": {"rate": 1000, "duration_s": 2.5, "topic": "gifts", "partitions": 2, "group": "g",
+                         "bootstrap": "b", "poll_interval_s": 0.1},
+              "results": {"produced": 2500, "latency_s": {**percentiles(samples), "records": 2500}},
+              "verification": {"passed": True, "checks": [{"name": "x", "passed": True, "detail": "d"}]},
+              "series": series(points, samples)}
+    paths = write_report(tmp_path / "r", report)
+    assert json.loads(paths["json"].read_text())["results"]["produced"] == 2500
+    md = paths["markdown"].read_text()
+    assert "Verification: PASSED" in md and "![latency](latency.png)" in md and "| latency p99 |" in md
+    for name in ("rate", "lag", "latency"):
+        data = paths[name].read_bytes()
+        assert data[:8] == PNG_MAGIC and len(data) > 1000
+        assert b"IHDR" in data[:32] and data.rstrip().endswith(b"IEND\xaeB`\x82")
+
+
+class _FakeBatch:
+    def __init__(self) -> None:
+        self.n = 0
+
+    def append(self, key, value, timestamp):
+        if self.n == 3:
+            return None  # full after 3 records
+        self.n += 1
+        return object()
+
+
+class _FakeProducer:
+    def __init__(self) -> None:
+        self.next = {}
+        self.sent: list[tuple[int, int]] = []
+
+    def create_batch(self):
+        return _FakeBatch()
+
+    async def send_batch(self, batch, topic, partition):
+        base = self.next.get(partition, 0)
+        self.next[partition] = base + batch.n
+        self.sent.append((partition, batch.n))
+        fut = asyncio.get_running_loop().create_future()
+        fut.set_result(type("Md", (), {"offset": base})())
+        return fut
+
+
+async def test_paced_producer_keys_by_creator_and_reports_every_batch():
+    from stream.engine import partition_for
+
+    records = [json.dumps({"creator_id": f"c{i % 5}", "ts": i}).encode() for i in range(40)] + [b"junk"]
+    prod = _FakeProducer()
+    seen: list[tuple[int, int, int]] = []
+    pp = PacedProducer(prod, "t", 4, rate=None, on_batch=lambda p, base, n, t: seen.append((p, base, n)))
+    assert await pp.run(iter(records)) == 41
+    await asyncio.sleep(0)
+    assert sum(n for _, _, n in seen) == 41
+    per_p: dict[int, int] = {}
+    for i in range(40):
+        p = partition_for(f"c{i % 5}".encode(), 4)
+        per_p[p] = per_p.get(p, 0) + 1
+    per_p[0] = per_p.get(0, 0) + 1  # the keyless record
+    got: dict[int, int] = {}
+    for p, base, n in seen:
+        assert base == got.get(p, 0)  # contiguous offset ranges per partition
+        got[p] = base + n
+    assert got == per_p
+
+
+async def test_paced_producer_holds_the_rate():
+    prod = _FakeProducer()
+    pp = PacedProducer(prod, "t", 2, rate=2_000)
+    records = (json.dumps({"creator_id": f"c{i}", "ts": i}).encode() for i in range(100_000))
+    sent = await pp.run(records, duration=0.5)
+    assert 700 <= sent <= 1_100
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "stream.cli", "load", *args], cwd=ROOT, capture_output=True,
+                          timeout=60)
+
+
+def test_generate_to_file_is_deterministic_and_reports_stats(tmp_path):
+    a, b, c = tmp_path / "a.jsonl.gz", tmp_path / "b.jsonl.gz", tmp_path / "c.jsonl"
+    flags = ["--events", "3000", "--seed", "7", "--creators", "20", "--senders", "500", "--duplicate-rate", "0.02",
+             "--late-rate", "0.01", "--malformed-rate", "0.01", "--missing-end-rate", "0.05",
+             "--burst-multiplier", "10", "--burst-start", "0.5", "--burst-duration", "0.1", "--quiet"]
+    for path in (a, b, c):
+        r = _cli("generate", *flags, "--out", str(path))
+        assert r.returncode == 0, r.stderr
+        stats = json.loads(r.stdout)
+        assert stats["records"] == 3000 and stats["duplicates"] > 0 and stats["malformed_total"] > 0
+    assert a.read_bytes() == b.read_bytes()
+    assert gzip.decompress(a.read_bytes()) == c.read_bytes()
+    assert len(c.read_bytes().splitlines()) == 3000
+    other = tmp_path / "d.jsonl"
+    assert _cli("generate", *flags[:3], "8", *flags[4:], "--out", str(other)).returncode == 0
+    assert other.read_bytes() != c.read_bytes()  # another seed, other traffic
+
+
+def test_generate_needs_a_destination():
+    r = _cli("generate", "--events", "10", "--quiet")
+    assert r.returncode == 2 and b"--out" in r.stderr
+
+
+def test_load_commands_are_in_the_cli_help():
+    r = _cli("--help")
+    assert r.returncode == 0 and b"generate" in r.stdout and b"run" in r.stdout and b"compare" in r.stdout
+    r = _cli("run", "--help")
+    assert b"--rate" in r.stdout and b"--duration" in r.stdout and b"--out" in r.stdout
