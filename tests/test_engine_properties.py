@@ -83,17 +83,25 @@ def test_window_totals_match_the_reference_when_nothing_is_late(policy, records)
     assert not result.outputs.late
 
 
-@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(records=sessions(), cuts=st.lists(st.integers(0, 200), max_size=4))
-def test_snapshot_restore_and_batching_equal_an_uninterrupted_run(policy, records, cuts):
+def uninterrupted(policy, records) -> tuple[PartitionEngine, Outputs]:
+    """The run every interrupted run must equal: one engine, one batch, then end of session."""
     whole = PartitionEngine(policy)
     expected = whole.process(records)
     end_of_stream(whole, expected)
+    return whole, expected
 
+
+def cut_points(cuts: list[int], n: int) -> list[int]:
+    return sorted({min(c, n) for c in cuts} | {0, n})
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(records=sessions(), cuts=st.lists(st.integers(0, 200), max_size=4))
+def test_snapshot_restore_and_batching_equal_an_uninterrupted_run(policy, records, cuts):
+    whole, expected = uninterrupted(policy, records)
     eng = PartitionEngine(policy)
     got = Outputs()
-    bounds = sorted({min(c, len(records)) for c in cuts} | {0, len(records)})
-    for lo, hi in itertools.pairwise(bounds):
+    for lo, hi in itertools.pairwise(cut_points(cuts, len(records))):
         eng.process(records[lo:hi], list(range(lo, hi)), got)
         eng = PartitionEngine(policy, state=restore(snapshot(eng.state)))  # a restart at every cut
     end_of_stream(eng, got)
@@ -116,14 +124,10 @@ def test_reference_agrees_with_a_hand_count():
 def test_changelog_restore_equals_an_uninterrupted_run(policy, records, cuts):
     from stream.changelog import ChangelogWriter, restore_state
 
-    whole = PartitionEngine(policy)
-    expected = whole.process(records)
-    end_of_stream(whole, expected)
-
+    whole, expected = uninterrupted(policy, records)
     changelog: list = []
     eng, writer, got = PartitionEngine(policy), ChangelogWriter(), Outputs()
-    bounds = sorted({min(c, len(records)) for c in cuts} | {0, len(records)})
-    for lo, hi in itertools.pairwise(bounds):
+    for lo, hi in itertools.pairwise(cut_points(cuts, len(records))):
         eng.process(records[lo:hi], list(range(lo, hi)), got)
         changelog.extend(writer.drain(eng))  # what one transaction commits
         state, writer = restore_state(changelog)  # a crash right after the commit

@@ -100,14 +100,20 @@ async def assert_matches_offline(c: WorkerConfig, records: list[bytes]) -> None:
     assert live == expected
 
 
-async def test_end_to_end_totals_are_exact_and_notices_match_the_offline_replay(cfg):
-    records = session(30_000, seed=11)
+async def run_worker_through(cfg: WorkerConfig, records: list[bytes]) -> Worker:
+    """Produce records, run one in-process worker until they are all committed, stop it."""
     await produce_session(records, cfg)
     worker = Worker(cfg, load_policy())
     run = asyncio.create_task(worker.run())
     await wait_drained(cfg)
     worker.stop()
     await run
+    return worker
+
+
+async def test_end_to_end_totals_are_exact_and_notices_match_the_offline_replay(cfg):
+    records = session(30_000, seed=11)
+    await run_worker_through(cfg, records)
     await assert_matches_offline(cfg, records)
 
 
@@ -115,12 +121,7 @@ async def test_poison_records_go_to_the_dead_letter_topic_and_the_worker_keeps_g
     good = session(2_000, seed=5)
     poison = [b"\xff\xfe not json", b"[]", b'{"event_id": "x"}', b"", b"{" * 100]
     records = good[:1000] + poison + good[1000:]
-    await produce_session(records, cfg)
-    worker = Worker(cfg, load_policy())
-    run = asyncio.create_task(worker.run())
-    await wait_drained(cfg)
-    worker.stop()
-    await run
+    worker = await run_worker_through(cfg, records)
     dlq = [model.decode_dead_letter(m.value) for ms in (await read_topic(cfg, cfg.topics.dlq)).values() for m in ms]
     by_raw = {base64.b64decode(d.raw_b64): d for d in dlq}
     for raw in poison:
