@@ -17,6 +17,12 @@ def _default_session() -> Path:
     return Path(str(resources.files("stream.data").joinpath(DEMO_SESSION)))
 
 
+def _utc(ms: int) -> str:
+    import datetime
+
+    return datetime.datetime.fromtimestamp(ms / 1000, datetime.UTC).strftime("%Y-%m-%d %H:%M")
+
+
 def cmd_replay(args: argparse.Namespace) -> int:
     import json
 
@@ -45,7 +51,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
             print(f"... and {len(result.outputs.notices) - args.show} more notices")
         top = sorted(result.outputs.window_totals, key=lambda w: -w.milli_diamonds)[: args.show]
         for w in top:
-            print(f"WINDOW {w.window:<14} {w.creator_id:<22} {w.window_start}..{w.window_end} "
+            print(f"WINDOW {w.window:<14} {w.creator_id:<22} {_utc(w.window_start)} .. {_utc(w.window_end)} "
                   f"{w.milli_diamonds // 1000:>9,} diamonds in {w.credits:,} gifts")
     print(json.dumps(result.summary, indent=2))
     return 0
