@@ -370,12 +370,10 @@ def traffic_config(args: Any, rate: float | None = None) -> Any:
 async def produce_to_kafka(cfg: Any, records: Iterator[bytes], rate: float | None, topic: str | None = None,
                            progress: Callable[[int], None] | None = None) -> tuple[int, float]:
     """`load generate --to-kafka`: paced production, no measuring. Returns (records, seconds)."""
-    from aiokafka import AIOKafkaProducer
+    from stream.kafka_io import bulk_producer
 
     topic = topic or cfg.topics.gifts
-    producer = AIOKafkaProducer(bootstrap_servers=cfg.bootstrap_servers, acks="all", enable_idempotence=True,
-                                linger_ms=5, max_batch_size=1 << 20, max_request_size=16 << 20,
-                                **cfg.kafka_security())
+    producer = bulk_producer(cfg, linger_ms=5)
     await producer.start()
     try:
         partitions = len(await producer.partitions_for(topic))
@@ -510,16 +508,16 @@ class Progress:
 
 async def run_load(cfg: Any, policy: Any, records: Iterator[bytes], opts: RunOptions) -> dict[str, Any]:
     """Drive the running workers of cfg.group_id, measure, verify, write the report; returns it."""
-    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+    from aiokafka import AIOKafkaConsumer, TopicPartition
     from aiokafka.admin import AIOKafkaAdminClient
 
+    from stream.kafka_io import bulk_producer
     from stream.topics import create_topics
 
     await create_topics(cfg, opts.partitions)  # missing ones only
     topic = cfg.topics.gifts
     sec = cfg.kafka_security()
-    producer = AIOKafkaProducer(bootstrap_servers=cfg.bootstrap_servers, acks="all", enable_idempotence=True,
-                                linger_ms=5, max_batch_size=1 << 20, max_request_size=16 << 20, **sec)
+    producer = bulk_producer(cfg, linger_ms=5)
     consumer = AIOKafkaConsumer(bootstrap_servers=cfg.bootstrap_servers, isolation_level="read_committed",
                                 enable_auto_commit=False, **sec)
     admin = AIOKafkaAdminClient(bootstrap_servers=cfg.bootstrap_servers, **sec)

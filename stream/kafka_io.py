@@ -32,15 +32,20 @@ def key_of(raw: bytes) -> tuple[bytes | None, int | None]:
         return None, None
 
 
+def bulk_producer(cfg: WorkerConfig, linger_ms: int) -> AIOKafkaProducer:
+    """An idempotent producer sized for feeding big batches of gifts (not started)."""
+    return AIOKafkaProducer(bootstrap_servers=cfg.bootstrap_servers, acks="all", enable_idempotence=True,
+                            linger_ms=linger_ms, max_batch_size=1 << 20, max_request_size=16 << 20,
+                            **cfg.kafka_security())
+
+
 async def produce_session(records: list[bytes], cfg: WorkerConfig, topic: str | None = None,
                           speed: float | None = None,
                           progress: Callable[[int], None] | None = None) -> int:
     """Produce records keyed by creator_id with Kafka's default partitioning (keyless ones to partition 0,
     as the offline replay routes them). speed=None: as fast as possible; N: N times the event-time pace."""
     topic = topic or cfg.topics.gifts
-    producer = AIOKafkaProducer(bootstrap_servers=cfg.bootstrap_servers, acks="all", enable_idempotence=True,
-                                linger_ms=20, max_batch_size=1 << 20, max_request_size=16 << 20,
-                                **cfg.kafka_security())
+    producer = bulk_producer(cfg, linger_ms=20)
     await producer.start()
     try:
         n = len(await producer.partitions_for(topic))
