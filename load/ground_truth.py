@@ -29,8 +29,8 @@ def _valid(rec: object) -> bool:
         return False
     if len(rec.get("group_id", "")) > 64 or type(rec.get("group_id", "")) is not str:
         return False
-    return (rec["diamond_count"] >= 1 and rec["repeat_count"] >= 1 and rec["gift_id"] >= 0
-            and rec["gift_type"] >= 0 and rec["ts"] >= 0)
+    return (1 <= rec["diamond_count"] <= 10_000_000 and 1 <= rec["repeat_count"] <= 1_000_000
+            and 0 <= rec["gift_id"] < 2**31 and 0 <= rec["gift_type"] < 2**31 and 0 <= rec["ts"] <= 10**14)
 
 
 def expected(records: list[bytes], rates: dict[str, Fraction], partitions: int, max_future_ms: int,

@@ -265,6 +265,12 @@ class PartitionEngine:
 
     def _reject(self, reason: str, detail: str, raw: bytes, offset: int | None, out: Outputs) -> None:
         out.stats[f"rejected.{reason}"] += 1
+        keep = self.policy.max_record_bytes
+        if len(raw) > keep:
+            # A dead letter must fit in a Kafka message (base64 grows it by a third); the offset points
+            # at the full record.
+            detail = f"{detail} (raw_b64 holds the first {keep} of {len(raw)} bytes)"
+            raw = raw[:keep]
         out.dead_letters.append(DeadLetter(
             reason=reason, detail=detail, raw_b64=base64.b64encode(raw).decode(),
             source_topic=self.source_topic, partition=self.partition, offset=offset,

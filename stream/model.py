@@ -12,8 +12,12 @@ import msgspec
 from msgspec import Meta, Struct
 
 Id = Annotated[str, Meta(min_length=1, max_length=64)]
-PositiveInt = Annotated[int, Meta(ge=1)]
-NonNegInt = Annotated[int, Meta(ge=0)]
+# Upper bounds keep every sum far inside 64 bits (the changelog's msgpack cannot hold more): a single gift
+# is at most 10 M coins x 1 M units, and nothing real comes close (the dearest gift costs 44,999 coins).
+Int32 = Annotated[int, Meta(ge=0, le=2**31 - 1)]
+Coins = Annotated[int, Meta(ge=1, le=10_000_000)]
+Units = Annotated[int, Meta(ge=1, le=1_000_000)]
+EpochMs = Annotated[int, Meta(ge=0, le=100_000_000_000_000)]
 
 
 class GiftEvent(Struct, frozen=True, gc=False):
@@ -23,12 +27,12 @@ class GiftEvent(Struct, frozen=True, gc=False):
     room_id: Id
     creator_id: Id
     sender_id: Id
-    gift_id: NonNegInt
-    gift_type: NonNegInt
-    diamond_count: PositiveInt
-    repeat_count: PositiveInt
+    gift_id: Int32
+    gift_type: Int32
+    diamond_count: Coins
+    repeat_count: Units
     repeat_end: bool
-    ts: NonNegInt
+    ts: EpochMs
     region: str
     group_id: Annotated[str, Meta(max_length=64)] = ""
 
@@ -38,8 +42,8 @@ class Payout(Struct, frozen=True, gc=False):
 
     payout_id: Id
     creator_id: Id
-    milli_diamonds: PositiveInt
-    ts: NonNegInt
+    milli_diamonds: Annotated[int, Meta(ge=1, le=2**62)]
+    ts: EpochMs
 
 
 class PayoutNotice(Struct, frozen=True, gc=False):

@@ -96,6 +96,7 @@ def test_every_bad_input_class_goes_to_dead_letters_with_its_reason(policy):
         gift(diamond_count=1.5): "wrong_type",
         gift(gift_id=-1): "invalid_value",
         gift(event_id=""): "invalid_value",
+        gift(diamond_count=10**12): "invalid_value",  # beyond any real gift: keeps sums inside 64 bits
         gift(diamond_count=0): "non_positive_count",
         gift(repeat_count=-3): "non_positive_count",
         gift(region="ZZ"): "unknown_region",
@@ -108,6 +109,8 @@ def test_every_bad_input_class_goes_to_dead_letters_with_its_reason(policy):
     assert [d.reason for d in out.dead_letters] == list(bad.values())
     assert [d.offset for d in out.dead_letters] == list(range(1, len(records)))
     assert base64.b64decode(out.dead_letters[0].raw_b64) == b"not json at all"
+    oversize = out.dead_letters[-1]
+    assert len(base64.b64decode(oversize.raw_b64)) == policy.max_record_bytes and "first 65536 of" in oversize.detail
     assert balance(eng) == 5_000  # the good one still counts; nothing crashed
     assert sum(v for k, v in out.stats.items() if k.startswith("rejected.")) == len(bad)
 
