@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterable
 from itertools import islice
 from typing import Any
 
-from load.generator import TrafficConfig, generate
+from load.generator import REALISTIC_DIRT, TrafficConfig, generate
 from stream import model
 from stream.policy import load_policy
 from stream.replay import DEFAULT_PARTITIONS, replay
@@ -49,14 +49,7 @@ def bench_config(events: int, seed: int = DEFAULT_SEED) -> TrafficConfig:
         creators=1_000,
         senders=100_000,
         rate_per_s=100.0,
-        burst_multiplier=25.0,
-        burst_start_frac=0.45,
-        burst_duration_frac=0.08,
-        duplicate_rate=0.005,
-        late_rate=0.003,
-        late_by_ms=600_000,
-        malformed_rate=0.002,
-        streak_missing_end_rate=0.02,
+        **REALISTIC_DIRT,
     )
 
 

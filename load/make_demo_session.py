@@ -16,7 +16,7 @@ from pathlib import Path
 
 import orjson
 
-from load.generator import GenerationStats, TrafficConfig, write_jsonl
+from load.generator import REALISTIC_DIRT, GenerationStats, TrafficConfig, write_jsonl
 
 DEFAULT_OUT = Path("stream/data/demo-session.jsonl.gz")
 DEMO_EVENTS = 20_000
@@ -30,14 +30,7 @@ def demo_config(seed: int = 20251124, events: int = DEMO_EVENTS) -> TrafficConfi
         senders=3_000,
         # ~1.68 records/s: 20,000 records span ~3 h 10 min of event time including the burst
         rate_per_s=1.68 * events / DEMO_EVENTS if events else 1.68,
-        burst_multiplier=25.0,
-        burst_start_frac=0.45,
-        burst_duration_frac=0.08,
-        duplicate_rate=0.005,
-        late_rate=0.003,
-        late_by_ms=600_000,
-        malformed_rate=0.002,
-        streak_missing_end_rate=0.02,
+        **REALISTIC_DIRT,
     )
 
 
