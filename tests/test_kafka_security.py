@@ -126,16 +126,21 @@ async def test_scram_sha512_client_roundtrip(sasl_listener):
     assert all(f"{host}:{port}" == sasl_listener for _, host, port in info.brokers)
     assert topics.gifts in await create_topics(cfg, 1)
     try:
-        producer = AIOKafkaProducer(bootstrap_servers=cfg.bootstrap_servers, acks="all", **cfg.kafka_security())
-        await producer.start()
-        try:
-            await producer.send_and_wait(topics.gifts, gift(creator_id="sha512"), key=b"sha512")
-        finally:
-            await producer.stop()
-        got = await read_topic(cfg, topics.gifts)
-        assert [json.loads(m.value)["creator_id"] for msgs in got.values() for m in msgs] == ["sha512"]
+        assert await round_trip(cfg, "sha512") == ["sha512"]
     finally:
         await delete_topics(cfg)
+
+
+async def round_trip(cfg: WorkerConfig, creator: str) -> list[str]:
+    """Produce one gift over cfg's secured connection and read the gifts topic back over it."""
+    producer = AIOKafkaProducer(bootstrap_servers=cfg.bootstrap_servers, acks="all", **cfg.kafka_security())
+    await producer.start()
+    try:
+        await producer.send_and_wait(cfg.topics.gifts, gift(creator_id=creator), key=creator.encode())
+    finally:
+        await producer.stop()
+    got = await read_topic(cfg, cfg.topics.gifts)
+    return [json.loads(m.value)["creator_id"] for msgs in got.values() for m in msgs]
 
 
 # ------------------------------------------------------------------ wrong credentials
@@ -211,14 +216,7 @@ async def test_tls_listener_with_the_local_ca(ssl_listener):
     assert (await check_connection(cfg)).bootstrap == ssl_listener
     await create_topics(cfg, 1)
     try:
-        producer = AIOKafkaProducer(bootstrap_servers=ssl_listener, acks="all", **cfg.kafka_security())
-        await producer.start()
-        try:
-            await producer.send_and_wait(topics.gifts, gift(creator_id="tls"), key=b"tls")
-        finally:
-            await producer.stop()
-        got = await read_topic(cfg, topics.gifts)
-        assert [json.loads(m.value)["creator_id"] for msgs in got.values() for m in msgs] == ["tls"]
+        assert await round_trip(cfg, "tls") == ["tls"]
     finally:
         await delete_topics(cfg)
 
