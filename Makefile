@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test unit lint kafka-up kafka-down bench clean
+.PHONY: install demo test unit lint kafka-up kafka-down bench bench-kafka clean
 
 install: $(STAMP)
 
@@ -36,6 +36,9 @@ kafka-down:
 
 bench: install
 	$(BIN)/python -m load.bench_engine
+
+bench-kafka: install kafka-up
+	$(BIN)/giftstream load compare --events 1000000
 
 clean:
 	rm -rf out build *.egg-info .pytest_cache .ruff_cache
