@@ -38,6 +38,8 @@ from typing import Any
 
 import orjson
 
+from stream.engine import PartitionCache
+
 # ---------------------------------------------------------------------------------------------- latency
 
 
@@ -277,20 +279,14 @@ class PacedProducer:
         self.producer, self.topic, self.partitions, self.rate = producer, topic, partitions, rate
         self.on_batch, self.tick, self.clock = on_batch, tick, clock
         self.sent = 0
-        self._cache: dict[bytes, int] = {}
+        self._partition_of = PartitionCache(partitions)
         self._pending: set[asyncio.Future] = set()
 
     def _partition(self, raw: bytes) -> tuple[bytes | None, int]:
-        from stream.engine import partition_for
         from stream.kafka_io import key_of
 
         key, _ = key_of(raw)
-        if key is None:
-            return None, 0
-        p = self._cache.get(key)
-        if p is None:
-            p = self._cache[key] = partition_for(key, self.partitions)
-        return key, p
+        return (None, 0) if key is None else (key, self._partition_of[key])
 
     async def _send_chunk(self, chunk: list[bytes]) -> None:
         producer = self.producer

@@ -545,3 +545,15 @@ def end_of_stream(engine: PartitionEngine, out: Outputs) -> None:
     st.watermark = final
     engine._fire_timers(final, out)
     engine._flush_stats(out)
+
+
+class PartitionCache(dict):
+    """Key (str or bytes) -> partition, computed on first use: creators repeat a lot, murmur2 in Python is slow."""
+
+    def __init__(self, partitions: int) -> None:
+        super().__init__()
+        self.partitions = partitions
+
+    def __missing__(self, key: str | bytes) -> int:
+        p = self[key] = partition_for(key.encode() if isinstance(key, str) else key, self.partitions)
+        return p

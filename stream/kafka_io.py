@@ -10,7 +10,7 @@ import msgspec
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from stream.config import WorkerConfig
-from stream.engine import partition_for
+from stream.engine import PartitionCache
 
 MAX_PACE_JUMP_MS = 60_000
 
@@ -49,7 +49,7 @@ async def produce_session(records: list[bytes], cfg: WorkerConfig, topic: str | 
     await producer.start()
     try:
         n = len(await producer.partitions_for(topic))
-        cache: dict[bytes, int] = {}
+        partition_of = PartitionCache(n)
         batches: dict[int, object] = {}
         pending: list[asyncio.Future] = []
 
@@ -71,9 +71,7 @@ async def produce_session(records: list[bytes], cfg: WorkerConfig, topic: str | 
                     for p in list(batches):
                         await flush(p)
                     await asyncio.sleep(delay)
-            p = 0 if key is None else cache.get(key)
-            if p is None:
-                p = cache[key] = partition_for(key, n)
+            p = 0 if key is None else partition_of[key]
             batch = batches.get(p)
             if batch is None:
                 batch = batches[p] = producer.create_batch()

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from stream import model
-from stream.engine import Dirty, Outputs, PartitionEngine, end_of_stream, partition_for
+from stream.engine import Dirty, Outputs, PartitionCache, PartitionEngine, end_of_stream
 from stream.model import GiftEvent
 from stream.policy import Policy
 
@@ -50,24 +50,12 @@ class ReplayResult:
     summary: dict = field(default_factory=dict)
 
 
-class _PartitionCache(dict[str, int]):
-    """creator_id -> partition, computed on first use (creators repeat a lot; murmur2 in Python is slow)."""
-
-    def __init__(self, partitions: int) -> None:
-        super().__init__()
-        self.partitions = partitions
-
-    def __missing__(self, creator_id: str) -> int:
-        p = self[creator_id] = partition_for(creator_id.encode(), self.partitions)
-        return p
-
-
 class PartitionRouter:
     """Key -> partition with a cache."""
 
     def __init__(self, partitions: int) -> None:
         self.partitions = partitions
-        self._cache = _PartitionCache(partitions)
+        self._cache = PartitionCache(partitions)
 
     def __call__(self, creator_id: str) -> int:
         return self._cache[creator_id]
