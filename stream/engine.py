@@ -263,7 +263,8 @@ class PartitionEngine:
         st.close_cursor = cut - cut % self._pane
         self._next_timer = self._compute_next_timer()
 
-    def _reject(self, reason: str, detail: str, raw: bytes, offset: int | None, out: Outputs) -> None:
+    def _reject(self, reason: str, detail: str, raw: bytes, offset: int | None, out: Outputs,
+                source_topic: str | None = None) -> None:
         out.stats[f"rejected.{reason}"] += 1
         keep = self.policy.max_record_bytes
         if len(raw) > keep:
@@ -273,7 +274,7 @@ class PartitionEngine:
             raw = raw[:keep]
         out.dead_letters.append(DeadLetter(
             reason=reason, detail=detail, raw_b64=base64.b64encode(raw).decode(),
-            source_topic=self.source_topic, partition=self.partition, offset=offset,
+            source_topic=source_topic or self.source_topic, partition=self.partition, offset=offset,
             policy_version=self.policy.version,
         ))
 
@@ -498,16 +499,15 @@ class PartitionEngine:
         for i, p in enumerate(payouts):
             offset = offsets[i] if offsets else None
             if type(p) is tuple:
-                self._reject_payout(p[0], p[1], raws[i], offset, out, source_topic)
+                self._reject(p[0], p[1], raws[i], offset, out, source_topic)
                 continue
             if p.payout_id in st.payouts_seen:
                 out.stats["payout_duplicates"] += 1
                 continue
             c = st.creators.get(p.creator_id)
             if c is None or p.milli_diamonds > c.balance:
-                self._reject_payout(model.INVALID_VALUE, f"payout {p.payout_id} of {p.milli_diamonds} "
-                                    f"exceeds the balance {c.balance if c else 0}", raws[i], offset, out,
-                                    source_topic)
+                self._reject(model.INVALID_VALUE, f"payout {p.payout_id} of {p.milli_diamonds} exceeds the "
+                             f"balance {c.balance if c else 0}", raws[i], offset, out, source_topic)
                 continue
             st.payouts_seen.add(p.payout_id)
             self.dirty.payouts.append(p.payout_id)
@@ -518,14 +518,6 @@ class PartitionEngine:
             if c.above and (threshold is None or c.balance < threshold):
                 c.above = False
             out.stats["payouts"] += 1
-
-    def _reject_payout(self, reason: str, detail: str, raw: bytes, offset: int | None, out: Outputs,
-                       source_topic: str) -> None:
-        saved, self.source_topic = self.source_topic, source_topic
-        try:
-            self._reject(reason, detail, raw, offset, out)
-        finally:
-            self.source_topic = saved
 
 
 def partition_for(key: bytes, partitions: int) -> int:
