@@ -13,12 +13,11 @@ import uuid
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
 from load.generator import TrafficConfig, generate
 from stream.config import Topics, WorkerConfig
-from stream.kafka_io import produce_session
+from stream.kafka_io import committed_offsets, end_offsets, produce_session
 from stream.topics import create_topics, delete_topics
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -55,21 +54,10 @@ async def preload(cfg: WorkerConfig, records: list[bytes], partitions: int) -> f
     return time.perf_counter() - started
 
 
-async def end_offsets(cfg: WorkerConfig, topic: str) -> dict[TopicPartition, int]:
-    consumer = AIOKafkaConsumer(bootstrap_servers=cfg.bootstrap_servers, isolation_level="read_committed")
-    await consumer.start()
-    try:
-        await consumer._client.force_metadata_update()
-        tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
-        return await consumer.end_offsets(tps)
-    finally:
-        await consumer.stop()
-
-
-async def group_committed(admin: AIOKafkaAdminClient, group: str, ends: dict[TopicPartition, int]) -> int:
-    offsets = await admin.list_consumer_group_offsets(group)
-    return sum(min(offsets[tp].offset, end) if tp in offsets and offsets[tp].offset >= 0 else 0
-               for tp, end in ends.items())
+async def group_committed(admin: AIOKafkaAdminClient, group: str, topic: str, ends: dict[int, int]) -> int:
+    """Records of topic (up to ends) that the group has committed."""
+    committed = await committed_offsets(admin, group, topic)
+    return sum(min(committed.get(p, 0), end) for p, end in ends.items())
 
 
 def worker_config_file(cfg: WorkerConfig, path: Path, **settings: object) -> Path:
@@ -95,7 +83,7 @@ async def drain_with_process(name: str, cfg: WorkerConfig, argv: list[str], even
     first_done = 0
     try:
         while True:
-            done = await group_committed(admin, cfg.group_id, ends)
+            done = await group_committed(admin, cfg.group_id, cfg.topics.gifts, ends)
             now = time.perf_counter()
             if first is None and done > 0:
                 first, first_done = now, done

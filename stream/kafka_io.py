@@ -8,6 +8,7 @@ from collections.abc import Callable
 
 import msgspec
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 
 from stream.config import WorkerConfig
 from stream.engine import PartitionCache
@@ -90,6 +91,25 @@ async def produce_session(records: list[bytes], cfg: WorkerConfig, topic: str | 
         return sent
     finally:
         await producer.stop()
+
+
+async def end_offsets(cfg: WorkerConfig, topic: str) -> dict[int, int]:
+    """partition -> the end a read_committed reader can reach (the last stable offset)."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=cfg.bootstrap_servers, isolation_level="read_committed",
+                                **cfg.kafka_security())
+    await consumer.start()
+    try:
+        await consumer._client.force_metadata_update()  # a topic created moments ago may not be known yet
+        tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
+        return {tp.partition: end for tp, end in (await consumer.end_offsets(tps)).items()}
+    finally:
+        await consumer.stop()
+
+
+async def committed_offsets(admin: AIOKafkaAdminClient, group: str, topic: str) -> dict[int, int]:
+    """partition -> the group's committed offset, for the partitions of topic that have one."""
+    offsets = await admin.list_consumer_group_offsets(group)
+    return {tp.partition: o.offset for tp, o in offsets.items() if tp.topic == topic and o.offset >= 0}
 
 
 async def read_topic(cfg: WorkerConfig, topic: str, committed_only: bool = True) -> dict[int, list]:

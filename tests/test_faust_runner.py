@@ -14,7 +14,7 @@ from proc_helpers import BOOTSTRAP, Proc, unique_topics, write_config
 from load.generator import TrafficConfig, generate
 from stream import model
 from stream.config import WorkerConfig
-from stream.kafka_io import produce_session, read_topic
+from stream.kafka_io import committed_offsets, produce_session, read_topic
 from stream.policy import load_policy
 from stream.replay import replay
 from stream.topics import create_topics, delete_topics
@@ -28,10 +28,9 @@ async def _committed(cfg: WorkerConfig) -> int:
     admin = AIOKafkaAdminClient(bootstrap_servers=cfg.bootstrap_servers)
     await admin.start()
     try:
-        offsets = await admin.list_consumer_group_offsets(cfg.group_id)
+        return sum((await committed_offsets(admin, cfg.group_id, cfg.topics.gifts)).values())
     finally:
         await admin.close()
-    return sum(o.offset for tp, o in offsets.items() if tp.topic == cfg.topics.gifts and o.offset > 0)
 
 
 @pytest.mark.parametrize("mode", ["events", "take"])

@@ -18,13 +18,12 @@ from pathlib import Path
 import orjson
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
-from aiokafka.structs import TopicPartition
 
 from load.generator import TrafficConfig, generate
 from stream import model
 from stream.changelog import restore_state
 from stream.config import Topics, WorkerConfig
-from stream.kafka_io import produce_session, read_topic
+from stream.kafka_io import committed_offsets, end_offsets, produce_session, read_topic
 from stream.policy import load_policy
 from stream.replay import replay
 from stream.topics import create_topics, delete_topics
@@ -61,12 +60,10 @@ async def committed_lag(c: WorkerConfig, topic: str | None = None) -> int:
     admin = AIOKafkaAdminClient(bootstrap_servers=c.bootstrap_servers)
     await admin.start()
     try:
-        committed = await admin.list_consumer_group_offsets(c.group_id)
+        committed = await committed_offsets(admin, c.group_id, topic)
     finally:
         await admin.close()
-    ends = {p: len(msgs) for p, msgs in (await read_topic(c, topic)).items()}
-    return sum(end - (committed[TopicPartition(topic, p)].offset if TopicPartition(topic, p) in committed else 0)
-               for p, end in ends.items())
+    return sum(end - committed.get(p, 0) for p, end in (await end_offsets(c, topic)).items())
 
 
 async def wait_drained(c: WorkerConfig, timeout: float = 120, topic: str | None = None) -> None:
