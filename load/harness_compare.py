@@ -140,7 +140,8 @@ def table(results: list[DrainResult], events: int, partitions: int, batch: int, 
     lines = [f"| runner ({events:,} events, {partitions} partitions, native batch {batch:,}, Faust take {take:,}) "
              "| events/s | share of bare ceiling | wall incl. start-up | peak RSS |", "|---|---:|---:|---:|---:|"]
     for r in results:
-        share = f"{r.events_per_second / ceiling.events_per_second:.0%}" if ceiling and ceiling.events_per_second else "n/a"
+        has_ceiling = ceiling is not None and ceiling.events_per_second > 0
+        share = f"{r.events_per_second / ceiling.events_per_second:.0%}" if has_ceiling else "n/a"
         rss = f"{r.peak_rss_mb:,.0f} MB" if r.peak_rss_mb else "n/a"
         lines.append(f"| {r.name} | {r.events_per_second:,.0f} | {share} | {r.total_seconds:.1f} s | {rss} |")
     lines.append("")
