@@ -16,7 +16,7 @@ from pathlib import Path
 from aiokafka.admin import AIOKafkaAdminClient
 
 from load.generator import TrafficConfig, generate
-from stream.config import Topics, WorkerConfig
+from stream.config import Topics, WorkerConfig, dump_config
 from stream.kafka_io import committed_offsets, end_offsets, produce_session
 from stream.topics import create_topics, delete_topics
 
@@ -61,10 +61,7 @@ async def group_committed(admin: AIOKafkaAdminClient, group: str, topic: str, en
 
 
 def worker_config_file(cfg: WorkerConfig, path: Path, **settings: object) -> Path:
-    lines = [f'bootstrap_servers = "{cfg.bootstrap_servers}"', f'group_id = "{cfg.group_id}"']
-    lines += [f"{k} = {str(v).lower() if isinstance(v, bool) else v}" for k, v in settings.items()]
-    lines += ["", "[topics]"] + [f'{k} = "{v}"' for k, v in vars(cfg.topics).items()]
-    path.write_text("\n".join(lines) + "\n")
+    path.write_text(dump_config(replace(cfg, **settings)))
     return path
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import tomllib
 from dataclasses import dataclass, field, fields
@@ -104,6 +105,20 @@ def load_config(path: str | Path | None = None, env: dict[str, str] | None = Non
         if value is not None:
             _set(cfg, key, value, f"--{key.replace('_', '-')}")
     return cfg
+
+
+def dump_config(cfg: WorkerConfig) -> str:
+    """The TOML that load_config reads back to cfg (settings left at None are omitted)."""
+
+    def value(v: Any) -> str:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        return str(v) if isinstance(v, int) else json.dumps(str(v))  # a JSON string is a TOML basic string
+
+    lines = [f"{f.name} = {value(getattr(cfg, f.name))}" for f in fields(WorkerConfig)
+             if f.name != "topics" and getattr(cfg, f.name) is not None]
+    lines += ["", "[topics]"] + [f"{k} = {value(v)}" for k, v in vars(cfg.topics).items()]
+    return "\n".join(lines) + "\n"
 
 
 def _set(obj: Any, key: str, value: Any, where: str) -> None:

@@ -15,7 +15,7 @@ import uuid
 from dataclasses import fields
 from pathlib import Path
 
-from stream.config import Topics
+from stream.config import Topics, WorkerConfig, dump_config
 
 ROOT = Path(__file__).resolve().parents[1]
 KAFKA_HOME = Path(os.environ.get("GIFTSTREAM_KAFKA_HOME", ROOT / ".local" / "kafka"))
@@ -45,20 +45,9 @@ def unique_topics(prefix: str) -> tuple[str, Topics]:
     return suffix, Topics(**{f.name: f"{getattr(Topics(), f.name)}-{suffix}" for f in fields(Topics)})
 
 
-def toml_value(v) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, int):
-        return str(v)
-    return json.dumps(str(v))  # a JSON string is a valid TOML basic string
-
-
 def write_config(path: Path, topics: Topics, **settings) -> Path:
-    """A worker config TOML (see stream.config.load_config): top-level WorkerConfig fields + [topics]."""
-    lines = [f"{k} = {toml_value(v)}" for k, v in settings.items() if v is not None]
-    lines.append("[topics]")
-    lines += [f"{f.name} = {toml_value(getattr(topics, f.name))}" for f in fields(Topics)]
-    path.write_text("\n".join(lines) + "\n")
+    """A worker config TOML (see stream.config.load_config): the given settings + [topics]."""
+    path.write_text(dump_config(WorkerConfig(topics=topics, **{k: v for k, v in settings.items() if v is not None})))
     return path
 
 

@@ -32,3 +32,13 @@ def test_every_setting_is_explained_and_the_password_is_not_shown():
     text = settings_help()
     assert all(f"GIFTSTREAM_{f.name.upper()}" in text for f in fields(WorkerConfig) if f.name != "topics")
     assert "hunter2" not in repr(WorkerConfig(sasl_password="hunter2"))
+
+
+def test_dump_config_reads_back_to_the_same_settings(tmp_path):
+    from stream.config import Topics, dump_config
+
+    cfg = WorkerConfig(bootstrap_servers="h:1", group_id='g "quoted"', exactly_once=False, batch_max_ms=7,
+                       sasl_mechanism="SCRAM-SHA-256", topics=Topics(gifts="g-x"))
+    path = tmp_path / "w.toml"
+    path.write_text(dump_config(cfg))
+    assert load_config(path, env={}) == cfg

@@ -13,6 +13,7 @@ import sys
 import time
 import uuid
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 
 import orjson
@@ -22,7 +23,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from load.generator import TrafficConfig, generate
 from stream import model
 from stream.changelog import restore_state
-from stream.config import Topics, WorkerConfig
+from stream.config import Topics, WorkerConfig, dump_config
 from stream.kafka_io import committed_offsets, end_offsets, produce_session, read_topic
 from stream.policy import load_policy
 from stream.replay import replay
@@ -202,9 +203,7 @@ async def test_worker_killed_with_sigkill_at_random_points_loses_and_duplicates_
     records = session(200_000, seed=31)
     await produce_session(records, cfg)
     config = tmp_path / "worker.toml"
-    topics = "\n".join(f'{k} = "{v}"' for k, v in vars(cfg.topics).items())
-    config.write_text(f'bootstrap_servers = "{cfg.bootstrap_servers}"\ngroup_id = "{cfg.group_id}"\n'
-                      f"batch_max_records = 200\nsession_timeout_ms = 6000\n\n[topics]\n{topics}\n")
+    config.write_text(dump_config(replace(cfg, batch_max_records=200, session_timeout_ms=6000)))
     log_path = tmp_path / "worker.log"
     rng = random.Random(7)
     kills_mid_stream = 0
