@@ -3,13 +3,17 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+# The compiled engine (native/) is built by pip through setuptools-rust with rustup's cargo.
+export PATH := $(HOME)/.cargo/bin:$(PATH)
+NATIVE_SRC := native/Cargo.toml native/Cargo.lock $(wildcard native/src/*.rs)
 
 .PHONY: install demo test unit lint kafka-up kafka-down bench bench-kafka clean
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(NATIVE_SRC)
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "giftstream needs Python >= 3.11")'
+	@command -v cargo >/dev/null || { echo "giftstream's engine is Rust: install it with https://rustup.rs (cargo on PATH)" >&2; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[dev]'
@@ -41,4 +45,4 @@ bench-kafka: install kafka-up
 	$(BIN)/giftstream load compare --events 1000000
 
 clean:
-	rm -rf out build *.egg-info .pytest_cache .ruff_cache
+	rm -rf out build *.egg-info .pytest_cache .ruff_cache native/target stream/_native*.so

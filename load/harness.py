@@ -413,7 +413,7 @@ async def verify(cfg: Any, policy: Any) -> dict[str, Any]:
     from load.ground_truth import expected
     from stream import model
     from stream.changelog import restore_state
-    from stream.engine import Outputs, PartitionEngine, end_of_stream
+    from stream.engine import Outputs, PartitionEngine
     from stream.kafka_io import read_topic
     from stream.replay import replay
 
@@ -423,7 +423,9 @@ async def verify(cfg: Any, policy: Any) -> dict[str, Any]:
     partitions = len(per_partition)
     # Partition by partition in offset order: each partition's subsequence is exactly what its worker saw.
     records = [m.value or b"" for p in sorted(per_partition) for m in per_partition[p]]
-    offline = replay(records, policy, partitions=partitions)
+    # The offline side runs the Python reference engine: the live workers run the compiled one by default, so
+    # this also checks one implementation against the other.
+    offline = replay(records, policy, partitions=partitions, engine="python")
     checks: list[Check] = []
 
     live_notices = [m.value for ms in (await read_topic(cfg, t.notices)).values() for m in ms]
@@ -443,7 +445,7 @@ async def verify(cfg: Any, policy: Any) -> dict[str, Any]:
         state, _ = restore_state((m.key, m.value) for m in msgs)
         live_state.update({cid: s.balance for cid, s in state.creators.items()})
         engine = PartitionEngine(policy, p, state, t.gifts)
-        end_of_stream(engine, Outputs())  # time out open streaks, as the ground truth counts them
+        engine.end_of_stream(Outputs())  # time out open streaks, as the ground truth counts them
         closed_balances.update({cid: s.balance for cid, s in engine.state.creators.items()})
     want_balances = {cid: s.balance for e in offline.engines.values() for cid, s in e.state.creators.items()}
     diff = {c for c in live_state.keys() | want_balances.keys() if live_state.get(c, 0) != want_balances.get(c, 0)}

@@ -18,7 +18,7 @@ from collections.abc import Iterable
 
 import msgspec
 
-from stream.engine import Dirty, PartitionEngine
+from stream.engine_native import Engine
 from stream.state import RETENTION_BUCKET_MS, CreatorState, PartitionState, Streak
 
 _enc = msgspec.msgpack.Encoder()
@@ -31,35 +31,25 @@ Record = tuple[bytes, bytes | None]
 
 
 class ChangelogWriter:
-    """Turns an engine's dirty keys into changelog records. Keeps the chunk keys of each dedupe bucket
-    so an expired bucket can be tombstoned completely."""
+    """Turns an engine's changed keys (take_changes, either engine) into changelog records. Keeps the chunk
+    keys of each dedupe bucket so an expired bucket can be tombstoned completely."""
 
     def __init__(self, chunks: dict[int, list[int]] | None = None) -> None:
         self.chunks: dict[int, list[int]] = chunks if chunks is not None else {}
 
-    def drain(self, engine: PartitionEngine) -> list[Record]:
-        st, dirty = engine.state, engine.dirty
-        out: list[Record] = [(b"m", _enc.encode((st.watermark, st.close_cursor)))]
-        for cid in dirty.creators:
-            c = st.creators.get(cid)
-            out.append((f"c:{cid}".encode(), None if c is None else _enc.encode(
-                (c.region, c.balance, c.credited, c.paid_out, c.crossings, c.above))))
-        for cid, pane in dirty.panes:
-            c = st.creators.get(cid)
-            tally = c.panes.get(pane) if c is not None else None
-            out.append((f"w:{cid}{_SEP}{pane}".encode(), None if tally is None else _enc.encode(tally)))
-        for key in dirty.streaks:
-            s = st.streaks.get(key)
-            out.append((f"s:{key}".encode(), None if s is None else _enc.encode(s)))
-        for bucket, start in dirty.seen_buckets.items():
-            ids = st.seen_buckets[bucket][start:]
-            if ids:
-                self.chunks.setdefault(bucket, []).append(start)
-                out.append((f"d:{bucket}:{start}".encode(), _enc.encode(ids)))
-        for bucket in dirty.expired_buckets:
+    def drain(self, engine: Engine) -> list[Record]:
+        ch = engine.take_changes()
+        out: list[Record] = [(b"m", _enc.encode((ch.watermark, ch.close_cursor)))]
+        out.extend((f"c:{cid}".encode(), None if v is None else _enc.encode(v)) for cid, v in ch.creators)
+        out.extend((f"w:{cid}{_SEP}{pane}".encode(), None if tally is None else _enc.encode(tally))
+                   for cid, pane, tally in ch.panes)
+        out.extend((f"s:{key}".encode(), None if s is None else _enc.encode(s)) for key, s in ch.streaks)
+        for bucket, start, ids in ch.seen_chunks:
+            self.chunks.setdefault(bucket, []).append(start)
+            out.append((f"d:{bucket}:{start}".encode(), _enc.encode(ids)))
+        for bucket in ch.expired_buckets:
             out.extend((f"d:{bucket}:{start}".encode(), None) for start in self.chunks.pop(bucket, ()))
-        out.extend((f"p:{pid}".encode(), b"1") for pid in dirty.payouts)
-        engine.dirty = Dirty()
+        out.extend((f"p:{pid}".encode(), b"1") for pid in ch.payouts)
         return out
 
 

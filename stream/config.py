@@ -36,6 +36,7 @@ class WorkerConfig:
     sasl_username: str | None = None
     sasl_password: str | None = field(default=None, repr=False)  # never logged
     ssl_cafile: str | None = None
+    engine: str = "auto"  # native (compiled), python (reference) or auto (native when built)
     topics: Topics = field(default_factory=Topics)
 
     def kafka_security(self) -> dict[str, Any]:
@@ -52,6 +53,7 @@ class WorkerConfig:
 
 
 ENV_PREFIX = "GIFTSTREAM_"
+ENGINES = ("auto", "native", "python")
 
 SETTING_HELP = {
     "bootstrap_servers": "Kafka bootstrap servers, host:port[,host:port]",
@@ -67,6 +69,7 @@ SETTING_HELP = {
     "sasl_username": "SASL user",
     "sasl_password": "SASL password (prefer the environment variable; never logged)",
     "ssl_cafile": "CA bundle that signed the brokers' certificates (with SSL / SASL_SSL)",
+    "engine": "native (the compiled engine), python (the reference engine) or auto (native when built)",
     "topics": "[topics] table: gifts, payouts, notices, window_totals, late, dlq, changelog topic names",
 }
 
@@ -139,4 +142,6 @@ def _set(obj: Any, key: str, value: Any, where: str) -> None:
                 raise ValueError(f"{where}: expected an integer, got {value!r}") from None
     if current is not None and not isinstance(value, type(current)):
         raise ValueError(f"{where}: expected {type(current).__name__}, got {value!r}")
+    if key == "engine" and value not in ENGINES:
+        raise ValueError(f"{where}: expected one of {', '.join(ENGINES)}, got {value!r}")
     setattr(obj, key, value)

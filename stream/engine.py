@@ -60,8 +60,53 @@ class Dirty:
     payouts: list[str] = field(default_factory=list)
 
 
+@dataclass
+class Changes:
+    """What changed since the last changelog drain, as values (both engines produce it; stream.changelog
+    turns it into records). None marks a deleted key."""
+
+    watermark: int | None
+    close_cursor: int | None
+    creators: list[tuple[str, tuple | None]]  # (region, balance, credited, paid_out, crossings, above)
+    panes: list[tuple[str, int, list[int] | None]]  # (creator, pane start, [milli_diamonds, credits])
+    streaks: list[tuple[str, Streak | None]]
+    seen_chunks: list[tuple[int, int, list[str]]]  # (bucket, index of the first new id, the new ids)
+    expired_buckets: list[int]
+    payouts: list[str]
+
+
+def dead_letter(policy: Policy, partition: int, source_topic: str, reason: str, detail: str, raw: bytes,
+                offset: int | None) -> DeadLetter:
+    keep = policy.max_record_bytes
+    if len(raw) > keep:
+        # A dead letter must fit in a Kafka message (base64 grows it by a third); the offset points
+        # at the full record.
+        detail = f"{detail} (raw_b64 holds the first {keep} of {len(raw)} bytes)"
+        raw = raw[:keep]
+    return DeadLetter(reason=reason, detail=detail, raw_b64=base64.b64encode(raw).decode(),
+                      source_topic=source_topic, partition=partition, offset=offset, policy_version=policy.version)
+
+
+def payout_notice(policy: Policy, creator_id: str, region: str, crossing_seq: int, balance: int, event_id: str,
+                  ts: int) -> PayoutNotice:
+    """The notice of a creator's `crossing_seq`-th threshold crossing, with its money in integer cents."""
+    rp = policy.regions[region]
+    gross = rp.value_cents(balance)
+    payable = min(gross, rp.daily_cap_cents)
+    fee = rp.fees[rp.payout_method].of(payable)
+    return PayoutNotice(
+        notice_id=f"pn-{creator_id}-{crossing_seq}", creator_id=creator_id, region=region,
+        crossing_seq=crossing_seq, balance_milli_diamonds=balance, gross_cents=gross,
+        payable_cents=payable, fee_cents=fee, net_cents=payable - fee,
+        threshold_cents=rp.threshold_cents, daily_cap_cents=rp.daily_cap_cents,
+        payout_method=rp.payout_method, currency="USD", policy_version=policy.version,
+        trigger_event_id=event_id, trigger_ts=ts,
+    )
+
+
 class PartitionEngine:
-    """Processes the event sequence of one input partition."""
+    """Processes the event sequence of one input partition. This is the reference engine, in Python; the
+    compiled one (stream.engine_native) makes the same decisions and the tests hold it to this one."""
 
     def __init__(self, policy: Policy, partition: int = 0, state: PartitionState | None = None,
                  source_topic: str = "gifts") -> None:
@@ -266,17 +311,8 @@ class PartitionEngine:
     def _reject(self, reason: str, detail: str, raw: bytes, offset: int | None, out: Outputs,
                 source_topic: str | None = None) -> None:
         out.stats[f"rejected.{reason}"] += 1
-        keep = self.policy.max_record_bytes
-        if len(raw) > keep:
-            # A dead letter must fit in a Kafka message (base64 grows it by a third); the offset points
-            # at the full record.
-            detail = f"{detail} (raw_b64 holds the first {keep} of {len(raw)} bytes)"
-            raw = raw[:keep]
-        out.dead_letters.append(DeadLetter(
-            reason=reason, detail=detail, raw_b64=base64.b64encode(raw).decode(),
-            source_topic=source_topic or self.source_topic, partition=self.partition, offset=offset,
-            policy_version=self.policy.version,
-        ))
+        out.dead_letters.append(dead_letter(self.policy, self.partition, source_topic or self.source_topic,
+                                            reason, detail, raw, offset))
 
     # ---------------------------------------------------------------- streaks
 
@@ -405,21 +441,10 @@ class PartitionEngine:
         return max(pane - pane % w.hop_ms + w.size_ms for w in self.policy.windows)
 
     def _notice(self, c: CreatorState, creator_id: str, event_id: str, ts: int, out: Outputs) -> None:
-        rp = self.policy.regions[c.region]
         c.crossings += 1
         c.above = True
-        gross = rp.value_cents(c.balance)
-        payable = min(gross, rp.daily_cap_cents)
-        fee = rp.fees[rp.payout_method].of(payable)
         out.stats["notices"] += 1
-        out.notices.append(PayoutNotice(
-            notice_id=f"pn-{creator_id}-{c.crossings}", creator_id=creator_id, region=c.region,
-            crossing_seq=c.crossings, balance_milli_diamonds=c.balance, gross_cents=gross,
-            payable_cents=payable, fee_cents=fee, net_cents=payable - fee,
-            threshold_cents=rp.threshold_cents, daily_cap_cents=rp.daily_cap_cents,
-            payout_method=rp.payout_method, currency="USD", policy_version=self.policy.version,
-            trigger_event_id=event_id, trigger_ts=ts,
-        ))
+        out.notices.append(payout_notice(self.policy, creator_id, c.region, c.crossings, c.balance, event_id, ts))
 
     # ---------------------------------------------------------------- timers
 
@@ -520,23 +545,81 @@ class PartitionEngine:
             out.stats["payouts"] += 1
 
 
+    # ---------------------------------------------------------------- the interface both engines share
+
+    def end_of_stream(self, out: Outputs) -> None:
+        """Declare the partition's input finished (end of a recorded session): time out every open streak
+        and close every window, as if event time had moved far enough past the last event."""
+        st = self.state
+        if st.watermark is None:
+            return
+        policy = self.policy
+        horizon = max(policy.streak_timeout_ms, *(w.size_ms for w in policy.windows))
+        final = st.watermark + horizon + policy.grace_ms + policy.pane_ms
+        st.watermark = final
+        self._fire_timers(final, out)
+        self._flush_stats(out)
+
+    def take_changes(self) -> Changes:
+        """The keys changed since the last call, with their values now; forgets them."""
+        st, dirty = self.state, self.dirty
+        self.dirty = Dirty()
+        creators = st.creators
+        changed = []
+        for cid in dirty.creators:
+            c = creators.get(cid)
+            changed.append((cid, None if c is None else
+                            (c.region, c.balance, c.credited, c.paid_out, c.crossings, c.above)))
+        panes = []
+        for cid, pane in dirty.panes:
+            c = creators.get(cid)
+            tally = c.panes.get(pane) if c is not None else None
+            panes.append((cid, pane, None if tally is None else list(tally)))
+        chunks = [(bucket, start, st.seen_buckets[bucket][start:]) for bucket, start in dirty.seen_buckets.items()]
+        return Changes(st.watermark, st.close_cursor, changed, panes,
+                       [(key, st.streaks.get(key)) for key in dirty.streaks],
+                       [c for c in chunks if c[2]], list(dirty.expired_buckets), dirty.payouts)
+
+    def clear_changes(self) -> None:
+        """Forget the changed keys (an offline replay has no changelog to write them to)."""
+        self.dirty = Dirty()
+
+    @property
+    def watermark(self) -> int | None:
+        return self.state.watermark
+
+    @property
+    def close_cursor(self) -> int | None:
+        return self.state.close_cursor
+
+    def creator(self, creator_id: str) -> CreatorState | None:
+        return self.state.creators.get(creator_id)
+
+    def sizes(self) -> StateSizes:
+        st = self.state
+        return StateSizes(len(st.creators), len(st.streaks), len(st.seen),
+                          sum(len(c.panes) for c in st.creators.values()),
+                          sum(s.open for s in st.streaks.values()), sum(c.balance for c in st.creators.values()))
+
+
+@dataclass(frozen=True)
+class StateSizes:
+    creators: int
+    streaks: int
+    dedupe_ids: int
+    pane_tallies: int
+    open_streaks: int
+    balance_milli_diamonds: int  # summed over the creators
+
+
 def partition_for(key: bytes, partitions: int) -> int:
     """The partition Kafka's default partitioner (Java client and aiokafka alike) picks for a keyed record."""
     return (murmur2(key) & 0x7FFFFFFF) % partitions
 
 
 def end_of_stream(engine: PartitionEngine, out: Outputs) -> None:
-    """Declare the partition's input finished (end of a recorded session): time out every open streak
-    and close every window, as if event time had moved far enough past the last event."""
-    st = engine.state
-    if st.watermark is None:
-        return
-    policy = engine.policy
-    horizon = max(policy.streak_timeout_ms, *(w.size_ms for w in policy.windows))
-    final = st.watermark + horizon + policy.grace_ms + policy.pane_ms
-    st.watermark = final
-    engine._fire_timers(final, out)
-    engine._flush_stats(out)
+    """Declare the partition's input finished (see PartitionEngine.end_of_stream); either engine."""
+    engine.end_of_stream(out)
 
 
 class PartitionCache(dict):

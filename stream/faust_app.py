@@ -1,5 +1,5 @@
 """The same processing on Faust (faust-streaming): a faust.App whose one agent feeds the SAME
-stream.engine.PartitionEngine (one per input partition) with the same policy, and sends the notices, window
+the same engine as the native worker (one per input partition) with the same policy, and sends the notices, window
 totals, late gifts and dead letters to the same output topics as raw bytes.
 
 It exists to compare the native worker with Faust on the same input (see load/bench_faust.py), not to
@@ -31,12 +31,13 @@ from typing import Any
 
 from stream import model
 from stream.config import Topics, WorkerConfig, load_config
-from stream.engine import Outputs, PartitionEngine
+from stream.engine import Outputs
+from stream.engine_native import Engine, make_engine
 from stream.policy import Policy, load_policy
 
 
 class FaustRunner:
-    """The faust.App plus one PartitionEngine per input partition (created on the partition's first event)."""
+    """The faust.App plus one engine per input partition (created on the partition's first event)."""
 
     def __init__(self, cfg: WorkerConfig, policy: Policy, mode: str = "events", take: int = 10_000,
                  within: float = 0.2) -> None:
@@ -45,7 +46,7 @@ class FaustRunner:
         if mode not in ("events", "take"):
             raise ValueError(f"--mode must be events or take, got {mode!r}")
         self.cfg, self.policy, self.mode = cfg, policy, mode
-        self.engines: dict[int, PartitionEngine] = {}
+        self.engines: dict[int, Engine] = {}
         self.events_in = 0
         t: Topics = cfg.topics
         self.app = faust.App(
@@ -68,10 +69,11 @@ class FaustRunner:
             take, within)
         self.app.agent(self.gifts, name="giftstream-faust")(agent)
 
-    def engine(self, partition: int) -> PartitionEngine:
+    def engine(self, partition: int) -> Engine:
         e = self.engines.get(partition)
         if e is None:
-            e = self.engines[partition] = PartitionEngine(self.policy, partition, source_topic=self.cfg.topics.gifts)
+            e = self.engines[partition] = make_engine(self.policy, partition, source_topic=self.cfg.topics.gifts,
+                                                           kind=self.cfg.engine)
         return e
 
     async def _per_event(self, stream: Any) -> None:

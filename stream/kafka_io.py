@@ -29,7 +29,7 @@ def key_of(raw: bytes) -> tuple[bytes | None, int | None]:
     try:
         k = _keys.decode(raw)
         return k.creator_id.encode(), k.ts
-    except (msgspec.DecodeError, UnicodeEncodeError):
+    except (msgspec.DecodeError, UnicodeDecodeError, UnicodeEncodeError):  # invalid UTF-8 / lone surrogates
         return None, None
 
 

@@ -81,8 +81,8 @@ class Metrics:
         self.last_poll.set_to_current_time()
 
     def set_state_size(self, tasks: dict) -> None:
-        states = [t.engine.state for t in tasks.values()]
-        self.state_creators.set(sum(len(s.creators) for s in states))
-        self.state_streaks.set(sum(len(s.streaks) for s in states))
-        self.state_dedupe_ids.set(sum(len(s.seen) for s in states))
-        self.partitions.set(len(states))
+        sizes = [t.engine.sizes() for t in tasks.values()]
+        self.state_creators.set(sum(s.creators for s in sizes))
+        self.state_streaks.set(sum(s.streaks for s in sizes))
+        self.state_dedupe_ids.set(sum(s.dedupe_ids for s in sizes))
+        self.partitions.set(len(sizes))

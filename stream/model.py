@@ -121,7 +121,11 @@ _payout_decoder = msgspec.json.Decoder(Payout)
 encode = msgspec.json.Encoder().encode
 
 
-def classify_error(err: msgspec.DecodeError) -> str:
+# msgspec raises UnicodeDecodeError, not DecodeError, for invalid UTF-8 inside a JSON string.
+DECODE_ERRORS = (msgspec.DecodeError, UnicodeDecodeError)
+
+
+def classify_error(err: msgspec.DecodeError | UnicodeDecodeError) -> str:
     """Map a msgspec decode/validation error to a reason code."""
     msg = str(err)
     if not isinstance(err, msgspec.ValidationError):
@@ -142,7 +146,7 @@ def decode_event(raw: bytes) -> GiftEvent | tuple[str, str]:
     """Decode one record: the event, or (reason, detail) when it is bad input."""
     try:
         return _event_decoder.decode(raw)
-    except msgspec.DecodeError as e:
+    except DECODE_ERRORS as e:
         return classify_error(e), str(e)[:300]
 
 
@@ -153,7 +157,7 @@ def decode_events(raws: list[bytes], max_bytes: int) -> list[GiftEvent | tuple[s
     if not raws or max(map(len, raws)) <= max_bytes:
         try:
             return [decode(r) for r in raws]
-        except msgspec.DecodeError:
+        except DECODE_ERRORS:
             pass
     return [
         (OVERSIZE, f"record is {len(r)} bytes, limit {max_bytes}") if len(r) > max_bytes else decode_event(r)
@@ -164,7 +168,7 @@ def decode_events(raws: list[bytes], max_bytes: int) -> list[GiftEvent | tuple[s
 def decode_payout(raw: bytes) -> Payout | tuple[str, str]:
     try:
         return _payout_decoder.decode(raw)
-    except msgspec.DecodeError as e:
+    except DECODE_ERRORS as e:
         return classify_error(e), str(e)[:300]
 
 

@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from stream import model
-from stream.engine import Dirty, Outputs, PartitionCache, PartitionEngine, end_of_stream
+from stream.engine import Outputs, PartitionCache, PartitionEngine
+from stream.engine_native import Engine, make_engine, process_routed
 from stream.model import GiftEvent
 from stream.policy import Policy
 
@@ -43,7 +44,7 @@ def write_session(path: str | Path, records: Iterable[bytes]) -> int:
 @dataclass
 class ReplayResult:
     outputs: Outputs
-    engines: dict[int, PartitionEngine]
+    engines: dict[int, Engine]
     records: int
     seconds: float
     partitions: int
@@ -75,32 +76,36 @@ class PartitionRouter:
 
 def replay(records: list[bytes], policy: Policy, partitions: int = DEFAULT_PARTITIONS,
            batch_size: int = 20_000, final: bool = False, source: str = "replay",
-           progress: Callable[[int], None] | None = None) -> ReplayResult:
-    """Run records through one engine per partition; `final` ends the session (flush streaks/windows)."""
+           progress: Callable[[int], None] | None = None, engine: str | None = None) -> ReplayResult:
+    """Run records through one engine per partition (`engine`: see stream.engine_native.make_engine)."""
     started = time.perf_counter()
-    engines = {p: PartitionEngine(policy, p, source_topic=source) for p in range(partitions)}
+    engines = {p: make_engine(policy, p, source_topic=source, kind=engine) for p in range(partitions)}
+    reference = isinstance(engines[0], PartitionEngine)
     router = PartitionRouter(partitions)
     out = Outputs()
     for lo in range(0, len(records), batch_size):
         raws = records[lo:lo + batch_size]
-        decoded = model.decode_events(raws, policy.max_record_bytes)
         if partitions == 1:
             # Everything goes to partition 0 in file order: no routing. The line number stands in for
             # the offset.
             if raws:
-                engines[0].process_decoded(decoded, raws, list(range(lo, lo + len(raws))), out)
-        else:
+                engines[0].process(raws, list(range(lo, lo + len(raws))), out)
+        elif reference:
+            # The Python engine takes decoded events: decode once for routing and processing.
+            decoded = model.decode_events(raws, policy.max_record_bytes)
             for p, idx in enumerate(router.split(decoded)):
                 if idx:
                     engines[p].process_decoded(list(map(decoded.__getitem__, idx)),
                                                list(map(raws.__getitem__, idx)), [lo + i for i in idx], out)
-        for engine in engines.values():
-            engine.dirty = Dirty()  # offline there is no changelog to flush the changed keys to
+        else:
+            process_routed([engines[p] for p in range(partitions)], raws, list(range(lo, lo + len(raws))), out)
+        for e in engines.values():
+            e.clear_changes()  # offline there is no changelog to flush the changed keys to
         if progress:
             progress(len(raws))
     if final:
         for p in sorted(engines):
-            end_of_stream(engines[p], out)
+            engines[p].end_of_stream(out)
     seconds = time.perf_counter() - started
     result = ReplayResult(out, engines, len(records), seconds, partitions)
     result.summary = summarize(result)
@@ -109,8 +114,7 @@ def replay(records: list[bytes], policy: Policy, partitions: int = DEFAULT_PARTI
 
 def summarize(result: ReplayResult) -> dict:
     stats: Counter[str] = result.outputs.stats
-    creators = {c: s for e in result.engines.values() for c, s in e.state.creators.items()}
-    open_streaks = [s for e in result.engines.values() for s in e.state.streaks.values() if s.open]
+    sizes = [e.sizes() for e in result.engines.values()]
     rejected = {k.split(".", 1)[1]: v for k, v in sorted(stats.items()) if k.startswith("rejected.")}
     return {
         "records": result.records,
@@ -122,12 +126,12 @@ def summarize(result: ReplayResult) -> dict:
         "milli_diamonds_credited": stats["milli_diamonds"],
         "streaks": stats["streaks"],
         "streak_timeouts": stats["streak_timeouts"],
-        "open_streaks": len(open_streaks),
+        "open_streaks": sum(s.open_streaks for s in sizes),
         "late_gifts": stats["late"],
         "notices": stats["notices"],
         "window_totals": stats["window_totals"],
-        "creators": len(creators),
-        "balance_milli_diamonds": sum(c.balance for c in creators.values()),
+        "creators": sum(s.creators for s in sizes),
+        "balance_milli_diamonds": sum(s.balance_milli_diamonds for s in sizes),
         "seconds": round(result.seconds, 3),
         "events_per_second": round(result.records / result.seconds) if result.seconds else None,
     }

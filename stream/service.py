@@ -44,11 +44,11 @@ def build_app(worker: Worker) -> web.Application:
         if task is None:
             return web.json_response({"error": "not owned here", "creator_id": cid, "partition": p,
                                       "owned_partitions": sorted(worker.tasks)}, status=421)
-        c = task.engine.state.creators.get(cid)
+        c = task.engine.creator(cid)
         if c is None:
             return web.json_response({"error": "unknown creator", "creator_id": cid}, status=404)
         policy = task.engine.policy
-        cursor = task.engine.state.close_cursor or 0
+        cursor = task.engine.close_cursor or 0
         windows = []
         for w in policy.windows:
             starts = sorted({pane - pane % w.hop_ms - k * w.hop_ms for pane in c.panes
@@ -65,7 +65,7 @@ def build_app(worker: Worker) -> web.Application:
         body = {"creator_id": cid, "partition": p, "region": c.region, "balance_milli_diamonds": c.balance,
                 "balance_cents": region.value_cents(c.balance), "credited_milli_diamonds": c.credited,
                 "paid_out_milli_diamonds": c.paid_out, "notices": c.crossings,
-                "above_threshold": c.above, "watermark": task.engine.state.watermark, "open_windows": windows}
+                "above_threshold": c.above, "watermark": task.engine.watermark, "open_windows": windows}
         return web.Response(body=model.encode(body), content_type="application/json")
 
     app = web.Application()

@@ -1,12 +1,12 @@
 """The streaming worker: aiokafka consumer group in, one Kafka transaction per partition batch out.
 
-For each assigned input partition p the worker owns a PartitionEngine, a ChangelogWriter and (exactly-once
-mode) a transactional producer whose transactional.id is derived from p. Starting that producer fences
-any zombie that still owns p (an old owner's open transaction is aborted), then the state is restored
-from changelog partition p, read_committed. Each batch of p is processed, and its notices, window totals,
-late gifts, dead letters, changelog records and consumed offsets are committed in one transaction: a
-crash anywhere leaves either all of it or none of it, and the restart resumes from the committed offsets
-with the state that matches them.
+For each assigned input partition p the worker owns an engine (stream.engine_native.make_engine), a
+ChangelogWriter and (exactly-once mode) a transactional producer whose transactional.id is derived from p.
+Starting that producer fences any zombie that still owns p (an old owner's open transaction is aborted),
+then the state is restored from changelog partition p, read_committed. Each batch of p is processed, and
+its notices, window totals, late gifts, dead letters, changelog records and consumed offsets are committed
+in one transaction: a crash anywhere leaves either all of it or none of it, and the restart resumes from
+the committed offsets with the state that matches them.
 """
 
 from __future__ import annotations
@@ -25,7 +25,8 @@ from aiokafka.structs import OffsetAndMetadata
 from stream import model
 from stream.changelog import ChangelogWriter, Record, restore_state
 from stream.config import WorkerConfig
-from stream.engine import Outputs, PartitionEngine, partition_for
+from stream.engine import Outputs, partition_for
+from stream.engine_native import Engine, make_engine
 from stream.metrics import Metrics
 from stream.policy import Policy
 
@@ -37,7 +38,7 @@ class PartitionTask:
     """Everything this worker owns for one input partition while it is assigned."""
 
     partition: int
-    engine: PartitionEngine
+    engine: Engine
     writer: ChangelogWriter
     producer: AIOKafkaProducer
 
@@ -166,7 +167,8 @@ class Worker:
             producer = self._plain_producer
         records = await self._read_changelog(p)
         state, writer = restore_state(records)
-        task = PartitionTask(p, PartitionEngine(self.policy, p, state, self.cfg.topics.gifts), writer, producer)
+        task = PartitionTask(p, make_engine(self.policy, p, state, self.cfg.topics.gifts, self.cfg.engine), writer,
+                             producer)
         seconds = time.perf_counter() - started
         self.metrics.restore_seconds.observe(seconds)
         self.metrics.set_state_size(self.tasks | {p: task})

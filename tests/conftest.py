@@ -23,6 +23,17 @@ def gift(**fields) -> bytes:
     return orjson.dumps({k: v for k, v in rec.items() if v is not ...})
 
 
+@pytest.fixture(params=["python", "native"])
+def both_engines(request, monkeypatch):
+    """Run the test once with each engine: make_engine (and so replay) picks the one GIFTSTREAM_ENGINE names."""
+    from stream.engine_native import native_available
+
+    if request.param == "native" and not native_available():
+        pytest.fail("the native engine is not built (make install builds it)")
+    monkeypatch.setenv("GIFTSTREAM_ENGINE", request.param)
+    return request.param
+
+
 @pytest.fixture(scope="session")
 def policy():
     from stream.policy import load_policy

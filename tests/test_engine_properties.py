@@ -6,14 +6,18 @@ from __future__ import annotations
 import itertools
 from fractions import Fraction
 
+import pytest
 import reference
 from conftest import T0, gift
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from stream.engine import Outputs, PartitionEngine, end_of_stream
+from stream.engine import Outputs, end_of_stream
+from stream.engine_native import Engine, make_engine
 from stream.replay import replay
 from stream.state import restore, snapshot
+
+pytestmark = pytest.mark.usefixtures("both_engines")  # every test runs on both engines
 
 MIN = 60_000
 REGIONS = ["US", "ID", "KR", "TR"]
@@ -83,9 +87,9 @@ def test_window_totals_match_the_reference_when_nothing_is_late(policy, records)
     assert not result.outputs.late
 
 
-def uninterrupted(policy, records) -> tuple[PartitionEngine, Outputs]:
+def uninterrupted(policy, records) -> tuple[Engine, Outputs]:
     """The run every interrupted run must equal: one engine, one batch, then end of session."""
-    whole = PartitionEngine(policy)
+    whole = make_engine(policy)
     expected = whole.process(records)
     end_of_stream(whole, expected)
     return whole, expected
@@ -99,17 +103,17 @@ def cut_points(cuts: list[int], n: int) -> list[int]:
 @given(records=sessions(), cuts=st.lists(st.integers(0, 200), max_size=4))
 def test_snapshot_restore_and_batching_equal_an_uninterrupted_run(policy, records, cuts):
     whole, expected = uninterrupted(policy, records)
-    eng = PartitionEngine(policy)
+    eng = make_engine(policy)
     got = Outputs()
     for lo, hi in itertools.pairwise(cut_points(cuts, len(records))):
         eng.process(records[lo:hi], list(range(lo, hi)), got)
-        eng = PartitionEngine(policy, state=restore(snapshot(eng.state)))  # a restart at every cut
+        eng = make_engine(policy, state=restore(snapshot(eng.state)))  # a restart at every cut
     end_of_stream(eng, got)
     assert got.notices == expected.notices
     assert got.window_totals == expected.window_totals
     assert got.late == expected.late
     assert [d.reason for d in got.dead_letters] == [d.reason for d in expected.dead_letters]
-    assert snapshot(eng.state) == snapshot(whole.state)
+    assert eng.state == whole.state  # field by field (the native engine's dict order differs)
 
 
 def test_reference_agrees_with_a_hand_count():
@@ -126,12 +130,12 @@ def test_changelog_restore_equals_an_uninterrupted_run(policy, records, cuts):
 
     whole, expected = uninterrupted(policy, records)
     changelog: list = []
-    eng, writer, got = PartitionEngine(policy), ChangelogWriter(), Outputs()
+    eng, writer, got = make_engine(policy), ChangelogWriter(), Outputs()
     for lo, hi in itertools.pairwise(cut_points(cuts, len(records))):
         eng.process(records[lo:hi], list(range(lo, hi)), got)
         changelog.extend(writer.drain(eng))  # what one transaction commits
         state, writer = restore_state(changelog)  # a crash right after the commit
-        eng = PartitionEngine(policy, state=state)
+        eng = make_engine(policy, state=state)
     end_of_stream(eng, got)
     assert got.notices == expected.notices
     assert got.window_totals == expected.window_totals

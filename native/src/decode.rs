@@ -1,0 +1,265 @@
+//! Fast decoding of one gift event. It accepts only records that are certainly valid (every field
+//! present with the right JSON type and inside the bounds of stream/model.py); anything else is left to
+//! the Python decoder, which stays the single authority on reject reasons and their wording.
+
+use serde::Deserialize;
+use std::borrow::Cow;
+
+const INT32_MAX: i64 = (1 << 31) - 1;
+const MAX_COINS: i64 = 10_000_000;
+const MAX_UNITS: i64 = 1_000_000;
+const MAX_EPOCH_MS: i64 = 100_000_000_000_000;
+const MAX_ID_CHARS: usize = 64;
+
+/// A gift event (stream.model.GiftEvent); strings borrow from the record unless they hold escapes.
+#[derive(Deserialize, Debug, Clone)]
+pub struct Event<'a> {
+    #[serde(borrow)]
+    pub event_id: Cow<'a, str>,
+    #[serde(borrow)]
+    pub room_id: Cow<'a, str>,
+    #[serde(borrow)]
+    pub creator_id: Cow<'a, str>,
+    #[serde(borrow)]
+    pub sender_id: Cow<'a, str>,
+    pub gift_id: i64,
+    pub gift_type: i64,
+    pub diamond_count: i64,
+    pub repeat_count: i64,
+    pub repeat_end: bool,
+    pub ts: i64,
+    #[serde(borrow)]
+    pub region: Cow<'a, str>,
+    #[serde(borrow, default)]
+    pub group_id: Cow<'a, str>,
+}
+
+fn id_ok(s: &str) -> bool {
+    // Length in characters, like msgspec's max_length (a byte count is an upper bound of it).
+    !s.is_empty() && (s.len() <= MAX_ID_CHARS || s.chars().count() <= MAX_ID_CHARS)
+}
+
+impl Event<'_> {
+    fn valid(&self) -> bool {
+        id_ok(&self.event_id)
+            && id_ok(&self.room_id)
+            && id_ok(&self.creator_id)
+            && id_ok(&self.sender_id)
+            && (self.group_id.len() <= MAX_ID_CHARS || self.group_id.chars().count() <= MAX_ID_CHARS)
+            && (0..=INT32_MAX).contains(&self.gift_id)
+            && (0..=INT32_MAX).contains(&self.gift_type)
+            && (1..=MAX_COINS).contains(&self.diamond_count)
+            && (1..=MAX_UNITS).contains(&self.repeat_count)
+            && (0..=MAX_EPOCH_MS).contains(&self.ts)
+    }
+}
+
+/// The event when the record is certainly valid and not longer than `max_bytes`; None otherwise
+/// (then the Python decoder decides).
+pub fn decode_fast(raw: &[u8], max_bytes: usize) -> Option<Event<'_>> {
+    if raw.len() > max_bytes {
+        return None;
+    }
+    // The flat scanner handles the usual record; serde_json handles the rest of JSON (escapes, floats,
+    // nested unknown fields) and still rejects what it must.
+    let ev = match FlatScanner::new(raw).event() {
+        Some(ev) => ev,
+        None => serde_json::from_slice(raw).ok()?,
+    };
+    ev.valid().then_some(ev)
+}
+
+/// A scanner for the common shape of a gift record: one flat JSON object whose values are strings without
+/// escapes, integers and booleans, every key once. Anything else (or anything doubtful) returns None and
+/// the caller uses the complete JSON parser instead, so this only has to be right on what it accepts.
+struct FlatScanner<'a> {
+    b: &'a [u8],
+    i: usize,
+}
+
+enum Value<'a> {
+    Str(&'a str),
+    Int(i64),
+    Bool(bool),
+}
+
+impl<'a> FlatScanner<'a> {
+    fn new(b: &'a [u8]) -> Self {
+        FlatScanner { b, i: 0 }
+    }
+
+    fn ws(&mut self) {
+        while self.i < self.b.len() && matches!(self.b[self.i], b' ' | b'\t' | b'\n' | b'\r') {
+            self.i += 1;
+        }
+    }
+
+    fn eat(&mut self, c: u8) -> Option<()> {
+        self.ws();
+        (self.b.get(self.i) == Some(&c)).then(|| self.i += 1)
+    }
+
+    /// A string with no escapes and no control characters, valid UTF-8 (the opening quote is next).
+    fn string(&mut self) -> Option<&'a str> {
+        self.eat(b'"')?;
+        let start = self.i;
+        let mut ascii = true;
+        loop {
+            let c = *self.b.get(self.i)?;
+            match c {
+                b'"' => break,
+                b'\\' | 0..=0x1f => return None,
+                0x80.. => ascii = false,
+                _ => {}
+            }
+            self.i += 1;
+        }
+        let bytes = &self.b[start..self.i];
+        self.i += 1;
+        if ascii {
+            // SAFETY: every byte is below 0x80, so the slice is ASCII and valid UTF-8.
+            Some(unsafe { std::str::from_utf8_unchecked(bytes) })
+        } else {
+            std::str::from_utf8(bytes).ok()
+        }
+    }
+
+    fn value(&mut self) -> Option<Value<'a>> {
+        self.ws();
+        match *self.b.get(self.i)? {
+            b'"' => self.string().map(Value::Str),
+            b't' if self.b[self.i..].starts_with(b"true") => {
+                self.i += 4;
+                Some(Value::Bool(true))
+            }
+            b'f' if self.b[self.i..].starts_with(b"false") => {
+                self.i += 5;
+                Some(Value::Bool(false))
+            }
+            b'-' | b'0'..=b'9' => {
+                let neg = self.b[self.i] == b'-';
+                if neg {
+                    self.i += 1;
+                }
+                let start = self.i;
+                let mut n: i64 = 0;
+                while let Some(d @ b'0'..=b'9') = self.b.get(self.i) {
+                    n = n.checked_mul(10)?.checked_add((d - b'0') as i64)?;
+                    self.i += 1;
+                }
+                let digits = self.i - start;
+                // JSON has no leading zeros; a fraction or exponent makes a float: leave both to serde.
+                if digits == 0 || (digits > 1 && self.b[start] == b'0')
+                    || matches!(self.b.get(self.i), Some(b'.' | b'e' | b'E')) {
+                    return None;
+                }
+                Some(Value::Int(if neg { -n } else { n }))
+            }
+            _ => None,
+        }
+    }
+
+    fn event(mut self) -> Option<Event<'a>> {
+        self.eat(b'{')?;
+        let (mut event_id, mut room_id, mut creator_id, mut sender_id, mut region, mut group_id) =
+            (None, None, None, None, None, None);
+        let (mut gift_id, mut gift_type, mut diamond_count, mut repeat_count, mut ts) = (None, None, None, None, None);
+        let mut repeat_end = None;
+        self.ws();
+        if self.b.get(self.i) == Some(&b'}') {
+            return None;
+        }
+        loop {
+            let key = self.string()?;
+            self.eat(b':')?;
+            let value = self.value()?;
+            // A repeated key, a wrong type or an unknown key (msgspec ignores it, but it may be repeated or
+            // nested): all rare, all left to serde.
+            let fresh = match (key, value) {
+                ("event_id", Value::Str(s)) => event_id.replace(s).is_none(),
+                ("room_id", Value::Str(s)) => room_id.replace(s).is_none(),
+                ("creator_id", Value::Str(s)) => creator_id.replace(s).is_none(),
+                ("sender_id", Value::Str(s)) => sender_id.replace(s).is_none(),
+                ("gift_id", Value::Int(n)) => gift_id.replace(n).is_none(),
+                ("gift_type", Value::Int(n)) => gift_type.replace(n).is_none(),
+                ("diamond_count", Value::Int(n)) => diamond_count.replace(n).is_none(),
+                ("repeat_count", Value::Int(n)) => repeat_count.replace(n).is_none(),
+                ("repeat_end", Value::Bool(v)) => repeat_end.replace(v).is_none(),
+                ("ts", Value::Int(n)) => ts.replace(n).is_none(),
+                ("region", Value::Str(s)) => region.replace(s).is_none(),
+                ("group_id", Value::Str(s)) => group_id.replace(s).is_none(),
+                _ => false,
+            };
+            if !fresh {
+                return None;
+            }
+            self.ws();
+            match self.b.get(self.i)? {
+                b',' => self.i += 1,
+                b'}' => {
+                    self.i += 1;
+                    break;
+                }
+                _ => return None,
+            }
+        }
+        self.ws();
+        if self.i != self.b.len() {
+            return None;
+        }
+        Some(Event {
+            event_id: Cow::Borrowed(event_id?), room_id: Cow::Borrowed(room_id?),
+            creator_id: Cow::Borrowed(creator_id?), sender_id: Cow::Borrowed(sender_id?), gift_id: gift_id?,
+            gift_type: gift_type?, diamond_count: diamond_count?, repeat_count: repeat_count?,
+            repeat_end: repeat_end?, ts: ts?, region: Cow::Borrowed(region?),
+            group_id: Cow::Borrowed(group_id.unwrap_or("")),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &[u8] = br#"{"event_id":"e1","room_id":"r","creator_id":"c","sender_id":"s","gift_id":5,"gift_type":1,"diamond_count":1,"repeat_count":3,"repeat_end":false,"ts":1000,"region":"US","extra":[1,{"a":2}]}"#;
+
+    const GOOD_FLAT: &[u8] = b" {\"event_id\":\"e1\", \"room_id\":\"r\xc3\xa9\",\"creator_id\":\"c\",\"sender_id\":\"s\",\"gift_id\":5,\"gift_type\":1,\"diamond_count\":1,\"repeat_count\":3,\"repeat_end\":true,\"ts\":0,\"region\":\"US\",\"group_id\":\"g\"}\n";
+
+    #[test]
+    fn accepts_a_valid_event_and_ignores_unknown_fields() {
+        let ev = decode_fast(GOOD, 1 << 20).unwrap();
+        assert_eq!(ev.event_id, "e1");
+        assert_eq!(ev.group_id, "");
+        assert_eq!(ev.repeat_count, 3);
+    }
+
+    #[test]
+    fn the_flat_scanner_and_serde_agree_on_a_plain_record() {
+        let fast = FlatScanner::new(GOOD_FLAT).event().unwrap();
+        let full: Event = serde_json::from_slice(GOOD_FLAT).unwrap();
+        assert_eq!(format!("{fast:?}"), format!("{full:?}"));
+        assert!(FlatScanner::new(GOOD).event().is_none()); // an unknown field: serde's job
+        // msgspec reads -0 as the integer 0 (serde_json calls it a float): the scanner agrees with msgspec.
+        let minus_zero = String::from_utf8_lossy(GOOD_FLAT).replace("\"ts\":0", "\"ts\":-0");
+        assert_eq!(FlatScanner::new(minus_zero.as_bytes()).event().unwrap().ts, 0);
+        for doubtful in [&br#"{"event_id":"a\"b"}"#[..], br#"{"ts":1.0}"#, br#"{"ts":01}"#, br#"{"a":1} x"#, b"{}"] {
+            assert!(FlatScanner::new(doubtful).event().is_none());
+        }
+    }
+
+    #[test]
+    fn leaves_doubtful_records_to_python() {
+        assert!(decode_fast(GOOD, 10).is_none()); // oversize
+        for bad in [
+            &br#"{"event_id":"","room_id":"r","creator_id":"c","sender_id":"s","gift_id":5,"gift_type":1,"diamond_count":1,"repeat_count":3,"repeat_end":false,"ts":1000,"region":"US"}"#[..],
+            br#"{"event_id":"e","room_id":"r","creator_id":"c","sender_id":"s","gift_id":5,"gift_type":1,"diamond_count":0,"repeat_count":3,"repeat_end":false,"ts":1000,"region":"US"}"#,
+            br#"{"event_id":"e","room_id":"r","creator_id":"c","sender_id":"s","gift_id":5,"gift_type":1,"diamond_count":1.0,"repeat_count":3,"repeat_end":false,"ts":1000,"region":"US"}"#,
+            br#"{"event_id":"e","event_id":"f","room_id":"r","creator_id":"c","sender_id":"s","gift_id":5,"gift_type":1,"diamond_count":1,"repeat_count":3,"repeat_end":false,"ts":1000,"region":"US"}"#,
+            br#"{"event_id":"e","room_id":"r","creator_id":"c","sender_id":"s","gift_id":5,"gift_type":1,"diamond_count":1,"repeat_count":3,"repeat_end":false,"ts":1000,"region":"US","group_id":null}"#,
+            b"[1]",
+            b"not json",
+        ] {
+            assert!(decode_fast(bad, 1 << 20).is_none(), "{}", String::from_utf8_lossy(bad));
+        }
+    }
+}

@@ -1,0 +1,661 @@
+//! The engine's core in Rust: the same steps as stream/engine.py (read its docstring first), event by
+//! event, with the partition state held natively. It has no Python in it: outputs are collected as
+//! `Output` values and the caller (lib.rs) turns them into the Python records. Money is i128, so sums
+//! are exact far beyond anything the changelog's 64-bit integers can hold.
+
+use ahash::{AHashMap, AHashSet};
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::sync::Arc;
+
+use crate::decode::Event;
+
+pub const RETENTION_BUCKET_MS: i64 = 60_000;
+pub const STREAKABLE: i64 = 1;
+
+pub struct RegionRule {
+    pub milli_per_coin: i128,
+    pub threshold: Option<i128>, // None: the region never pays out
+}
+
+pub struct Window {
+    pub size_ms: i64,
+    pub hop_ms: i64,
+}
+
+/// The policy's regions: a handful, so a scan comparing two-letter codes beats hashing them.
+#[derive(Default)]
+pub struct Regions(pub Vec<(String, RegionRule)>);
+
+impl Regions {
+    pub fn get(&self, region: &str) -> Option<&RegionRule> {
+        self.0.iter().find(|(name, _)| name == region).map(|(_, rule)| rule)
+    }
+}
+
+pub struct Settings {
+    pub regions: Regions,
+    pub windows: Vec<Window>,
+    pub pane_ms: i64,
+    pub grace_ms: i64,
+    pub streak_timeout_ms: i64,
+    pub dedupe_horizon_ms: i64,
+    pub max_future_ms: i64,
+}
+
+#[derive(Clone, Debug)]
+pub struct Creator {
+    pub region: String,
+    pub balance: i128,
+    pub credited: i128,
+    pub paid_out: i128,
+    pub crossings: i64,
+    pub above: bool,
+    pub panes: AHashMap<i64, Tally>, // pane start -> tally
+    pub dirty: bool,                 // changed since the last drain (listed in Dirty::creators)
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct Tally {
+    pub milli: i128,
+    pub credits: i64,
+    pub dirty: bool, // changed since the last drain
+}
+
+impl Creator {
+    pub fn new(region: &str) -> Self {
+        Creator { region: region.to_owned(), balance: 0, credited: 0, paid_out: 0, crossings: 0, above: false,
+                  panes: AHashMap::new(), dirty: false }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Streak {
+    pub creator_id: String,
+    pub region: String,
+    pub diamond_count: i64,
+    pub count: i64,
+    pub credited: i64,
+    pub last_ts: i64,
+    pub last_event_id: String,
+    pub open: bool,
+    pub dirty: bool, // changed since the last drain (listed in Dirty::streaks)
+}
+
+#[derive(Default)]
+pub struct State {
+    pub watermark: Option<i64>,
+    pub close_cursor: Option<i64>,
+    pub creators: AHashMap<String, Creator>,
+    pub streaks: AHashMap<String, Streak>,
+    pub seen: AHashSet<Arc<str>>,
+    pub seen_buckets: AHashMap<i64, Vec<Arc<str>>>,
+    pub streak_buckets: AHashMap<i64, Vec<String>>,
+    pub payouts_seen: AHashSet<String>,
+    pub pane_creators: AHashMap<i64, AHashSet<String>>,
+}
+
+/// Keys changed since the last changelog drain (stream.engine.Dirty). Creators, tallies and streaks carry a
+/// `dirty` flag so marking them costs no hashing; these lists say where to look.
+#[derive(Default)]
+pub struct Dirty {
+    pub creators: Vec<String>,            // each creator once (its flag was clear when listed)
+    pub removed_panes: Vec<(String, i64)>, // tallies dropped when their last window closed
+    pub streaks: Vec<String>,             // changed or deleted streaks (a key may repeat)
+    pub seen_buckets: AHashMap<i64, usize>, // bucket -> its length before this batch
+    pub expired_buckets: AHashSet<i64>,
+    pub payouts: Vec<String>,
+}
+
+/// What changed since the last drain, each key once.
+pub struct Changed {
+    pub creators: Vec<String>,
+    pub panes: Vec<(String, i64)>,
+    pub streaks: Vec<String>,
+    pub seen_buckets: AHashMap<i64, usize>,
+    pub expired_buckets: AHashSet<i64>,
+    pub payouts: Vec<String>,
+}
+
+#[derive(Default)]
+pub struct Stats {
+    pub events_in: u64,
+    pub duplicates: u64,
+    pub streaks: u64,
+    pub credits: u64,
+    pub milli: i128,
+    pub late: u64,
+    pub notices: u64,
+    pub window_totals: u64,
+    pub streak_timeouts: u64,
+    pub streak_stragglers: u64,
+    pub payouts: u64,
+    pub payout_duplicates: u64,
+}
+
+pub enum Reject {
+    Decode { reason: String, detail: String }, // from the Python decoder
+    UnknownRegion(String),
+    TooFarFuture { ts: i64, watermark: i64 },
+    TooOld { ts: i64, watermark: i64 },
+}
+
+pub enum Output {
+    /// Record `index` of the batch is rejected by the engine (decode rejects are the caller's).
+    Reject { index: usize, reject: Reject },
+    Notice { creator_id: String, region: String, crossing_seq: i64, balance: i128, event_id: String, ts: i64 },
+    WindowTotal { creator_id: String, window: usize, start: i64, end: i64, milli: i128, credits: i64 },
+    Late { event_id: String, creator_id: String, ts: i64, watermark: i64, milli: i128,
+           missed: Vec<(usize, i64, i64)> },
+}
+
+pub enum PayoutResult {
+    Applied,
+    Duplicate,
+    ExceedsBalance(i128),
+}
+
+fn mark_creator(dirty: &mut Dirty, c: &mut Creator, creator_id: &str) {
+    if !c.dirty {
+        c.dirty = true;
+        dirty.creators.push(creator_id.to_owned());
+    }
+}
+
+fn floor_to(x: i64, step: i64) -> i64 {
+    x - x.rem_euclid(step)
+}
+
+pub struct Engine {
+    pub cfg: Settings,
+    pub state: State,
+    pub dirty: Dirty,
+    pub stats: Stats,
+    pub outputs: Vec<Output>,
+    heap: BinaryHeap<Reverse<(i64, String)>>, // streak deadlines (stale entries are skipped when popped)
+    min_bucket: Option<i64>,
+    next_timer: i64,
+    key_buf: String,
+}
+
+impl Engine {
+    pub fn new(cfg: Settings, state: State) -> Self {
+        let mut e = Engine { cfg, state, dirty: Dirty::default(), stats: Stats::default(), outputs: Vec::new(),
+                             heap: BinaryHeap::new(), min_bucket: None, next_timer: -1,
+                             key_buf: String::new() };
+        e.rebuild_timers();
+        e
+    }
+
+    /// Note a streak key as changed (or deleted, when it is gone).
+    fn mark_streak(&mut self, key: &str) {
+        match self.state.streaks.get_mut(key) {
+            Some(s) if s.dirty => {}
+            Some(s) => {
+                s.dirty = true;
+                self.dirty.streaks.push(key.to_owned());
+            }
+            None => self.dirty.streaks.push(key.to_owned()),
+        }
+    }
+
+    /// The changed keys, each once, and a clean slate for the next batch.
+    pub fn take_changed(&mut self) -> Changed {
+        let dirty = std::mem::take(&mut self.dirty);
+        let mut panes = Vec::new();
+        for cid in &dirty.creators {
+            if let Some(c) = self.state.creators.get_mut(cid) {
+                c.dirty = false;
+                for (pane, t) in c.panes.iter_mut().filter(|(_, t)| t.dirty) {
+                    t.dirty = false;
+                    panes.push((cid.clone(), *pane));
+                }
+            }
+        }
+        for (cid, pane) in dirty.removed_panes {
+            // A tally dropped and started again in the same batch is listed above with its new value.
+            if !self.state.creators.get(&cid).is_some_and(|c| c.panes.contains_key(&pane)) {
+                panes.push((cid, pane));
+            }
+        }
+        let mut streaks = Vec::with_capacity(dirty.streaks.len());
+        let mut listed: AHashSet<&str> = AHashSet::with_capacity(dirty.streaks.len());
+        for key in &dirty.streaks {
+            if listed.insert(key.as_str()) {
+                if let Some(s) = self.state.streaks.get_mut(key) {
+                    s.dirty = false;
+                }
+                streaks.push(key.clone());
+            }
+        }
+        Changed { creators: dirty.creators, panes, streaks, seen_buckets: dirty.seen_buckets,
+                  expired_buckets: dirty.expired_buckets, payouts: dirty.payouts }
+    }
+
+    // ------------------------------------------------------------------------------------ timers
+
+    fn rebuild_timers(&mut self) {
+        let timeout = self.cfg.streak_timeout_ms;
+        self.heap = self.state.streaks.iter().filter(|(_, s)| s.open)
+            .map(|(k, s)| Reverse((s.last_ts + timeout, k.clone()))).collect();
+        self.min_bucket = self.smallest_bucket();
+        self.next_timer = self.compute_next_timer();
+    }
+
+    fn smallest_bucket(&self) -> Option<i64> {
+        self.state.seen_buckets.keys().chain(self.state.streak_buckets.keys()).copied().min()
+    }
+
+    fn compute_next_timer(&self) -> i64 {
+        let Some(_) = self.state.watermark else { return -1 };
+        let mut nxt = self.state.close_cursor.unwrap_or(0) + self.cfg.pane_ms + self.cfg.grace_ms;
+        if let Some(Reverse((deadline, _))) = self.heap.peek() {
+            nxt = nxt.min(*deadline);
+        }
+        if let Some(b) = self.min_bucket {
+            nxt = nxt.min(b + RETENTION_BUCKET_MS + self.cfg.dedupe_horizon_ms);
+        }
+        nxt
+    }
+
+    // ------------------------------------------------------------------------------------ gifts
+
+    /// One decoded event, record `index` of the current batch (events_in is counted by the caller).
+    pub fn process_event(&mut self, ev: &Event, index: usize) {
+        let ts = ev.ts;
+        let Some(rule) = self.cfg.regions.get(ev.region.as_ref()) else {
+            self.outputs.push(Output::Reject { index, reject: Reject::UnknownRegion(ev.region.to_string()) });
+            return;
+        };
+        let rate = rule.milli_per_coin;
+        if let Some(wm) = self.state.watermark {
+            if ts > wm + self.cfg.max_future_ms {
+                self.outputs.push(Output::Reject { index, reject: Reject::TooFarFuture { ts, watermark: wm } });
+                return;
+            }
+            if ts < wm - self.cfg.dedupe_horizon_ms {
+                self.outputs.push(Output::Reject { index, reject: Reject::TooOld { ts, watermark: wm } });
+                return;
+            }
+        }
+        let eid: &str = &ev.event_id;
+        let id: Arc<str> = Arc::from(eid);
+        if !self.state.seen.insert(id.clone()) {
+            self.stats.duplicates += 1;
+            return;
+        }
+        let bucket = floor_to(ts, RETENTION_BUCKET_MS);
+        let ids = match self.state.seen_buckets.get_mut(&bucket) {
+            Some(ids) => ids,
+            None => {
+                if self.min_bucket.map_or(true, |m| bucket < m) {
+                    self.min_bucket = Some(bucket);
+                }
+                self.state.seen_buckets.entry(bucket).or_default()
+            }
+        };
+        let len = ids.len();
+        ids.push(id);
+        self.dirty.seen_buckets.entry(bucket).or_insert(len);
+        match self.state.watermark {
+            None => self.start(ts),
+            Some(wm) if ts > wm => {
+                self.state.watermark = Some(ts);
+                if ts >= self.next_timer {
+                    self.fire_timers(ts);
+                }
+            }
+            Some(_) => {}
+        }
+        if ev.gift_type != STREAKABLE {
+            let milli = ev.diamond_count as i128 * ev.repeat_count as i128 * rate;
+            self.credit(&ev.creator_id, &ev.region, milli, ts, eid);
+        } else {
+            self.streak_event(ev);
+        }
+    }
+
+    /// First accepted event of the partition: windows ending before it (plus grace) are closed.
+    fn start(&mut self, ts: i64) {
+        self.state.watermark = Some(ts);
+        self.state.close_cursor = Some(floor_to(ts - self.cfg.grace_ms, self.cfg.pane_ms));
+        self.next_timer = self.compute_next_timer();
+    }
+
+    // ------------------------------------------------------------------------------------ streaks
+
+    fn streak_event(&mut self, ev: &Event) {
+        // The key (room, sender, gift, group) is built in a reused buffer: most events find their streak,
+        // so only a new streak allocates its key.
+        let mut key = std::mem::take(&mut self.key_buf);
+        key.clear();
+        key.push_str(&ev.room_id);
+        key.push('\x1f');
+        key.push_str(&ev.sender_id);
+        key.push('\x1f');
+        key.push_str(itoa::Buffer::new().format(ev.gift_id));
+        key.push('\x1f');
+        key.push_str(&ev.group_id);
+        self.streak_key_event(ev, &key);
+        self.key_buf = key;
+    }
+
+    fn streak_key_event(&mut self, ev: &Event, key: &str) {
+        let count = ev.repeat_count;
+        let mut exists = false;
+        if let Some(s) = self.state.streaks.get(key) {
+            exists = true;
+            if s.open && ev.group_id.is_empty() && count < s.count {
+                // Without a group id a lower cumulative count can only mean a new streak began.
+                let (ts, eid) = (s.last_ts, s.last_event_id.clone());
+                self.close_streak(key, ts, &eid);
+                exists = false;
+            }
+        }
+        if !exists {
+            let s = Streak { creator_id: ev.creator_id.to_string(), region: ev.region.to_string(),
+                             diamond_count: ev.diamond_count, count, credited: 0, last_ts: ev.ts,
+                             last_event_id: ev.event_id.to_string(), open: true, dirty: false };
+            self.state.streaks.insert(key.to_owned(), s);
+            self.stats.streaks += 1;
+            self.mark_streak(key);
+            if ev.repeat_end {
+                self.close_streak(key, ev.ts, &ev.event_id);
+            } else {
+                let deadline = ev.ts + self.cfg.streak_timeout_ms;
+                self.heap.push(Reverse((deadline, key.to_owned())));
+                if deadline < self.next_timer {
+                    self.next_timer = deadline;
+                }
+            }
+            return;
+        }
+        let s = self.state.streaks.get_mut(key).expect("streak exists");
+        if s.open {
+            if count > s.count {
+                s.count = count;
+            }
+            if ev.ts >= s.last_ts {
+                s.last_ts = ev.ts;
+                s.last_event_id = ev.event_id.to_string();
+            }
+            let last_ts = s.last_ts;
+            if ev.repeat_end {
+                // credited at the streak's newest event time, even if the end came early
+                self.close_streak(key, last_ts, &ev.event_id);
+            }
+        } else if count > s.credited {
+            // A straggler with a higher count after a timeout (or the real end arriving late): credit the rest.
+            s.count = count;
+            s.last_ts = s.last_ts.max(ev.ts);
+            self.close_streak(key, ev.ts, &ev.event_id);
+        } else {
+            self.stats.streak_stragglers += 1;
+        }
+        self.mark_streak(key);
+    }
+
+    fn close_streak(&mut self, key: &str, ts: i64, event_id: &str) {
+        let s = self.state.streaks.get_mut(key).expect("closing a known streak");
+        let delta = s.count - s.credited;
+        s.credited = s.count;
+        s.open = false;
+        let (creator_id, region, coins, last_ts) = (s.creator_id.clone(), s.region.clone(), s.diamond_count, s.last_ts);
+        self.mark_streak(key);
+        if delta != 0 {
+            let rate = self.cfg.regions.get(&region).expect("a streak's region is in the policy").milli_per_coin;
+            self.credit(&creator_id, &region, coins as i128 * delta as i128 * rate, ts, event_id);
+        }
+        if key.ends_with('\x1f') {
+            // no group id: nothing can tell a straggler from a new streak
+            self.state.streaks.remove(key);
+        } else {
+            let bucket = floor_to(last_ts, RETENTION_BUCKET_MS);
+            let keys = match self.state.streak_buckets.get_mut(&bucket) {
+                Some(keys) => keys,
+                None => {
+                    self.next_timer = self.next_timer.min(bucket + RETENTION_BUCKET_MS + self.cfg.dedupe_horizon_ms);
+                    if self.min_bucket.map_or(true, |m| bucket < m) {
+                        self.min_bucket = Some(bucket);
+                    }
+                    self.state.streak_buckets.entry(bucket).or_default()
+                }
+            };
+            keys.push(key.to_owned());
+        }
+    }
+
+    // ------------------------------------------------------------------------------------ credits and notices
+
+    fn credit(&mut self, creator_id: &str, region: &str, milli: i128, ts: i64, event_id: &str) {
+        let pane_ms = self.cfg.pane_ms;
+        let cursor = self.state.close_cursor.unwrap_or(i64::MIN);
+        let c = match self.state.creators.get_mut(creator_id) {
+            Some(c) => {
+                if c.region != region {
+                    c.region = region.to_owned(); // the creator's payout region moved: its threshold applies from now on
+                }
+                c
+            }
+            None => self.state.creators.entry(creator_id.to_owned()).or_insert_with(|| Creator::new(region)),
+        };
+        mark_creator(&mut self.dirty, c, creator_id);
+        c.balance += milli;
+        c.credited += milli;
+        let pane = floor_to(ts, pane_ms);
+        let late = pane + pane_ms <= cursor;
+        if !late {
+            Self::add_to_pane(&mut self.state.pane_creators, c, creator_id, pane, milli);
+        }
+        self.stats.credits += 1;
+        self.stats.milli += milli;
+        if late {
+            self.late_credit(creator_id, pane, milli, ts, event_id);
+        }
+        let c = self.state.creators.get_mut(creator_id).expect("credited creator");
+        let threshold = self.cfg.regions.get(&c.region).expect("a creator's region is in the policy").threshold;
+        if let Some(t) = threshold {
+            if !c.above && c.balance >= t {
+                c.crossings += 1;
+                c.above = true;
+                self.stats.notices += 1;
+                self.outputs.push(Output::Notice { creator_id: creator_id.to_owned(), region: c.region.clone(),
+                                                   crossing_seq: c.crossings, balance: c.balance,
+                                                   event_id: event_id.to_owned(), ts });
+            }
+        }
+    }
+
+    /// Add a credit to a tally (the creator is already marked changed, so the tally's flag suffices).
+    fn add_to_pane(pane_creators: &mut AHashMap<i64, AHashSet<String>>, c: &mut Creator, creator_id: &str, pane: i64,
+                   milli: i128) {
+        match c.panes.get_mut(&pane) {
+            Some(t) => {
+                t.milli += milli;
+                t.credits += 1;
+                t.dirty = true;
+            }
+            None => {
+                c.panes.insert(pane, Tally { milli, credits: 1, dirty: true });
+                pane_creators.entry(pane).or_default().insert(creator_id.to_owned());
+            }
+        }
+    }
+
+    /// Some window holding ts is already closed: the balance still gets the money, the closed windows do
+    /// not (their totals are final), and the gift is reported on gifts-late.
+    fn late_credit(&mut self, creator_id: &str, pane: i64, milli: i128, ts: i64, event_id: &str) {
+        let cursor = self.state.close_cursor.unwrap_or(i64::MIN);
+        let mut missed = Vec::new();
+        for (i, w) in self.cfg.windows.iter().enumerate() {
+            let last = floor_to(ts, w.hop_ms);
+            let mut start = last - w.size_ms + w.hop_ms;
+            while start <= last {
+                if start + w.size_ms <= cursor {
+                    missed.push((i, start, start + w.size_ms));
+                }
+                start += w.hop_ms;
+            }
+        }
+        if self.pane_needed_until(pane) > cursor {
+            let c = self.state.creators.get_mut(creator_id).expect("credited creator");
+            Self::add_to_pane(&mut self.state.pane_creators, c, creator_id, pane, milli);
+        }
+        self.stats.late += 1;
+        self.outputs.push(Output::Late { event_id: event_id.to_owned(), creator_id: creator_id.to_owned(), ts,
+                                         watermark: self.state.watermark.unwrap_or(ts), milli, missed });
+    }
+
+    /// End of the last window that holds this pane.
+    fn pane_needed_until(&self, pane: i64) -> i64 {
+        self.cfg.windows.iter().map(|w| floor_to(pane, w.hop_ms) + w.size_ms).max().unwrap_or(pane)
+    }
+
+    // ------------------------------------------------------------------------------------ timers
+
+    fn fire_timers(&mut self, wm: i64) {
+        let timeout = self.cfg.streak_timeout_ms;
+        while let Some(Reverse((deadline, _))) = self.heap.peek() {
+            if *deadline > wm {
+                break;
+            }
+            let Reverse((deadline, key)) = self.heap.pop().expect("peeked");
+            let Some(s) = self.state.streaks.get(&key) else { continue };
+            if !s.open {
+                continue;
+            }
+            let real = s.last_ts + timeout;
+            if real != deadline {
+                // the streak moved on since this entry was pushed
+                self.heap.push(Reverse((real, key)));
+                continue;
+            }
+            self.stats.streak_timeouts += 1;
+            let (ts, eid) = (s.last_ts, s.last_event_id.clone());
+            self.close_streak(&key, ts, &eid);
+        }
+        let target = wm - self.cfg.grace_ms;
+        let pane_ms = self.cfg.pane_ms;
+        while let Some(cursor) = self.state.close_cursor {
+            if cursor + pane_ms > target {
+                break;
+            }
+            self.state.close_cursor = Some(cursor + pane_ms);
+            self.close_windows(cursor + pane_ms);
+        }
+        self.expire(wm);
+        self.next_timer = self.compute_next_timer();
+    }
+
+    fn close_windows(&mut self, end: i64) {
+        let pane_ms = self.cfg.pane_ms;
+        for (wi, w) in self.cfg.windows.iter().enumerate() {
+            if end.rem_euclid(w.hop_ms) != 0 {
+                continue;
+            }
+            let start = end - w.size_ms;
+            let mut holders: Vec<&String> = Vec::new();
+            let mut pane = start;
+            while pane < end {
+                if let Some(h) = self.state.pane_creators.get(&pane) {
+                    holders.extend(h.iter());
+                }
+                pane += pane_ms;
+            }
+            holders.sort_unstable();
+            holders.dedup();
+            for creator_id in holders {
+                let panes = &self.state.creators[creator_id.as_str()].panes;
+                let (mut milli, mut credits) = (0i128, 0i64);
+                let mut pane = start;
+                while pane < end {
+                    if let Some(t) = panes.get(&pane) {
+                        milli += t.milli;
+                        credits += t.credits;
+                    }
+                    pane += pane_ms;
+                }
+                self.stats.window_totals += 1;
+                self.outputs.push(Output::WindowTotal { creator_id: creator_id.clone(), window: wi, start, end,
+                                                        milli, credits });
+            }
+        }
+        let done: Vec<i64> = self.state.pane_creators.keys().copied()
+            .filter(|&p| self.pane_needed_until(p) <= end).collect();
+        for pane in done {
+            for creator_id in self.state.pane_creators.remove(&pane).unwrap_or_default() {
+                if let Some(c) = self.state.creators.get_mut(&creator_id) {
+                    c.panes.remove(&pane);
+                }
+                self.dirty.removed_panes.push((creator_id, pane));
+            }
+        }
+    }
+
+    /// Forget event ids and closed streaks older than the dedupe horizon: events that old are now rejected
+    /// as ts_too_old, so nothing they could match can be accepted again.
+    fn expire(&mut self, wm: i64) {
+        let cutoff = wm - self.cfg.dedupe_horizon_ms;
+        match self.min_bucket {
+            Some(m) if m + RETENTION_BUCKET_MS <= cutoff => {}
+            _ => return, // even the oldest bucket is still inside the horizon
+        }
+        let old: Vec<i64> = self.state.seen_buckets.keys().copied()
+            .filter(|b| b + RETENTION_BUCKET_MS <= cutoff).collect();
+        for bucket in old {
+            for id in self.state.seen_buckets.remove(&bucket).unwrap_or_default() {
+                self.state.seen.remove(&id);
+            }
+            self.dirty.expired_buckets.insert(bucket);
+            self.dirty.seen_buckets.remove(&bucket);
+        }
+        let old: Vec<i64> = self.state.streak_buckets.keys().copied()
+            .filter(|b| b + RETENTION_BUCKET_MS <= cutoff).collect();
+        for bucket in old {
+            for key in self.state.streak_buckets.remove(&bucket).unwrap_or_default() {
+                // A straggler may have moved the streak to a newer bucket; it expires from that one.
+                let expired = matches!(self.state.streaks.get(&key),
+                                       Some(s) if !s.open && floor_to(s.last_ts, RETENTION_BUCKET_MS) == bucket);
+                if expired {
+                    self.state.streaks.remove(&key);
+                    self.mark_streak(&key);
+                }
+            }
+        }
+        self.min_bucket = self.smallest_bucket();
+    }
+
+    // ------------------------------------------------------------------------------------ payouts, end
+
+    pub fn apply_payout(&mut self, payout_id: &str, creator_id: &str, milli: i128) -> PayoutResult {
+        if self.state.payouts_seen.contains(payout_id) {
+            self.stats.payout_duplicates += 1;
+            return PayoutResult::Duplicate;
+        }
+        let Some(c) = self.state.creators.get_mut(creator_id) else { return PayoutResult::ExceedsBalance(0) };
+        if milli > c.balance {
+            return PayoutResult::ExceedsBalance(c.balance);
+        }
+        self.state.payouts_seen.insert(payout_id.to_owned());
+        self.dirty.payouts.push(payout_id.to_owned());
+        mark_creator(&mut self.dirty, c, creator_id);
+        c.balance -= milli;
+        c.paid_out += milli;
+        let threshold = self.cfg.regions.get(&c.region).expect("a creator's region is in the policy").threshold;
+        if c.above && threshold.map_or(true, |t| c.balance < t) {
+            c.above = false;
+        }
+        self.stats.payouts += 1;
+        PayoutResult::Applied
+    }
+
+    /// The input is finished (end of a recorded session): time out every open streak and close every
+    /// window, as if event time had moved far enough past the last event.
+    pub fn end_of_stream(&mut self) {
+        let Some(wm) = self.state.watermark else { return };
+        let longest = self.cfg.windows.iter().map(|w| w.size_ms).fold(self.cfg.streak_timeout_ms, i64::max);
+        let fin = wm + longest + self.cfg.grace_ms + self.cfg.pane_ms;
+        self.state.watermark = Some(fin);
+        self.fire_timers(fin);
+    }
+}

@@ -1,0 +1,384 @@
+//! stream._native: the compiled engine behind stream.engine_native.NativePartitionEngine.
+//!
+//! This file is the Python edge only: it reads the batch (bytes objects, no copies), decodes each record
+//! with decode.rs (records it is not sure about go to the Python decoder, the single authority on reject
+//! reasons), runs engine.rs, and turns the outputs, changes and state into plain Python values. Reject
+//! details and notice money are produced by Python hooks so their wording and arithmetic exist once.
+
+mod decode;
+mod engine;
+mod murmur2;
+
+use std::borrow::Cow;
+use std::sync::Arc;
+
+use ahash::{AHashMap, AHashSet};
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyList, PyTuple};
+
+use decode::{decode_fast, Event};
+
+// Most of the engine's allocations are small strings (ids, keys) that live briefly or long; mimalloc
+// handles that mix much better than glibc's allocator.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+use engine::{Creator, Engine, Output, PayoutResult, Regions, Reject, RegionRule, Settings, State, Streak, Tally, Window};
+
+/// A partition engine. Built by stream.engine_native from the policy; `hooks` passed to each call is the
+/// Python wrapper (decode fallback, dead letters, notices).
+#[pyclass(module = "stream._native")]
+struct Core {
+    engine: Engine,
+    max_record_bytes: usize,
+    window_names: Vec<Py<PyAny>>,
+    version: Py<PyAny>,
+    window_total_cls: Py<PyAny>,
+    late_cls: Py<PyAny>,
+    missed_cls: Py<PyAny>,
+}
+
+type RegionArg = (String, i128, Option<i128>);
+type WindowArg = (String, i64, i64);
+
+fn owned_event(obj: &Bound<'_, PyAny>) -> PyResult<Event<'static>> {
+    let s = |name: &str| -> PyResult<Cow<'static, str>> { Ok(Cow::Owned(obj.getattr(name)?.extract::<String>()?)) };
+    let i = |name: &str| -> PyResult<i64> { obj.getattr(name)?.extract::<i64>() };
+    Ok(Event {
+        event_id: s("event_id")?, room_id: s("room_id")?, creator_id: s("creator_id")?, sender_id: s("sender_id")?,
+        gift_id: i("gift_id")?, gift_type: i("gift_type")?, diamond_count: i("diamond_count")?,
+        repeat_count: i("repeat_count")?, repeat_end: obj.getattr("repeat_end")?.extract::<bool>()?, ts: i("ts")?,
+        region: s("region")?, group_id: s("group_id")?,
+    })
+}
+
+#[pymethods]
+impl Core {
+    #[new]
+    #[allow(clippy::too_many_arguments)]
+    #[pyo3(signature = (regions, windows, pane_ms, grace_ms, streak_timeout_ms, dedupe_horizon_ms, max_future_ms,
+                        max_record_bytes, version, classes))]
+    fn new(py: Python<'_>, regions: Vec<RegionArg>, windows: Vec<WindowArg>, pane_ms: i64, grace_ms: i64,
+           streak_timeout_ms: i64, dedupe_horizon_ms: i64, max_future_ms: i64, max_record_bytes: usize,
+           version: String, classes: (Py<PyAny>, Py<PyAny>, Py<PyAny>)) -> PyResult<Self> {
+        if pane_ms <= 0 || windows.iter().any(|w| w.1 <= 0 || w.2 <= 0) {
+            return Err(pyo3::exceptions::PyValueError::new_err("pane and window sizes must be positive"));
+        }
+        let window_names = windows.iter().map(|w| pyo3::types::PyString::new(py, &w.0).into_any().unbind()).collect();
+        let cfg = Settings {
+            regions: Regions(regions.into_iter()
+                .map(|(name, rate, threshold)| (name, RegionRule { milli_per_coin: rate, threshold })).collect()),
+            windows: windows.into_iter().map(|(_, size_ms, hop_ms)| Window { size_ms, hop_ms }).collect(),
+            pane_ms, grace_ms, streak_timeout_ms, dedupe_horizon_ms, max_future_ms,
+        };
+        Ok(Core { engine: Engine::new(cfg, State::default()), max_record_bytes, window_names,
+                  version: version.into_pyobject(py)?.into_any().unbind(), window_total_cls: classes.0,
+                  late_cls: classes.1, missed_cls: classes.2 })
+    }
+
+    /// One batch of raw records of this partition, in offset order.
+    #[pyo3(signature = (raws, offsets, out, hooks))]
+    fn process(&mut self, py: Python<'_>, raws: &Bound<'_, PyList>, offsets: Option<&Bound<'_, PyList>>,
+               out: &Bound<'_, PyAny>, hooks: &Bound<'_, PyAny>) -> PyResult<()> {
+        let n = raws.len();
+        for (i, item) in raws.iter().enumerate() {
+            let bytes = item.cast::<PyBytes>()?;
+            match decode_fast(bytes.as_bytes(), self.max_record_bytes) {
+                Some(ev) => self.engine.process_event(&ev, i),
+                None => {
+                    let decoded = hooks.call_method1("_decode_one", (bytes,))?;
+                    if let Ok(t) = decoded.cast::<PyTuple>() {
+                        let (reason, detail): (String, String) = t.extract()?;
+                        self.engine.outputs.push(Output::Reject { index: i, reject: Reject::Decode { reason, detail } });
+                    } else {
+                        let ev = owned_event(&decoded)?;
+                        self.engine.process_event(&ev, i);
+                    }
+                }
+            }
+        }
+        self.engine.stats.events_in += n as u64;
+        self.flush(py, Some(raws), offsets, out, hooks, true)
+    }
+
+    /// A payout: "applied", "duplicate", or the balance it exceeds (an int).
+    fn apply_payout(&mut self, py: Python<'_>, payout_id: &str, creator_id: &str, milli: i128, out: &Bound<'_, PyAny>,
+                    hooks: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
+        let result = match self.engine.apply_payout(payout_id, creator_id, milli) {
+            PayoutResult::Applied => "applied".into_pyobject(py)?.into_any().unbind(),
+            PayoutResult::Duplicate => "duplicate".into_pyobject(py)?.into_any().unbind(),
+            PayoutResult::ExceedsBalance(b) => b.into_pyobject(py)?.into_any().unbind(),
+        };
+        self.flush(py, None, None, out, hooks, false)?;
+        Ok(result)
+    }
+
+    fn end_of_stream(&mut self, py: Python<'_>, out: &Bound<'_, PyAny>, hooks: &Bound<'_, PyAny>) -> PyResult<()> {
+        self.engine.end_of_stream();
+        self.flush(py, None, None, out, hooks, false)
+    }
+
+    /// The keys changed since the last call (and forget them): (watermark, close_cursor, creators, panes,
+    /// streaks, seen chunks, expired buckets, payouts); see stream.engine.Changes.
+    fn take_changes<'py>(&mut self, py: Python<'py>) -> PyResult<Bound<'py, PyTuple>> {
+        let changed = self.engine.take_changed();
+        let st = &self.engine.state;
+        let creators = PyList::empty(py);
+        for cid in &changed.creators {
+            creators.append((cid, st.creators.get(cid).map(creator_tuple)))?;
+        }
+        let panes = PyList::empty(py);
+        for (cid, pane) in &changed.panes {
+            let v = st.creators.get(cid).and_then(|c| c.panes.get(pane)).map(|t| vec![t.milli, t.credits as i128]);
+            panes.append((cid, *pane, v))?;
+        }
+        let streaks = PyList::empty(py);
+        for key in &changed.streaks {
+            streaks.append((key, st.streaks.get(key).map(streak_tuple)))?;
+        }
+        let seen = PyList::empty(py);
+        for (bucket, start) in &changed.seen_buckets {
+            if let Some(ids) = st.seen_buckets.get(bucket) {
+                if ids.len() > *start {
+                    let chunk: Vec<&str> = ids[*start..].iter().map(|s| s.as_ref()).collect();
+                    seen.append((*bucket, *start, chunk))?;
+                }
+            }
+        }
+        let expired: Vec<i64> = changed.expired_buckets.iter().copied().collect();
+        (st.watermark, st.close_cursor, creators, panes, streaks, seen, expired, changed.payouts).into_pyobject(py)
+    }
+
+    /// Drop the changed-key bookkeeping (offline replays have no changelog to write it to).
+    fn clear_changes(&mut self) {
+        self.engine.take_changed();
+    }
+
+    /// The whole state as plain values (see stream.engine_native for the layout).
+    fn export_state<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyTuple>> {
+        let st = &self.engine.state;
+        let creators = PyList::empty(py);
+        for (cid, c) in &st.creators {
+            let panes: Vec<(i64, i128, i64)> = c.panes.iter().map(|(p, t)| (*p, t.milli, t.credits)).collect();
+            creators.append((cid, creator_tuple(c), panes))?;
+        }
+        let streaks = PyList::empty(py);
+        for (key, s) in &st.streaks {
+            streaks.append((key, streak_tuple(s)))?;
+        }
+        let seen_buckets = PyList::empty(py);
+        for (bucket, ids) in &st.seen_buckets {
+            let ids: Vec<&str> = ids.iter().map(|s| s.as_ref()).collect();
+            seen_buckets.append((*bucket, ids))?;
+        }
+        let streak_buckets: Vec<(i64, Vec<String>)> = st.streak_buckets.iter().map(|(b, k)| (*b, k.clone())).collect();
+        let payouts: Vec<&String> = st.payouts_seen.iter().collect();
+        let pane_creators: Vec<(i64, Vec<&String>)> =
+            st.pane_creators.iter().map(|(p, h)| (*p, h.iter().collect())).collect();
+        (st.watermark, st.close_cursor, creators, streaks, seen_buckets, streak_buckets, payouts, pane_creators)
+            .into_pyobject(py)
+    }
+
+    /// Replace the state with one given as export_state's plain values.
+    #[allow(clippy::type_complexity)]
+    fn load_state(&mut self, watermark: Option<i64>, close_cursor: Option<i64>,
+                  creators: Vec<(String, CreatorTuple, Vec<(i64, i128, i64)>)>, streaks: Vec<(String, StreakTuple)>,
+                  seen_buckets: Vec<(i64, Vec<String>)>, streak_buckets: Vec<(i64, Vec<String>)>,
+                  payouts: Vec<String>, pane_creators: Vec<(i64, Vec<String>)>) {
+        let mut st = State { watermark, close_cursor, ..Default::default() };
+        for (cid, (region, balance, credited, paid_out, crossings, above), panes) in creators {
+            let panes = panes.into_iter().map(|(p, milli, credits)| (p, Tally { milli, credits, dirty: false })).collect();
+            st.creators.insert(cid, Creator { region, balance, credited, paid_out, crossings, above, panes,
+                                              dirty: false });
+        }
+        for (key, (creator_id, region, diamond_count, count, credited, last_ts, last_event_id, open)) in streaks {
+            st.streaks.insert(key, Streak { creator_id, region, diamond_count, count, credited, last_ts, last_event_id,
+                                            open, dirty: false });
+        }
+        for (bucket, ids) in seen_buckets {
+            let ids: Vec<Arc<str>> = ids.into_iter().map(Arc::from).collect();
+            st.seen.extend(ids.iter().cloned());
+            st.seen_buckets.insert(bucket, ids);
+        }
+        st.streak_buckets = streak_buckets.into_iter().collect();
+        st.payouts_seen = payouts.into_iter().collect();
+        st.pane_creators = pane_creators.into_iter().map(|(p, h)| (p, h.into_iter().collect::<AHashSet<_>>()))
+            .collect::<AHashMap<_, _>>();
+        let cfg = std::mem::replace(&mut self.engine.cfg, empty_settings());
+        self.engine = Engine::new(cfg, st);
+    }
+
+    /// One creator's (region, balance, credited, paid_out, crossings, above, {pane: [milli, credits]}) or None.
+    fn creator(&self, creator_id: &str) -> Option<(CreatorTuple, Vec<(i64, i128, i64)>)> {
+        self.engine.state.creators.get(creator_id)
+            .map(|c| (creator_tuple(c), c.panes.iter().map(|(p, t)| (*p, t.milli, t.credits)).collect()))
+    }
+
+    /// (creators, streaks, dedupe ids, pane tallies, open streaks, summed balance) held now.
+    fn sizes(&self) -> (usize, usize, usize, usize, usize, i128) {
+        let st = &self.engine.state;
+        (st.creators.len(), st.streaks.len(), st.seen.len(), st.creators.values().map(|c| c.panes.len()).sum(),
+         st.streaks.values().filter(|s| s.open).count(), st.creators.values().map(|c| c.balance).sum())
+    }
+
+    fn watermark(&self) -> Option<i64> {
+        self.engine.state.watermark
+    }
+
+    fn close_cursor(&self) -> Option<i64> {
+        self.engine.state.close_cursor
+    }
+}
+
+type CreatorTuple = (String, i128, i128, i128, i64, bool);
+type StreakTuple = (String, String, i64, i64, i64, i64, String, bool);
+
+fn creator_tuple(c: &Creator) -> CreatorTuple {
+    (c.region.clone(), c.balance, c.credited, c.paid_out, c.crossings, c.above)
+}
+
+fn streak_tuple(s: &Streak) -> StreakTuple {
+    (s.creator_id.clone(), s.region.clone(), s.diamond_count, s.count, s.credited, s.last_ts, s.last_event_id.clone(),
+     s.open)
+}
+
+fn empty_settings() -> Settings {
+    Settings { regions: Regions::default(), windows: Vec::new(), pane_ms: 1, grace_ms: 0, streak_timeout_ms: 0,
+               dedupe_horizon_ms: 0, max_future_ms: 0 }
+}
+
+impl Core {
+    /// Turn the collected outputs into Python records (in emission order) and add the counters to out.stats.
+    fn flush(&mut self, py: Python<'_>, raws: Option<&Bound<'_, PyList>>, offsets: Option<&Bound<'_, PyList>>,
+             out: &Bound<'_, PyAny>, hooks: &Bound<'_, PyAny>, batch: bool) -> PyResult<()> {
+        let outputs = std::mem::take(&mut self.engine.outputs);
+        if !outputs.is_empty() {
+            let window_totals = out.getattr("window_totals")?;
+            let late = out.getattr("late")?;
+            let cfg = &self.engine.cfg;
+            for o in outputs {
+                match o {
+                    Output::Reject { index, reject } => {
+                        let (reason, detail) = match reject {
+                            Reject::Decode { reason, detail } => (reason, detail),
+                            Reject::UnknownRegion(region) => {
+                                let repr = region.into_pyobject(py)?.repr()?.to_string();
+                                ("unknown_region".to_owned(), format!("region {repr} is not in policy {}", self.version))
+                            }
+                            Reject::TooFarFuture { ts, watermark } => ("ts_too_far_future".to_owned(), format!(
+                                "ts {ts} is more than {} ms after the watermark {watermark}", cfg.max_future_ms)),
+                            Reject::TooOld { ts, watermark } => ("ts_too_old".to_owned(), format!(
+                                "ts {ts} is older than the dedupe horizon ({} ms before the watermark {watermark})",
+                                cfg.dedupe_horizon_ms)),
+                        };
+                        let raw = raws.expect("rejects come from a batch").get_item(index)?;
+                        let offset = match offsets {
+                            Some(o) if !o.is_empty() => Some(o.get_item(index)?),
+                            _ => None,
+                        };
+                        hooks.call_method1("_reject", (reason, detail, raw, offset, out))?;
+                    }
+                    Output::Notice { creator_id, region, crossing_seq, balance, event_id, ts } => {
+                        hooks.call_method1("_emit_notice", (out, creator_id, region, crossing_seq, balance, event_id, ts))?;
+                    }
+                    Output::WindowTotal { creator_id, window, start, end, milli, credits } => {
+                        let wt = self.window_total_cls.bind(py).call1((creator_id, self.window_names[window].bind(py),
+                                                                       start, end, milli, credits, self.version.bind(py)))?;
+                        window_totals.call_method1("append", (wt,))?;
+                    }
+                    Output::Late { event_id, creator_id, ts, watermark, milli, missed } => {
+                        let missed = missed.into_iter()
+                            .map(|(w, s, e)| self.missed_cls.bind(py).call1((self.window_names[w].bind(py), s, e)))
+                            .collect::<PyResult<Vec<_>>>()?;
+                        let lg = self.late_cls.bind(py).call1((event_id, creator_id, ts, watermark, milli, missed))?;
+                        late.call_method1("append", (lg,))?;
+                    }
+                }
+            }
+        }
+        let s = std::mem::take(&mut self.engine.stats);
+        let stats = out.getattr("stats")?;
+        let add = |key: &str, v: i128, always: bool| -> PyResult<()> {
+            if v != 0 || always {
+                let cur: i128 = stats.get_item(key)?.extract()?;
+                stats.set_item(key, cur + v)?;
+            }
+            Ok(())
+        };
+        add("events_in", s.events_in as i128, batch)?;
+        add("duplicates", s.duplicates as i128, batch)?;
+        add("streaks", s.streaks as i128, false)?;
+        if s.credits != 0 {
+            add("credits", s.credits as i128, true)?;
+            add("milli_diamonds", s.milli, true)?;
+        }
+        add("late", s.late as i128, false)?;
+        add("notices", s.notices as i128, false)?;
+        add("window_totals", s.window_totals as i128, false)?;
+        add("streak_timeouts", s.streak_timeouts as i128, false)?;
+        add("streak_stragglers", s.streak_stragglers as i128, false)?;
+        add("payouts", s.payouts as i128, false)?;
+        add("payout_duplicates", s.payout_duplicates as i128, false)?;
+        Ok(())
+    }
+}
+
+/// One batch for several partitions' engines (an offline replay): each record goes to the engine of its
+/// creator's partition (Kafka's murmur2, like stream.replay.PartitionRouter; a record the Python decoder
+/// rejects goes to partition 0), decoded once. Outputs are emitted partition by partition, as when each
+/// engine processes its own share of the batch.
+#[pyfunction]
+fn process_routed(py: Python<'_>, cores: Vec<Bound<'_, Core>>, hooks: Vec<Bound<'_, PyAny>>, raws: &Bound<'_, PyList>,
+                  offsets: Option<&Bound<'_, PyList>>, out: &Bound<'_, PyAny>) -> PyResult<()> {
+    if cores.is_empty() || cores.len() != hooks.len() {
+        return Err(pyo3::exceptions::PyValueError::new_err("one hooks object per engine, at least one engine"));
+    }
+    let mut engines: Vec<PyRefMut<'_, Core>> = cores.iter().map(|c| c.borrow_mut()).collect();
+    let n = engines.len() as u32;
+    let max_bytes = engines[0].max_record_bytes;
+    let mut counts = vec![0u64; engines.len()];
+    for (i, item) in raws.iter().enumerate() {
+        let bytes = item.cast::<PyBytes>()?;
+        let p = match decode_fast(bytes.as_bytes(), max_bytes) {
+            Some(ev) => {
+                let p = murmur2::partition_for(ev.creator_id.as_bytes(), n) as usize;
+                engines[p].engine.process_event(&ev, i);
+                p
+            }
+            None => {
+                let decoded = hooks[0].call_method1("_decode_one", (bytes,))?;
+                if let Ok(t) = decoded.cast::<PyTuple>() {
+                    let (reason, detail): (String, String) = t.extract()?;
+                    engines[0].engine.outputs.push(Output::Reject { index: i, reject: Reject::Decode { reason, detail } });
+                    0
+                } else {
+                    let ev = owned_event(&decoded)?;
+                    let p = murmur2::partition_for(ev.creator_id.as_bytes(), n) as usize;
+                    engines[p].engine.process_event(&ev, i);
+                    p
+                }
+            }
+        };
+        counts[p] += 1;
+    }
+    for (p, engine) in engines.iter_mut().enumerate() {
+        if counts[p] > 0 {
+            engine.engine.stats.events_in += counts[p];
+            engine.flush(py, Some(raws), offsets, out, &hooks[p], true)?;
+        }
+    }
+    Ok(())
+}
+
+/// murmur2 partition of a key (for tests against aiokafka's).
+#[pyfunction]
+fn partition_for(key: &[u8], partitions: u32) -> u32 {
+    murmur2::partition_for(key, partitions)
+}
+
+#[pymodule]
+fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<Core>()?;
+    m.add_function(wrap_pyfunction!(process_routed, m)?)?;
+    m.add_function(wrap_pyfunction!(partition_for, m)?)?;
+    Ok(())
+}

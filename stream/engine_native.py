@@ -1,0 +1,191 @@
+"""The compiled engine (Rust, native/ -> stream._native) behind the same interface as stream.engine's.
+
+The core keeps the partition state natively and decodes, dedupes, windows and credits each record in one
+pass; the Python reference engine (stream.engine.PartitionEngine) stays the specification, and the tests
+run both on the same input and require the same outputs, changes and state. The core calls back here only
+for what must exist once: the Python decoder for records it is not certain about (so reject reasons and
+their wording are msgspec's), dead letters and notice money (stream.engine.dead_letter / payout_notice).
+
+`make_engine` picks the engine: "native" (the default when the extension is built, as `make install`
+does), "python", or "auto" (native if importable, else Python).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Literal
+
+from stream import model
+from stream.engine import (
+    Changes,
+    Outputs,
+    PartitionEngine,
+    StateSizes,
+    dead_letter,
+    payout_notice,
+)
+from stream.model import LateGift, MissedWindow, Payout, WindowTotal
+from stream.policy import Policy
+from stream.state import CreatorState, PartitionState, Streak
+
+try:
+    from stream import _native
+except ImportError:  # not built (no Rust toolchain at install time)
+    _native = None
+
+log = logging.getLogger(__name__)
+
+EngineKind = Literal["native", "python", "auto"]
+ENGINE_KINDS = ("native", "python", "auto")
+
+
+def native_available() -> bool:
+    return _native is not None
+
+
+class NativePartitionEngine:
+    """Processes the event sequence of one input partition, in the compiled core."""
+
+    kind = "native"
+
+    def __init__(self, policy: Policy, partition: int = 0, state: PartitionState | None = None,
+                 source_topic: str = "gifts") -> None:
+        if _native is None:
+            raise RuntimeError("the native engine is not built: run `make install` (needs Rust) or use "
+                               "engine = \"python\"")
+        self.policy = policy
+        self.partition = partition
+        self.source_topic = source_topic
+        self._max_bytes = policy.max_record_bytes
+        self._core = _native.Core(
+            [(r, p.milli_diamonds_per_coin, p.threshold_milli_diamonds) for r, p in policy.regions.items()],
+            [(w.name, w.size_ms, w.hop_ms) for w in policy.windows],
+            policy.pane_ms, policy.grace_ms, policy.streak_timeout_ms, policy.dedupe_horizon_ms,
+            policy.max_future_ms, policy.max_record_bytes, policy.version, (WindowTotal, LateGift, MissedWindow))
+        if state is not None:
+            self._load(state)
+
+    # ---------------------------------------------------------------- batches
+
+    def process(self, raws: list[bytes], offsets: list[int] | None = None, out: Outputs | None = None) -> Outputs:
+        """Process one batch of raw records of this partition (in offset order)."""
+        out = out if out is not None else Outputs()
+        self._core.process(raws if type(raws) is list else list(raws), offsets, out, self)
+        return out
+
+    def apply_payouts(self, payouts: list[Payout | tuple[str, str]], raws: list[bytes],
+                      offsets: list[int] | None, out: Outputs, source_topic: str = "payouts") -> None:
+        """Payouts made by the payment system: idempotent by payout_id; re-arm the threshold."""
+        for i, p in enumerate(payouts):
+            offset = offsets[i] if offsets else None
+            if type(p) is tuple:
+                self._reject(p[0], p[1], raws[i], offset, out, source_topic)
+                continue
+            result = self._core.apply_payout(p.payout_id, p.creator_id, p.milli_diamonds, out, self)
+            if type(result) is int:
+                self._reject(model.INVALID_VALUE, f"payout {p.payout_id} of {p.milli_diamonds} exceeds the "
+                             f"balance {result}", raws[i], offset, out, source_topic)
+
+    def end_of_stream(self, out: Outputs) -> None:
+        self._core.end_of_stream(out, self)
+
+    # ---------------------------------------------------------------- hooks the core calls
+
+    def _decode_one(self, raw: bytes) -> model.GiftEvent | tuple[str, str]:
+        return model.decode_events([raw], self._max_bytes)[0]
+
+    def _reject(self, reason: str, detail: str, raw: bytes, offset: int | None, out: Outputs,
+                source_topic: str | None = None) -> None:
+        out.stats[f"rejected.{reason}"] += 1
+        out.dead_letters.append(dead_letter(self.policy, self.partition, source_topic or self.source_topic,
+                                            reason, detail, raw, offset))
+
+    def _emit_notice(self, out: Outputs, creator_id: str, region: str, crossing_seq: int, balance: int,
+                     event_id: str, ts: int) -> None:
+        out.notices.append(payout_notice(self.policy, creator_id, region, crossing_seq, balance, event_id, ts))
+
+    # ---------------------------------------------------------------- state
+
+    def take_changes(self) -> Changes:
+        wm, cursor, creators, panes, streaks, seen, expired, payouts = self._core.take_changes()
+        return Changes(wm, cursor, creators, panes, [(k, None if s is None else Streak(*s)) for k, s in streaks],
+                       seen, expired, payouts)
+
+    def clear_changes(self) -> None:
+        self._core.clear_changes()
+
+    @property
+    def watermark(self) -> int | None:
+        return self._core.watermark()
+
+    @property
+    def close_cursor(self) -> int | None:
+        return self._core.close_cursor()
+
+    def creator(self, creator_id: str) -> CreatorState | None:
+        found = self._core.creator(creator_id)
+        if found is None:
+            return None
+        fields, panes = found
+        return CreatorState(*fields, panes={p: [m, n] for p, m, n in panes})
+
+    def sizes(self) -> StateSizes:
+        return StateSizes(*self._core.sizes())
+
+    @property
+    def state(self) -> PartitionState:
+        """A copy of the whole state (for snapshots, reports and tests; the engine keeps its own)."""
+        wm, cursor, creators, streaks, seen_buckets, streak_buckets, payouts, pane_creators = \
+            self._core.export_state()
+        st = PartitionState(watermark=wm, close_cursor=cursor)
+        for cid, fields, panes in creators:
+            st.creators[cid] = CreatorState(*fields, panes={p: [m, n] for p, m, n in sorted(panes)})
+        st.streaks = {k: Streak(*s) for k, s in streaks}
+        st.seen_buckets = dict(sorted(seen_buckets))
+        st.seen = {i for _, ids in seen_buckets for i in ids}
+        st.streak_buckets = dict(sorted(streak_buckets))
+        st.payouts_seen = set(payouts)
+        st.pane_creators = {p: dict.fromkeys(sorted(cids)) for p, cids in sorted(pane_creators)}
+        return st
+
+    def _load(self, st: PartitionState) -> None:
+        self._core.load_state(
+            st.watermark, st.close_cursor,
+            [(cid, (c.region, c.balance, c.credited, c.paid_out, c.crossings, c.above),
+              [(p, t[0], t[1]) for p, t in c.panes.items()]) for cid, c in st.creators.items()],
+            [(k, (s.creator_id, s.region, s.diamond_count, s.count, s.credited, s.last_ts, s.last_event_id, s.open))
+             for k, s in st.streaks.items()],
+            list(st.seen_buckets.items()), list(st.streak_buckets.items()), list(st.payouts_seen),
+            [(p, list(h)) for p, h in st.pane_creators.items()])
+
+
+Engine = PartitionEngine | NativePartitionEngine
+
+
+def process_routed(engines: list[NativePartitionEngine], raws: list[bytes], offsets: list[int] | None,
+                   out: Outputs) -> None:
+    """One batch for all partitions' engines (offline replay): each record goes to its creator's partition
+    like stream.replay.PartitionRouter, decoded once; outputs come partition by partition, as if each engine
+    had processed its share of the batch."""
+    _native.process_routed([e._core for e in engines], engines, raws, offsets, out)
+
+
+def resolve_kind(kind: str | None = None) -> str:
+    """The engine a kind names: "auto" (and None, and GIFTSTREAM_ENGINE when kind is None) picks native when
+    it is built."""
+    kind = kind or os.environ.get("GIFTSTREAM_ENGINE") or "auto"
+    if kind not in ENGINE_KINDS:
+        raise ValueError(f"engine must be one of {', '.join(ENGINE_KINDS)}, not {kind!r}")
+    if kind == "auto":
+        if _native is None:
+            log.warning("native engine not built; using the Python engine (about 5x slower)")
+        return "native" if _native is not None else "python"
+    return kind
+
+
+def make_engine(policy: Policy, partition: int = 0, state: PartitionState | None = None,
+                source_topic: str = "gifts", kind: str | None = None) -> Engine:
+    if resolve_kind(kind) == "native":
+        return NativePartitionEngine(policy, partition, state, source_topic)
+    return PartitionEngine(policy, partition, state, source_topic)

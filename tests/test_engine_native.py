@@ -1,0 +1,162 @@
+"""The compiled engine (stream.engine_native, Rust) against the Python reference engine (stream.engine):
+on the same input, record for record, the same outputs, counters, changelog records and state."""
+
+from __future__ import annotations
+
+import itertools
+import json
+
+import orjson
+import pytest
+from conftest import T0, gift
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from test_engine_properties import sessions
+
+from stream import model
+from stream.changelog import ChangelogWriter, restore_state
+from stream.engine import Outputs, PartitionEngine, partition_for
+from stream.engine_native import NativePartitionEngine, native_available
+from stream.replay import replay
+
+pytestmark = pytest.mark.skipif(not native_available(), reason="native engine not built")
+
+FIELDS = ["event_id", "room_id", "creator_id", "sender_id", "gift_id", "gift_type", "diamond_count",
+          "repeat_count", "repeat_end", "ts", "region", "group_id"]
+
+
+def assert_same_outputs(a: Outputs, b: Outputs) -> None:
+    assert a.notices == b.notices
+    assert a.window_totals == b.window_totals
+    assert a.late == b.late
+    assert a.dead_letters == b.dead_letters  # reasons, details and raw bytes
+    assert a.stats == b.stats
+
+
+def payout(pid: str, creator: str, milli: int) -> bytes:
+    return orjson.dumps({"payout_id": pid, "creator_id": creator, "milli_diamonds": milli, "ts": T0})
+
+
+def run_side_by_side(policy, records: list[bytes], cuts: list[int], payouts: list[bytes] = ()) -> None:
+    """Both engines over the same batches (payouts applied between batches), checking after every batch."""
+    py, native = PartitionEngine(policy), NativePartitionEngine(policy)
+    py_log, native_log = ChangelogWriter(), ChangelogWriter()
+    bounds = sorted({min(c, len(records)) for c in cuts} | {0, len(records)})
+    for n, (lo, hi) in enumerate(itertools.pairwise(bounds)):
+        outs = []
+        for eng in (py, native):
+            out = eng.process(records[lo:hi], list(range(lo, hi)))
+            if n < len(payouts):
+                raw = payouts[n]
+                eng.apply_payouts([model.decode_payout(raw)], [raw], [n], out)
+            outs.append(out)
+        assert_same_outputs(*outs)
+        py_records, native_records = py_log.drain(py), native_log.drain(native)
+        assert len(py_records) == len(native_records)  # one record per changed key, no more
+        assert dict(py_records) == dict(native_records)
+    outs = [Outputs(), Outputs()]
+    py.end_of_stream(outs[0])
+    native.end_of_stream(outs[1])
+    assert_same_outputs(*outs)
+    assert py.state == native.state
+    assert py.sizes() == native.sizes()
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(records=sessions(), cuts=st.lists(st.integers(0, 200), max_size=5),
+       payouts=st.lists(st.tuples(st.sampled_from(["p1", "p2", "p3"]), st.sampled_from(["c0", "c1", "c2"]),
+                                  st.integers(1, 40_000_000)), max_size=4))
+def test_native_engine_equals_the_reference_on_random_sessions(policy, records, cuts, payouts):
+    run_side_by_side(policy, records, cuts, [payout(*p) for p in payouts])
+
+
+# Values a field may take in a fuzzed record: right and wrong types, bounds, escapes, unicode.
+ODD_VALUES = st.one_of(
+    st.integers(-2**63 - 5, 2**63 + 5), st.sampled_from([0, 1, -1, 2**31 - 1, 2**31, 10_000_000, 10_000_001,
+                                                         1_000_000, 1_000_001, 10**14, 10**14 + 1]),
+    st.floats(allow_nan=False, allow_infinity=False), st.booleans(), st.none(), st.text(max_size=70),
+    st.sampled_from(["US", "ZZ", "", "a\"b", "é", "x" * 64, "x" * 65, "é" * 64, "é" * 65]),
+    st.lists(st.integers(), max_size=2), st.dictionaries(st.text(max_size=3), st.integers(), max_size=2),
+)
+
+
+@st.composite
+def fuzzed_records(draw) -> bytes:
+    """A valid record with some fields replaced, dropped, added or the bytes damaged."""
+    rec = orjson.loads(gift(event_id=draw(st.sampled_from(["e1", "e2", "e3"])), group_id="g",
+                            gift_type=draw(st.sampled_from([0, 1])), ts=T0 + draw(st.integers(0, 10**7))))
+    for key in draw(st.lists(st.sampled_from([*FIELDS, "extra"]), max_size=3)):
+        action = draw(st.sampled_from(["replace", "drop"]))
+        if action == "drop":
+            rec.pop(key, None)
+        else:
+            rec[key] = draw(ODD_VALUES)
+    raw = json.dumps(rec, separators=(",", ":"), ensure_ascii=draw(st.booleans())).encode()  # big ints too
+    form = draw(st.sampled_from(["plain", "spaces", "escaped", "duplicate", "damaged", "negative zero"]))
+    if form == "spaces":
+        raw = b" " + raw.replace(b":", b" : ").replace(b",", b" ,\n") + b"\t"
+    elif form == "escaped":
+        raw = raw.replace(b'"c1"', b'"c\\u0031"')
+    elif form == "duplicate":
+        raw = raw[:-1] + b',"event_id":"dup"}'
+    elif form == "damaged" and raw:
+        i = draw(st.integers(0, len(raw) - 1))
+        raw = raw[:i] + draw(st.binary(max_size=3)) + raw[i + 1:]
+    elif form == "negative zero":
+        raw = raw.replace(b'"gift_type":0', b'"gift_type":-0')
+    return raw
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(records=st.lists(fuzzed_records(), min_size=1, max_size=12), cuts=st.lists(st.integers(0, 12), max_size=2))
+def test_native_decoding_accepts_and_rejects_exactly_what_msgspec_does(policy, records, cuts):
+    run_side_by_side(policy, [gift(event_id="first", ts=T0), *records], cuts)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(records=sessions(), cut=st.integers(0, 200), first=st.sampled_from(["python", "native"]))
+def test_state_moves_between_engines(policy, records, cut, first):
+    """A partition restored from the other engine's changelog continues exactly like an uninterrupted run."""
+    whole = PartitionEngine(policy)
+    expected = whole.process(records)
+    whole.end_of_stream(expected)
+    kinds = [PartitionEngine, NativePartitionEngine]
+    a_kind, b_kind = kinds if first == "python" else kinds[::-1]
+    a, writer = a_kind(policy), ChangelogWriter()
+    got = a.process(records[:cut], None)
+    state, _ = restore_state(writer.drain(a))
+    b = b_kind(policy, state=state)
+    b.process(records[cut:], None, got)
+    b.end_of_stream(got)
+    assert got.notices == expected.notices and got.window_totals == expected.window_totals
+    assert got.late == expected.late
+    assert b.state == whole.state
+
+
+def test_replay_routes_and_orders_outputs_like_the_reference(policy):
+    from stream.replay import read_session
+
+    records = read_session("stream/data/demo-session.jsonl.gz")[:8000]
+    ref = replay(records, policy, partitions=4, batch_size=1000, final=True, engine="python")
+    got = replay(records, policy, partitions=4, batch_size=1000, final=True, engine="native")
+    assert_same_outputs(ref.outputs, got.outputs)
+    assert [e.state for e in ref.engines.values()] == [e.state for e in got.engines.values()]
+    assert {k: v for k, v in ref.summary.items() if k not in ("seconds", "events_per_second")} == \
+        {k: v for k, v in got.summary.items() if k not in ("seconds", "events_per_second")}
+
+
+@given(key=st.binary(max_size=40), partitions=st.integers(1, 64))
+def test_native_murmur2_partitions_like_kafka(key, partitions):
+    from stream import _native
+
+    assert _native.partition_for(key, partitions) == partition_for(key, partitions)
+
+
+def test_the_http_view_of_a_creator_is_the_same(policy):
+    records = [gift(diamond_count=7, ts=T0 + i * 60_000) for i in range(30)]
+    py, native = PartitionEngine(policy), NativePartitionEngine(policy)
+    py.process(records)
+    native.process(records)
+    assert py.creator("c1") == native.creator("c1")
+    assert native.creator("nobody") is None
+    assert (py.watermark, py.close_cursor) == (native.watermark, native.close_cursor)
