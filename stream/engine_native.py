@@ -50,7 +50,9 @@ class NativePartitionEngine:
     kind = "native"
 
     def __init__(self, policy: Policy, partition: int = 0, state: PartitionState | None = None,
-                 source_topic: str = "gifts") -> None:
+                 source_topic: str = "gifts", track_changes: bool = True) -> None:
+        """track_changes=False: nothing is marked for the changelog (an offline replay has none); then
+        take_changes always comes back empty."""
         if _native is None:
             raise RuntimeError("the native engine is not built: run `make install` (needs Rust) or use "
                                "engine = \"python\"")
@@ -62,7 +64,8 @@ class NativePartitionEngine:
             [(r, p.milli_diamonds_per_coin, p.threshold_milli_diamonds) for r, p in policy.regions.items()],
             [(w.name, w.size_ms, w.hop_ms) for w in policy.windows],
             policy.pane_ms, policy.grace_ms, policy.streak_timeout_ms, policy.dedupe_horizon_ms,
-            policy.max_future_ms, policy.max_record_bytes, policy.version, (WindowTotal, LateGift, MissedWindow))
+            policy.max_future_ms, policy.max_record_bytes, policy.version, (WindowTotal, LateGift, MissedWindow),
+            track_changes)
         if state is not None:
             self._load(state)
 
@@ -185,7 +188,9 @@ def resolve_kind(kind: str | None = None) -> str:
 
 
 def make_engine(policy: Policy, partition: int = 0, state: PartitionState | None = None,
-                source_topic: str = "gifts", kind: str | None = None) -> Engine:
+                source_topic: str = "gifts", kind: str | None = None, track_changes: bool = True) -> Engine:
+    """An engine of the kind asked for. track_changes=False lets the native engine skip the changelog
+    bookkeeping (offline replays); the Python engine always keeps it (clear_changes drops it)."""
     if resolve_kind(kind) == "native":
-        return NativePartitionEngine(policy, partition, state, source_topic)
+        return NativePartitionEngine(policy, partition, state, source_topic, track_changes)
     return PartitionEngine(policy, partition, state, source_topic)

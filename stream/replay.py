@@ -79,7 +79,8 @@ def replay(records: list[bytes], policy: Policy, partitions: int = DEFAULT_PARTI
            progress: Callable[[int], None] | None = None, engine: str | None = None) -> ReplayResult:
     """Run records through one engine per partition (`engine`: see stream.engine_native.make_engine)."""
     started = time.perf_counter()
-    engines = {p: make_engine(policy, p, source_topic=source, kind=engine) for p in range(partitions)}
+    engines = {p: make_engine(policy, p, source_topic=source, kind=engine, track_changes=False)
+               for p in range(partitions)}
     reference = isinstance(engines[0], PartitionEngine)
     router = PartitionRouter(partitions)
     out = Outputs()

@@ -75,7 +75,50 @@ pub fn decode_fast(raw: &[u8], max_bytes: usize) -> Option<Event<'_>> {
 struct FlatScanner<'a> {
     b: &'a [u8],
     i: usize,
+    /// No byte of the record is a control character, a backslash or non-ASCII (the usual case, checked in
+    /// one pass): then a string ends at the next quote and needs no further checks.
+    plain: bool,
 }
+
+/// Index of the first '"' in b, eight bytes at a time (the zero-byte trick on b ^ '"' repeated).
+fn find_quote(b: &[u8]) -> Option<usize> {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let mut i = 0;
+    while i + 8 <= b.len() {
+        let x = u64::from_le_bytes(b[i..i + 8].try_into().expect("8 bytes")) ^ (ONES * b'"' as u64);
+        let zero = x.wrapping_sub(ONES) & !x & HIGH; // lowest set bit marks the first quote
+        if zero != 0 {
+            return Some(i + (zero.trailing_zeros() / 8) as usize);
+        }
+        i += 8;
+    }
+    b[i..].iter().position(|&c| c == b'"').map(|p| i + p)
+}
+
+#[derive(Clone, Copy)]
+enum Key {
+    EventId,
+    RoomId,
+    CreatorId,
+    SenderId,
+    GiftId,
+    GiftType,
+    DiamondCount,
+    RepeatCount,
+    RepeatEnd,
+    Ts,
+    Region,
+    GroupId,
+}
+
+/// The known keys with their closing quote, so a match is a prefix compare with no scanning.
+const KEYS: [(&[u8], Key); 12] = [
+    (b"event_id\"", Key::EventId), (b"room_id\"", Key::RoomId), (b"creator_id\"", Key::CreatorId),
+    (b"sender_id\"", Key::SenderId), (b"gift_id\"", Key::GiftId), (b"gift_type\"", Key::GiftType),
+    (b"diamond_count\"", Key::DiamondCount), (b"repeat_count\"", Key::RepeatCount),
+    (b"repeat_end\"", Key::RepeatEnd), (b"ts\"", Key::Ts), (b"region\"", Key::Region), (b"group_id\"", Key::GroupId),
+];
 
 enum Value<'a> {
     Str(&'a str),
@@ -85,7 +128,9 @@ enum Value<'a> {
 
 impl<'a> FlatScanner<'a> {
     fn new(b: &'a [u8]) -> Self {
-        FlatScanner { b, i: 0 }
+        // Branch-free so it vectorises: c - 0x20 (wrapping) >= 0x60 holds for c < 0x20 and c >= 0x80.
+        let odd = b.iter().fold(0u8, |acc, &c| acc | (c.wrapping_sub(0x20) >= 0x60) as u8 | (c == b'\\') as u8);
+        FlatScanner { b, i: 0, plain: odd == 0 }
     }
 
     fn ws(&mut self) {
@@ -103,25 +148,36 @@ impl<'a> FlatScanner<'a> {
     fn string(&mut self) -> Option<&'a str> {
         self.eat(b'"')?;
         let start = self.i;
-        let mut ascii = true;
-        loop {
-            let c = *self.b.get(self.i)?;
-            match c {
-                b'"' => break,
-                b'\\' | 0..=0x1f => return None,
-                0x80.. => ascii = false,
-                _ => {}
-            }
-            self.i += 1;
+        if self.plain {
+            let len = find_quote(&self.b[start..])?;
+            self.i = start + len + 1;
+            // SAFETY: the whole record is ASCII (`plain`), so any slice of it is valid UTF-8.
+            return Some(unsafe { std::str::from_utf8_unchecked(&self.b[start..start + len]) });
         }
-        let bytes = &self.b[start..self.i];
-        self.i += 1;
-        if ascii {
+        let len = memchr::memchr(b'"', &self.b[start..])?;
+        let bytes = &self.b[start..start + len];
+        self.i = start + len + 1;
+        // One branch-free pass (it vectorises): any backslash or control character sends the record to
+        // serde; a byte >= 0x80 means UTF-8 to validate.
+        let (odd, high) = bytes.iter().fold((false, false), |(odd, high), &c| (odd | (c < 0x20) | (c == b'\\'), high | (c >= 0x80)));
+        if odd {
+            return None;
+        }
+        if !high {
             // SAFETY: every byte is below 0x80, so the slice is ASCII and valid UTF-8.
             Some(unsafe { std::str::from_utf8_unchecked(bytes) })
         } else {
             std::str::from_utf8(bytes).ok()
         }
+    }
+
+    /// A known key (the opening quote is next); None for any other key.
+    fn key(&mut self) -> Option<Key> {
+        self.eat(b'"')?;
+        let rest = &self.b[self.i..];
+        let &(name, key) = KEYS.iter().find(|(name, _)| rest.starts_with(name))?;
+        self.i += name.len();
+        Some(key)
     }
 
     fn value(&mut self) -> Option<Value<'a>> {
@@ -170,24 +226,24 @@ impl<'a> FlatScanner<'a> {
             return None;
         }
         loop {
-            let key = self.string()?;
+            let key = self.key()?;
             self.eat(b':')?;
             let value = self.value()?;
             // A repeated key, a wrong type or an unknown key (msgspec ignores it, but it may be repeated or
             // nested): all rare, all left to serde.
             let fresh = match (key, value) {
-                ("event_id", Value::Str(s)) => event_id.replace(s).is_none(),
-                ("room_id", Value::Str(s)) => room_id.replace(s).is_none(),
-                ("creator_id", Value::Str(s)) => creator_id.replace(s).is_none(),
-                ("sender_id", Value::Str(s)) => sender_id.replace(s).is_none(),
-                ("gift_id", Value::Int(n)) => gift_id.replace(n).is_none(),
-                ("gift_type", Value::Int(n)) => gift_type.replace(n).is_none(),
-                ("diamond_count", Value::Int(n)) => diamond_count.replace(n).is_none(),
-                ("repeat_count", Value::Int(n)) => repeat_count.replace(n).is_none(),
-                ("repeat_end", Value::Bool(v)) => repeat_end.replace(v).is_none(),
-                ("ts", Value::Int(n)) => ts.replace(n).is_none(),
-                ("region", Value::Str(s)) => region.replace(s).is_none(),
-                ("group_id", Value::Str(s)) => group_id.replace(s).is_none(),
+                (Key::EventId, Value::Str(s)) => event_id.replace(s).is_none(),
+                (Key::RoomId, Value::Str(s)) => room_id.replace(s).is_none(),
+                (Key::CreatorId, Value::Str(s)) => creator_id.replace(s).is_none(),
+                (Key::SenderId, Value::Str(s)) => sender_id.replace(s).is_none(),
+                (Key::GiftId, Value::Int(n)) => gift_id.replace(n).is_none(),
+                (Key::GiftType, Value::Int(n)) => gift_type.replace(n).is_none(),
+                (Key::DiamondCount, Value::Int(n)) => diamond_count.replace(n).is_none(),
+                (Key::RepeatCount, Value::Int(n)) => repeat_count.replace(n).is_none(),
+                (Key::RepeatEnd, Value::Bool(v)) => repeat_end.replace(v).is_none(),
+                (Key::Ts, Value::Int(n)) => ts.replace(n).is_none(),
+                (Key::Region, Value::Str(s)) => region.replace(s).is_none(),
+                (Key::GroupId, Value::Str(s)) => group_id.replace(s).is_none(),
                 _ => false,
             };
             if !fresh {
@@ -244,6 +300,21 @@ mod tests {
         assert_eq!(FlatScanner::new(minus_zero.as_bytes()).event().unwrap().ts, 0);
         for doubtful in [&br#"{"event_id":"a\"b"}"#[..], br#"{"ts":1.0}"#, br#"{"ts":01}"#, br#"{"a":1} x"#, b"{}"] {
             assert!(FlatScanner::new(doubtful).event().is_none());
+        }
+    }
+
+    #[test]
+    fn find_quote_finds_the_first_quote() {
+        for len in 0..40 {
+            for at in 0..len {
+                let mut b = vec![b'a'; len];
+                b[at] = b'"';
+                if at + 3 < len {
+                    b[at + 3] = b'"';
+                }
+                assert_eq!(find_quote(&b), Some(at));
+            }
+            assert_eq!(find_quote(&vec![b'x'; len]), None);
         }
     }
 

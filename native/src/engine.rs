@@ -3,7 +3,8 @@
 //! `Output` values and the caller (lib.rs) turns them into the Python records. Money is i128, so sums
 //! are exact far beyond anything the changelog's 64-bit integers can hold.
 
-use ahash::{AHashMap, AHashSet};
+// foldhash: fast on short string keys and seeded per process (ids come from clients: no fixed-seed hash).
+use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::sync::Arc;
@@ -51,7 +52,7 @@ pub struct Creator {
     pub paid_out: i128,
     pub crossings: i64,
     pub above: bool,
-    pub panes: AHashMap<i64, Tally>, // pane start -> tally
+    pub panes: HashMap<i64, Tally>, // pane start -> tally
     pub dirty: bool,                 // changed since the last drain (listed in Dirty::creators)
 }
 
@@ -65,7 +66,7 @@ pub struct Tally {
 impl Creator {
     pub fn new(region: &str) -> Self {
         Creator { region: region.to_owned(), balance: 0, credited: 0, paid_out: 0, crossings: 0, above: false,
-                  panes: AHashMap::new(), dirty: false }
+                  panes: HashMap::new(), dirty: false }
     }
 }
 
@@ -86,13 +87,13 @@ pub struct Streak {
 pub struct State {
     pub watermark: Option<i64>,
     pub close_cursor: Option<i64>,
-    pub creators: AHashMap<String, Creator>,
-    pub streaks: AHashMap<String, Streak>,
-    pub seen: AHashSet<Arc<str>>,
-    pub seen_buckets: AHashMap<i64, Vec<Arc<str>>>,
-    pub streak_buckets: AHashMap<i64, Vec<String>>,
-    pub payouts_seen: AHashSet<String>,
-    pub pane_creators: AHashMap<i64, AHashSet<String>>,
+    pub creators: HashMap<String, Creator>,
+    pub streaks: HashMap<String, Streak>,
+    pub seen: HashSet<Arc<str>>,
+    pub seen_buckets: HashMap<i64, Vec<Arc<str>>>,
+    pub streak_buckets: HashMap<i64, Vec<String>>,
+    pub payouts_seen: HashSet<String>,
+    pub pane_creators: HashMap<i64, HashSet<String>>,
 }
 
 /// Keys changed since the last changelog drain (stream.engine.Dirty). Creators, tallies and streaks carry a
@@ -102,8 +103,8 @@ pub struct Dirty {
     pub creators: Vec<String>,            // each creator once (its flag was clear when listed)
     pub removed_panes: Vec<(String, i64)>, // tallies dropped when their last window closed
     pub streaks: Vec<String>,             // changed or deleted streaks (a key may repeat)
-    pub seen_buckets: AHashMap<i64, usize>, // bucket -> its length before this batch
-    pub expired_buckets: AHashSet<i64>,
+    pub seen_buckets: HashMap<i64, usize>, // bucket -> its length before this batch
+    pub expired_buckets: HashSet<i64>,
     pub payouts: Vec<String>,
 }
 
@@ -112,8 +113,8 @@ pub struct Changed {
     pub creators: Vec<String>,
     pub panes: Vec<(String, i64)>,
     pub streaks: Vec<String>,
-    pub seen_buckets: AHashMap<i64, usize>,
-    pub expired_buckets: AHashSet<i64>,
+    pub seen_buckets: HashMap<i64, usize>,
+    pub expired_buckets: HashSet<i64>,
     pub payouts: Vec<String>,
 }
 
@@ -176,19 +177,24 @@ pub struct Engine {
     min_bucket: Option<i64>,
     next_timer: i64,
     key_buf: String,
+    /// Off for an offline replay, which has no changelog: then nothing is marked changed (set at creation).
+    pub track_changes: bool,
 }
 
 impl Engine {
-    pub fn new(cfg: Settings, state: State) -> Self {
+    pub fn new(cfg: Settings, state: State, track_changes: bool) -> Self {
         let mut e = Engine { cfg, state, dirty: Dirty::default(), stats: Stats::default(), outputs: Vec::new(),
                              heap: BinaryHeap::new(), min_bucket: None, next_timer: -1,
-                             key_buf: String::new() };
+                             key_buf: String::new(), track_changes };
         e.rebuild_timers();
         e
     }
 
     /// Note a streak key as changed (or deleted, when it is gone).
     fn mark_streak(&mut self, key: &str) {
+        if !self.track_changes {
+            return;
+        }
         match self.state.streaks.get_mut(key) {
             Some(s) if s.dirty => {}
             Some(s) => {
@@ -219,7 +225,7 @@ impl Engine {
             }
         }
         let mut streaks = Vec::with_capacity(dirty.streaks.len());
-        let mut listed: AHashSet<&str> = AHashSet::with_capacity(dirty.streaks.len());
+        let mut listed: HashSet<&str> = HashSet::with_capacity(dirty.streaks.len());
         for key in &dirty.streaks {
             if listed.insert(key.as_str()) {
                 if let Some(s) = self.state.streaks.get_mut(key) {
@@ -296,7 +302,9 @@ impl Engine {
         };
         let len = ids.len();
         ids.push(id);
-        self.dirty.seen_buckets.entry(bucket).or_insert(len);
+        if self.track_changes {
+            self.dirty.seen_buckets.entry(bucket).or_insert(len);
+        }
         match self.state.watermark {
             None => self.start(ts),
             Some(wm) if ts > wm => {
@@ -342,6 +350,29 @@ impl Engine {
 
     fn streak_key_event(&mut self, ev: &Event, key: &str) {
         let count = ev.repeat_count;
+        // The common case first, with one lookup: a further event (or the end) of an open streak. The same
+        // steps as below.
+        if let Some(s) = self.state.streaks.get_mut(key) {
+            if s.open && (!ev.group_id.is_empty() || count >= s.count) {
+                if self.track_changes && !s.dirty {
+                    s.dirty = true;
+                    self.dirty.streaks.push(key.to_owned());
+                }
+                if count > s.count {
+                    s.count = count;
+                }
+                if ev.ts >= s.last_ts {
+                    s.last_ts = ev.ts;
+                    s.last_event_id.clear();
+                    s.last_event_id.push_str(&ev.event_id);
+                }
+                if ev.repeat_end {
+                    let last_ts = s.last_ts;
+                    self.close_streak(key, last_ts, &ev.event_id);
+                }
+                return;
+            }
+        }
         let mut exists = false;
         if let Some(s) = self.state.streaks.get(key) {
             exists = true;
@@ -355,10 +386,12 @@ impl Engine {
         if !exists {
             let s = Streak { creator_id: ev.creator_id.to_string(), region: ev.region.to_string(),
                              diamond_count: ev.diamond_count, count, credited: 0, last_ts: ev.ts,
-                             last_event_id: ev.event_id.to_string(), open: true, dirty: false };
+                             last_event_id: ev.event_id.to_string(), open: true, dirty: self.track_changes };
             self.state.streaks.insert(key.to_owned(), s);
             self.stats.streaks += 1;
-            self.mark_streak(key);
+            if self.track_changes {
+                self.dirty.streaks.push(key.to_owned());
+            }
             if ev.repeat_end {
                 self.close_streak(key, ev.ts, &ev.event_id);
             } else {
@@ -400,11 +433,17 @@ impl Engine {
         let delta = s.count - s.credited;
         s.credited = s.count;
         s.open = false;
-        let (creator_id, region, coins, last_ts) = (s.creator_id.clone(), s.region.clone(), s.diamond_count, s.last_ts);
-        self.mark_streak(key);
+        if self.track_changes && !s.dirty {
+            s.dirty = true;
+            self.dirty.streaks.push(key.to_owned());
+        }
+        let last_ts = s.last_ts;
         if delta != 0 {
-            let rate = self.cfg.regions.get(&region).expect("a streak's region is in the policy").milli_per_coin;
-            self.credit(&creator_id, &region, coins as i128 * delta as i128 * rate, ts, event_id);
+            let rate = self.cfg.regions.get(&s.region).expect("a streak's region is in the policy").milli_per_coin;
+            let milli = s.diamond_count as i128 * delta as i128 * rate;
+            // credit() needs all of self: copy the two strings out (once per streak, not per event)
+            let (creator_id, region) = (s.creator_id.clone(), s.region.clone());
+            self.credit(&creator_id, &region, milli, ts, event_id);
         }
         if key.ends_with('\x1f') {
             // no group id: nothing can tell a straggler from a new streak
@@ -439,20 +478,21 @@ impl Engine {
             }
             None => self.state.creators.entry(creator_id.to_owned()).or_insert_with(|| Creator::new(region)),
         };
-        mark_creator(&mut self.dirty, c, creator_id);
+        if self.track_changes {
+            mark_creator(&mut self.dirty, c, creator_id);
+        }
         c.balance += milli;
         c.credited += milli;
-        let pane = floor_to(ts, pane_ms);
-        let late = pane + pane_ms <= cursor;
-        if !late {
-            Self::add_to_pane(&mut self.state.pane_creators, c, creator_id, pane, milli);
-        }
         self.stats.credits += 1;
         self.stats.milli += milli;
-        if late {
+        let pane = floor_to(ts, pane_ms);
+        let c = if pane + pane_ms > cursor {
+            Self::add_to_pane(&mut self.state.pane_creators, c, creator_id, pane, milli);
+            c
+        } else {
             self.late_credit(creator_id, pane, milli, ts, event_id);
-        }
-        let c = self.state.creators.get_mut(creator_id).expect("credited creator");
+            self.state.creators.get_mut(creator_id).expect("credited creator")
+        };
         let threshold = self.cfg.regions.get(&c.region).expect("a creator's region is in the policy").threshold;
         if let Some(t) = threshold {
             if !c.above && c.balance >= t {
@@ -467,7 +507,7 @@ impl Engine {
     }
 
     /// Add a credit to a tally (the creator is already marked changed, so the tally's flag suffices).
-    fn add_to_pane(pane_creators: &mut AHashMap<i64, AHashSet<String>>, c: &mut Creator, creator_id: &str, pane: i64,
+    fn add_to_pane(pane_creators: &mut HashMap<i64, HashSet<String>>, c: &mut Creator, creator_id: &str, pane: i64,
                    milli: i128) {
         match c.panes.get_mut(&pane) {
             Some(t) => {
@@ -587,7 +627,9 @@ impl Engine {
                 if let Some(c) = self.state.creators.get_mut(&creator_id) {
                     c.panes.remove(&pane);
                 }
-                self.dirty.removed_panes.push((creator_id, pane));
+                if self.track_changes {
+                    self.dirty.removed_panes.push((creator_id, pane));
+                }
             }
         }
     }
@@ -606,8 +648,10 @@ impl Engine {
             for id in self.state.seen_buckets.remove(&bucket).unwrap_or_default() {
                 self.state.seen.remove(&id);
             }
-            self.dirty.expired_buckets.insert(bucket);
-            self.dirty.seen_buckets.remove(&bucket);
+            if self.track_changes {
+                self.dirty.expired_buckets.insert(bucket);
+                self.dirty.seen_buckets.remove(&bucket);
+            }
         }
         let old: Vec<i64> = self.state.streak_buckets.keys().copied()
             .filter(|b| b + RETENTION_BUCKET_MS <= cutoff).collect();
@@ -637,8 +681,10 @@ impl Engine {
             return PayoutResult::ExceedsBalance(c.balance);
         }
         self.state.payouts_seen.insert(payout_id.to_owned());
-        self.dirty.payouts.push(payout_id.to_owned());
-        mark_creator(&mut self.dirty, c, creator_id);
+        if self.track_changes {
+            self.dirty.payouts.push(payout_id.to_owned());
+            mark_creator(&mut self.dirty, c, creator_id);
+        }
         c.balance -= milli;
         c.paid_out += milli;
         let threshold = self.cfg.regions.get(&c.region).expect("a creator's region is in the policy").threshold;

@@ -12,7 +12,8 @@ mod murmur2;
 use std::borrow::Cow;
 use std::sync::Arc;
 
-use ahash::{AHashMap, AHashSet};
+// foldhash: fast on short string keys and seeded per process (ids come from clients: no fixed-seed hash).
+use foldhash::{HashMap, HashSet};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList, PyTuple};
 
@@ -56,10 +57,10 @@ impl Core {
     #[new]
     #[allow(clippy::too_many_arguments)]
     #[pyo3(signature = (regions, windows, pane_ms, grace_ms, streak_timeout_ms, dedupe_horizon_ms, max_future_ms,
-                        max_record_bytes, version, classes))]
+                        max_record_bytes, version, classes, track_changes=true))]
     fn new(py: Python<'_>, regions: Vec<RegionArg>, windows: Vec<WindowArg>, pane_ms: i64, grace_ms: i64,
            streak_timeout_ms: i64, dedupe_horizon_ms: i64, max_future_ms: i64, max_record_bytes: usize,
-           version: String, classes: (Py<PyAny>, Py<PyAny>, Py<PyAny>)) -> PyResult<Self> {
+           version: String, classes: (Py<PyAny>, Py<PyAny>, Py<PyAny>), track_changes: bool) -> PyResult<Self> {
         if pane_ms <= 0 || windows.iter().any(|w| w.1 <= 0 || w.2 <= 0) {
             return Err(pyo3::exceptions::PyValueError::new_err("pane and window sizes must be positive"));
         }
@@ -70,7 +71,7 @@ impl Core {
             windows: windows.into_iter().map(|(_, size_ms, hop_ms)| Window { size_ms, hop_ms }).collect(),
             pane_ms, grace_ms, streak_timeout_ms, dedupe_horizon_ms, max_future_ms,
         };
-        Ok(Core { engine: Engine::new(cfg, State::default()), max_record_bytes, window_names,
+        Ok(Core { engine: Engine::new(cfg, State::default(), track_changes), max_record_bytes, window_names,
                   version: version.into_pyobject(py)?.into_any().unbind(), window_total_cls: classes.0,
                   late_cls: classes.1, missed_cls: classes.2 })
     }
@@ -201,10 +202,10 @@ impl Core {
         }
         st.streak_buckets = streak_buckets.into_iter().collect();
         st.payouts_seen = payouts.into_iter().collect();
-        st.pane_creators = pane_creators.into_iter().map(|(p, h)| (p, h.into_iter().collect::<AHashSet<_>>()))
-            .collect::<AHashMap<_, _>>();
+        st.pane_creators = pane_creators.into_iter().map(|(p, h)| (p, h.into_iter().collect::<HashSet<_>>()))
+            .collect::<HashMap<_, _>>();
         let cfg = std::mem::replace(&mut self.engine.cfg, empty_settings());
-        self.engine = Engine::new(cfg, st);
+        self.engine = Engine::new(cfg, st, self.engine.track_changes);
     }
 
     /// One creator's (region, balance, credited, paid_out, crossings, above, {pane: [milli, credits]}) or None.
