@@ -18,6 +18,7 @@ from collections.abc import Iterable
 
 import msgspec
 
+from stream.engine import Changes
 from stream.engine_native import Engine
 from stream.state import RETENTION_BUCKET_MS, CreatorState, PartitionState, Streak
 
@@ -38,19 +39,28 @@ class ChangelogWriter:
         self.chunks: dict[int, list[int]] = chunks if chunks is not None else {}
 
     def drain(self, engine: Engine) -> list[Record]:
-        ch = engine.take_changes()
-        out: list[Record] = [(b"m", _enc.encode((ch.watermark, ch.close_cursor)))]
-        out.extend((f"c:{cid}".encode(), None if v is None else _enc.encode(v)) for cid, v in ch.creators)
-        out.extend((f"w:{cid}{_SEP}{pane}".encode(), None if tally is None else _enc.encode(tally))
-                   for cid, pane, tally in ch.panes)
-        out.extend((f"s:{key}".encode(), None if s is None else _enc.encode(s)) for key, s in ch.streaks)
-        for bucket, start, ids in ch.seen_chunks:
+        records, chunks, expired = engine.take_changelog()
+        for bucket, start in chunks:
             self.chunks.setdefault(bucket, []).append(start)
-            out.append((f"d:{bucket}:{start}".encode(), _enc.encode(ids)))
-        for bucket in ch.expired_buckets:
-            out.extend((f"d:{bucket}:{start}".encode(), None) for start in self.chunks.pop(bucket, ()))
-        out.extend((f"p:{pid}".encode(), b"1") for pid in ch.payouts)
-        return out
+        for bucket in expired:
+            records.extend((f"d:{bucket}:{start}".encode(), None) for start in self.chunks.pop(bucket, ()))
+        return records
+
+
+Changelog = tuple[list[Record], list[tuple[int, int]], list[int]]
+
+
+def encode_changes(ch: Changes) -> Changelog:
+    """Changed keys -> (records, the dedupe chunks they start [(bucket, start)], expired buckets). The native
+    engine writes the same bytes itself (native/src/msgpack.rs)."""
+    out: list[Record] = [(b"m", _enc.encode((ch.watermark, ch.close_cursor)))]
+    out.extend((f"c:{cid}".encode(), None if v is None else _enc.encode(v)) for cid, v in ch.creators)
+    out.extend((f"w:{cid}{_SEP}{pane}".encode(), None if tally is None else _enc.encode(tally))
+               for cid, pane, tally in ch.panes)
+    out.extend((f"s:{key}".encode(), None if s is None else _enc.encode(s)) for key, s in ch.streaks)
+    out.extend((f"d:{bucket}:{start}".encode(), _enc.encode(ids)) for bucket, start, ids in ch.seen_chunks)
+    out.extend((f"p:{pid}".encode(), b"1") for pid in ch.payouts)
+    return out, [(bucket, start) for bucket, start, _ in ch.seen_chunks], ch.expired_buckets
 
 
 def restore_state(records: Iterable[Record]) -> tuple[PartitionState, ChangelogWriter]:

@@ -580,6 +580,12 @@ class PartitionEngine:
                        [(key, st.streaks.get(key)) for key in dirty.streaks],
                        [c for c in chunks if c[2]], list(dirty.expired_buckets), dirty.payouts)
 
+    def take_changelog(self) -> tuple[list, list[tuple[int, int]], list[int]]:
+        """take_changes() as changelog records (see stream.changelog.encode_changes)."""
+        from stream.changelog import encode_changes  # the changelog module builds on this one
+
+        return encode_changes(self.take_changes())
+
     def clear_changes(self) -> None:
         """Forget the changed keys (an offline replay has no changelog to write them to)."""
         self.dirty = Dirty()

@@ -18,7 +18,6 @@ from typing import Literal
 
 from stream import model
 from stream.engine import (
-    Changes,
     Outputs,
     PartitionEngine,
     StateSizes,
@@ -110,10 +109,9 @@ class NativePartitionEngine:
 
     # ---------------------------------------------------------------- state
 
-    def take_changes(self) -> Changes:
-        wm, cursor, creators, panes, streaks, seen, expired, payouts = self._core.take_changes()
-        return Changes(wm, cursor, creators, panes, [(k, None if s is None else Streak(*s)) for k, s in streaks],
-                       seen, expired, payouts)
+    def take_changelog(self) -> tuple[list, list[tuple[int, int]], list[int]]:
+        """The changelog records of the changed keys, encoded natively (see stream.changelog.encode_changes)."""
+        return self._core.take_changelog()
 
     def clear_changes(self) -> None:
         self._core.clear_changes()

@@ -7,6 +7,7 @@
 
 mod decode;
 mod engine;
+mod msgpack;
 mod murmur2;
 
 use std::borrow::Cow;
@@ -118,35 +119,100 @@ impl Core {
         self.flush(py, None, None, out, hooks, false)
     }
 
-    /// The keys changed since the last call (and forget them): (watermark, close_cursor, creators, panes,
-    /// streaks, seen chunks, expired buckets, payouts); see stream.engine.Changes.
-    fn take_changes<'py>(&mut self, py: Python<'py>) -> PyResult<Bound<'py, PyTuple>> {
+    /// The changelog records of the keys changed since the last call (and forget them), encoded like
+    /// stream.changelog.encode_changes: (records, new dedupe chunks [(bucket, start)], expired buckets).
+    fn take_changelog<'py>(&mut self, py: Python<'py>) -> PyResult<Bound<'py, PyTuple>> {
         let changed = self.engine.take_changed();
         let st = &self.engine.state;
-        let creators = PyList::empty(py);
+        let records = PyList::empty(py);
+        let too_big = || pyo3::exceptions::PyOverflowError::new_err("a changelog value does not fit in 64 bits");
+        let put = |key: &[u8], value: Option<&[u8]>| -> PyResult<()> {
+            records.append((PyBytes::new(py, key), value.map(|v| PyBytes::new(py, v))))
+        };
+        let mut w = msgpack::Writer::new();
+        w.array(2);
+        w.opt_int(st.watermark);
+        w.opt_int(st.close_cursor);
+        put(b"m", Some(&w.0))?;
+        let mut key = Vec::with_capacity(64);
         for cid in &changed.creators {
-            creators.append((cid, st.creators.get(cid).map(creator_tuple)))?;
+            key.clear();
+            key.extend_from_slice(b"c:");
+            key.extend_from_slice(cid.as_bytes());
+            match st.creators.get(cid) {
+                Some(c) => {
+                    let mut w = msgpack::Writer::new();
+                    w.array(6);
+                    w.str(&c.region);
+                    for v in [c.balance, c.credited, c.paid_out, c.crossings as i128] {
+                        w.int(v).ok_or_else(too_big)?;
+                    }
+                    w.bool(c.above);
+                    put(&key, Some(&w.0))?;
+                }
+                None => put(&key, None)?,
+            }
         }
-        let panes = PyList::empty(py);
         for (cid, pane) in &changed.panes {
-            let v = st.creators.get(cid).and_then(|c| c.panes.get(pane)).map(|t| vec![t.milli, t.credits as i128]);
-            panes.append((cid, *pane, v))?;
+            key.clear();
+            key.extend_from_slice(format!("w:{cid}\x1e{pane}").as_bytes());
+            match st.creators.get(cid).and_then(|c| c.panes.get(pane)) {
+                Some(t) => {
+                    let mut w = msgpack::Writer::new();
+                    w.array(2);
+                    w.int(t.milli).ok_or_else(too_big)?;
+                    w.int(t.credits as i128).ok_or_else(too_big)?;
+                    put(&key, Some(&w.0))?;
+                }
+                None => put(&key, None)?,
+            }
         }
-        let streaks = PyList::empty(py);
-        for key in &changed.streaks {
-            streaks.append((key, st.streaks.get(key).map(streak_tuple)))?;
+        for k in &changed.streaks {
+            key.clear();
+            key.extend_from_slice(b"s:");
+            key.extend_from_slice(k.as_bytes());
+            match st.streaks.get(k) {
+                Some(s) => {
+                    // A msgspec Struct: a map of its fields in declaration order (stream.state.Streak).
+                    let mut w = msgpack::Writer::new();
+                    w.map(8);
+                    w.str("creator_id");
+                    w.str(&s.creator_id);
+                    w.str("region");
+                    w.str(&s.region);
+                    for (name, v) in [("diamond_count", s.diamond_count), ("count", s.count), ("credited", s.credited),
+                                      ("last_ts", s.last_ts)] {
+                        w.str(name);
+                        w.int(v as i128).ok_or_else(too_big)?;
+                    }
+                    w.str("last_event_id");
+                    w.str(&s.last_event_id);
+                    w.str("open");
+                    w.bool(s.open);
+                    put(&key, Some(&w.0))?;
+                }
+                None => put(&key, None)?,
+            }
         }
-        let seen = PyList::empty(py);
+        let mut chunks = Vec::new();
         for (bucket, start) in &changed.seen_buckets {
             if let Some(ids) = st.seen_buckets.get(bucket) {
                 if ids.len() > *start {
-                    let chunk: Vec<&str> = ids[*start..].iter().map(|s| s.as_ref()).collect();
-                    seen.append((*bucket, *start, chunk))?;
+                    let mut w = msgpack::Writer::new();
+                    w.array(ids.len() - start);
+                    for id in &ids[*start..] {
+                        w.str(id);
+                    }
+                    put(format!("d:{bucket}:{start}").as_bytes(), Some(&w.0))?;
+                    chunks.push((*bucket, *start));
                 }
             }
         }
+        for pid in &changed.payouts {
+            put(format!("p:{pid}").as_bytes(), Some(b"1"))?;
+        }
         let expired: Vec<i64> = changed.expired_buckets.iter().copied().collect();
-        (st.watermark, st.close_cursor, creators, panes, streaks, seen, expired, changed.payouts).into_pyobject(py)
+        (records, chunks, expired).into_pyobject(py)
     }
 
     /// Drop the changed-key bookkeeping (offline replays have no changelog to write it to).

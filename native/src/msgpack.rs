@@ -1,0 +1,133 @@
+//! The few msgpack forms the changelog uses, written exactly as msgspec writes them (the smallest form of
+//! each int, string and container header), so both engines produce byte-identical changelog records.
+
+pub struct Writer(pub Vec<u8>);
+
+impl Writer {
+    pub fn new() -> Self {
+        Writer(Vec::with_capacity(64))
+    }
+
+    pub fn nil(&mut self) {
+        self.0.push(0xc0);
+    }
+
+    pub fn bool(&mut self, v: bool) {
+        self.0.push(if v { 0xc3 } else { 0xc2 });
+    }
+
+    /// An integer; None when msgpack cannot hold it (msgspec raises then too).
+    pub fn int(&mut self, v: i128) -> Option<()> {
+        let out = &mut self.0;
+        if v >= 0 {
+            match v {
+                0..=0x7f => out.push(v as u8),
+                0x80..=0xff => out.extend_from_slice(&[0xcc, v as u8]),
+                0x100..=0xffff => {
+                    out.push(0xcd);
+                    out.extend_from_slice(&(v as u16).to_be_bytes());
+                }
+                0x1_0000..=0xffff_ffff => {
+                    out.push(0xce);
+                    out.extend_from_slice(&(v as u32).to_be_bytes());
+                }
+                _ => {
+                    let v = u64::try_from(v).ok()?;
+                    out.push(0xcf);
+                    out.extend_from_slice(&v.to_be_bytes());
+                }
+            }
+        } else {
+            match v {
+                -32..=-1 => out.push(v as i8 as u8),
+                -128..=-33 => out.extend_from_slice(&[0xd0, v as i8 as u8]),
+                -32768..=-129 => {
+                    out.push(0xd1);
+                    out.extend_from_slice(&(v as i16).to_be_bytes());
+                }
+                -2_147_483_648..=-32769 => {
+                    out.push(0xd2);
+                    out.extend_from_slice(&(v as i32).to_be_bytes());
+                }
+                _ => {
+                    let v = i64::try_from(v).ok()?;
+                    out.push(0xd3);
+                    out.extend_from_slice(&v.to_be_bytes());
+                }
+            }
+        }
+        Some(())
+    }
+
+    pub fn opt_int(&mut self, v: Option<i64>) {
+        match v {
+            Some(v) => {
+                self.int(v as i128).expect("an i64 fits");
+            }
+            None => self.nil(),
+        }
+    }
+
+    pub fn str(&mut self, s: &str) {
+        let n = s.len();
+        let out = &mut self.0;
+        match n {
+            0..=31 => out.push(0xa0 | n as u8),
+            32..=0xff => out.extend_from_slice(&[0xd9, n as u8]),
+            0x100..=0xffff => {
+                out.push(0xda);
+                out.extend_from_slice(&(n as u16).to_be_bytes());
+            }
+            _ => {
+                out.push(0xdb);
+                out.extend_from_slice(&(n as u32).to_be_bytes());
+            }
+        }
+        out.extend_from_slice(s.as_bytes());
+    }
+
+    fn header(&mut self, n: usize, fix: u8, b16: u8, b32: u8) {
+        match n {
+            0..=15 => self.0.push(fix | n as u8),
+            16..=0xffff => {
+                self.0.push(b16);
+                self.0.extend_from_slice(&(n as u16).to_be_bytes());
+            }
+            _ => {
+                self.0.push(b32);
+                self.0.extend_from_slice(&(n as u32).to_be_bytes());
+            }
+        }
+    }
+
+    pub fn array(&mut self, n: usize) {
+        self.header(n, 0x90, 0xdc, 0xdd);
+    }
+
+    pub fn map(&mut self, n: usize) {
+        self.header(n, 0x80, 0xde, 0xdf);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ints(vs: &[i128]) -> String {
+        let mut w = Writer::new();
+        w.array(vs.len());
+        for &v in vs {
+            w.int(v).unwrap();
+        }
+        w.0.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    #[test]
+    fn ints_take_msgspecs_smallest_forms() {
+        // msgspec.msgpack.encode([2**63-1, -1, -33, 128, 255, 256, 65536, 2**32, -129, -32769, -2**31-1])
+        assert_eq!(ints(&[(1 << 63) - 1, -1, -33, 128, 255, 256, 65536, 1 << 32, -129, -32769, -(1 << 31) - 1]),
+                   "9bcf7fffffffffffffffffd0dfcc80ccffcd0100ce00010000cf0000000100000000d1ff7fd2ffff7fffd3ffffffff7fffffff");
+        assert!(Writer::new().int(1 << 64).is_none());
+        assert!(Writer::new().int(-(1 << 63) - 1).is_none());
+    }
+}
