@@ -26,7 +26,9 @@ from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 from stream import model
@@ -53,6 +55,8 @@ class FaustRunner:
             cfg.group_id,  # the app id is the consumer group id
             broker=f"kafka://{cfg.bootstrap_servers}",
             store="memory://",
+            # Faust makes a data directory even for the memory store; keep it out of the working directory.
+            datadir=str(Path(tempfile.gettempdir()) / f"giftstream-faust-{cfg.group_id}"),
             processing_guarantee="at_least_once",
             value_serializer="raw",
             key_serializer="raw",

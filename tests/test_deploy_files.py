@@ -156,8 +156,12 @@ def dockerfile() -> list[tuple[str, str]]:
 def test_dockerfile():
     inst = dockerfile()
     get = lambda k: [v for i, v in inst if i == k]  # noqa: E731
-    assert get("FROM") == ["python:3.11-slim"]
-    assert any("pip install ." in v for v in get("RUN"))
+    # A build stage with Rust for the compiled engine, and a slim runtime stage that installs its wheel.
+    assert get("FROM") == ["python:3.11-slim AS build", "python:3.11-slim"]
+    assert any("rustup" in v for v in get("RUN")) and any("pip wheel" in v for v in get("RUN"))
+    assert any("pip install /wheels/" in v and "import stream._native" in v for v in get("RUN"))
+    copied = {v.split()[0] for v in get("COPY") if not v.startswith("--from")}
+    assert {"native", "stream", "load", "pyproject.toml"} <= copied, "the build stage needs every source dir"
     users = get("USER")
     assert users and users[-1].split(":")[0] not in ("root", "0"), "the image must run as a non-root user"
     assert json.loads(get("ENTRYPOINT")[-1]) == ["giftstream"]
@@ -169,6 +173,8 @@ def test_dockerfile():
     assert "/healthz" in healthcheck and "8080" in healthcheck
     assert re.search(r"GIFTSTREAM_HTTP_PORT=8080\b", " ".join(get("ENV")))
     for value in get("COPY"):
+        if value.startswith("--from="):
+            continue  # from the build stage, not the repository
         for src in shlex.split(value)[:-1]:
             assert (ROOT / src).exists(), f"COPY {src}: not in the repository (build context is the repo root)"
 
