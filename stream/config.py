@@ -37,6 +37,7 @@ class WorkerConfig:
     sasl_password: str | None = field(default=None, repr=False)  # never logged
     ssl_cafile: str | None = None
     engine: str = "auto"  # native (compiled), python (reference) or auto (native when built)
+    columnar_fetch: bool = True  # polls return chunks of columns (stream/columnar_fetch.py) when available
     topics: Topics = field(default_factory=Topics)
 
     def kafka_security(self) -> dict[str, Any]:
@@ -70,6 +71,7 @@ SETTING_HELP = {
     "sasl_password": "SASL password (prefer the environment variable; never logged)",
     "ssl_cafile": "CA bundle that signed the brokers' certificates (with SSL / SASL_SSL)",
     "engine": "native (the compiled engine), python (the reference engine) or auto (native when built)",
+    "columnar_fetch": "true: read fetched record batches natively into columns (no object per record)",
     "topics": "[topics] table: gifts, payouts, notices, window_totals, late, dlq, changelog topic names",
 }
 

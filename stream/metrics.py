@@ -48,7 +48,9 @@ class Metrics:
         self._lag_series: set = set()
         self.partitions = Gauge("giftstream_assigned_partitions", "Input partitions owned", registry=r)
 
-    def record_batch(self, out: Outputs, records: int, seconds: float, msgs: list[Any]) -> None:
+    def record_batch(self, out: Outputs, records: int, seconds: float, timestamps: list[int]) -> None:
+        """A processed batch: its counters, size, time, and the end-to-end latency of its first and last
+        record (record timestamps in ms)."""
         s = out.stats
         self.events_in.inc(s["events_in"])
         for key, n in s.items():
@@ -61,11 +63,11 @@ class Metrics:
         self.late.inc(s["late"])
         self.batch_size.observe(records)
         self.batch_seconds.observe(seconds)
-        if msgs:
+        if timestamps:
             now_ms = time.time() * 1000
-            for m in (msgs[0], msgs[-1]):
-                if m.timestamp and m.timestamp > 0:
-                    self.latency.observe(max(0.0, (now_ms - m.timestamp) / 1000))
+            for ts in (timestamps[0], timestamps[-1]):
+                if ts and ts > 0:
+                    self.latency.observe(max(0.0, (now_ms - ts) / 1000))
 
     async def observe_lag(self, consumer: Any) -> None:
         assigned = consumer.assignment()

@@ -22,8 +22,9 @@ from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from aiokafka.errors import ProducerFenced
 from aiokafka.structs import OffsetAndMetadata
 
-from stream import model
+from stream import columnar_fetch, model
 from stream.changelog import ChangelogWriter, Record, restore_state
+from stream.columnar_fetch import columns_of
 from stream.config import WorkerConfig
 from stream.engine import Outputs, partition_for
 from stream.engine_native import Engine, make_engine
@@ -69,6 +70,7 @@ class Worker:
         self._plain_producer: AIOKafkaProducer | None = None  # at-least-once mode only
         self._partitions: dict[str, int] = {}
         self._last_poll: float | None = None
+        self._max_polled = cfg.batch_max_records  # getmany's max_records (chunks when fetching columnar)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -79,6 +81,11 @@ class Worker:
     async def run(self) -> None:
         cfg = self.cfg
         t = cfg.topics
+        # Columnar fetching (stream/columnar_fetch.py): a poll returns chunks of columns, not one object per
+        # record. getmany's max_records then counts chunks.
+        chunk = min(1000, cfg.batch_max_records)
+        columnar = cfg.columnar_fetch and columnar_fetch.install()
+        self._max_polled = max(1, cfg.batch_max_records // chunk) if columnar else cfg.batch_max_records
         self._consumer = AIOKafkaConsumer(
             bootstrap_servers=cfg.bootstrap_servers, group_id=cfg.group_id, client_id=self.worker_id,
             enable_auto_commit=False, auto_offset_reset="earliest",
@@ -86,6 +93,7 @@ class Worker:
             # Range keeps gifts-p and payouts-p on the same worker (co-partitioned by creator_id).
             partition_assignment_strategy=(RangePartitionAssignor,),
             max_partition_fetch_bytes=8 << 20, fetch_max_bytes=64 << 20,
+            value_deserializer=columnar_fetch.Columns(chunk) if columnar else None,
             session_timeout_ms=cfg.session_timeout_ms, heartbeat_interval_ms=min(3000, cfg.session_timeout_ms // 3),
             **cfg.kafka_security(),
         )
@@ -95,11 +103,10 @@ class Worker:
             await self._plain_producer.start()
         await self._consumer.start()
         log.info("worker started", extra={"worker": self.worker_id, "group": cfg.group_id,
-                                          "exactly_once": cfg.exactly_once})
+                                          "exactly_once": cfg.exactly_once, "columnar_fetch": columnar})
         try:
             while not self._stopping.is_set():
-                data = await self._consumer.getmany(timeout_ms=cfg.batch_max_ms,
-                                                    max_records=cfg.batch_max_records)
+                data = await self._consumer.getmany(timeout_ms=cfg.batch_max_ms, max_records=self._max_polled)
                 self._last_poll = time.monotonic()
                 if data:
                     async with self._lock:
@@ -211,16 +218,21 @@ class Worker:
             started = time.perf_counter()
             out = Outputs()
             offsets: dict[TopicPartition, OffsetAndMetadata] = {}
+            count = 0
             if payouts:
-                raws = [m.value or b"" for m in payouts]
-                task.engine.apply_payouts([model.decode_payout(r) for r in raws], raws,
-                                          [m.offset for m in payouts], out, t.payouts)
-                offsets[TopicPartition(t.payouts, p)] = OffsetAndMetadata(payouts[-1].offset + 1, "")
+                payout_offsets, raws, _ = columns_of(payouts)
+                task.engine.apply_payouts([model.decode_payout(r) for r in raws], raws, payout_offsets, out,
+                                          t.payouts)
+                offsets[TopicPartition(t.payouts, p)] = OffsetAndMetadata(payout_offsets[-1] + 1, "")
+                count += len(raws)
+            stamps: list[int] = []
             if gifts:
-                task.engine.process([m.value or b"" for m in gifts], [m.offset for m in gifts], out)
-                offsets[TopicPartition(t.gifts, p)] = OffsetAndMetadata(gifts[-1].offset + 1, "")
+                gift_offsets, raws, stamps = columns_of(gifts)
+                task.engine.process(raws, gift_offsets, out)
+                offsets[TopicPartition(t.gifts, p)] = OffsetAndMetadata(gift_offsets[-1] + 1, "")
+                count += len(raws)
             changelog = task.writer.drain(task.engine)
-            self.metrics.record_batch(out, len(gifts) + len(payouts), time.perf_counter() - started, gifts)
+            self.metrics.record_batch(out, count, time.perf_counter() - started, stamps)
             commits.append(self._commit(task, out, changelog, offsets))
         results = await asyncio.gather(*commits, return_exceptions=True)
         for (p, _), result in zip(sorted(by_partition.items()), results, strict=False):

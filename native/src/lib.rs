@@ -9,6 +9,7 @@ mod decode;
 mod engine;
 mod msgpack;
 mod murmur2;
+mod record_batch;
 
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -436,6 +437,29 @@ fn process_routed(py: Python<'_>, cores: Vec<Bound<'_, Core>>, hooks: Vec<Bound<
     Ok(())
 }
 
+/// The record batches of a fetch response's record set, cut like aiokafka's MemoryRecords: for each, None
+/// (leave it to aiokafka: older format, compressed, malformed) or (offsets, values, timestamps).
+#[pyfunction]
+fn read_record_batches<'py>(py: Python<'py>, buf: &[u8]) -> PyResult<Bound<'py, PyList>> {
+    let out = PyList::empty(py);
+    for batch in record_batch::split_batches(buf) {
+        match record_batch::read_batch(batch) {
+            None => out.append(py.None())?,
+            Some(cols) => {
+                let values = PyList::empty(py);
+                for v in cols.values {
+                    match v {
+                        Some(v) => values.append(PyBytes::new(py, v))?,
+                        None => values.append(py.None())?,
+                    }
+                }
+                out.append((cols.offsets, values, cols.timestamps))?;
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// murmur2 partition of a key (for tests against aiokafka's).
 #[pyfunction]
 fn partition_for(key: &[u8], partitions: u32) -> u32 {
@@ -447,5 +471,6 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Core>()?;
     m.add_function(wrap_pyfunction!(process_routed, m)?)?;
     m.add_function(wrap_pyfunction!(partition_for, m)?)?;
+    m.add_function(wrap_pyfunction!(read_record_batches, m)?)?;
     Ok(())
 }

@@ -1,0 +1,161 @@
+"""Columnar fetching (stream/columnar_fetch.py): the native record-batch reader against aiokafka's reader on
+the same bytes, and (on the local broker) a columnar consumer against a plain one on the same topic,
+aborted transactions, compressed batches and null values included."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import pytest
+from aiokafka.record.default_records import DefaultRecordBatchBuilder
+from aiokafka.record.memory_records import MemoryRecords
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from stream import columnar_fetch
+
+pytestmark = pytest.mark.skipif(not columnar_fetch.available(), reason="native engine not built")
+
+RECORDS = st.lists(st.tuples(st.one_of(st.none(), st.binary(max_size=20)),  # key
+                             st.one_of(st.none(), st.binary(max_size=300)),  # value
+                             st.integers(0, 2**41),  # timestamp
+                             st.lists(st.tuples(st.text(max_size=5), st.one_of(st.none(), st.binary(max_size=5))),
+                                      max_size=2)),  # headers
+                   min_size=1, max_size=30)
+
+
+def build_batch(base_offset: int, records, compression: int = 0, transactional: bool = False) -> bytes:
+    builder = DefaultRecordBatchBuilder(magic=2, compression_type=compression, is_transactional=transactional,
+                                        producer_id=7 if transactional else -1, producer_epoch=0,
+                                        base_sequence=0, batch_size=1 << 24)
+    for i, (key, value, ts, headers) in enumerate(records):
+        builder.append(i, timestamp=ts, key=key, value=value, headers=headers)
+    raw = bytearray(builder.build())
+    raw[0:8] = base_offset.to_bytes(8, "big")  # the broker assigns the base offset
+    return bytes(raw)
+
+
+def aiokafka_columns(buf: bytes) -> list[tuple[list, list, list]]:
+    out, mem = [], MemoryRecords(buf)
+    while mem.has_next():
+        batch = mem.next_batch()
+        recs = list(batch)
+        out.append(([r.offset for r in recs], [r.value for r in recs], [r.timestamp for r in recs]))
+    return out
+
+
+@settings(max_examples=150, deadline=None)
+@given(batches=st.lists(st.tuples(RECORDS, st.sampled_from([0, 0, 1]), st.booleans()), min_size=1, max_size=4),
+       cut=st.integers(0, 60))
+def test_native_reader_reads_what_aiokafka_reads(batches, cut):
+    buf, offset = b"", 1000
+    for records, compression, transactional in batches:
+        buf += build_batch(offset, records, compression, transactional)
+        offset += len(records) + 3
+    buf = buf[:len(buf) - cut] if cut else buf  # a fetch may end in the middle of a batch
+    want = aiokafka_columns(buf)
+    got = columnar_fetch._native.read_record_batches(buf)
+    assert len(got) == len(want)
+    for (_, compression, _), mine, theirs in zip(batches, got, want, strict=False):
+        if compression:
+            assert mine is None  # left to aiokafka
+        else:
+            assert (list(mine[0]), list(mine[1]), list(mine[2])) == theirs
+
+
+def test_native_reader_gives_up_on_damaged_batches():
+    good = build_batch(5, [(b"k", b"v", 1, [])] * 3)
+    assert columnar_fetch._native.read_record_batches(good)[0] is not None
+    damaged = bytearray(good)
+    damaged[61] = 0x7F  # the first record's length no longer matches its fields
+    assert columnar_fetch._native.read_record_batches(bytes(damaged)) == [None]
+
+
+def test_columns_of_accepts_both_shapes():
+    from aiokafka.structs import ConsumerRecord
+
+    chunk = columnar_fetch.RecordChunk("t", 0, [3, 4], [b"a", None], [10, 11])
+    rec = ConsumerRecord("t", 0, 5, 12, 0, None, b"c", None, -1, 1, ())
+    assert columnar_fetch.columns_of([chunk, rec]) == ([3, 4, 5], [b"a", b"", b"c"], [10, 11, 12])
+
+
+# ------------------------------------------------------------------ on the broker
+
+@pytest.mark.kafka
+async def test_columnar_consumer_sees_exactly_what_a_plain_consumer_sees():
+    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+    from proc_helpers import BOOTSTRAP
+
+    from stream.config import Topics, WorkerConfig
+    from stream.topics import create_topics, delete_topics
+
+    assert columnar_fetch.install()
+    topic = f"columnar-{uuid.uuid4().hex[:8]}"
+    cfg = WorkerConfig(bootstrap_servers=BOOTSTRAP, topics=Topics(gifts=topic, payouts=f"{topic}-p",
+                                                                   notices=f"{topic}-n", window_totals=f"{topic}-w",
+                                                                   late=f"{topic}-l", dlq=f"{topic}-d",
+                                                                   changelog=f"{topic}-c"))
+    await create_topics(cfg, 2)
+    try:
+        plain = AIOKafkaProducer(bootstrap_servers=BOOTSTRAP, linger_ms=50)
+        gzip = AIOKafkaProducer(bootstrap_servers=BOOTSTRAP, linger_ms=50, compression_type="gzip")
+        txn = AIOKafkaProducer(bootstrap_servers=BOOTSTRAP, transactional_id=f"{topic}-txn")
+        for prod in (plain, gzip, txn):
+            await prod.start()
+        try:
+            for i in range(300):
+                await plain.send(topic, value=None if i % 97 == 0 else f"p{i}".encode(), key=b"k", partition=i % 2)
+            await plain.flush()
+            for i in range(200):
+                await gzip.send(topic, value=f"z{i}".encode(), partition=i % 2)
+            await gzip.flush()
+            for committed in (False, True, False):
+                async with txn.transaction() if committed else _aborting(txn):
+                    for i in range(50):
+                        await txn.send(topic, value=f"t{committed}{i}".encode(), partition=i % 2)
+            for i in range(100):
+                await plain.send(topic, value=f"q{i}".encode(), partition=i % 2)
+            await plain.flush()
+        finally:
+            for prod in (plain, gzip, txn):
+                await prod.stop()
+
+        async def consume(columnar: bool) -> dict[int, list[tuple[int, bytes | None, int]]]:
+            extra = {"value_deserializer": columnar_fetch.Columns(64)} if columnar else {}
+            consumer = AIOKafkaConsumer(topic, bootstrap_servers=BOOTSTRAP, auto_offset_reset="earliest",
+                                        isolation_level="read_committed", enable_auto_commit=False,
+                                        max_partition_fetch_bytes=4096, **extra)  # many small fetches
+            await consumer.start()
+            seen: dict[int, list] = {0: [], 1: []}
+            deadline = asyncio.get_running_loop().time() + 60
+            try:
+                # 300 + 200 + 50 (the committed transaction) + 100 records are visible
+                while sum(map(len, seen.values())) < 650 and asyncio.get_running_loop().time() < deadline:
+                    for tp, msgs in (await consumer.getmany(timeout_ms=2000, max_records=7)).items():
+                        offsets, values, stamps = columnar_fetch.columns_of(msgs)
+                        if columnar:
+                            assert all(type(m) is columnar_fetch.RecordChunk for m in msgs)
+                        seen[tp.partition] += zip(offsets, values, stamps, strict=True)
+            finally:
+                await consumer.stop()
+            return seen
+
+        plain_seen, columnar_seen = await consume(False), await consume(True)
+        assert plain_seen == columnar_seen
+        values = {v for recs in columnar_seen.values() for _, v, _ in recs}
+        assert b"tTrue0" in values and b"tFalse0" not in values  # the aborted transactions stay invisible
+        assert b"z5" in values and b"" in values  # compressed batches; a null value (as b"")
+    finally:
+        await delete_topics(cfg)
+
+
+class _aborting:
+    def __init__(self, producer):
+        self.producer = producer
+
+    async def __aenter__(self):
+        await self.producer.begin_transaction()
+
+    async def __aexit__(self, *exc):
+        await self.producer.abort_transaction()
