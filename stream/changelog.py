@@ -14,12 +14,18 @@ closed streaks expire when) is derived again on restore.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
 
 import msgspec
 
 from stream.engine import Changes
-from stream.engine_native import Engine
+from stream.engine_native import Engine, NativePartitionEngine
+
+try:
+    from stream._native import RecordBatchBuilder
+except ImportError:  # not built: drain_batches is unavailable (the worker sends drain()'s records)
+    RecordBatchBuilder = None
 from stream.state import RETENTION_BUCKET_MS, CreatorState, PartitionState, Streak
 
 _enc = msgspec.msgpack.Encoder()
@@ -40,11 +46,28 @@ class ChangelogWriter:
 
     def drain(self, engine: Engine) -> list[Record]:
         records, chunks, expired = engine.take_changelog()
+        return records + self._note(chunks, expired)
+
+    def drain_batches(self, engine: Engine, max_bytes: int, transactional: bool) -> list:
+        """drain()'s records as Kafka record batches (stream._native.RecordBatchBuilder, at most max_bytes
+        each) for producer.send_batch: the native engine writes them without a Python object per record."""
+        now = int(time.time() * 1000)
+        if isinstance(engine, NativePartitionEngine):
+            batches, chunks, expired = engine.take_changelog_batches(max_bytes, transactional, now)
+            records = self._note(chunks, expired)
+        else:
+            batches, records = [], self.drain(engine)
+        for key, value in records:
+            if not batches or not batches[-1].add(key, value):
+                batches.append(RecordBatchBuilder(max_bytes, transactional, now))
+                batches[-1].add(key, value)
+        return batches
+
+    def _note(self, chunks: list[tuple[int, int]], expired: list[int]) -> list[Record]:
+        """Remember the new dedupe chunks; the tombstones of every chunk of the expired buckets."""
         for bucket, start in chunks:
             self.chunks.setdefault(bucket, []).append(start)
-        for bucket in expired:
-            records.extend((f"d:{bucket}:{start}".encode(), None) for start in self.chunks.pop(bucket, ()))
-        return records
+        return [(f"d:{bucket}:{start}".encode(), None) for bucket in expired for start in self.chunks.pop(bucket, ())]
 
 
 Changelog = tuple[list[Record], list[tuple[int, int]], list[int]]

@@ -113,6 +113,11 @@ class NativePartitionEngine:
         """The changelog records of the changed keys, encoded natively (see stream.changelog.encode_changes)."""
         return self._core.take_changelog()
 
+    def take_changelog_batches(self, max_bytes: int, transactional: bool,
+                               timestamp_ms: int) -> tuple[list, list[tuple[int, int]], list[int]]:
+        """take_changelog() written straight into Kafka record batches (stream._native.RecordBatchBuilder)."""
+        return self._core.take_changelog_batches(max_bytes, transactional, timestamp_ms)
+
     def clear_changes(self) -> None:
         self._core.clear_changes()
 

@@ -23,7 +23,7 @@ from aiokafka.errors import ProducerFenced
 from aiokafka.structs import OffsetAndMetadata
 
 from stream import columnar_fetch, model
-from stream.changelog import ChangelogWriter, Record, restore_state
+from stream.changelog import ChangelogWriter, Record, RecordBatchBuilder, restore_state
 from stream.columnar_fetch import columns_of
 from stream.config import WorkerConfig
 from stream.engine import Outputs, partition_for
@@ -32,6 +32,9 @@ from stream.metrics import Metrics
 from stream.policy import Policy
 
 log = logging.getLogger(__name__)
+
+PRODUCER_BATCH_BYTES = 1 << 20  # the producers' max_batch_size
+CHANGELOG_BATCH_BYTES = PRODUCER_BATCH_BYTES  # native changelog record batches, the same size
 
 
 @dataclass
@@ -121,7 +124,7 @@ class Worker:
             log.info("worker stopped", extra={"worker": self.worker_id})
 
     def _producer(self, partition: int | None) -> AIOKafkaProducer:
-        opts = dict(bootstrap_servers=self.cfg.bootstrap_servers, linger_ms=5, max_batch_size=1 << 20,
+        opts = dict(bootstrap_servers=self.cfg.bootstrap_servers, linger_ms=5, max_batch_size=PRODUCER_BATCH_BYTES,
                     max_request_size=16 << 20, **self.cfg.kafka_security())
         if partition is None:
             return AIOKafkaProducer(acks="all", enable_idempotence=True, **opts)
@@ -231,7 +234,10 @@ class Worker:
                 task.engine.process(raws, gift_offsets, out)
                 offsets[TopicPartition(t.gifts, p)] = OffsetAndMetadata(gift_offsets[-1] + 1, "")
                 count += len(raws)
-            changelog = task.writer.drain(task.engine)
+            if RecordBatchBuilder is not None:
+                changelog = task.writer.drain_batches(task.engine, CHANGELOG_BATCH_BYTES, self.cfg.exactly_once)
+            else:
+                changelog = task.writer.drain(task.engine)
             self.metrics.record_batch(out, count, time.perf_counter() - started, stamps)
             commits.append(self._commit(task, out, changelog, offsets))
         results = await asyncio.gather(*commits, return_exceptions=True)
@@ -283,7 +289,7 @@ class Worker:
                 self._consumer.seek(tp, committed)
 
     async def _send_outputs(self, prod: AIOKafkaProducer, p: int, out: Outputs,
-                            changelog: list[Record]) -> None:
+                            changelog: list) -> None:  # records, or native record batches
         t = self.cfg.topics
         encode = model.encode
         keyed = [
@@ -303,7 +309,11 @@ class Worker:
             # Dead letters stay on the partition number they came from, so they keep their order.
             dlq_parts = await self._partition_count(prod, t.dlq)
             await self._send_batches(prod, t.dlq, p % dlq_parts, [(None, encode(d)) for d in out.dead_letters])
-        await self._send_batches(prod, t.changelog, p, changelog)
+        if changelog and not isinstance(changelog[0], tuple):  # native record batches (drain_batches)
+            for batch in changelog:
+                await prod.send_batch(batch, t.changelog, partition=p)
+        else:
+            await self._send_batches(prod, t.changelog, p, changelog)
 
     async def _partition_count(self, prod: AIOKafkaProducer, topic: str) -> int:
         n = self._partitions.get(topic)

@@ -54,6 +54,7 @@ pub struct Creator {
     pub above: bool,
     pub panes: HashMap<i64, Tally>, // pane start -> tally
     pub dirty: bool,                 // changed since the last drain (listed in Dirty::creators)
+    pub changed_panes: Vec<i64>,     // tallies whose flag is set (a creator holds up to a day of panes)
 }
 
 #[derive(Clone, Debug, Default)]
@@ -66,7 +67,7 @@ pub struct Tally {
 impl Creator {
     pub fn new(region: &str) -> Self {
         Creator { region: region.to_owned(), balance: 0, credited: 0, paid_out: 0, crossings: 0, above: false,
-                  panes: HashMap::new(), dirty: false }
+                  panes: HashMap::new(), dirty: false, changed_panes: Vec::new() }
     }
 }
 
@@ -212,9 +213,12 @@ impl Engine {
         for cid in &dirty.creators {
             if let Some(c) = self.state.creators.get_mut(cid) {
                 c.dirty = false;
-                for (pane, t) in c.panes.iter_mut().filter(|(_, t)| t.dirty) {
-                    t.dirty = false;
-                    panes.push((cid.clone(), *pane));
+                for pane in c.changed_panes.drain(..) {
+                    // A tally dropped since is in removed_panes; one dropped and started again is listed twice.
+                    if let Some(t) = c.panes.get_mut(&pane).filter(|t| t.dirty) {
+                        t.dirty = false;
+                        panes.push((cid.clone(), pane));
+                    }
                 }
             }
         }
@@ -487,7 +491,7 @@ impl Engine {
         self.stats.milli += milli;
         let pane = floor_to(ts, pane_ms);
         let c = if pane + pane_ms > cursor {
-            Self::add_to_pane(&mut self.state.pane_creators, c, creator_id, pane, milli);
+            Self::add_to_pane(&mut self.state.pane_creators, c, creator_id, pane, milli, self.track_changes);
             c
         } else {
             self.late_credit(creator_id, pane, milli, ts, event_id);
@@ -508,15 +512,21 @@ impl Engine {
 
     /// Add a credit to a tally (the creator is already marked changed, so the tally's flag suffices).
     fn add_to_pane(pane_creators: &mut HashMap<i64, HashSet<String>>, c: &mut Creator, creator_id: &str, pane: i64,
-                   milli: i128) {
+                   milli: i128, track: bool) {
         match c.panes.get_mut(&pane) {
             Some(t) => {
                 t.milli += milli;
                 t.credits += 1;
-                t.dirty = true;
+                if track && !t.dirty {
+                    t.dirty = true;
+                    c.changed_panes.push(pane);
+                }
             }
             None => {
-                c.panes.insert(pane, Tally { milli, credits: 1, dirty: true });
+                c.panes.insert(pane, Tally { milli, credits: 1, dirty: track });
+                if track {
+                    c.changed_panes.push(pane);
+                }
                 pane_creators.entry(pane).or_default().insert(creator_id.to_owned());
             }
         }
@@ -539,7 +549,7 @@ impl Engine {
         }
         if self.pane_needed_until(pane) > cursor {
             let c = self.state.creators.get_mut(creator_id).expect("credited creator");
-            Self::add_to_pane(&mut self.state.pane_creators, c, creator_id, pane, milli);
+            Self::add_to_pane(&mut self.state.pane_creators, c, creator_id, pane, milli, self.track_changes);
         }
         self.stats.late += 1;
         self.outputs.push(Output::Late { event_id: event_id.to_owned(), creator_id: creator_id.to_owned(), ts,

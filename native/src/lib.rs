@@ -5,6 +5,8 @@
 //! reasons), runs engine.rs, and turns the outputs, changes and state into plain Python values. Reject
 //! details and notice money are produced by Python hooks so their wording and arithmetic exist once.
 
+mod batch_builder;
+use batch_builder::RecordBatchBuilder;
 mod decode;
 mod engine;
 mod msgpack;
@@ -123,13 +125,141 @@ impl Core {
     /// The changelog records of the keys changed since the last call (and forget them), encoded like
     /// stream.changelog.encode_changes: (records, new dedupe chunks [(bucket, start)], expired buckets).
     fn take_changelog<'py>(&mut self, py: Python<'py>) -> PyResult<Bound<'py, PyTuple>> {
+        let records = PyList::empty(py);
+        let (chunks, expired) = self.encode_changelog(&mut |key, value| {
+            records.append((PyBytes::new(py, key), value.map(|v| PyBytes::new(py, v))))
+        })?;
+        (records, chunks, expired).into_pyobject(py)
+    }
+
+    /// take_changelog's records written straight into Kafka record batches (RecordBatchBuilder, at most
+    /// max_bytes each) for producer.send_batch: (batches, new dedupe chunks, expired buckets).
+    fn take_changelog_batches<'py>(&mut self, py: Python<'py>, max_bytes: usize, transactional: bool,
+                                   timestamp_ms: i64) -> PyResult<Bound<'py, PyTuple>> {
+        let mut batches = vec![RecordBatchBuilder::create(max_bytes, transactional, timestamp_ms)];
+        let (chunks, expired) = self.encode_changelog(&mut |key, value| {
+            let last = batches.last_mut().expect("one batch at least");
+            if !last.add_record(Some(key), value) {
+                let mut next = RecordBatchBuilder::create(max_bytes, transactional, timestamp_ms);
+                next.add_record(Some(key), value);
+                batches.push(next);
+            }
+            Ok(())
+        })?;
+        let batches = batches.into_iter().filter(|b| !b.is_empty()).map(|b| Py::new(py, b))
+            .collect::<PyResult<Vec<_>>>()?;
+        (batches, chunks, expired).into_pyobject(py)
+    }
+
+    /// Drop the changed-key bookkeeping (offline replays have no changelog to write it to).
+    fn clear_changes(&mut self) {
+        self.engine.take_changed();
+    }
+
+    /// The whole state as plain values (see stream.engine_native for the layout).
+    fn export_state<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyTuple>> {
+        let st = &self.engine.state;
+        let creators = PyList::empty(py);
+        for (cid, c) in &st.creators {
+            let panes: Vec<(i64, i128, i64)> = c.panes.iter().map(|(p, t)| (*p, t.milli, t.credits)).collect();
+            creators.append((cid, creator_tuple(c), panes))?;
+        }
+        let streaks = PyList::empty(py);
+        for (key, s) in &st.streaks {
+            streaks.append((key, streak_tuple(s)))?;
+        }
+        let seen_buckets = PyList::empty(py);
+        for (bucket, ids) in &st.seen_buckets {
+            let ids: Vec<&str> = ids.iter().map(|s| s.as_ref()).collect();
+            seen_buckets.append((*bucket, ids))?;
+        }
+        let streak_buckets: Vec<(i64, Vec<String>)> = st.streak_buckets.iter().map(|(b, k)| (*b, k.clone())).collect();
+        let payouts: Vec<&String> = st.payouts_seen.iter().collect();
+        let pane_creators: Vec<(i64, Vec<&String>)> =
+            st.pane_creators.iter().map(|(p, h)| (*p, h.iter().collect())).collect();
+        (st.watermark, st.close_cursor, creators, streaks, seen_buckets, streak_buckets, payouts, pane_creators)
+            .into_pyobject(py)
+    }
+
+    /// Replace the state with one given as export_state's plain values.
+    #[allow(clippy::type_complexity)]
+    fn load_state(&mut self, watermark: Option<i64>, close_cursor: Option<i64>,
+                  creators: Vec<(String, CreatorTuple, Vec<(i64, i128, i64)>)>, streaks: Vec<(String, StreakTuple)>,
+                  seen_buckets: Vec<(i64, Vec<String>)>, streak_buckets: Vec<(i64, Vec<String>)>,
+                  payouts: Vec<String>, pane_creators: Vec<(i64, Vec<String>)>) {
+        let mut st = State { watermark, close_cursor, ..Default::default() };
+        for (cid, (region, balance, credited, paid_out, crossings, above), panes) in creators {
+            let panes = panes.into_iter().map(|(p, milli, credits)| (p, Tally { milli, credits, dirty: false })).collect();
+            st.creators.insert(cid, Creator { region, balance, credited, paid_out, crossings, above, panes,
+                                              dirty: false, changed_panes: Vec::new() });
+        }
+        for (key, (creator_id, region, diamond_count, count, credited, last_ts, last_event_id, open)) in streaks {
+            st.streaks.insert(key, Streak { creator_id, region, diamond_count, count, credited, last_ts, last_event_id,
+                                            open, dirty: false });
+        }
+        for (bucket, ids) in seen_buckets {
+            let ids: Vec<Arc<str>> = ids.into_iter().map(Arc::from).collect();
+            st.seen.extend(ids.iter().cloned());
+            st.seen_buckets.insert(bucket, ids);
+        }
+        st.streak_buckets = streak_buckets.into_iter().collect();
+        st.payouts_seen = payouts.into_iter().collect();
+        st.pane_creators = pane_creators.into_iter().map(|(p, h)| (p, h.into_iter().collect::<HashSet<_>>()))
+            .collect::<HashMap<_, _>>();
+        let cfg = std::mem::replace(&mut self.engine.cfg, empty_settings());
+        self.engine = Engine::new(cfg, st, self.engine.track_changes);
+    }
+
+    /// One creator's (region, balance, credited, paid_out, crossings, above, {pane: [milli, credits]}) or None.
+    fn creator(&self, creator_id: &str) -> Option<(CreatorTuple, Vec<(i64, i128, i64)>)> {
+        self.engine.state.creators.get(creator_id)
+            .map(|c| (creator_tuple(c), c.panes.iter().map(|(p, t)| (*p, t.milli, t.credits)).collect()))
+    }
+
+    /// (creators, streaks, dedupe ids, pane tallies, open streaks, summed balance) held now.
+    fn sizes(&self) -> (usize, usize, usize, usize, usize, i128) {
+        let st = &self.engine.state;
+        (st.creators.len(), st.streaks.len(), st.seen.len(), st.creators.values().map(|c| c.panes.len()).sum(),
+         st.streaks.values().filter(|s| s.open).count(), st.creators.values().map(|c| c.balance).sum())
+    }
+
+    fn watermark(&self) -> Option<i64> {
+        self.engine.state.watermark
+    }
+
+    fn close_cursor(&self) -> Option<i64> {
+        self.engine.state.close_cursor
+    }
+}
+
+type CreatorTuple = (String, i128, i128, i128, i64, bool);
+type StreakTuple = (String, String, i64, i64, i64, i64, String, bool);
+
+fn creator_tuple(c: &Creator) -> CreatorTuple {
+    (c.region.clone(), c.balance, c.credited, c.paid_out, c.crossings, c.above)
+}
+
+fn streak_tuple(s: &Streak) -> StreakTuple {
+    (s.creator_id.clone(), s.region.clone(), s.diamond_count, s.count, s.credited, s.last_ts, s.last_event_id.clone(),
+     s.open)
+}
+
+fn empty_settings() -> Settings {
+    Settings { regions: Regions::default(), windows: Vec::new(), pane_ms: 1, grace_ms: 0, streak_timeout_ms: 0,
+               dedupe_horizon_ms: 0, max_future_ms: 0 }
+}
+
+
+type ChunkList = Vec<(i64, usize)>;
+
+impl Core {
+    /// The changed keys' changelog records, each handed to `put` (key, value or None for a tombstone);
+    /// returns the new dedupe chunks and the expired buckets.
+    fn encode_changelog(&mut self, put: &mut dyn FnMut(&[u8], Option<&[u8]>) -> PyResult<()>)
+                        -> PyResult<(ChunkList, Vec<i64>)> {
         let changed = self.engine.take_changed();
         let st = &self.engine.state;
-        let records = PyList::empty(py);
         let too_big = || pyo3::exceptions::PyOverflowError::new_err("a changelog value does not fit in 64 bits");
-        let put = |key: &[u8], value: Option<&[u8]>| -> PyResult<()> {
-            records.append((PyBytes::new(py, key), value.map(|v| PyBytes::new(py, v))))
-        };
         let mut w = msgpack::Writer::new();
         w.array(2);
         w.opt_int(st.watermark);
@@ -213,105 +343,8 @@ impl Core {
             put(format!("p:{pid}").as_bytes(), Some(b"1"))?;
         }
         let expired: Vec<i64> = changed.expired_buckets.iter().copied().collect();
-        (records, chunks, expired).into_pyobject(py)
+        Ok((chunks, expired))
     }
-
-    /// Drop the changed-key bookkeeping (offline replays have no changelog to write it to).
-    fn clear_changes(&mut self) {
-        self.engine.take_changed();
-    }
-
-    /// The whole state as plain values (see stream.engine_native for the layout).
-    fn export_state<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyTuple>> {
-        let st = &self.engine.state;
-        let creators = PyList::empty(py);
-        for (cid, c) in &st.creators {
-            let panes: Vec<(i64, i128, i64)> = c.panes.iter().map(|(p, t)| (*p, t.milli, t.credits)).collect();
-            creators.append((cid, creator_tuple(c), panes))?;
-        }
-        let streaks = PyList::empty(py);
-        for (key, s) in &st.streaks {
-            streaks.append((key, streak_tuple(s)))?;
-        }
-        let seen_buckets = PyList::empty(py);
-        for (bucket, ids) in &st.seen_buckets {
-            let ids: Vec<&str> = ids.iter().map(|s| s.as_ref()).collect();
-            seen_buckets.append((*bucket, ids))?;
-        }
-        let streak_buckets: Vec<(i64, Vec<String>)> = st.streak_buckets.iter().map(|(b, k)| (*b, k.clone())).collect();
-        let payouts: Vec<&String> = st.payouts_seen.iter().collect();
-        let pane_creators: Vec<(i64, Vec<&String>)> =
-            st.pane_creators.iter().map(|(p, h)| (*p, h.iter().collect())).collect();
-        (st.watermark, st.close_cursor, creators, streaks, seen_buckets, streak_buckets, payouts, pane_creators)
-            .into_pyobject(py)
-    }
-
-    /// Replace the state with one given as export_state's plain values.
-    #[allow(clippy::type_complexity)]
-    fn load_state(&mut self, watermark: Option<i64>, close_cursor: Option<i64>,
-                  creators: Vec<(String, CreatorTuple, Vec<(i64, i128, i64)>)>, streaks: Vec<(String, StreakTuple)>,
-                  seen_buckets: Vec<(i64, Vec<String>)>, streak_buckets: Vec<(i64, Vec<String>)>,
-                  payouts: Vec<String>, pane_creators: Vec<(i64, Vec<String>)>) {
-        let mut st = State { watermark, close_cursor, ..Default::default() };
-        for (cid, (region, balance, credited, paid_out, crossings, above), panes) in creators {
-            let panes = panes.into_iter().map(|(p, milli, credits)| (p, Tally { milli, credits, dirty: false })).collect();
-            st.creators.insert(cid, Creator { region, balance, credited, paid_out, crossings, above, panes,
-                                              dirty: false });
-        }
-        for (key, (creator_id, region, diamond_count, count, credited, last_ts, last_event_id, open)) in streaks {
-            st.streaks.insert(key, Streak { creator_id, region, diamond_count, count, credited, last_ts, last_event_id,
-                                            open, dirty: false });
-        }
-        for (bucket, ids) in seen_buckets {
-            let ids: Vec<Arc<str>> = ids.into_iter().map(Arc::from).collect();
-            st.seen.extend(ids.iter().cloned());
-            st.seen_buckets.insert(bucket, ids);
-        }
-        st.streak_buckets = streak_buckets.into_iter().collect();
-        st.payouts_seen = payouts.into_iter().collect();
-        st.pane_creators = pane_creators.into_iter().map(|(p, h)| (p, h.into_iter().collect::<HashSet<_>>()))
-            .collect::<HashMap<_, _>>();
-        let cfg = std::mem::replace(&mut self.engine.cfg, empty_settings());
-        self.engine = Engine::new(cfg, st, self.engine.track_changes);
-    }
-
-    /// One creator's (region, balance, credited, paid_out, crossings, above, {pane: [milli, credits]}) or None.
-    fn creator(&self, creator_id: &str) -> Option<(CreatorTuple, Vec<(i64, i128, i64)>)> {
-        self.engine.state.creators.get(creator_id)
-            .map(|c| (creator_tuple(c), c.panes.iter().map(|(p, t)| (*p, t.milli, t.credits)).collect()))
-    }
-
-    /// (creators, streaks, dedupe ids, pane tallies, open streaks, summed balance) held now.
-    fn sizes(&self) -> (usize, usize, usize, usize, usize, i128) {
-        let st = &self.engine.state;
-        (st.creators.len(), st.streaks.len(), st.seen.len(), st.creators.values().map(|c| c.panes.len()).sum(),
-         st.streaks.values().filter(|s| s.open).count(), st.creators.values().map(|c| c.balance).sum())
-    }
-
-    fn watermark(&self) -> Option<i64> {
-        self.engine.state.watermark
-    }
-
-    fn close_cursor(&self) -> Option<i64> {
-        self.engine.state.close_cursor
-    }
-}
-
-type CreatorTuple = (String, i128, i128, i128, i64, bool);
-type StreakTuple = (String, String, i64, i64, i64, i64, String, bool);
-
-fn creator_tuple(c: &Creator) -> CreatorTuple {
-    (c.region.clone(), c.balance, c.credited, c.paid_out, c.crossings, c.above)
-}
-
-fn streak_tuple(s: &Streak) -> StreakTuple {
-    (s.creator_id.clone(), s.region.clone(), s.diamond_count, s.count, s.credited, s.last_ts, s.last_event_id.clone(),
-     s.open)
-}
-
-fn empty_settings() -> Settings {
-    Settings { regions: Regions::default(), windows: Vec::new(), pane_ms: 1, grace_ms: 0, streak_timeout_ms: 0,
-               dedupe_horizon_ms: 0, max_future_ms: 0 }
 }
 
 impl Core {
@@ -469,6 +502,7 @@ fn partition_for(key: &[u8], partitions: u32) -> u32 {
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Core>()?;
+    m.add_class::<batch_builder::RecordBatchBuilder>()?;
     m.add_function(wrap_pyfunction!(process_routed, m)?)?;
     m.add_function(wrap_pyfunction!(partition_for, m)?)?;
     m.add_function(wrap_pyfunction!(read_record_batches, m)?)?;
