@@ -24,13 +24,37 @@ pub struct Window {
     pub hop_ms: i64,
 }
 
-/// The policy's regions: a handful, so a scan comparing two-letter codes beats hashing them.
+/// The policy's regions: a handful of two-letter codes, so a scan comparing each code as one 16-bit number
+/// beats hashing (and a byte-string compare per entry).
 #[derive(Default)]
-pub struct Regions(pub Vec<(String, RegionRule)>);
+pub struct Regions {
+    codes: Vec<u16>,
+    rules: Vec<RegionRule>,
+}
+
+fn code(region: &str) -> Option<u16> {
+    match region.as_bytes() {
+        &[a, b] => Some(u16::from_le_bytes([a, b])),
+        _ => None, // policy regions are two letters (validated): any other string is unknown
+    }
+}
 
 impl Regions {
+    pub fn new(regions: Vec<(String, RegionRule)>) -> Self {
+        let mut r = Regions::default();
+        for (name, rule) in regions {
+            // The policy validates ISO 3166 alpha-2 codes; anything else could never match an event.
+            if let Some(c) = code(&name) {
+                r.codes.push(c);
+                r.rules.push(rule);
+            }
+        }
+        r
+    }
+
     pub fn get(&self, region: &str) -> Option<&RegionRule> {
-        self.0.iter().find(|(name, _)| name == region).map(|(_, rule)| rule)
+        let c = code(region)?;
+        self.codes.iter().position(|&x| x == c).map(|i| &self.rules[i])
     }
 }
 

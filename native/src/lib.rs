@@ -70,7 +70,7 @@ impl Core {
         }
         let window_names = windows.iter().map(|w| pyo3::types::PyString::new(py, &w.0).into_any().unbind()).collect();
         let cfg = Settings {
-            regions: Regions(regions.into_iter()
+            regions: Regions::new(regions.into_iter()
                 .map(|(name, rate, threshold)| (name, RegionRule { milli_per_coin: rate, threshold })).collect()),
             windows: windows.into_iter().map(|(_, size_ms, hop_ms)| Window { size_ms, hop_ms }).collect(),
             pane_ms, grace_ms, streak_timeout_ms, dedupe_horizon_ms, max_future_ms,
