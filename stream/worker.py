@@ -85,6 +85,12 @@ class Worker:
             # Range keeps gifts-p and payouts-p on the same worker (co-partitioned by creator_id).
             partition_assignment_strategy=(RangePartitionAssignor,),
             max_partition_fetch_bytes=8 << 20, fetch_max_bytes=64 << 20,
+            # aiokafka (0.14) keeps one fetch in flight per broker and leaves partitions whose fetched records
+            # are still unconsumed after 100 ms (prefetch_backoff) out of the next fetch. So while a batch is
+            # processed and committed, the fetcher asks for the other partitions only, often just the idle
+            # payouts ones, and the broker holds that fetch for fetch_max_wait_ms (default 500) before the
+            # gifts partitions can be fetched again: up to 500 ms on every record's latency. Keep it short.
+            fetch_max_wait_ms=cfg.fetch_max_wait_ms,
             session_timeout_ms=cfg.session_timeout_ms, heartbeat_interval_ms=min(3000, cfg.session_timeout_ms // 3),
             **cfg.kafka_security(),
         )
