@@ -124,7 +124,10 @@ class Worker:
         if partition is None:
             return AIOKafkaProducer(acks="all", enable_idempotence=True, **opts)
         txn_id = f"giftstream-{self.cfg.group_id}-{self.cfg.topics.gifts}-{partition}"
-        return AIOKafkaProducer(transactional_id=txn_id, transaction_timeout_ms=60_000, **opts)
+        # retry_backoff_ms: a transaction that starts while the broker still writes the previous one's commit
+        # markers gets CONCURRENT_TRANSACTIONS and aiokafka waits retry_backoff_ms (default 100) before trying
+        # again (AddOffsetsToTxn, EndTxn; AddPartitionsToTxn only uses its own 20 ms for the first partitions).
+        return AIOKafkaProducer(transactional_id=txn_id, transaction_timeout_ms=60_000, retry_backoff_ms=20, **opts)
 
     def seconds_since_poll(self) -> float | None:
         """Seconds since the consume loop last came back from getmany (None before the first poll)."""
