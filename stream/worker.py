@@ -143,6 +143,9 @@ class Worker:
                     async with self._lock:
                         await self._process(data)
                     self._gc.after_batch()
+                    rest = cfg.commit_interval_ms / 1000 - (time.monotonic() - self._last_poll)
+                    if rest > 0:  # let the next batch gather: fewer, bigger transactions
+                        await asyncio.sleep(rest)
                 await self.metrics.observe_lag(self._consumer)
         finally:
             async with self._lock:
