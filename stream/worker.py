@@ -247,27 +247,32 @@ class Worker:
         for tp, msgs in data.items():
             slot = by_partition.setdefault(tp.partition, ([], []))
             slot[0 if tp.topic == t.gifts else 1].extend(msgs)
-        commits = []
-        for p, (gifts, payouts) in sorted(by_partition.items()):
-            task = self.tasks.get(p)
-            if task is None:
-                continue  # revoked while the batch was in flight: the next owner reads it again
-            started = time.perf_counter()
-            out = Outputs()
-            offsets: dict[TopicPartition, OffsetAndMetadata] = {}
-            if payouts:
-                raws = [m.value or b"" for m in payouts]
-                task.engine.apply_payouts([model.decode_payout(r) for r in raws], raws,
-                                          [m.offset for m in payouts], out, t.payouts)
-                offsets[TopicPartition(t.payouts, p)] = OffsetAndMetadata(payouts[-1].offset + 1, "")
-            if gifts:
-                task.engine.process([m.value or b"" for m in gifts], [m.offset for m in gifts], out)
-                offsets[TopicPartition(t.gifts, p)] = OffsetAndMetadata(gifts[-1].offset + 1, "")
-            changelog = task.writer.drain(task.engine)
-            self.metrics.record_batch(out, len(gifts) + len(payouts), time.perf_counter() - started, gifts)
-            commits.append(self._commit(task, out, changelog, offsets))
-        results = await asyncio.gather(*commits, return_exceptions=True)
-        for (p, _), result in zip(sorted(by_partition.items()), results, strict=False):
+        # Each partition's transaction starts as soon as that partition is processed, so its round trips
+        # overlap the processing of the next partitions instead of all of them waiting for the slowest.
+        commits: dict[int, asyncio.Task] = {}
+        try:
+            for p, (gifts, payouts) in sorted(by_partition.items()):
+                task = self.tasks.get(p)
+                if task is None:
+                    continue  # revoked while the batch was in flight: the next owner reads it again
+                started = time.perf_counter()
+                out = Outputs()
+                offsets: dict[TopicPartition, OffsetAndMetadata] = {}
+                if payouts:
+                    raws = [m.value or b"" for m in payouts]
+                    task.engine.apply_payouts([model.decode_payout(r) for r in raws], raws,
+                                              [m.offset for m in payouts], out, t.payouts)
+                    offsets[TopicPartition(t.payouts, p)] = OffsetAndMetadata(payouts[-1].offset + 1, "")
+                if gifts:
+                    task.engine.process([m.value or b"" for m in gifts], [m.offset for m in gifts], out)
+                    offsets[TopicPartition(t.gifts, p)] = OffsetAndMetadata(gifts[-1].offset + 1, "")
+                changelog = task.writer.drain(task.engine)
+                self.metrics.record_batch(out, len(gifts) + len(payouts), time.perf_counter() - started, gifts)
+                commits[p] = asyncio.ensure_future(self._commit(task, out, changelog, offsets))
+                await asyncio.sleep(0)  # let it send its first requests
+        finally:
+            results = await asyncio.gather(*commits.values(), return_exceptions=True)
+        for p, result in zip(commits, results, strict=True):
             if isinstance(result, BaseException):
                 await self._recover(p, result)
         self.metrics.set_state_size(self.tasks)
