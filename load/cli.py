@@ -162,7 +162,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--group", help="the workers' consumer group (default: the config's group_id)")
     p.add_argument("--policy", help="the workers' policy TOML (default: the config's, else built-in)")
     p.add_argument("--partitions", type=int, default=6, help="for topics that do not exist yet")
-    p.add_argument("--poll-interval", type=float, default=0.1, help="committed-offset poll (s)")
+    p.add_argument("--poll-interval", type=float, default=0.025,
+                   help="committed-offset poll (s); the latency resolution (default 0.025)")
     p.add_argument("--drain-timeout", type=float, default=60.0, help="wait for the group to catch up (s)")
     p.add_argument("--no-verify", action="store_true", help="skip the ground-truth verification")
     p.add_argument("--quiet", action="store_true", help="no live progress line")

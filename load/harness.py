@@ -2,7 +2,7 @@
 
 `giftstream load run` produces seeded synthetic traffic (load/generator.py) into the gifts topic at a target
 rate (paced by the wall clock, batches per partition keyed by creator_id like stream.kafka_io.produce_session)
-for a duration, while it polls, every ~100 ms, the workers' consumer group committed offsets
+for a duration, while it polls, every ~25 ms (--poll-interval), the workers' consumer group committed offsets
 (AIOKafkaAdminClient.list_consumer_group_offsets) and the topic's end offsets (a consumer's end_offsets).
 
 Measurements:
@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import itertools
 import math
 import sys
 import time
@@ -245,12 +246,14 @@ def markdown(report: dict[str, Any]) -> str:
         f"| latency p99 | {_fmt(lat.get('p99'), ' s')} |",
         f"| latency max | {_fmt(lat.get('max'), ' s')} |",
         f"| records with a latency | {_fmt(lat.get('records'))} |",
+        f"| committed-offset poll period (median / max) | {_fmt((r.get('poll_period_s') or {}).get('p50'), ' s')} / "
+        f"{_fmt((r.get('poll_period_s') or {}).get('max'), ' s')} |",
         f"| drained in (after the last send) | {_fmt(r.get('drain_s'), ' s')} |",
         "",
         f"Latency = time the record's offset was first seen committed by the group (polled every "
         f"{_fmt(c.get('poll_interval_s'))} s) - time its batch was handed to the producer; the worker commits "
         "offsets in the same transaction as the batch's outputs, so it is the latency to committed outputs. "
-        "It is overstated by up to one poll interval.",
+        "It is overstated by up to one poll period (half of one on average).",
         "",
         f"## Verification: {'PASSED' if v.get('passed') else 'FAILED' if v.get('checks') else 'skipped'}",
         "",
@@ -475,7 +478,7 @@ class RunOptions:
     rate: float | None  # None = as fast as possible
     duration: float
     out: Path
-    poll_interval: float = 0.1
+    poll_interval: float = 0.025
     drain_timeout: float = 60.0
     verify: bool = True
     quiet: bool = False
@@ -508,6 +511,7 @@ async def run_load(cfg: Any, policy: Any, records: Iterator[bytes], opts: RunOpt
     """Drive the running workers of cfg.group_id, measure, verify, write the report; returns it."""
     from aiokafka import AIOKafkaConsumer, TopicPartition
     from aiokafka.admin import AIOKafkaAdminClient
+    from aiokafka.errors import KafkaError
 
     from stream.kafka_io import bulk_producer
     from stream.topics import create_topics
@@ -515,7 +519,9 @@ async def run_load(cfg: Any, policy: Any, records: Iterator[bytes], opts: RunOpt
     await create_topics(cfg, opts.partitions)  # missing ones only
     topic = cfg.topics.gifts
     sec = cfg.kafka_security()
-    producer = bulk_producer(cfg, linger_ms=5)
+    # linger 0: PacedProducer hands over whole batches, lingering would only delay them (and their stamps
+    # are taken before the hand-off, so a linger is counted in every record's latency).
+    producer = bulk_producer(cfg, linger_ms=0)
     consumer = AIOKafkaConsumer(bootstrap_servers=cfg.bootstrap_servers, isolation_level="read_committed",
                                 enable_auto_commit=False, **sec)
     admin = AIOKafkaAdminClient(bootstrap_servers=cfg.bootstrap_servers, **sec)
@@ -529,8 +535,18 @@ async def run_load(cfg: Any, policy: Any, records: Iterator[bytes], opts: RunOpt
         partitions = len(await producer.partitions_for(topic))
         tps = [TopicPartition(topic, p) for p in range(partitions)]
 
+        coordinator: list[int] = []
+
         async def committed_offsets() -> dict[int, int]:
-            got = await admin.list_consumer_group_offsets(cfg.group_id, partitions=tps)
+            # list_consumer_group_offsets looks the group coordinator up on every call unless told it: one more
+            # round trip per poll. Look it up once, and again after an error (it moved).
+            if not coordinator:
+                coordinator.append(await admin.find_coordinator(cfg.group_id))
+            try:
+                got = await admin.list_consumer_group_offsets(cfg.group_id, coordinator[0], tps)
+            except KafkaError:
+                coordinator[0] = await admin.find_coordinator(cfg.group_id)
+                got = await admin.list_consumer_group_offsets(cfg.group_id, coordinator[0], tps)
             return {tp.partition: (o.offset if o is not None and o.offset >= 0 else 0)
                     for tp, o in got.items() if tp.topic == topic}
 
@@ -545,21 +561,33 @@ async def run_load(cfg: Any, policy: Any, records: Iterator[bytes], opts: RunOpt
         def committed_in_run(c: dict[int, int]) -> int:
             return sum(max(0, c.get(p, 0) - max(base_end[p], base_committed.get(p, 0))) for p in range(partitions))
 
-        async def poll_once() -> tuple[int, int]:
+        async def stamped_committed() -> tuple[dict[int, int], float]:
             c = await committed_offsets()
-            t = clock()
+            return c, clock()
+
+        async def poll_once() -> tuple[int, int]:
+            # Committed and end offsets side by side; the committed offsets are stamped when they arrive.
+            (c, t), end_offsets = await asyncio.gather(stamped_committed(), consumer.end_offsets(tps))
             for p, off in c.items():
                 tracker.committed(p, off, t)
-            ends = {tp.partition: o for tp, o in (await consumer.end_offsets(tps)).items()}
+            ends = {tp.partition: o for tp, o in end_offsets.items()}
             lag = sum(max(0, ends[p] - c.get(p, 0)) for p in range(partitions))
             points.append(Point(t, pp.sent, committed_in_run(c), sum(ends[p] - base_end[p] for p in ends), lag))
             return lag, sum(ends[p] - base_end[p] for p in ends)
 
+        async def tick(last: float) -> float:
+            # Polls start every poll_interval (not poll_interval after the previous poll ended), so a poll's
+            # own round trips do not stretch the resolution; after a slow poll the next one starts at once.
+            nxt = max(last + opts.poll_interval, clock())
+            await asyncio.sleep(nxt - clock())
+            return nxt
+
         async def poller() -> None:
+            started = clock()
             while not producing_done.is_set():
                 await poll_once()
                 _show(progress, points, tracker, "producing")
-                await asyncio.sleep(opts.poll_interval)
+                started = await tick(started)
 
         poll_task = asyncio.create_task(poller())
         try:
@@ -570,13 +598,14 @@ async def run_load(cfg: Any, policy: Any, records: Iterator[bytes], opts: RunOpt
             await poll_task
         # Drain: keep polling until the group has committed everything this run produced.
         drained_at = None
+        started = clock()
         while clock() - last_send[0] < opts.drain_timeout:
             lag, _ = await poll_once()
             _show(progress, points, tracker, "draining")
             if lag == 0 and tracker.pending_records() == 0:
                 drained_at = clock()
                 break
-            await asyncio.sleep(opts.poll_interval)
+            started = await tick(started)
         _show(progress, points, tracker, "drained" if drained_at is not None else "NOT drained", force=True)
         progress.done()
     finally:
@@ -602,6 +631,8 @@ async def run_load(cfg: Any, policy: Any, records: Iterator[bytes], opts: RunOpt
         "drained": drained_at is not None,
         "drain_s": round(drained_at - last_send[0], 3) if drained_at is not None else None,
         "latency_s": lat,
+        # The latency resolution: a record is stamped at the first poll that sees it committed.
+        "poll_period_s": _poll_period(points),
     }
     config = {"rate": opts.rate or "max", "duration_s": opts.duration, "topic": topic, "partitions": partitions,
               "group": cfg.group_id, "bootstrap": cfg.bootstrap_servers, "poll_interval_s": opts.poll_interval,
@@ -617,6 +648,12 @@ async def run_load(cfg: Any, policy: Any, records: Iterator[bytes], opts: RunOpt
     report = {"config": config, "results": results, "verification": verification, "series": s}
     report["files"] = {k: str(v) for k, v in write_report(opts.out, report).items()}
     return report
+
+
+def _poll_period(points: list[Point]) -> dict[str, float] | None:
+    """Median and max time between successive committed-offset polls."""
+    gaps = sorted(b.t - a.t for a, b in itertools.pairwise(points))
+    return {"p50": round(gaps[len(gaps) // 2], 4), "max": round(gaps[-1], 4)} if gaps else None
 
 
 def _show(progress: Progress, points: list[Point], tracker: LatencyTracker, phase: str, force: bool = False) -> None:

@@ -27,7 +27,9 @@ class WorkerConfig:
     group_id: str = "giftstream"
     policy: str | None = None  # policy TOML path; None = built-in
     batch_max_records: int = 50_000  # getmany bound on records per batch
-    batch_max_ms: int = 200  # getmany bound on waiting for a batch
+    batch_max_ms: int = 200  # getmany bound on waiting when no record is buffered
+    fetch_max_wait_ms: int = 20  # broker-side wait of a fetch with no new data (see SETTING_HELP)
+    commit_interval_ms: int = 0  # least time from one batch to the next (one transaction per partition each)
     session_timeout_ms: int = 10_000  # a silent (killed) worker's partitions move after this long
     exactly_once: bool = True  # transactions + read_committed; off = at-least-once, for comparison
     http_port: int = 0  # /metrics /healthz /readyz /creators; 0 = off
@@ -61,8 +63,15 @@ SETTING_HELP = {
     "group_id": "consumer group; also part of every transactional.id (one per input partition)",
     "policy": "payout policy TOML (rates, thresholds, fees, windows); empty = the built-in policy",
     "batch_max_records": "getmany bound: most records handled (and committed) per batch",
-    "batch_max_ms": "getmany bound: longest wait for a batch to fill, in ms",
+    "batch_max_ms": "getmany bound: longest wait when nothing is buffered, in ms (a batch is whatever has "
+                    "arrived: getmany never waits for more)",
+    "fetch_max_wait_ms": "longest time the broker holds a fetch that has no new data, in ms; also the longest "
+                         "a fetch of idle partitions (payouts) can delay the next fetch of gifts (aiokafka keeps "
+                         "one fetch in flight per broker), so it bounds a latency stall",
     "session_timeout_ms": "how long a silent (killed) worker keeps its partitions before they move",
+    "commit_interval_ms": "least time between the starts of two batches, in ms: each batch is one transaction "
+                          "per partition, so a longer interval means fewer, bigger transactions (less CPU in "
+                          "the worker and the broker) and up to that much more latency; 0 = next batch at once",
     "exactly_once": "true: transactions + read_committed; false: at-least-once (comparison only)",
     "http_port": "port for /metrics /healthz /readyz /creators/<id>; 0 = no HTTP",
     "security_protocol": "PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL",

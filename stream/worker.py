@@ -12,9 +12,10 @@ the committed offsets with the state that matches them.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
@@ -35,6 +36,37 @@ log = logging.getLogger(__name__)
 
 PRODUCER_BATCH_BYTES = 1 << 20  # the producers' max_batch_size
 CHANGELOG_BATCH_BYTES = PRODUCER_BATCH_BYTES  # native changelog record batches, the same size
+
+
+class GcPacer:
+    """Keeps CPython's full (generation 2) collections from stalling the consume loop.
+
+    The dedupe state holds a few very large containers (the `seen` set, the per-minute id lists), and a
+    full collection walks every element of every tracked container: with ~1.4 M event ids, 150-400 ms
+    with the event loop stopped. Full collections also come often, about once a second at 48,000/s,
+    because CPython starts one when the objects promoted since the last one exceed a quarter of the old
+    ones, and each batch's in-flight ConsumerRecords are promoted. So after a batch, at most once every
+    `freeze_every` seconds, gc.freeze() moves everything that is alive into the permanent generation,
+    which collections skip; only objects made since then are walked. Objects freed by reference counting
+    leave the permanent generation as usual; only garbage reference cycles that were caught by a freeze
+    would stay, so every `full_every` seconds the pacer unfreezes and runs one full collection (one pause)
+    before freezing again."""
+
+    def __init__(self, freeze_every: float = 1.0, full_every: float = 600.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.freeze_every, self.full_every, self.clock = freeze_every, full_every, clock
+        self._frozen_at = self._full_at = clock()
+
+    def after_batch(self) -> None:
+        now = self.clock()
+        if now - self._full_at >= self.full_every:
+            gc.unfreeze()
+            gc.collect()
+            self._full_at = now
+        elif now - self._frozen_at < self.freeze_every:
+            return
+        gc.freeze()
+        self._frozen_at = now
 
 
 @dataclass
@@ -74,6 +106,7 @@ class Worker:
         self._partitions: dict[str, int] = {}
         self._last_poll: float | None = None
         self._max_polled = cfg.batch_max_records  # getmany's max_records (chunks when fetching columnar)
+        self._gc = GcPacer()
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -97,6 +130,12 @@ class Worker:
             partition_assignment_strategy=(RangePartitionAssignor,),
             max_partition_fetch_bytes=8 << 20, fetch_max_bytes=64 << 20,
             value_deserializer=columnar_fetch.Columns(chunk) if columnar else None,
+            # aiokafka (0.14) keeps one fetch in flight per broker and leaves partitions whose fetched records
+            # are still unconsumed after 100 ms (prefetch_backoff) out of the next fetch. So while a batch is
+            # processed and committed, the fetcher asks for the other partitions only, often just the idle
+            # payouts ones, and the broker holds that fetch for fetch_max_wait_ms (default 500) before the
+            # gifts partitions can be fetched again: up to 500 ms on every record's latency. Keep it short.
+            fetch_max_wait_ms=cfg.fetch_max_wait_ms,
             session_timeout_ms=cfg.session_timeout_ms, heartbeat_interval_ms=min(3000, cfg.session_timeout_ms // 3),
             **cfg.kafka_security(),
         )
@@ -114,6 +153,10 @@ class Worker:
                 if data:
                     async with self._lock:
                         await self._process(data)
+                    self._gc.after_batch()
+                    rest = cfg.commit_interval_ms / 1000 - (time.monotonic() - self._last_poll)
+                    if rest > 0:  # let the next batch gather: fewer, bigger transactions
+                        await asyncio.sleep(rest)
                 await self.metrics.observe_lag(self._consumer)
         finally:
             async with self._lock:
@@ -129,7 +172,10 @@ class Worker:
         if partition is None:
             return AIOKafkaProducer(acks="all", enable_idempotence=True, **opts)
         txn_id = f"giftstream-{self.cfg.group_id}-{self.cfg.topics.gifts}-{partition}"
-        return AIOKafkaProducer(transactional_id=txn_id, transaction_timeout_ms=60_000, **opts)
+        # retry_backoff_ms: a transaction that starts while the broker still writes the previous one's commit
+        # markers gets CONCURRENT_TRANSACTIONS and aiokafka waits retry_backoff_ms (default 100) before trying
+        # again (AddOffsetsToTxn, EndTxn; AddPartitionsToTxn only uses its own 20 ms for the first partitions).
+        return AIOKafkaProducer(transactional_id=txn_id, transaction_timeout_ms=60_000, retry_backoff_ms=20, **opts)
 
     def seconds_since_poll(self) -> float | None:
         """Seconds since the consume loop last came back from getmany (None before the first poll)."""
@@ -213,35 +259,41 @@ class Worker:
         for tp, msgs in data.items():
             slot = by_partition.setdefault(tp.partition, ([], []))
             slot[0 if tp.topic == t.gifts else 1].extend(msgs)
-        commits = []
-        for p, (gifts, payouts) in sorted(by_partition.items()):
-            task = self.tasks.get(p)
-            if task is None:
-                continue  # revoked while the batch was in flight: the next owner reads it again
-            started = time.perf_counter()
-            out = Outputs()
-            offsets: dict[TopicPartition, OffsetAndMetadata] = {}
-            count = 0
-            if payouts:
-                payout_offsets, raws, _ = columns_of(payouts)
-                task.engine.apply_payouts([model.decode_payout(r) for r in raws], raws, payout_offsets, out,
-                                          t.payouts)
-                offsets[TopicPartition(t.payouts, p)] = OffsetAndMetadata(payout_offsets[-1] + 1, "")
-                count += len(raws)
-            stamps: list[int] = []
-            if gifts:
-                gift_offsets, raws, stamps = columns_of(gifts)
-                task.engine.process(raws, gift_offsets, out)
-                offsets[TopicPartition(t.gifts, p)] = OffsetAndMetadata(gift_offsets[-1] + 1, "")
-                count += len(raws)
-            if RecordBatchBuilder is not None:
-                changelog = task.writer.drain_batches(task.engine, CHANGELOG_BATCH_BYTES, self.cfg.exactly_once)
-            else:
-                changelog = task.writer.drain(task.engine)
-            self.metrics.record_batch(out, count, time.perf_counter() - started, stamps)
-            commits.append(self._commit(task, out, changelog, offsets))
-        results = await asyncio.gather(*commits, return_exceptions=True)
-        for (p, _), result in zip(sorted(by_partition.items()), results, strict=False):
+        # Each partition's transaction starts as soon as that partition is processed, so its round trips
+        # overlap the processing of the next partitions instead of all of them waiting for the slowest.
+        commits: dict[int, asyncio.Task] = {}
+        try:
+            for p, (gifts, payouts) in sorted(by_partition.items()):
+                task = self.tasks.get(p)
+                if task is None:
+                    continue  # revoked while the batch was in flight: the next owner reads it again
+                started = time.perf_counter()
+                out = Outputs()
+                offsets: dict[TopicPartition, OffsetAndMetadata] = {}
+                count = 0
+                if payouts:
+                    payout_offsets, raws, _ = columns_of(payouts)
+                    task.engine.apply_payouts([model.decode_payout(r) for r in raws], raws, payout_offsets, out,
+                                              t.payouts)
+                    offsets[TopicPartition(t.payouts, p)] = OffsetAndMetadata(payout_offsets[-1] + 1, "")
+                    count += len(raws)
+                stamps: list[int] = []
+                if gifts:
+                    gift_offsets, raws, stamps = columns_of(gifts)
+                    task.engine.process(raws, gift_offsets, out)
+                    offsets[TopicPartition(t.gifts, p)] = OffsetAndMetadata(gift_offsets[-1] + 1, "")
+                    count += len(raws)
+                if RecordBatchBuilder is not None:
+                    changelog = task.writer.drain_batches(task.engine, CHANGELOG_BATCH_BYTES,
+                                                          self.cfg.exactly_once)
+                else:
+                    changelog = task.writer.drain(task.engine)
+                self.metrics.record_batch(out, count, time.perf_counter() - started, stamps)
+                commits[p] = asyncio.ensure_future(self._commit(task, out, changelog, offsets))
+                await asyncio.sleep(0)  # let it send its first requests
+        finally:
+            results = await asyncio.gather(*commits.values(), return_exceptions=True)
+        for p, result in zip(commits, results, strict=True):
             if isinstance(result, BaseException):
                 await self._recover(p, result)
         self.metrics.set_state_size(self.tasks)
