@@ -175,7 +175,26 @@ impl<'a> FlatScanner<'a> {
     fn key(&mut self) -> Option<Key> {
         self.eat(b'"')?;
         let rest = &self.b[self.i..];
-        let &(name, key) = KEYS.iter().find(|(name, _)| rest.starts_with(name))?;
+        // The first letter (and for a few keys one more) picks the one candidate to compare.
+        let candidate = match (rest.first()?, rest.get(1), rest.get(5), rest.get(7)) {
+            (b'e', ..) => 0,
+            (b'r', Some(b'o'), ..) => 1,
+            (b'c', ..) => 2,
+            (b's', ..) => 3,
+            (b'g', Some(b'i'), Some(b'i'), _) => 4,
+            (b'g', Some(b'i'), ..) => 5,
+            (b'd', ..) => 6,
+            (b'r', Some(b'e'), _, Some(b'c')) => 7,
+            (b'r', Some(b'e'), _, Some(b'e')) => 8,
+            (b't', ..) => 9,
+            (b'r', Some(b'e'), ..) => 10,
+            (b'g', ..) => 11,
+            _ => return None,
+        };
+        let (name, key) = KEYS[candidate];
+        if !rest.starts_with(name) {
+            return None;
+        }
         self.i += name.len();
         Some(key)
     }
@@ -300,6 +319,19 @@ mod tests {
         assert_eq!(FlatScanner::new(minus_zero.as_bytes()).event().unwrap().ts, 0);
         for doubtful in [&br#"{"event_id":"a\"b"}"#[..], br#"{"ts":1.0}"#, br#"{"ts":01}"#, br#"{"a":1} x"#, b"{}"] {
             assert!(FlatScanner::new(doubtful).event().is_none());
+        }
+    }
+
+    #[test]
+    fn every_key_is_recognised_and_near_misses_are_not() {
+        for (name, _) in KEYS {
+            let quoted = [b"\"", name].concat();
+            let mut scanner = FlatScanner::new(&quoted);
+            assert!(scanner.key().is_some(), "{}", String::from_utf8_lossy(name));
+            assert_eq!(scanner.i, quoted.len());
+            let mut near = quoted.clone();
+            near.insert(near.len() - 1, b'x'); // "event_idx"
+            assert!(FlatScanner::new(&near).key().is_none());
         }
     }
 

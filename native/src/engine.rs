@@ -7,6 +7,7 @@
 use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
+use std::hash::{BuildHasher, BuildHasherDefault, Hash, Hasher};
 use std::sync::Arc;
 
 use crate::decode::Event;
@@ -108,17 +109,66 @@ pub struct Streak {
     pub dirty: bool, // changed since the last drain (listed in Dirty::streaks)
 }
 
+/// An event id with its hash, computed once. The dedupe set grows to millions of ids and re-hashes every
+/// entry each time it grows; with the hash stored, growing hashes no strings.
+#[derive(Clone)]
+pub struct SeenId {
+    hash: u64,
+    pub id: Arc<str>,
+}
+
+impl PartialEq for SeenId {
+    fn eq(&self, other: &Self) -> bool {
+        self.hash == other.hash && self.id == other.id
+    }
+}
+
+impl Eq for SeenId {}
+
+impl Hash for SeenId {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        state.write_u64(self.hash);
+    }
+}
+
+/// The hasher of the dedupe set: SeenId hands it a finished (seeded, well-mixed) hash.
+#[derive(Default)]
+pub struct StoredHash(u64);
+
+impl Hasher for StoredHash {
+    fn write(&mut self, _: &[u8]) {
+        unreachable!("SeenId writes its stored hash only");
+    }
+
+    fn write_u64(&mut self, v: u64) {
+        self.0 = v;
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+pub type SeenSet = std::collections::HashSet<SeenId, BuildHasherDefault<StoredHash>>;
+
 #[derive(Default)]
 pub struct State {
     pub watermark: Option<i64>,
     pub close_cursor: Option<i64>,
     pub creators: HashMap<String, Creator>,
     pub streaks: HashMap<String, Streak>,
-    pub seen: HashSet<Arc<str>>,
-    pub seen_buckets: HashMap<i64, Vec<Arc<str>>>,
+    pub seen: SeenSet,
+    pub seen_buckets: HashMap<i64, Vec<SeenId>>,
+    pub id_hasher: foldhash::fast::RandomState, // seeded per process: ids come from clients
     pub streak_buckets: HashMap<i64, Vec<String>>,
     pub payouts_seen: HashSet<String>,
     pub pane_creators: HashMap<i64, HashSet<String>>,
+}
+
+impl State {
+    pub fn seen_id(&self, id: &str) -> SeenId {
+        SeenId { hash: self.id_hasher.hash_one(id), id: Arc::from(id) }
+    }
 }
 
 /// Keys changed since the last changelog drain (stream.engine.Dirty). Creators, tallies and streaks carry a
@@ -313,7 +363,7 @@ impl Engine {
             }
         }
         let eid: &str = &ev.event_id;
-        let id: Arc<str> = Arc::from(eid);
+        let id = self.state.seen_id(eid);
         if !self.state.seen.insert(id.clone()) {
             self.stats.duplicates += 1;
             return;

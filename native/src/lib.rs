@@ -14,7 +14,6 @@ mod murmur2;
 mod record_batch;
 
 use std::borrow::Cow;
-use std::sync::Arc;
 
 // foldhash: fast on short string keys and seeded per process (ids come from clients: no fixed-seed hash).
 use foldhash::{HashMap, HashSet};
@@ -170,7 +169,7 @@ impl Core {
         }
         let seen_buckets = PyList::empty(py);
         for (bucket, ids) in &st.seen_buckets {
-            let ids: Vec<&str> = ids.iter().map(|s| s.as_ref()).collect();
+            let ids: Vec<&str> = ids.iter().map(|s| s.id.as_ref()).collect();
             seen_buckets.append((*bucket, ids))?;
         }
         let streak_buckets: Vec<(i64, Vec<String>)> = st.streak_buckets.iter().map(|(b, k)| (*b, k.clone())).collect();
@@ -198,7 +197,7 @@ impl Core {
                                             open, dirty: false });
         }
         for (bucket, ids) in seen_buckets {
-            let ids: Vec<Arc<str>> = ids.into_iter().map(Arc::from).collect();
+            let ids: Vec<_> = ids.iter().map(|id| st.seen_id(id)).collect();
             st.seen.extend(ids.iter().cloned());
             st.seen_buckets.insert(bucket, ids);
         }
@@ -332,7 +331,7 @@ impl Core {
                     let mut w = msgpack::Writer::new();
                     w.array(ids.len() - start);
                     for id in &ids[*start..] {
-                        w.str(id);
+                        w.str(&id.id);
                     }
                     put(format!("d:{bucket}:{start}").as_bytes(), Some(&w.0))?;
                     chunks.push((*bucket, *start));
