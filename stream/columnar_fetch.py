@@ -88,44 +88,56 @@ class _ColumnarPartitionRecords(_fetcher.PartitionRecords):
             yield from super()._unpack_records()
             return
         # The same steps as aiokafka 0.14's PartitionRecords._unpack_records, batch by batch; only the
-        # records of a batch come from the native reader.
+        # records of a batch come from the native reader. Records of consecutive batches are gathered into
+        # chunks of chunk_records (producers often send small batches; a chunk per batch would make
+        # getmany's max_records, which counts chunks, a tiny bound).
         tp = self._tp
         records = self._records
         parsed = _native.read_record_batches(records.raw)
         index = 0
         step = columns.chunk_records
+        offsets: list[int] = []
+        values: list[bytes | None] = []
+        stamps: list[int] = []
+        after = self.next_fetch_offset  # the fetch position once everything gathered is handed out
         while records.has_next():
             next_batch = records.next_batch()
             cols = parsed[index] if index < len(parsed) else None
             index += 1
             if self._check_crcs and not next_batch.validate_crc():
                 raise kafka_errors.CorruptRecordException(f"Invalid CRC - {tp}")
+            skip = next_batch.is_control_batch
             if self._isolation_level == _fetcher.READ_COMMITTED and next_batch.producer_id is not None:
                 self._consume_aborted_up_to(next_batch.base_offset)
                 if next_batch.is_control_batch and self._contains_abort_marker(next_batch):
                     self._aborted_producers.discard(next_batch.producer_id)
                 if next_batch.is_transactional and next_batch.producer_id in self._aborted_producers:
-                    self.next_fetch_offset = next_batch.next_offset
-                    continue
-            if next_batch.is_control_batch:
-                self.next_fetch_offset = next_batch.next_offset
-                continue
-            if cols is None:  # compressed or an older format: aiokafka reads the records
-                offsets, values, stamps = [], [], []
-                for record in next_batch:
-                    offsets.append(record.offset)
-                    values.append(record.value)
-                    stamps.append(record.timestamp)
-            else:
-                offsets, values, stamps = cols
-            # Records before the fetch position (a batch fetched again from its middle) are skipped.
-            first = bisect.bisect_left(offsets, self.next_fetch_offset)
-            for lo in range(first, len(offsets), step):
-                hi = min(lo + step, len(offsets))
-                chunk = RecordChunk(tp.topic, tp.partition, offsets[lo:hi], values[lo:hi], stamps[lo:hi])
-                self.next_fetch_offset = offsets[hi - 1] + 1
+                    skip = True
+            if not skip:
+                if cols is None:  # compressed or an older format: aiokafka reads the records
+                    batch_offsets, batch_values, batch_stamps = [], [], []
+                    for record in next_batch:
+                        batch_offsets.append(record.offset)
+                        batch_values.append(record.value)
+                        batch_stamps.append(record.timestamp)
+                else:
+                    batch_offsets, batch_values, batch_stamps = cols
+                # Records before the fetch position (a batch fetched again from its middle) are skipped.
+                first = bisect.bisect_left(batch_offsets, after)
+                offsets += batch_offsets[first:]
+                values += batch_values[first:]
+                stamps += batch_stamps[first:]
+            after = next_batch.next_offset
+            while len(offsets) >= step:
+                chunk = RecordChunk(tp.topic, tp.partition, offsets[:step], values[:step], stamps[:step])
+                del offsets[:step], values[:step], stamps[:step]
+                self.next_fetch_offset = offsets[0] if offsets else after
                 yield chunk
-            self.next_fetch_offset = next_batch.next_offset
+            if not offsets:
+                self.next_fetch_offset = after
+        if offsets:
+            self.next_fetch_offset = after
+            yield RecordChunk(tp.topic, tp.partition, offsets, values, stamps)
 
 
 _ORIGINAL_MEMORY_RECORDS = _fetcher.MemoryRecords

@@ -159,3 +159,24 @@ class _aborting:
 
     async def __aexit__(self, *exc):
         await self.producer.abort_transaction()
+
+
+def test_chunks_gather_records_across_small_batches_and_track_the_position():
+    from aiokafka.consumer import fetcher
+    from aiokafka.structs import TopicPartition
+
+    # 12 batches of 3 records each (offsets 6 to 41), fetched from offset 7: a fetch starts with the batch
+    # that holds the fetch offset
+    buf = b"".join(build_batch(3 * i, [(None, f"v{3 * i + j}".encode(), 100 + j, []) for j in range(3)])
+                   for i in range(2, 14))
+    assert columnar_fetch.install()
+    recs = fetcher.PartitionRecords(TopicPartition("t", 0), fetcher.MemoryRecords(buf), [], 7, None,
+                                    columnar_fetch.Columns(5), True, fetcher.READ_UNCOMMITTED)
+    sizes, seen = [], []
+    for chunk in recs:
+        sizes.append(len(chunk.offsets))
+        seen += chunk.offsets
+        assert recs.next_fetch_offset == chunk.offsets[-1] + 1  # where a consumer stopping here resumes
+    assert seen == list(range(7, 42))
+    assert sizes == [5, 5, 5, 5, 5, 5, 5]
+    assert recs.next_fetch_offset == 42
