@@ -99,6 +99,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         args.events = 2_000_000 if args.rate is None else math.ceil(args.rate * args.duration)
     traffic = traffic_config(args, args.rate)
     opts = RunOptions(rate=args.rate, duration=args.duration, out=Path(args.out), poll_interval=args.poll_interval,
+                      warmup=args.warmup,
                       drain_timeout=args.drain_timeout, verify=not args.no_verify, quiet=args.quiet,
                       partitions=args.partitions,
                       extra={"traffic": {k: v for k, v in asdict(traffic).items() if k != "regions"}})
@@ -112,6 +113,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(f"produced {r['produced']:,} at {r['produce_rate'] or 0:,.0f}/s; committed {r['committed']:,} "
           f"({(r['throughput'] or 0):,.0f}/s); max lag {r['max_lag']:,}; latency p50 {f(lat['p50'])} "
           f"p90 {f(lat['p90'])} p99 {f(lat['p99'])} max {f(lat['max'])}", file=sys.stderr)
+    steady = r.get("latency_after_warmup_s") or {}
+    print(f"steady state (after the first {args.warmup:g} s): latency p50 {f(steady.get('p50'))} "
+          f"p90 {f(steady.get('p90'))} p99 {f(steady.get('p99'))} max {f(steady.get('max'))}", file=sys.stderr)
     for ch in v.get("checks", []):
         print(f"  {'ok  ' if ch['passed'] else 'FAIL'} {ch['name']}: {ch['detail']}", file=sys.stderr)
     if not v.get("checks"):
@@ -165,6 +169,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--poll-interval", type=float, default=0.025,
                    help="committed-offset poll (s); the latency resolution (default 0.025)")
     p.add_argument("--drain-timeout", type=float, default=60.0, help="wait for the group to catch up (s)")
+    p.add_argument("--warmup", type=float, default=3.0,
+                   help="seconds of commit time left out of the steady-state latency (reported beside the whole)")
     p.add_argument("--no-verify", action="store_true", help="skip the ground-truth verification")
     p.add_argument("--quiet", action="store_true", help="no live progress line")
     _kafka_args(p)
