@@ -70,8 +70,10 @@ class NativePartitionEngine:
 
     # ---------------------------------------------------------------- batches
 
-    def process(self, raws: list[bytes], offsets: list[int] | None = None, out: Outputs | None = None) -> Outputs:
-        """Process one batch of raw records of this partition (in offset order)."""
+    def process(self, raws: list[bytes], offsets: list[int] | int | None = None,
+                out: Outputs | None = None) -> Outputs:
+        """Process one batch of raw records of this partition (in offset order). offsets: one per record,
+        or (an offline replay) the offset of the first of consecutive records."""
         out = out if out is not None else Outputs()
         self._core.process(raws if type(raws) is list else list(raws), offsets, out, self)
         return out
@@ -169,7 +171,7 @@ class NativePartitionEngine:
 Engine = PartitionEngine | NativePartitionEngine
 
 
-def process_routed(engines: list[NativePartitionEngine], raws: list[bytes], offsets: list[int] | None,
+def process_routed(engines: list[NativePartitionEngine], raws: list[bytes], offsets: list[int] | int | None,
                    out: Outputs) -> None:
     """One batch for all partitions' engines (offline replay): each record goes to its creator's partition
     like stream.replay.PartitionRouter, decoded once; outputs come partition by partition, as if each engine

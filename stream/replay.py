@@ -90,7 +90,7 @@ def replay(records: list[bytes], policy: Policy, partitions: int = DEFAULT_PARTI
             # Everything goes to partition 0 in file order: no routing. The line number stands in for
             # the offset.
             if raws:
-                engines[0].process(raws, list(range(lo, lo + len(raws))), out)
+                engines[0].process(raws, lo if not reference else list(range(lo, lo + len(raws))), out)
         elif reference:
             # The Python engine takes decoded events: decode once for routing and processing.
             decoded = model.decode_events(raws, policy.max_record_bytes)
@@ -99,7 +99,7 @@ def replay(records: list[bytes], policy: Policy, partitions: int = DEFAULT_PARTI
                     engines[p].process_decoded(list(map(decoded.__getitem__, idx)),
                                                list(map(raws.__getitem__, idx)), [lo + i for i in idx], out)
         else:
-            process_routed([engines[p] for p in range(partitions)], raws, list(range(lo, lo + len(raws))), out)
+            process_routed([engines[p] for p in range(partitions)], raws, lo, out)
         for e in engines.values():
             e.clear_changes()  # offline there is no changelog to flush the changed keys to
         if progress:

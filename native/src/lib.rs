@@ -81,7 +81,7 @@ impl Core {
 
     /// One batch of raw records of this partition, in offset order.
     #[pyo3(signature = (raws, offsets, out, hooks))]
-    fn process(&mut self, py: Python<'_>, raws: &Bound<'_, PyList>, offsets: Option<&Bound<'_, PyList>>,
+    fn process(&mut self, py: Python<'_>, raws: &Bound<'_, PyList>, offsets: Option<&Bound<'_, PyAny>>,
                out: &Bound<'_, PyAny>, hooks: &Bound<'_, PyAny>) -> PyResult<()> {
         let n = raws.len();
         for (i, item) in raws.iter().enumerate() {
@@ -348,7 +348,7 @@ impl Core {
 
 impl Core {
     /// Turn the collected outputs into Python records (in emission order) and add the counters to out.stats.
-    fn flush(&mut self, py: Python<'_>, raws: Option<&Bound<'_, PyList>>, offsets: Option<&Bound<'_, PyList>>,
+    fn flush(&mut self, py: Python<'_>, raws: Option<&Bound<'_, PyList>>, offsets: Option<&Bound<'_, PyAny>>,
              out: &Bound<'_, PyAny>, hooks: &Bound<'_, PyAny>, batch: bool) -> PyResult<()> {
         let outputs = std::mem::take(&mut self.engine.outputs);
         if !outputs.is_empty() {
@@ -371,9 +371,14 @@ impl Core {
                                 cfg.dedupe_horizon_ms)),
                         };
                         let raw = raws.expect("rejects come from a batch").get_item(index)?;
+                        // offsets: a list (one per record), or the offset of the first of consecutive records
                         let offset = match offsets {
-                            Some(o) if !o.is_empty() => Some(o.get_item(index)?),
-                            _ => None,
+                            Some(o) => match o.cast::<PyList>() {
+                                Ok(list) if list.is_empty() => None,
+                                Ok(list) => Some(list.get_item(index)?),
+                                Err(_) => Some((o.extract::<i64>()? + index as i64).into_pyobject(py)?.into_any()),
+                            },
+                            None => None,
                         };
                         hooks.call_method1("_reject", (reason, detail, raw, offset, out))?;
                     }
@@ -428,7 +433,7 @@ impl Core {
 /// engine processes its own share of the batch.
 #[pyfunction]
 fn process_routed(py: Python<'_>, cores: Vec<Bound<'_, Core>>, hooks: Vec<Bound<'_, PyAny>>, raws: &Bound<'_, PyList>,
-                  offsets: Option<&Bound<'_, PyList>>, out: &Bound<'_, PyAny>) -> PyResult<()> {
+                  offsets: Option<&Bound<'_, PyAny>>, out: &Bound<'_, PyAny>) -> PyResult<()> {
     if cores.is_empty() || cores.len() != hooks.len() {
         return Err(pyo3::exceptions::PyValueError::new_err("one hooks object per engine, at least one engine"));
     }
