@@ -44,6 +44,26 @@ struct Core {
 type RegionArg = (String, i128, Option<i128>);
 type WindowArg = (String, i64, i64);
 
+enum Decoded<'a> {
+    Event(Event<'a>),
+    Bad(Reject),
+}
+
+/// One record: the native decoder's event when it is certain, else the Python decoder's verdict (an event
+/// or a reject with msgspec's reason and wording).
+fn decode_record<'a>(bytes: &'a Bound<'_, PyBytes>, max_bytes: usize, hooks: &Bound<'_, PyAny>)
+                     -> PyResult<Decoded<'a>> {
+    if let Some(ev) = decode_fast(bytes.as_bytes(), max_bytes) {
+        return Ok(Decoded::Event(ev));
+    }
+    let decoded = hooks.call_method1("_decode_one", (bytes,))?;
+    if let Ok(t) = decoded.cast::<PyTuple>() {
+        let (reason, detail): (String, String) = t.extract()?;
+        return Ok(Decoded::Bad(Reject::Decode { reason, detail }));
+    }
+    Ok(Decoded::Event(owned_event(&decoded)?))
+}
+
 fn owned_event(obj: &Bound<'_, PyAny>) -> PyResult<Event<'static>> {
     let s = |name: &str| -> PyResult<Cow<'static, str>> { Ok(Cow::Owned(obj.getattr(name)?.extract::<String>()?)) };
     let i = |name: &str| -> PyResult<i64> { obj.getattr(name)?.extract::<i64>() };
@@ -86,18 +106,9 @@ impl Core {
         let n = raws.len();
         for (i, item) in raws.iter().enumerate() {
             let bytes = item.cast::<PyBytes>()?;
-            match decode_fast(bytes.as_bytes(), self.max_record_bytes) {
-                Some(ev) => self.engine.process_event(&ev, i),
-                None => {
-                    let decoded = hooks.call_method1("_decode_one", (bytes,))?;
-                    if let Ok(t) = decoded.cast::<PyTuple>() {
-                        let (reason, detail): (String, String) = t.extract()?;
-                        self.engine.outputs.push(Output::Reject { index: i, reject: Reject::Decode { reason, detail } });
-                    } else {
-                        let ev = owned_event(&decoded)?;
-                        self.engine.process_event(&ev, i);
-                    }
-                }
+            match decode_record(bytes, self.max_record_bytes, hooks)? {
+                Decoded::Event(ev) => self.engine.process_event(&ev, i),
+                Decoded::Bad(reject) => self.engine.outputs.push(Output::Reject { index: i, reject }),
             }
         }
         self.engine.stats.events_in += n as u64;
@@ -443,24 +454,15 @@ fn process_routed(py: Python<'_>, cores: Vec<Bound<'_, Core>>, hooks: Vec<Bound<
     let mut counts = vec![0u64; engines.len()];
     for (i, item) in raws.iter().enumerate() {
         let bytes = item.cast::<PyBytes>()?;
-        let p = match decode_fast(bytes.as_bytes(), max_bytes) {
-            Some(ev) => {
+        let p = match decode_record(bytes, max_bytes, &hooks[0])? {
+            Decoded::Event(ev) => {
                 let p = murmur2::partition_for(ev.creator_id.as_bytes(), n) as usize;
                 engines[p].engine.process_event(&ev, i);
                 p
             }
-            None => {
-                let decoded = hooks[0].call_method1("_decode_one", (bytes,))?;
-                if let Ok(t) = decoded.cast::<PyTuple>() {
-                    let (reason, detail): (String, String) = t.extract()?;
-                    engines[0].engine.outputs.push(Output::Reject { index: i, reject: Reject::Decode { reason, detail } });
-                    0
-                } else {
-                    let ev = owned_event(&decoded)?;
-                    let p = murmur2::partition_for(ev.creator_id.as_bytes(), n) as usize;
-                    engines[p].engine.process_event(&ev, i);
-                    p
-                }
+            Decoded::Bad(reject) => {
+                engines[0].engine.outputs.push(Output::Reject { index: i, reject });
+                0
             }
         };
         counts[p] += 1;
