@@ -24,6 +24,8 @@ demo: install
 
 lint: install
 	$(BIN)/ruff check .
+	@if cargo clippy --version >/dev/null 2>&1; then cd native && cargo clippy --quiet --release -- -D warnings; \
+	 else echo "lint: cargo clippy not installed, Rust lint skipped"; fi
 
 unit: install
 	$(BIN)/python -m pytest -q -m "not kafka"

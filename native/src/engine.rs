@@ -372,7 +372,7 @@ impl Engine {
         let ids = match self.state.seen_buckets.get_mut(&bucket) {
             Some(ids) => ids,
             None => {
-                if self.min_bucket.map_or(true, |m| bucket < m) {
+                if self.min_bucket.is_none_or(|m| bucket < m) {
                     self.min_bucket = Some(bucket);
                 }
                 self.state.seen_buckets.entry(bucket).or_default()
@@ -532,7 +532,7 @@ impl Engine {
                 Some(keys) => keys,
                 None => {
                     self.next_timer = self.next_timer.min(bucket + RETENTION_BUCKET_MS + self.cfg.dedupe_horizon_ms);
-                    if self.min_bucket.map_or(true, |m| bucket < m) {
+                    if self.min_bucket.is_none_or(|m| bucket < m) {
                         self.min_bucket = Some(bucket);
                     }
                     self.state.streak_buckets.entry(bucket).or_default()
@@ -772,7 +772,7 @@ impl Engine {
         c.balance -= milli;
         c.paid_out += milli;
         let threshold = self.cfg.regions.get(&c.region).expect("a creator's region is in the policy").threshold;
-        if c.above && threshold.map_or(true, |t| c.balance < t) {
+        if c.above && threshold.is_none_or(|t| c.balance < t) {
             c.above = false;
         }
         self.stats.payouts += 1;

@@ -191,10 +191,11 @@ impl Core {
             .into_pyobject(py)
     }
 
-    /// Replace the state with one given as export_state's plain values.
-    #[allow(clippy::type_complexity)]
+    /// Replace the state with one given as export_state's plain values (the layout Python's
+    /// NativePartitionEngine._load writes: one argument per part of PartitionState).
+    #[allow(clippy::too_many_arguments)]
     fn load_state(&mut self, watermark: Option<i64>, close_cursor: Option<i64>,
-                  creators: Vec<(String, CreatorTuple, Vec<(i64, i128, i64)>)>, streaks: Vec<(String, StreakTuple)>,
+                  creators: Vec<(String, CreatorTuple, PaneTallies)>, streaks: Vec<(String, StreakTuple)>,
                   seen_buckets: Vec<(i64, Vec<String>)>, streak_buckets: Vec<(i64, Vec<String>)>,
                   payouts: Vec<String>, pane_creators: Vec<(i64, Vec<String>)>) {
         let mut st = State { watermark, close_cursor, ..Default::default() };
@@ -221,7 +222,7 @@ impl Core {
     }
 
     /// One creator's (region, balance, credited, paid_out, crossings, above, {pane: [milli, credits]}) or None.
-    fn creator(&self, creator_id: &str) -> Option<(CreatorTuple, Vec<(i64, i128, i64)>)> {
+    fn creator(&self, creator_id: &str) -> Option<(CreatorTuple, PaneTallies)> {
         self.engine.state.creators.get(creator_id)
             .map(|c| (creator_tuple(c), c.panes.iter().map(|(p, t)| (*p, t.milli, t.credits)).collect()))
     }
@@ -243,6 +244,9 @@ impl Core {
 }
 
 type CreatorTuple = (String, i128, i128, i128, i64, bool);
+type PaneTallies = Vec<(i64, i128, i64)>; // (pane start, milli_diamonds, credits)
+/// Receives each changelog record: key, value (None for a tombstone).
+type RecordSink<'s> = &'s mut dyn FnMut(&[u8], Option<&[u8]>) -> PyResult<()>;
 type StreakTuple = (String, String, i64, i64, i64, i64, String, bool);
 
 fn creator_tuple(c: &Creator) -> CreatorTuple {
@@ -265,7 +269,7 @@ type ChunkList = Vec<(i64, usize)>;
 impl Core {
     /// The changed keys' changelog records, each handed to `put` (key, value or None for a tombstone);
     /// returns the new dedupe chunks and the expired buckets.
-    fn encode_changelog(&mut self, put: &mut dyn FnMut(&[u8], Option<&[u8]>) -> PyResult<()>)
+    fn encode_changelog(&mut self, put: RecordSink<'_>)
                         -> PyResult<(ChunkList, Vec<i64>)> {
         let changed = self.engine.take_changed();
         let st = &self.engine.state;
