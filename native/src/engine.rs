@@ -481,21 +481,10 @@ impl Engine {
             }
             return;
         }
+        // A closed streak: every open one was handled above (continued by the fast path, or closed and
+        // started again).
         let s = self.state.streaks.get_mut(key).expect("streak exists");
-        if s.open {
-            if count > s.count {
-                s.count = count;
-            }
-            if ev.ts >= s.last_ts {
-                s.last_ts = ev.ts;
-                s.last_event_id = ev.event_id.to_string();
-            }
-            let last_ts = s.last_ts;
-            if ev.repeat_end {
-                // credited at the streak's newest event time, even if the end came early
-                self.close_streak(key, last_ts, &ev.event_id);
-            }
-        } else if count > s.credited {
+        if count > s.credited {
             // A straggler with a higher count after a timeout (or the real end arriving late): credit the rest.
             s.count = count;
             s.last_ts = s.last_ts.max(ev.ts);

@@ -263,7 +263,6 @@ fn empty_settings() -> Settings {
                dedupe_horizon_ms: 0, max_future_ms: 0 }
 }
 
-
 type ChunkList = Vec<(i64, usize)>;
 
 impl Core {
@@ -359,9 +358,7 @@ impl Core {
         let expired: Vec<i64> = changed.expired_buckets.iter().copied().collect();
         Ok((chunks, expired))
     }
-}
 
-impl Core {
     /// Turn the collected outputs into Python records (in emission order) and add the counters to out.stats.
     fn flush(&mut self, py: Python<'_>, raws: Option<&Bound<'_, PyList>>, offsets: Option<&Bound<'_, PyAny>>,
              out: &Bound<'_, PyAny>, hooks: &Bound<'_, PyAny>, batch: bool) -> PyResult<()> {

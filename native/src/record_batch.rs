@@ -11,8 +11,7 @@ pub struct Columns<'a> {
 }
 
 const LOG_OVERHEAD: usize = 12; // base offset (8) + batch length (4)
-const MIN_SLICE: usize = LOG_OVERHEAD + 14; // aiokafka's MemoryRecords.MIN_SLICE
-const RECORDS_START: usize = 61; // the v2 batch header
+const RECORDS_START: usize = 61; // the v2 batch header (aiokafka rejects anything under 26 bytes as corrupt)
 
 /// Every complete batch in `buf`, in order (a partial batch at the end is left out, like aiokafka does).
 pub fn split_batches(buf: &[u8]) -> Vec<&[u8]> {
@@ -70,7 +69,7 @@ impl<'a> Reader<'a> {
 
 /// The records of one v2 batch with no compression; None for anything else.
 pub fn read_batch(batch: &[u8]) -> Option<Columns<'_>> {
-    if batch.len() < MIN_SLICE.max(RECORDS_START) || batch[16] != 2 {
+    if batch.len() < RECORDS_START || batch[16] != 2 {
         return None;
     }
     let be64 = |at: usize| i64::from_be_bytes(batch[at..at + 8].try_into().expect("8 bytes"));
