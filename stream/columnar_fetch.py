@@ -54,11 +54,6 @@ class RecordChunk:
     values: list[bytes | None]
     timestamps: list[int]
 
-    @property
-    def offset(self) -> int:
-        """The last record's offset (what a commit after this chunk starts from, minus one)."""
-        return self.offsets[-1]
-
 
 class _RawMemoryRecords:
     """aiokafka's MemoryRecords plus the raw bytes it reads (the fetcher builds one per partition fetch)."""

@@ -104,7 +104,39 @@ def payout_notice(policy: Policy, creator_id: str, region: str, crossing_seq: in
     )
 
 
-class PartitionEngine:
+class EngineEdges:
+    """What both engines do the same way, in Python: dead letters, and the payout loop around each engine's
+    own `_apply_payout`."""
+
+    policy: Policy
+    partition: int
+    source_topic: str
+
+    def _reject(self, reason: str, detail: str, raw: bytes, offset: int | None, out: Outputs,
+                source_topic: str | None = None) -> None:
+        out.stats[f"rejected.{reason}"] += 1
+        out.dead_letters.append(dead_letter(self.policy, self.partition, source_topic or self.source_topic,
+                                            reason, detail, raw, offset))
+
+    def apply_payouts(self, payouts: list[Payout | tuple[str, str]], raws: list[bytes],
+                      offsets: list[int] | None, out: Outputs, source_topic: str = "payouts") -> None:
+        """Payouts made by the payment system: idempotent by payout_id; re-arm the threshold."""
+        for i, p in enumerate(payouts):
+            offset = offsets[i] if offsets else None
+            if type(p) is tuple:
+                self._reject(p[0], p[1], raws[i], offset, out, source_topic)
+                continue
+            balance = self._apply_payout(p, out)
+            if balance is not None:
+                self._reject(model.INVALID_VALUE, f"payout {p.payout_id} of {p.milli_diamonds} exceeds the "
+                             f"balance {balance}", raws[i], offset, out, source_topic)
+
+    def _apply_payout(self, p: Payout, out: Outputs) -> int | None:
+        """Apply one payout (a repeated one only counts); the balance it exceeds when it cannot apply."""
+        raise NotImplementedError
+
+
+class PartitionEngine(EngineEdges):
     """Processes the event sequence of one input partition. This is the reference engine, in Python; the
     compiled one (stream.engine_native) makes the same decisions and the tests hold it to this one."""
 
@@ -307,12 +339,6 @@ class PartitionEngine:
         cut = ts - self._grace
         st.close_cursor = cut - cut % self._pane
         self._next_timer = self._compute_next_timer()
-
-    def _reject(self, reason: str, detail: str, raw: bytes, offset: int | None, out: Outputs,
-                source_topic: str | None = None) -> None:
-        out.stats[f"rejected.{reason}"] += 1
-        out.dead_letters.append(dead_letter(self.policy, self.partition, source_topic or self.source_topic,
-                                            reason, detail, raw, offset))
 
     # ---------------------------------------------------------------- streaks
 
@@ -517,32 +543,24 @@ class PartitionEngine:
 
     # ---------------------------------------------------------------- payouts
 
-    def apply_payouts(self, payouts: list[Payout | tuple[str, str]], raws: list[bytes],
-                      offsets: list[int] | None, out: Outputs, source_topic: str = "payouts") -> None:
-        """Payouts made by the payment system: idempotent by payout_id; re-arm the threshold."""
+    def _apply_payout(self, p: Payout, out: Outputs) -> int | None:
         st = self.state
-        for i, p in enumerate(payouts):
-            offset = offsets[i] if offsets else None
-            if type(p) is tuple:
-                self._reject(p[0], p[1], raws[i], offset, out, source_topic)
-                continue
-            if p.payout_id in st.payouts_seen:
-                out.stats["payout_duplicates"] += 1
-                continue
-            c = st.creators.get(p.creator_id)
-            if c is None or p.milli_diamonds > c.balance:
-                self._reject(model.INVALID_VALUE, f"payout {p.payout_id} of {p.milli_diamonds} exceeds the "
-                             f"balance {c.balance if c else 0}", raws[i], offset, out, source_topic)
-                continue
-            st.payouts_seen.add(p.payout_id)
-            self.dirty.payouts.append(p.payout_id)
-            self.dirty.creators.add(p.creator_id)
-            c.balance -= p.milli_diamonds
-            c.paid_out += p.milli_diamonds
-            threshold = self._thresholds[c.region]
-            if c.above and (threshold is None or c.balance < threshold):
-                c.above = False
-            out.stats["payouts"] += 1
+        if p.payout_id in st.payouts_seen:
+            out.stats["payout_duplicates"] += 1
+            return None
+        c = st.creators.get(p.creator_id)
+        if c is None or p.milli_diamonds > c.balance:
+            return c.balance if c else 0
+        st.payouts_seen.add(p.payout_id)
+        self.dirty.payouts.append(p.payout_id)
+        self.dirty.creators.add(p.creator_id)
+        c.balance -= p.milli_diamonds
+        c.paid_out += p.milli_diamonds
+        threshold = self._thresholds[c.region]
+        if c.above and (threshold is None or c.balance < threshold):
+            c.above = False
+        out.stats["payouts"] += 1
+        return None
 
 
     # ---------------------------------------------------------------- the interface both engines share

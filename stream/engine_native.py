@@ -14,14 +14,14 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Literal
 
 from stream import model
+from stream.config import ENGINES
 from stream.engine import (
+    EngineEdges,
     Outputs,
     PartitionEngine,
     StateSizes,
-    dead_letter,
     payout_notice,
 )
 from stream.model import LateGift, MissedWindow, Payout, WindowTotal
@@ -35,15 +35,13 @@ except ImportError:  # not built (no Rust toolchain at install time)
 
 log = logging.getLogger(__name__)
 
-EngineKind = Literal["native", "python", "auto"]
-ENGINE_KINDS = ("native", "python", "auto")
 
 
 def native_available() -> bool:
     return _native is not None
 
 
-class NativePartitionEngine:
+class NativePartitionEngine(EngineEdges):
     """Processes the event sequence of one input partition, in the compiled core."""
 
     kind = "native"
@@ -51,7 +49,7 @@ class NativePartitionEngine:
     def __init__(self, policy: Policy, partition: int = 0, state: PartitionState | None = None,
                  source_topic: str = "gifts", track_changes: bool = True) -> None:
         """track_changes=False: nothing is marked for the changelog (an offline replay has none); then
-        take_changes always comes back empty."""
+        take_changelog always comes back empty."""
         if _native is None:
             raise RuntimeError("the native engine is not built: run `make install` (needs Rust) or use "
                                "engine = \"python\"")
@@ -78,18 +76,9 @@ class NativePartitionEngine:
         self._core.process(raws if type(raws) is list else list(raws), offsets, out, self)
         return out
 
-    def apply_payouts(self, payouts: list[Payout | tuple[str, str]], raws: list[bytes],
-                      offsets: list[int] | None, out: Outputs, source_topic: str = "payouts") -> None:
-        """Payouts made by the payment system: idempotent by payout_id; re-arm the threshold."""
-        for i, p in enumerate(payouts):
-            offset = offsets[i] if offsets else None
-            if type(p) is tuple:
-                self._reject(p[0], p[1], raws[i], offset, out, source_topic)
-                continue
-            result = self._core.apply_payout(p.payout_id, p.creator_id, p.milli_diamonds, out, self)
-            if type(result) is int:
-                self._reject(model.INVALID_VALUE, f"payout {p.payout_id} of {p.milli_diamonds} exceeds the "
-                             f"balance {result}", raws[i], offset, out, source_topic)
+    def _apply_payout(self, p: Payout, out: Outputs) -> int | None:
+        result = self._core.apply_payout(p.payout_id, p.creator_id, p.milli_diamonds, out, self)
+        return result if type(result) is int else None  # "applied" / "duplicate" otherwise
 
     def end_of_stream(self, out: Outputs) -> None:
         self._core.end_of_stream(out, self)
@@ -98,12 +87,6 @@ class NativePartitionEngine:
 
     def _decode_one(self, raw: bytes) -> model.GiftEvent | tuple[str, str]:
         return model.decode_events([raw], self._max_bytes)[0]
-
-    def _reject(self, reason: str, detail: str, raw: bytes, offset: int | None, out: Outputs,
-                source_topic: str | None = None) -> None:
-        out.stats[f"rejected.{reason}"] += 1
-        out.dead_letters.append(dead_letter(self.policy, self.partition, source_topic or self.source_topic,
-                                            reason, detail, raw, offset))
 
     def _emit_notice(self, out: Outputs, creator_id: str, region: str, crossing_seq: int, balance: int,
                      event_id: str, ts: int) -> None:
@@ -183,8 +166,8 @@ def resolve_kind(kind: str | None = None) -> str:
     """The engine a kind names: "auto" (and None, and GIFTSTREAM_ENGINE when kind is None) picks native when
     it is built."""
     kind = kind or os.environ.get("GIFTSTREAM_ENGINE") or "auto"
-    if kind not in ENGINE_KINDS:
-        raise ValueError(f"engine must be one of {', '.join(ENGINE_KINDS)}, not {kind!r}")
+    if kind not in ENGINES:
+        raise ValueError(f"engine must be one of {', '.join(ENGINES)}, not {kind!r}")
     if kind == "auto":
         if _native is None:
             log.warning("native engine not built; using the Python engine (about 5x slower)")

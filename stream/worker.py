@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 
 PRODUCER_BATCH_BYTES = 1 << 20  # the producers' max_batch_size
 CHANGELOG_BATCH_BYTES = PRODUCER_BATCH_BYTES  # native changelog record batches, the same size
+NATIVE_CHANGELOG = RecordBatchBuilder is not None  # changelog as native record batches, else as records
 
 
 class GcPacer:
@@ -283,7 +284,7 @@ class Worker:
                     task.engine.process(raws, gift_offsets, out)
                     offsets[TopicPartition(t.gifts, p)] = OffsetAndMetadata(gift_offsets[-1] + 1, "")
                     count += len(raws)
-                if RecordBatchBuilder is not None:
+                if NATIVE_CHANGELOG:
                     changelog = task.writer.drain_batches(task.engine, CHANGELOG_BATCH_BYTES,
                                                           self.cfg.exactly_once)
                 else:
@@ -361,7 +362,7 @@ class Worker:
             # Dead letters stay on the partition number they came from, so they keep their order.
             dlq_parts = await self._partition_count(prod, t.dlq)
             await self._send_batches(prod, t.dlq, p % dlq_parts, [(None, encode(d)) for d in out.dead_letters])
-        if changelog and not isinstance(changelog[0], tuple):  # native record batches (drain_batches)
+        if NATIVE_CHANGELOG:  # record batches from drain_batches
             for batch in changelog:
                 await prod.send_batch(batch, t.changelog, partition=p)
         else:
