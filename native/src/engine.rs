@@ -7,10 +7,9 @@
 use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
-use std::hash::{BuildHasher, BuildHasherDefault, Hash, Hasher};
-use std::sync::Arc;
 
 use crate::decode::Event;
+use crate::ids::{Id, StreakKey};
 
 pub const RETENTION_BUCKET_MS: i64 = 60_000;
 pub const STREAKABLE: i64 = 1;
@@ -109,66 +108,18 @@ pub struct Streak {
     pub dirty: bool, // changed since the last drain (listed in Dirty::streaks)
 }
 
-/// An event id with its hash, computed once. The dedupe set grows to millions of ids and re-hashes every
-/// entry each time it grows; with the hash stored, growing hashes no strings.
-#[derive(Clone)]
-pub struct SeenId {
-    hash: u64,
-    pub id: Arc<str>,
-}
-
-impl PartialEq for SeenId {
-    fn eq(&self, other: &Self) -> bool {
-        self.hash == other.hash && self.id == other.id
-    }
-}
-
-impl Eq for SeenId {}
-
-impl Hash for SeenId {
-    fn hash<H: Hasher>(&self, state: &mut H) {
-        state.write_u64(self.hash);
-    }
-}
-
-/// The hasher of the dedupe set: SeenId hands it a finished (seeded, well-mixed) hash.
-#[derive(Default)]
-pub struct StoredHash(u64);
-
-impl Hasher for StoredHash {
-    fn write(&mut self, _: &[u8]) {
-        unreachable!("SeenId writes its stored hash only");
-    }
-
-    fn write_u64(&mut self, v: u64) {
-        self.0 = v;
-    }
-
-    fn finish(&self) -> u64 {
-        self.0
-    }
-}
-
-pub type SeenSet = std::collections::HashSet<SeenId, BuildHasherDefault<StoredHash>>;
 
 #[derive(Default)]
 pub struct State {
     pub watermark: Option<i64>,
     pub close_cursor: Option<i64>,
     pub creators: HashMap<String, Creator>,
-    pub streaks: HashMap<String, Streak>,
-    pub seen: SeenSet,
-    pub seen_buckets: HashMap<i64, Vec<SeenId>>,
-    pub id_hasher: foldhash::fast::RandomState, // seeded per process: ids come from clients
-    pub streak_buckets: HashMap<i64, Vec<String>>,
+    pub streaks: HashMap<StreakKey, Streak>,
+    pub seen: HashSet<Id>,
+    pub seen_buckets: HashMap<i64, Vec<Id>>,
+    pub streak_buckets: HashMap<i64, Vec<StreakKey>>,
     pub payouts_seen: HashSet<String>,
     pub pane_creators: HashMap<i64, HashSet<String>>,
-}
-
-impl State {
-    pub fn seen_id(&self, id: &str) -> SeenId {
-        SeenId { hash: self.id_hasher.hash_one(id), id: Arc::from(id) }
-    }
 }
 
 /// Keys changed since the last changelog drain (stream.engine.Dirty). Creators, tallies and streaks carry a
@@ -177,7 +128,7 @@ impl State {
 pub struct Dirty {
     pub creators: Vec<String>,            // each creator once (its flag was clear when listed)
     pub removed_panes: Vec<(String, i64)>, // tallies dropped when their last window closed
-    pub streaks: Vec<String>,             // changed or deleted streaks (a key may repeat)
+    pub streaks: Vec<StreakKey>,          // changed or deleted streaks (a key may repeat)
     pub seen_buckets: HashMap<i64, usize>, // bucket -> its length before this batch
     pub expired_buckets: HashSet<i64>,
     pub payouts: Vec<String>,
@@ -187,7 +138,7 @@ pub struct Dirty {
 pub struct Changed {
     pub creators: Vec<String>,
     pub panes: Vec<(String, i64)>,
-    pub streaks: Vec<String>,
+    pub streaks: Vec<StreakKey>,
     pub seen_buckets: HashMap<i64, usize>,
     pub expired_buckets: HashSet<i64>,
     pub payouts: Vec<String>,
@@ -248,10 +199,9 @@ pub struct Engine {
     pub dirty: Dirty,
     pub stats: Stats,
     pub outputs: Vec<Output>,
-    heap: BinaryHeap<Reverse<(i64, String)>>, // streak deadlines (stale entries are skipped when popped)
+    heap: BinaryHeap<Reverse<(i64, StreakKey)>>, // streak deadlines (stale entries are skipped when popped)
     min_bucket: Option<i64>,
     next_timer: i64,
-    key_buf: String,
     /// Off for an offline replay, which has no changelog: then nothing is marked changed (set at creation).
     pub track_changes: bool,
 }
@@ -260,13 +210,13 @@ impl Engine {
     pub fn new(cfg: Settings, state: State, track_changes: bool) -> Self {
         let mut e = Engine { cfg, state, dirty: Dirty::default(), stats: Stats::default(), outputs: Vec::new(),
                              heap: BinaryHeap::new(), min_bucket: None, next_timer: -1,
-                             key_buf: String::new(), track_changes };
+                             track_changes };
         e.rebuild_timers();
         e
     }
 
     /// Note a streak key as changed (or deleted, when it is gone).
-    fn mark_streak(&mut self, key: &str) {
+    fn mark_streak(&mut self, key: &StreakKey) {
         if !self.track_changes {
             return;
         }
@@ -274,9 +224,9 @@ impl Engine {
             Some(s) if s.dirty => {}
             Some(s) => {
                 s.dirty = true;
-                self.dirty.streaks.push(key.to_owned());
+                self.dirty.streaks.push(key.clone());
             }
-            None => self.dirty.streaks.push(key.to_owned()),
+            None => self.dirty.streaks.push(key.clone()),
         }
     }
 
@@ -303,9 +253,9 @@ impl Engine {
             }
         }
         let mut streaks = Vec::with_capacity(dirty.streaks.len());
-        let mut listed: HashSet<&str> = HashSet::with_capacity(dirty.streaks.len());
+        let mut listed: HashSet<&StreakKey> = HashSet::with_capacity(dirty.streaks.len());
         for key in &dirty.streaks {
-            if listed.insert(key.as_str()) {
+            if listed.insert(key) {
                 if let Some(s) = self.state.streaks.get_mut(key) {
                     s.dirty = false;
                 }
@@ -363,7 +313,7 @@ impl Engine {
             }
         }
         let eid: &str = &ev.event_id;
-        let id = self.state.seen_id(eid);
+        let id = Id::new(eid);
         if !self.state.seen.insert(id.clone()) {
             self.stats.duplicates += 1;
             return;
@@ -411,22 +361,11 @@ impl Engine {
     // ------------------------------------------------------------------------------------ streaks
 
     fn streak_event(&mut self, ev: &Event) {
-        // The key (room, sender, gift, group) is built in a reused buffer: most events find their streak,
-        // so only a new streak allocates its key.
-        let mut key = std::mem::take(&mut self.key_buf);
-        key.clear();
-        key.push_str(&ev.room_id);
-        key.push('\x1f');
-        key.push_str(&ev.sender_id);
-        key.push('\x1f');
-        key.push_str(itoa::Buffer::new().format(ev.gift_id));
-        key.push('\x1f');
-        key.push_str(&ev.group_id);
+        let key = StreakKey::new(&ev.room_id, &ev.sender_id, ev.gift_id, &ev.group_id);
         self.streak_key_event(ev, &key);
-        self.key_buf = key;
     }
 
-    fn streak_key_event(&mut self, ev: &Event, key: &str) {
+    fn streak_key_event(&mut self, ev: &Event, key: &StreakKey) {
         let count = ev.repeat_count;
         // The common case first, with one lookup: a further event (or the end) of an open streak. The same
         // steps as below.
@@ -434,7 +373,7 @@ impl Engine {
             if s.open && (!ev.group_id.is_empty() || count >= s.count) {
                 if self.track_changes && !s.dirty {
                     s.dirty = true;
-                    self.dirty.streaks.push(key.to_owned());
+                    self.dirty.streaks.push(key.clone());
                 }
                 if count > s.count {
                     s.count = count;
@@ -465,16 +404,16 @@ impl Engine {
             let s = Streak { creator_id: ev.creator_id.to_string(), region: ev.region.to_string(),
                              diamond_count: ev.diamond_count, count, credited: 0, last_ts: ev.ts,
                              last_event_id: ev.event_id.to_string(), open: true, dirty: self.track_changes };
-            self.state.streaks.insert(key.to_owned(), s);
+            self.state.streaks.insert(key.clone(), s);
             self.stats.streaks += 1;
             if self.track_changes {
-                self.dirty.streaks.push(key.to_owned());
+                self.dirty.streaks.push(key.clone());
             }
             if ev.repeat_end {
                 self.close_streak(key, ev.ts, &ev.event_id);
             } else {
                 let deadline = ev.ts + self.cfg.streak_timeout_ms;
-                self.heap.push(Reverse((deadline, key.to_owned())));
+                self.heap.push(Reverse((deadline, key.clone())));
                 if deadline < self.next_timer {
                     self.next_timer = deadline;
                 }
@@ -495,14 +434,14 @@ impl Engine {
         self.mark_streak(key);
     }
 
-    fn close_streak(&mut self, key: &str, ts: i64, event_id: &str) {
+    fn close_streak(&mut self, key: &StreakKey, ts: i64, event_id: &str) {
         let s = self.state.streaks.get_mut(key).expect("closing a known streak");
         let delta = s.count - s.credited;
         s.credited = s.count;
         s.open = false;
         if self.track_changes && !s.dirty {
             s.dirty = true;
-            self.dirty.streaks.push(key.to_owned());
+            self.dirty.streaks.push(key.clone());
         }
         let last_ts = s.last_ts;
         if delta != 0 {
@@ -512,7 +451,7 @@ impl Engine {
             let (creator_id, region) = (s.creator_id.clone(), s.region.clone());
             self.credit(&creator_id, &region, milli, ts, event_id);
         }
-        if key.ends_with('\x1f') {
+        if !key.has_group() {
             // no group id: nothing can tell a straggler from a new streak
             self.state.streaks.remove(key);
         } else {
@@ -527,7 +466,7 @@ impl Engine {
                     self.state.streak_buckets.entry(bucket).or_default()
                 }
             };
-            keys.push(key.to_owned());
+            keys.push(key.clone());
         }
     }
 

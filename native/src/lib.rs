@@ -9,11 +9,14 @@ mod batch_builder;
 use batch_builder::RecordBatchBuilder;
 mod decode;
 mod engine;
+mod ids;
 mod msgpack;
 mod murmur2;
 mod record_batch;
 
 use std::borrow::Cow;
+use std::fmt::Write as _;
+use std::io::Write as _;
 
 // foldhash: fast on short string keys and seeded per process (ids come from clients: no fixed-seed hash).
 use foldhash::{HashMap, HashSet};
@@ -21,6 +24,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList, PyTuple};
 
 use decode::{decode_fast, Event};
+use ids::{Id, StreakKey};
 
 // Most of the engine's allocations are small strings (ids, keys) that live briefly or long; mimalloc
 // handles that mix much better than glibc's allocator.
@@ -176,14 +180,15 @@ impl Core {
         }
         let streaks = PyList::empty(py);
         for (key, s) in &st.streaks {
-            streaks.append((key, streak_tuple(s)))?;
+            streaks.append((key.to_string(), streak_tuple(s)))?;
         }
         let seen_buckets = PyList::empty(py);
         for (bucket, ids) in &st.seen_buckets {
-            let ids: Vec<&str> = ids.iter().map(|s| s.id.as_ref()).collect();
+            let ids: Vec<String> = ids.iter().map(|id| id.to_string()).collect();
             seen_buckets.append((*bucket, ids))?;
         }
-        let streak_buckets: Vec<(i64, Vec<String>)> = st.streak_buckets.iter().map(|(b, k)| (*b, k.clone())).collect();
+        let streak_buckets: Vec<(i64, Vec<String>)> = st.streak_buckets.iter()
+            .map(|(b, keys)| (*b, keys.iter().map(|k| k.to_string()).collect())).collect();
         let payouts: Vec<&String> = st.payouts_seen.iter().collect();
         let pane_creators: Vec<(i64, Vec<&String>)> =
             st.pane_creators.iter().map(|(p, h)| (*p, h.iter().collect())).collect();
@@ -205,15 +210,16 @@ impl Core {
                                               dirty: false, changed_panes: Vec::new() });
         }
         for (key, (creator_id, region, diamond_count, count, credited, last_ts, last_event_id, open)) in streaks {
-            st.streaks.insert(key, Streak { creator_id, region, diamond_count, count, credited, last_ts, last_event_id,
+            st.streaks.insert(StreakKey::parse(&key), Streak { creator_id, region, diamond_count, count, credited, last_ts, last_event_id,
                                             open, dirty: false });
         }
         for (bucket, ids) in seen_buckets {
-            let ids: Vec<_> = ids.iter().map(|id| st.seen_id(id)).collect();
+            let ids: Vec<Id> = ids.iter().map(|id| Id::new(id)).collect();
             st.seen.extend(ids.iter().cloned());
             st.seen_buckets.insert(bucket, ids);
         }
-        st.streak_buckets = streak_buckets.into_iter().collect();
+        st.streak_buckets = streak_buckets.into_iter()
+            .map(|(b, keys)| (b, keys.iter().map(|k| StreakKey::parse(k)).collect())).collect();
         st.payouts_seen = payouts.into_iter().collect();
         st.pane_creators = pane_creators.into_iter().map(|(p, h)| (p, h.into_iter().collect::<HashSet<_>>()))
             .collect::<HashMap<_, _>>();
@@ -314,7 +320,7 @@ impl Core {
         for k in &changed.streaks {
             key.clear();
             key.extend_from_slice(b"s:");
-            key.extend_from_slice(k.as_bytes());
+            write!(key, "{k}").expect("writing to a Vec");
             match st.streaks.get(k) {
                 Some(s) => {
                     // A msgspec Struct: a map of its fields in declaration order (stream.state.Streak).
@@ -344,8 +350,11 @@ impl Core {
                 if ids.len() > *start {
                     let mut w = msgpack::Writer::new();
                     w.array(ids.len() - start);
+                    let mut text = String::new();
                     for id in &ids[*start..] {
-                        w.str(&id.id);
+                        text.clear();
+                        write!(text, "{id}").expect("writing to a String");
+                        w.str(&text);
                     }
                     put(format!("d:{bucket}:{start}").as_bytes(), Some(&w.0))?;
                     chunks.push((*bucket, *start));
