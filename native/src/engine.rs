@@ -7,6 +7,7 @@
 use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
+use std::sync::Arc;
 
 use crate::decode::Event;
 use crate::ids::{Id, StreakKey};
@@ -95,15 +96,17 @@ impl Creator {
     }
 }
 
+/// A streak (stream.state.Streak). Kept for the dedupe horizon after it closes, so there are many: the ids
+/// are compact and the region is shared, and a streak allocates nothing besides its table slot.
 #[derive(Clone, Debug)]
 pub struct Streak {
-    pub creator_id: String,
-    pub region: String,
+    pub creator_id: Id,
+    pub region: Arc<str>, // from State::region_name
     pub diamond_count: i64,
     pub count: i64,
     pub credited: i64,
     pub last_ts: i64,
-    pub last_event_id: String,
+    pub last_event_id: Id,
     pub open: bool,
     pub dirty: bool, // changed since the last drain (listed in Dirty::streaks)
 }
@@ -120,6 +123,19 @@ pub struct State {
     pub streak_buckets: HashMap<i64, Vec<StreakKey>>,
     pub payouts_seen: HashSet<String>,
     pub pane_creators: HashMap<i64, HashSet<String>>,
+    pub region_names: Vec<Arc<str>>, // each region a streak names, once
+}
+
+impl State {
+    /// The shared copy of a region's name (a handful of regions, so a scan).
+    pub fn region_name(&mut self, name: &str) -> Arc<str> {
+        if let Some(r) = self.region_names.iter().find(|r| r.as_ref() == name) {
+            return r.clone();
+        }
+        let r: Arc<str> = Arc::from(name);
+        self.region_names.push(r.clone());
+        r
+    }
 }
 
 /// Keys changed since the last changelog drain (stream.engine.Dirty). Creators, tallies and streaks carry a
@@ -312,9 +328,8 @@ impl Engine {
                 return;
             }
         }
-        let eid: &str = &ev.event_id;
-        let id = Id::new(eid);
-        if !self.state.seen.insert(id.clone()) {
+        let event_id = Id::new(&ev.event_id);
+        if !self.state.seen.insert(event_id.clone()) {
             self.stats.duplicates += 1;
             return;
         }
@@ -329,7 +344,7 @@ impl Engine {
             }
         };
         let len = ids.len();
-        ids.push(id);
+        ids.push(event_id.clone());
         if self.track_changes {
             self.dirty.seen_buckets.entry(bucket).or_insert(len);
         }
@@ -345,9 +360,9 @@ impl Engine {
         }
         if ev.gift_type != STREAKABLE {
             let milli = ev.diamond_count as i128 * ev.repeat_count as i128 * rate;
-            self.credit(&ev.creator_id, &ev.region, milli, ts, eid);
+            self.credit(&ev.creator_id, &ev.region, milli, ts, &event_id);
         } else {
-            self.streak_event(ev);
+            self.streak_event(ev, event_id);
         }
     }
 
@@ -360,12 +375,12 @@ impl Engine {
 
     // ------------------------------------------------------------------------------------ streaks
 
-    fn streak_event(&mut self, ev: &Event) {
+    fn streak_event(&mut self, ev: &Event, event_id: Id) {
         let key = StreakKey::new(&ev.room_id, &ev.sender_id, ev.gift_id, &ev.group_id);
-        self.streak_key_event(ev, &key);
+        self.streak_key_event(ev, event_id, &key);
     }
 
-    fn streak_key_event(&mut self, ev: &Event, key: &StreakKey) {
+    fn streak_key_event(&mut self, ev: &Event, event_id: Id, key: &StreakKey) {
         let count = ev.repeat_count;
         // The common case first, with one lookup: a further event (or the end) of an open streak. The same
         // steps as below.
@@ -380,12 +395,11 @@ impl Engine {
                 }
                 if ev.ts >= s.last_ts {
                     s.last_ts = ev.ts;
-                    s.last_event_id.clear();
-                    s.last_event_id.push_str(&ev.event_id);
+                    s.last_event_id = event_id.clone();
                 }
                 if ev.repeat_end {
                     let last_ts = s.last_ts;
-                    self.close_streak(key, last_ts, &ev.event_id);
+                    self.close_streak(key, last_ts, &event_id);
                 }
                 return;
             }
@@ -395,22 +409,22 @@ impl Engine {
             exists = true;
             if s.open && ev.group_id.is_empty() && count < s.count {
                 // Without a group id a lower cumulative count can only mean a new streak began.
-                let (ts, eid) = (s.last_ts, s.last_event_id.clone());
-                self.close_streak(key, ts, &eid);
+                let (ts, last_event_id) = (s.last_ts, s.last_event_id.clone());
+                self.close_streak(key, ts, &last_event_id);
                 exists = false;
             }
         }
         if !exists {
-            let s = Streak { creator_id: ev.creator_id.to_string(), region: ev.region.to_string(),
+            let s = Streak { creator_id: Id::new(&ev.creator_id), region: self.state.region_name(&ev.region),
                              diamond_count: ev.diamond_count, count, credited: 0, last_ts: ev.ts,
-                             last_event_id: ev.event_id.to_string(), open: true, dirty: self.track_changes };
+                             last_event_id: event_id.clone(), open: true, dirty: self.track_changes };
             self.state.streaks.insert(key.clone(), s);
             self.stats.streaks += 1;
             if self.track_changes {
                 self.dirty.streaks.push(key.clone());
             }
             if ev.repeat_end {
-                self.close_streak(key, ev.ts, &ev.event_id);
+                self.close_streak(key, ev.ts, &event_id);
             } else {
                 let deadline = ev.ts + self.cfg.streak_timeout_ms;
                 self.heap.push(Reverse((deadline, key.clone())));
@@ -427,14 +441,14 @@ impl Engine {
             // A straggler with a higher count after a timeout (or the real end arriving late): credit the rest.
             s.count = count;
             s.last_ts = s.last_ts.max(ev.ts);
-            self.close_streak(key, ev.ts, &ev.event_id);
+            self.close_streak(key, ev.ts, &event_id);
         } else {
             self.stats.streak_stragglers += 1;
         }
         self.mark_streak(key);
     }
 
-    fn close_streak(&mut self, key: &StreakKey, ts: i64, event_id: &str) {
+    fn close_streak(&mut self, key: &StreakKey, ts: i64, event_id: &Id) {
         let s = self.state.streaks.get_mut(key).expect("closing a known streak");
         let delta = s.count - s.credited;
         s.credited = s.count;
@@ -447,9 +461,9 @@ impl Engine {
         if delta != 0 {
             let rate = self.cfg.regions.get(&s.region).expect("a streak's region is in the policy").milli_per_coin;
             let milli = s.diamond_count as i128 * delta as i128 * rate;
-            // credit() needs all of self: copy the two strings out (once per streak, not per event)
+            // credit() needs all of self: copy the creator and the region out (no allocation)
             let (creator_id, region) = (s.creator_id.clone(), s.region.clone());
-            self.credit(&creator_id, &region, milli, ts, event_id);
+            creator_id.with_str(|cid| self.credit(cid, &region, milli, ts, event_id));
         }
         if !key.has_group() {
             // no group id: nothing can tell a straggler from a new streak
@@ -472,7 +486,7 @@ impl Engine {
 
     // ------------------------------------------------------------------------------------ credits and notices
 
-    fn credit(&mut self, creator_id: &str, region: &str, milli: i128, ts: i64, event_id: &str) {
+    fn credit(&mut self, creator_id: &str, region: &str, milli: i128, ts: i64, event_id: &Id) {
         let pane_ms = self.cfg.pane_ms;
         let cursor = self.state.close_cursor.unwrap_or(i64::MIN);
         let c = match self.state.creators.get_mut(creator_id) {
@@ -507,7 +521,7 @@ impl Engine {
                 self.stats.notices += 1;
                 self.outputs.push(Output::Notice { creator_id: creator_id.to_owned(), region: c.region.clone(),
                                                    crossing_seq: c.crossings, balance: c.balance,
-                                                   event_id: event_id.to_owned(), ts });
+                                                   event_id: event_id.to_string(), ts });
             }
         }
     }
@@ -536,7 +550,7 @@ impl Engine {
 
     /// Some window holding ts is already closed: the balance still gets the money, the closed windows do
     /// not (their totals are final), and the gift is reported on gifts-late.
-    fn late_credit(&mut self, creator_id: &str, pane: i64, milli: i128, ts: i64, event_id: &str) {
+    fn late_credit(&mut self, creator_id: &str, pane: i64, milli: i128, ts: i64, event_id: &Id) {
         let cursor = self.state.close_cursor.unwrap_or(i64::MIN);
         let mut missed = Vec::new();
         for (i, w) in self.cfg.windows.iter().enumerate() {
@@ -554,7 +568,7 @@ impl Engine {
             Self::add_to_pane(&mut self.state.pane_creators, c, creator_id, pane, milli, self.track_changes);
         }
         self.stats.late += 1;
-        self.outputs.push(Output::Late { event_id: event_id.to_owned(), creator_id: creator_id.to_owned(), ts,
+        self.outputs.push(Output::Late { event_id: event_id.to_string(), creator_id: creator_id.to_owned(), ts,
                                          watermark: self.state.watermark.unwrap_or(ts), milli, missed });
     }
 
@@ -583,8 +597,8 @@ impl Engine {
                 continue;
             }
             self.stats.streak_timeouts += 1;
-            let (ts, eid) = (s.last_ts, s.last_event_id.clone());
-            self.close_streak(&key, ts, &eid);
+            let (ts, last_event_id) = (s.last_ts, s.last_event_id.clone());
+            self.close_streak(&key, ts, &last_event_id);
         }
         let target = wm - self.cfg.grace_ms;
         let pane_ms = self.cfg.pane_ms;

@@ -46,6 +46,16 @@ impl Id {
     }
 }
 
+impl Id {
+    /// Call `f` with the id's text, written on the stack for a number.
+    pub fn with_str<R>(&self, f: impl FnOnce(&str) -> R) -> R {
+        match self {
+            Id::Num(n) => f(itoa::Buffer::new().format(*n)),
+            Id::Text(s) => f(s),
+        }
+    }
+}
+
 impl fmt::Display for Id {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

@@ -210,6 +210,7 @@ impl Core {
                                               dirty: false, changed_panes: Vec::new() });
         }
         for (key, (creator_id, region, diamond_count, count, credited, last_ts, last_event_id, open)) in streaks {
+            let (creator_id, region, last_event_id) = (Id::new(&creator_id), st.region_name(&region), Id::new(&last_event_id));
             st.streaks.insert(StreakKey::parse(&key), Streak { creator_id, region, diamond_count, count, credited, last_ts, last_event_id,
                                             open, dirty: false });
         }
@@ -260,7 +261,7 @@ fn creator_tuple(c: &Creator) -> CreatorTuple {
 }
 
 fn streak_tuple(s: &Streak) -> StreakTuple {
-    (s.creator_id.clone(), s.region.clone(), s.diamond_count, s.count, s.credited, s.last_ts, s.last_event_id.clone(),
+    (s.creator_id.to_string(), s.region.to_string(), s.diamond_count, s.count, s.credited, s.last_ts, s.last_event_id.to_string(),
      s.open)
 }
 
@@ -327,7 +328,7 @@ impl Core {
                     let mut w = msgpack::Writer::new();
                     w.map(8);
                     w.str("creator_id");
-                    w.str(&s.creator_id);
+                    s.creator_id.with_str(|id| w.str(id));
                     w.str("region");
                     w.str(&s.region);
                     for (name, v) in [("diamond_count", s.diamond_count), ("count", s.count), ("credited", s.credited),
@@ -336,7 +337,7 @@ impl Core {
                         w.int(v as i128).ok_or_else(too_big)?;
                     }
                     w.str("last_event_id");
-                    w.str(&s.last_event_id);
+                    s.last_event_id.with_str(|id| w.str(id));
                     w.str("open");
                     w.bool(s.open);
                     put(&key, Some(&w.0))?;
