@@ -2,7 +2,10 @@
 
 `giftstream load run` produces seeded synthetic traffic (load/generator.py) into the gifts topic at a target
 rate (paced by the wall clock, batches per partition keyed by creator_id like stream.kafka_io.produce_session)
-for a duration, while it polls, every ~25 ms (--poll-interval), the workers' consumer group committed offsets
+for a duration. The records are generated before the clock starts (--generate-live: while producing):
+generating costs ~10 µs of CPU per record, half a core at 60,000/s, which would be taken from the workers
+and the broker on the same machine (a real load comes from other machines). Meanwhile it polls, every
+~25 ms (--poll-interval), the workers' consumer group committed offsets
 (AIOKafkaAdminClient.list_consumer_group_offsets) and the topic's end offsets (a consumer's end_offsets).
 
 Measurements:
@@ -27,12 +30,13 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import gc
 import itertools
 import math
 import sys
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -273,11 +277,29 @@ def markdown(report: dict[str, Any]) -> str:
 # ---------------------------------------------------------------------------------------------- producing
 
 
+# A record ready to send: (key, partition, value).
+Addressed = tuple[bytes | None, int, bytes]
+
+
+def address(records: Iterable[bytes], partitions: int | PartitionCache) -> Iterator[Addressed]:
+    """Each record with its key (creator_id; None for a record without one) and the partition Kafka's default
+    partitioner gives that key (keyless records go to partition 0), lazily."""
+    from stream.kafka_io import key_of
+
+    partition_of = partitions if isinstance(partitions, PartitionCache) else PartitionCache(partitions)
+    for raw in records:
+        key, _ = key_of(raw)
+        yield (None, 0, raw) if key is None else (key, partition_of[key], raw)
+
+
 class PacedProducer:
     """Sends records keyed by creator_id to the partition Kafka's default partitioner picks (keyless ones to
     partition 0), one producer batch per partition per tick, at `rate` records/s of wall time (None = as fast
     as the producer takes them). Every batch's (partition, base offset, count, send time) goes to on_batch
-    when the broker acks it."""
+    when the broker acks it.
+
+    `run` takes addressed records (see `address`): addressing them while producing is fine for a plain load,
+    and a measured run does it, with the generating, before its clock starts."""
 
     def __init__(self, producer: Any, topic: str, partitions: int, rate: float | None,
                  on_batch: Callable[[int, int, int, float], None] | None = None, tick: float = 0.01,
@@ -288,18 +310,14 @@ class PacedProducer:
         self._partition_of = PartitionCache(partitions)
         self._pending: set[asyncio.Future] = set()
 
-    def _partition(self, raw: bytes) -> tuple[bytes | None, int]:
-        from stream.kafka_io import key_of
+    def address(self, records: Iterable[bytes]) -> Iterator[Addressed]:
+        return address(records, self._partition_of)
 
-        key, _ = key_of(raw)
-        return (None, 0) if key is None else (key, self._partition_of[key])
-
-    async def _send_chunk(self, chunk: list[bytes]) -> None:
+    async def _send_chunk(self, chunk: list[Addressed]) -> None:
         producer = self.producer
         batches: dict[int, Any] = {}
         counts: dict[int, int] = {}
-        for raw in chunk:
-            key, p = self._partition(raw)
+        for key, p, raw in chunk:
             batch = batches.get(p)
             if batch is None:
                 batch = batches[p] = producer.create_batch()
@@ -326,7 +344,7 @@ class PacedProducer:
 
         fut.add_done_callback(done)
 
-    async def run(self, records: Iterator[bytes], duration: float | None = None,
+    async def run(self, records: Iterable[Addressed], duration: float | None = None,
                   stop: asyncio.Event | None = None, max_chunk: int = 20_000) -> int:
         """Send until the records run out, `duration` seconds pass or `stop` is set; returns records sent."""
         start = self.clock()
@@ -393,7 +411,7 @@ async def produce_to_kafka(cfg: Any, records: Iterator[bytes], rate: float | Non
 
         reporter = asyncio.create_task(report())
         try:
-            n = await pp.run(records)
+            n = await pp.run(pp.address(records))
         finally:
             stop.set()
             await reporter
@@ -484,6 +502,9 @@ class RunOptions:
     poll_interval: float = 0.025
     warmup: float = 3.0  # seconds of commit time left out of the steady-state latency figures
     drain_timeout: float = 60.0
+    # Generate (and address) the records while producing instead of before the clock starts: constant memory,
+    # but ~10 µs of the harness's CPU per record during the measured run (it shares the machine).
+    generate_live: bool = False
     verify: bool = True
     quiet: bool = False
     partitions: int = 6  # for topics that do not exist yet
@@ -554,6 +575,18 @@ async def run_load(cfg: Any, policy: Any, records: Iterator[bytes], opts: RunOpt
             return {tp.partition: (o.offset if o is not None and o.offset >= 0 else 0)
                     for tp, o in got.items() if tp.topic == topic}
 
+        if opts.generate_live:
+            traffic: Iterable[Addressed] = address(records, partitions)
+            generation = {"traffic_generation": "live, while producing"}
+        else:
+            started = time.monotonic()
+            traffic = list(address(records, partitions))
+            # Millions of held tuples: a full collection in the run would walk them all and stall the
+            # poller, whose stamps are the latency measurement. They live until the end: freeze them.
+            gc.freeze()
+            generation = {"traffic_generation": f"before the run: {len(traffic):,} records in "
+                                                f"{time.monotonic() - started:.1f} s"}
+            progress.show(f"generated {len(traffic):,} records", force=True)
         base_end = {tp.partition: o for tp, o in (await consumer.end_offsets(tps)).items()}
         base_committed = await committed_offsets()
         t0 = time.monotonic()
@@ -595,7 +628,7 @@ async def run_load(cfg: Any, policy: Any, records: Iterator[bytes], opts: RunOpt
 
         poll_task = asyncio.create_task(poller())
         try:
-            sent = await pp.run(records, duration=opts.duration)
+            sent = await pp.run(traffic, duration=opts.duration)
         finally:
             last_send.append(clock())
             producing_done.set()
@@ -644,7 +677,7 @@ async def run_load(cfg: Any, policy: Any, records: Iterator[bytes], opts: RunOpt
     }
     config = {"rate": opts.rate or "max", "duration_s": opts.duration, "topic": topic, "partitions": partitions,
               "group": cfg.group_id, "bootstrap": cfg.bootstrap_servers, "poll_interval_s": opts.poll_interval,
-              "warmup_s": opts.warmup,
+              "warmup_s": opts.warmup, **generation,
               "policy_version": policy.version, **opts.extra}
     if not opts.verify:
         verification: dict[str, Any] = {"passed": None, "checks": [], "reason": "skipped (--no-verify)"}

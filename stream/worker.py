@@ -220,6 +220,7 @@ class Worker:
         if self.cfg.exactly_once:
             producer = self._producer(p)
             await producer.start()  # init_transactions: fences a zombie owner of p, ends its transaction
+            await self._learn_output_topics(producer)
         else:
             producer = self._plain_producer
         records = await self._read_changelog(p)
@@ -367,6 +368,13 @@ class Worker:
                 await prod.send_batch(batch, t.changelog, partition=p)
         else:
             await self._send_batches(prod, t.changelog, p, changelog)
+
+    async def _learn_output_topics(self, prod: AIOKafkaProducer) -> None:
+        """Fetch the output topics' metadata now: a producer otherwise asks for a topic's metadata on its
+        first send to it, in the middle of the partition's first transactions."""
+        t = self.cfg.topics
+        for topic in (t.changelog, t.notices, t.window_totals, t.late, t.dlq):
+            self._partitions[topic] = len(await prod.partitions_for(topic))
 
     async def _partition_count(self, prod: AIOKafkaProducer, topic: str) -> int:
         n = self._partitions.get(topic)

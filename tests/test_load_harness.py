@@ -112,7 +112,7 @@ async def test_paced_producer_keys_by_creator_and_reports_every_batch():
     prod = _FakeProducer()
     seen: list[tuple[int, int, int]] = []
     pp = PacedProducer(prod, "t", 4, rate=None, on_batch=lambda p, base, n, t: seen.append((p, base, n)))
-    assert await pp.run(iter(records)) == 41
+    assert await pp.run(pp.address(records)) == 41
     await asyncio.sleep(0)
     assert sum(n for _, _, n in seen) == 41
     per_p: dict[int, int] = {}
@@ -131,7 +131,7 @@ async def test_paced_producer_holds_the_rate():
     prod = _FakeProducer()
     pp = PacedProducer(prod, "t", 2, rate=2_000)
     records = (json.dumps({"creator_id": f"c{i}", "ts": i}).encode() for i in range(100_000))
-    sent = await pp.run(records, duration=0.5)
+    sent = await pp.run(pp.address(records), duration=0.5)
     assert 700 <= sent <= 1_100
 
 
