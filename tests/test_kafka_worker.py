@@ -115,6 +115,38 @@ async def test_end_to_end_totals_are_exact_and_notices_match_the_offline_replay(
     await assert_matches_offline(cfg, records)
 
 
+class FlakyWorker(Worker):
+    """Its transactions fail (after sending their outputs, before committing) at the chosen calls."""
+
+    def __init__(self, *args, fail_at: set[int], **kw) -> None:
+        super().__init__(*args, **kw)
+        self.fail_at, self.calls, self.failed = fail_at, 0, 0
+
+    async def _send_outputs(self, prod, p, out, changelog) -> None:
+        await super()._send_outputs(prod, p, out, changelog)
+        self.calls += 1
+        if self.calls in self.fail_at:
+            self.failed += 1
+            raise RuntimeError("injected: the transaction fails after its outputs went out")
+
+
+async def test_failed_transactions_are_aborted_and_redone_with_the_next_batch_in_flight(cfg):
+    """A batch is processed while the previous one commits: when that commit fails, the partition is
+    restored and the already processed next batch is dropped, not committed. Nothing is lost or doubled."""
+    records = session(30_000, seed=17)
+    cfg = replace(cfg, batch_max_records=400)  # many small batches: commits overlap the next batch a lot
+    worker = FlakyWorker(cfg, load_policy(), fail_at={5, 17, 18, 40, 41, 42})
+    run = asyncio.create_task(worker.run())
+    for lo in range(0, len(records), 3_000):  # arriving while the worker runs
+        await produce_session(records[lo:lo + 3_000], cfg)
+        await asyncio.sleep(0.05)
+    await wait_drained(cfg)
+    worker.stop()
+    await run
+    assert worker.failed == 6  # each injected failure happened
+    await assert_matches_offline(cfg, records)
+
+
 async def test_poison_records_go_to_the_dead_letter_topic_and_the_worker_keeps_going(cfg):
     good = session(2_000, seed=5)
     # The last one is near the broker's 1 MB message limit: its dead letter must still fit (raw is cut).
