@@ -80,10 +80,6 @@ class PartitionTask:
     producer: AIOKafkaProducer
 
 
-class _PredecessorFailed(Exception):
-    """A batch's commit did not run: the partition's previous commit failed (the partition is recovered)."""
-
-
 class _Rebalance(ConsumerRebalanceListener):
     def __init__(self, worker: Worker) -> None:
         self.worker = worker
@@ -106,9 +102,6 @@ class Worker:
         self.ready = False  # true once every assigned partition is restored
         self._stopping = asyncio.Event()
         self._lock = asyncio.Lock()  # a batch and a rebalance never interleave
-        # The commits of the last batch, still running while the next batch is fetched and processed. Each
-        # partition's next commit waits for its previous one (see _process).
-        self._inflight: dict[int, asyncio.Task] = {}
         self._consumer: AIOKafkaConsumer | None = None
         self._plain_producer: AIOKafkaProducer | None = None  # at-least-once mode only
         self._partitions: dict[str, int] = {}
@@ -158,10 +151,6 @@ class Worker:
             while not self._stopping.is_set():
                 data = await self._consumer.getmany(timeout_ms=cfg.batch_max_ms, max_records=self._max_polled)
                 self._last_poll = time.monotonic()
-                if not data and self._inflight:
-                    async with self._lock:
-                        inflight, self._inflight = self._inflight, {}
-                        await self._settle(inflight)
                 if data:
                     async with self._lock:
                         await self._process(data)
@@ -172,7 +161,6 @@ class Worker:
                 await self.metrics.observe_lag(self._consumer)
         finally:
             async with self._lock:
-                await self._drain_inflight(list(self._inflight))
                 await self._release(list(self.tasks))
             await self._consumer.stop()
             if self._plain_producer:
@@ -217,7 +205,6 @@ class Worker:
         # state; the next owner restores it from the changelog.
         async with self._lock:
             parts = sorted({tp.partition for tp in revoked if tp.topic == self.cfg.topics.gifts})
-            await self._drain_inflight(parts)
             await self._release(parts)
             log.info("partitions revoked", extra={"worker": self.worker_id, "partitions": parts})
 
@@ -269,21 +256,13 @@ class Worker:
     # ------------------------------------------------------------------ batches
 
     async def _process(self, data: dict[TopicPartition, list]) -> None:
-        """Process a batch and start its commits, then wait for the previous batch's commits.
-
-        A batch is processed while the previous batch's transactions are still committing: the engine is
-        then ahead of what is committed, which it already is between processing and commit. A partition's
-        commit waits for its previous one, and when a commit fails, the partition's later batch is not
-        committed either: the partition is restored from its last commit (_recover) and reads again from
-        there, so nothing is lost or counted twice."""
         t = self.cfg.topics
         by_partition: dict[int, tuple[list, list]] = {}
         for tp, msgs in data.items():
             slot = by_partition.setdefault(tp.partition, ([], []))
             slot[0 if tp.topic == t.gifts else 1].extend(msgs)
-        # Each partition's transaction starts as soon as that partition is processed (and its previous one
-        # is done), so its round trips overlap the processing of the next partitions and batches.
-        previous = self._inflight
+        # Each partition's transaction starts as soon as that partition is processed, so its round trips
+        # overlap the processing of the next partitions instead of all of them waiting for the slowest.
         commits: dict[int, asyncio.Task] = {}
         try:
             for p, (gifts, payouts) in sorted(by_partition.items()):
@@ -312,41 +291,14 @@ class Worker:
                 else:
                     changelog = task.writer.drain(task.engine)
                 self.metrics.record_batch(out, count, time.perf_counter() - started, stamps)
-                commits[p] = asyncio.ensure_future(self._commit_after(previous.get(p), task, out, changelog,
-                                                                      offsets))
+                commits[p] = asyncio.ensure_future(self._commit(task, out, changelog, offsets))
                 await asyncio.sleep(0)  # let it send its first requests
         finally:
-            self._inflight = commits
-            await self._settle(previous)
-        self.metrics.set_state_size(self.tasks)
-
-    async def _settle(self, commits: dict[int, asyncio.Task]) -> None:
-        """Wait for commits; restore each partition whose commit failed (its later commit, chained to the
-        failed one, is dropped)."""
-        results = await asyncio.gather(*commits.values(), return_exceptions=True)
+            results = await asyncio.gather(*commits.values(), return_exceptions=True)
         for p, result in zip(commits, results, strict=True):
-            if isinstance(result, BaseException) and not isinstance(result, _PredecessorFailed):
-                orphan = self._inflight.pop(p, None)
-                if orphan is not None:
-                    await asyncio.gather(orphan, return_exceptions=True)  # _PredecessorFailed: nothing sent
+            if isinstance(result, BaseException):
                 await self._recover(p, result)
-
-    async def _drain_inflight(self, parts: list[int]) -> None:
-        """Let the running commits of these partitions finish (they are being released: no recovery)."""
-        running = [self._inflight.pop(p) for p in parts if p in self._inflight]
-        for result in await asyncio.gather(*running, return_exceptions=True):
-            if isinstance(result, BaseException) and not isinstance(result, _PredecessorFailed):
-                log.warning("commit failed while releasing its partition: the next owner reads it again",
-                            extra={"worker": self.worker_id, "error": repr(result)})
-
-    async def _commit_after(self, previous: asyncio.Task | None, task: PartitionTask, out: Outputs,
-                            changelog: list, offsets: dict[TopicPartition, OffsetAndMetadata]) -> None:
-        if previous is not None:
-            try:
-                await previous
-            except BaseException as e:  # failed or cancelled: this batch must not be committed
-                raise _PredecessorFailed() from e
-        await self._commit(task, out, changelog, offsets)
+        self.metrics.set_state_size(self.tasks)
 
     async def _commit(self, task: PartitionTask, out: Outputs, changelog: list[Record],
                       offsets: dict[TopicPartition, OffsetAndMetadata]) -> None:

@@ -130,11 +130,11 @@ class FlakyWorker(Worker):
             raise RuntimeError("injected: the transaction fails after its outputs went out")
 
 
-async def test_failed_transactions_are_aborted_and_redone_with_the_next_batch_in_flight(cfg):
-    """A batch is processed while the previous one commits: when that commit fails, the partition is
-    restored and the already processed next batch is dropped, not committed. Nothing is lost or doubled."""
+async def test_failed_transactions_are_aborted_and_redone(cfg):
+    """When a batch's transaction fails after its outputs went out, it is aborted, the partition is restored
+    from its last commit and reads its records again: nothing is lost or counted twice."""
     records = session(30_000, seed=17)
-    cfg = replace(cfg, batch_max_records=400)  # many small batches: commits overlap the next batch a lot
+    cfg = replace(cfg, batch_max_records=400)  # many small batches and transactions
     worker = FlakyWorker(cfg, load_policy(), fail_at={5, 17, 18, 40, 41, 42})
     run = asyncio.create_task(worker.run())
     for lo in range(0, len(records), 3_000):  # arriving while the worker runs
