@@ -116,17 +116,25 @@ def test_numeric_and_text_ids_behave_like_their_text(policy, records, cuts):
 @given(records=respelled_sessions(), cut=st.integers(0, 200))
 def test_numeric_ids_survive_the_changelog(policy, records, cut):
     """Ids written to the changelog as text come back as the same ids (numbers or text)."""
-    whole = NativePartitionEngine(policy)
-    expected = whole.process(records)
-    whole.end_of_stream(expected)
-    a, writer = NativePartitionEngine(policy), ChangelogWriter()
-    got = a.process(records[:cut], None)
-    state, _ = restore_state(writer.drain(a))
-    b = NativePartitionEngine(policy, state=state)
-    b.process(records[cut:], None, got)
-    b.end_of_stream(got)
+    whole, expected, b, got = restored_run(policy, records, cut, NativePartitionEngine, NativePartitionEngine)
     assert_same_outputs(got, expected)
     assert b.state == whole.state
+
+
+def restored_run(policy, records, cut, first_kind, then_kind):
+    """The records through one engine uninterrupted (of the reference kind), and through a first_kind engine
+    up to `cut` then a then_kind engine restored from its changelog: (whole, its outputs, restored, its
+    outputs)."""
+    whole = PartitionEngine(policy) if PartitionEngine in (first_kind, then_kind) else first_kind(policy)
+    expected = whole.process(records)
+    whole.end_of_stream(expected)
+    a, writer = first_kind(policy), ChangelogWriter()
+    got = a.process(records[:cut], None)
+    state, _ = restore_state(writer.drain(a))
+    b = then_kind(policy, state=state)
+    b.process(records[cut:], None, got)
+    b.end_of_stream(got)
+    return whole, expected, b, got
 
 
 # Values a field may take in a fuzzed record: right and wrong types, bounds, escapes, unicode.
@@ -176,17 +184,8 @@ def test_native_decoding_accepts_and_rejects_exactly_what_msgspec_does(policy, r
 @given(records=sessions(), cut=st.integers(0, 200), first=st.sampled_from(["python", "native"]))
 def test_state_moves_between_engines(policy, records, cut, first):
     """A partition restored from the other engine's changelog continues exactly like an uninterrupted run."""
-    whole = PartitionEngine(policy)
-    expected = whole.process(records)
-    whole.end_of_stream(expected)
     kinds = [PartitionEngine, NativePartitionEngine]
-    a_kind, b_kind = kinds if first == "python" else kinds[::-1]
-    a, writer = a_kind(policy), ChangelogWriter()
-    got = a.process(records[:cut], None)
-    state, _ = restore_state(writer.drain(a))
-    b = b_kind(policy, state=state)
-    b.process(records[cut:], None, got)
-    b.end_of_stream(got)
+    whole, expected, b, got = restored_run(policy, records, cut, *(kinds if first == "python" else kinds[::-1]))
     assert got.notices == expected.notices and got.window_totals == expected.window_totals
     assert got.late == expected.late
     assert b.state == whole.state
