@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use crate::decode::Event;
 use crate::ids::{Id, StreakKey};
+use crate::sharded::{ChunkedVec, ShardedMap};
 
 pub const RETENTION_BUCKET_MS: i64 = 60_000;
 pub const STREAKABLE: i64 = 1;
@@ -117,9 +118,9 @@ pub struct State {
     pub watermark: Option<i64>,
     pub close_cursor: Option<i64>,
     pub creators: HashMap<String, Creator>,
-    pub streaks: HashMap<StreakKey, Streak>,
-    pub seen: HashSet<Id>,
-    pub seen_buckets: HashMap<i64, Vec<Id>>,
+    pub streaks: ShardedMap<StreakKey, Streak>, // sharded: the two tables that grow to millions of entries
+    pub seen: ShardedMap<Id, ()>,
+    pub seen_buckets: HashMap<i64, ChunkedVec<Id>>, // a minute's ids: a million at high rates
     pub streak_buckets: HashMap<i64, Vec<StreakKey>>,
     pub payouts_seen: HashSet<String>,
     pub pane_creators: HashMap<i64, HashSet<String>>,
@@ -329,7 +330,7 @@ impl Engine {
             }
         }
         let event_id = Id::new(&ev.event_id);
-        if !self.state.seen.insert(event_id.clone()) {
+        if !self.state.seen.insert_new(event_id.clone()) {
             self.stats.duplicates += 1;
             return;
         }

@@ -10,6 +10,7 @@ use batch_builder::RecordBatchBuilder;
 mod decode;
 mod engine;
 mod ids;
+mod sharded;
 mod msgpack;
 mod murmur2;
 mod record_batch;
@@ -25,6 +26,7 @@ use pyo3::types::{PyBytes, PyList, PyTuple};
 
 use decode::{decode_fast, Event};
 use ids::{Id, StreakKey};
+use sharded::ChunkedVec;
 
 // Most of the engine's allocations are small strings (ids, keys) that live briefly or long; mimalloc
 // handles that mix much better than glibc's allocator.
@@ -179,7 +181,7 @@ impl Core {
             creators.append((cid, creator_tuple(c), panes))?;
         }
         let streaks = PyList::empty(py);
-        for (key, s) in &st.streaks {
+        for (key, s) in st.streaks.iter() {
             streaks.append((key.to_string(), streak_tuple(s)))?;
         }
         let seen_buckets = PyList::empty(py);
@@ -215,8 +217,10 @@ impl Core {
                                             open, dirty: false });
         }
         for (bucket, ids) in seen_buckets {
-            let ids: Vec<Id> = ids.iter().map(|id| Id::new(id)).collect();
-            st.seen.extend(ids.iter().cloned());
+            let ids: ChunkedVec<Id> = ids.iter().map(|id| Id::new(id)).collect();
+            for id in ids.iter() {
+                st.seen.insert_new(id.clone());
+            }
             st.seen_buckets.insert(bucket, ids);
         }
         st.streak_buckets = streak_buckets.into_iter()
@@ -352,7 +356,7 @@ impl Core {
                     let mut w = msgpack::Writer::new();
                     w.array(ids.len() - start);
                     let mut text = String::new();
-                    for id in &ids[*start..] {
+                    for id in ids.iter_from(*start) {
                         text.clear();
                         write!(text, "{id}").expect("writing to a String");
                         w.str(&text);
