@@ -6,57 +6,67 @@
 //!   different times (the total work is the same).
 //! - `ChunkedVec`: a list kept in fixed-size chunks; it never moves what it holds.
 
-use foldhash::{HashMap, HashMapExt};
+use hashbrown::hash_table::{Entry, HashTable};
 use std::hash::{BuildHasher, Hash};
 
 const SHARD_BITS: u32 = 6;
 const SHARDS: usize = 1 << SHARD_BITS;
 
+/// Each key is hashed once: bits 32-37 of the hash pick the shard, and the shard's table uses the same hash
+/// (its bucket index comes from the low bits, its tag from the top 7: both independent of the shard bits).
 pub struct ShardedMap<K, V> {
-    shards: Vec<HashMap<K, V>>,
-    pick: foldhash::fast::RandomState, // seeded per process, like the shards' own hashers
+    shards: Vec<HashTable<(K, V)>>,
+    hasher: foldhash::fast::RandomState, // seeded per process: ids come from clients
 }
 
 impl<K, V> Default for ShardedMap<K, V> {
     fn default() -> Self {
-        ShardedMap { shards: (0..SHARDS).map(|_| HashMap::new()).collect(), pick: Default::default() }
+        ShardedMap { shards: (0..SHARDS).map(|_| HashTable::new()).collect(), hasher: Default::default() }
     }
 }
 
-impl<K: Hash + Eq, V> ShardedMap<K, V> {
-    fn shard(&self, key: &K) -> usize {
-        (self.pick.hash_one(key) >> (64 - SHARD_BITS)) as usize
-    }
+fn shard_of(hash: u64) -> usize {
+    ((hash >> 32) as usize) & (SHARDS - 1)
+}
 
+impl<K: Hash + Eq, V> ShardedMap<K, V> {
     pub fn get(&self, key: &K) -> Option<&V> {
-        self.shards[self.shard(key)].get(key)
+        let h = self.hasher.hash_one(key);
+        self.shards[shard_of(h)].find(h, |(k, _)| k == key).map(|(_, v)| v)
     }
 
     pub fn get_mut(&mut self, key: &K) -> Option<&mut V> {
-        let i = self.shard(key);
-        self.shards[i].get_mut(key)
+        let h = self.hasher.hash_one(key);
+        self.shards[shard_of(h)].find_mut(h, |(k, _)| k == key).map(|(_, v)| v)
     }
 
     pub fn insert(&mut self, key: K, value: V) -> Option<V> {
-        let i = self.shard(&key);
-        self.shards[i].insert(key, value)
+        let hasher = &self.hasher;
+        let h = hasher.hash_one(&key);
+        match self.shards[shard_of(h)].entry(h, |(k, _)| *k == key, |(k, _)| hasher.hash_one(k)) {
+            Entry::Occupied(mut e) => Some(std::mem::replace(&mut e.get_mut().1, value)),
+            Entry::Vacant(e) => {
+                e.insert((key, value));
+                None
+            }
+        }
     }
 
     pub fn remove(&mut self, key: &K) -> Option<V> {
-        let i = self.shard(key);
-        self.shards[i].remove(key)
+        let h = self.hasher.hash_one(key);
+        self.shards[shard_of(h)].find_entry(h, |(k, _)| k == key).ok().map(|e| e.remove().0 .1)
     }
 
     pub fn len(&self) -> usize {
-        self.shards.iter().map(HashMap::len).sum()
+        self.shards.iter().map(HashTable::len).sum()
     }
 
     pub fn iter(&self) -> impl Iterator<Item = (&K, &V)> {
-        self.shards.iter().flat_map(|s| s.iter())
+        self.shards.iter().flat_map(|s| s.iter().map(|(k, v)| (k, v)))
     }
 
     pub fn values(&self) -> impl Iterator<Item = &V> {
-        self.shards.iter().flat_map(|s| s.values())
+        self.shards.iter().flat_map(|s| s.iter().map(|(_, v)| v))
     }
 }
 
