@@ -121,7 +121,7 @@ pub struct State {
     pub streaks: ShardedMap<StreakKey, Streak>, // sharded: the two tables that grow to millions of entries
     pub seen: ShardedMap<Id, ()>,
     pub seen_buckets: HashMap<i64, ChunkedVec<Id>>, // a minute's ids: a million at high rates
-    pub streak_buckets: HashMap<i64, Vec<StreakKey>>,
+    pub streak_buckets: HashMap<i64, ChunkedVec<StreakKey>>, // a minute's closed streaks
     pub payouts_seen: HashSet<String>,
     pub pane_creators: HashMap<i64, HashSet<String>>,
     pub region_names: Vec<Arc<str>>, // each region a streak names, once

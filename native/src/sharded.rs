@@ -12,38 +12,67 @@ use std::hash::{BuildHasher, Hash};
 const SHARD_BITS: u32 = 6;
 const SHARDS: usize = 1 << SHARD_BITS;
 
-/// Each key is hashed once: bits 32-37 of the hash pick the shard, and the shard's table uses the same hash
+/// Each key is hashed once: bits 32-43 of the hash pick the shard, and the shard's table uses the same hash
 /// (its bucket index comes from the low bits, its tag from the top 7: both independent of the shard bits).
+///
+/// The shards get unequal shares of the keys, from 1 to 2 in geometric steps: shards of equal size would
+/// all reach their growth point together, in the same batch, and stop it as long as one big table would.
 pub struct ShardedMap<K, V> {
     shards: Vec<HashTable<(K, V)>>,
     hasher: foldhash::fast::RandomState, // seeded per process: ids come from clients
+    pick: Box<[u8; PICK_SLOTS]>,         // hash bits 32-43 -> shard
+}
+
+const PICK_BITS: u32 = 12;
+const PICK_SLOTS: usize = 1 << PICK_BITS;
+
+/// Slot -> shard, shard i holding a number of slots proportional to 2^(i/SHARDS).
+fn pick_table() -> Box<[u8; PICK_SLOTS]> {
+    let weights: Vec<f64> = (0..SHARDS).map(|i| (i as f64 / SHARDS as f64).exp2()).collect();
+    let total: f64 = weights.iter().sum();
+    let mut table = Box::new([0u8; PICK_SLOTS]);
+    let (mut acc, mut slot) = (0.0, 0);
+    for (i, w) in weights.iter().enumerate() {
+        acc += w;
+        let end = if i == SHARDS - 1 { PICK_SLOTS } else { (acc / total * PICK_SLOTS as f64).round() as usize };
+        while slot < end {
+            table[slot] = i as u8;
+            slot += 1;
+        }
+    }
+    table
 }
 
 impl<K, V> Default for ShardedMap<K, V> {
     fn default() -> Self {
-        ShardedMap { shards: (0..SHARDS).map(|_| HashTable::new()).collect(), hasher: Default::default() }
+        ShardedMap { shards: (0..SHARDS).map(|_| HashTable::new()).collect(), hasher: Default::default(),
+                     pick: pick_table() }
     }
 }
 
-fn shard_of(hash: u64) -> usize {
-    ((hash >> 32) as usize) & (SHARDS - 1)
+impl<K, V> ShardedMap<K, V> {
+    fn shard_of(&self, hash: u64) -> usize {
+        self.pick[((hash >> 32) as usize) & (PICK_SLOTS - 1)] as usize
+    }
 }
 
 impl<K: Hash + Eq, V> ShardedMap<K, V> {
     pub fn get(&self, key: &K) -> Option<&V> {
         let h = self.hasher.hash_one(key);
-        self.shards[shard_of(h)].find(h, |(k, _)| k == key).map(|(_, v)| v)
+        self.shards[self.shard_of(h)].find(h, |(k, _)| k == key).map(|(_, v)| v)
     }
 
     pub fn get_mut(&mut self, key: &K) -> Option<&mut V> {
         let h = self.hasher.hash_one(key);
-        self.shards[shard_of(h)].find_mut(h, |(k, _)| k == key).map(|(_, v)| v)
+        let i = self.shard_of(h);
+        self.shards[i].find_mut(h, |(k, _)| k == key).map(|(_, v)| v)
     }
 
     pub fn insert(&mut self, key: K, value: V) -> Option<V> {
+        let h = self.hasher.hash_one(&key);
+        let i = self.shard_of(h);
         let hasher = &self.hasher;
-        let h = hasher.hash_one(&key);
-        match self.shards[shard_of(h)].entry(h, |(k, _)| *k == key, |(k, _)| hasher.hash_one(k)) {
+        match self.shards[i].entry(h, |(k, _)| *k == key, |(k, _)| hasher.hash_one(k)) {
             Entry::Occupied(mut e) => Some(std::mem::replace(&mut e.get_mut().1, value)),
             Entry::Vacant(e) => {
                 e.insert((key, value));
@@ -54,7 +83,8 @@ impl<K: Hash + Eq, V> ShardedMap<K, V> {
 
     pub fn remove(&mut self, key: &K) -> Option<V> {
         let h = self.hasher.hash_one(key);
-        self.shards[shard_of(h)].find_entry(h, |(k, _)| k == key).ok().map(|e| e.remove().0 .1)
+        let i = self.shard_of(h);
+        self.shards[i].find_entry(h, |(k, _)| k == key).ok().map(|e| e.remove().0 .1)
     }
 
     pub fn len(&self) -> usize {
@@ -181,5 +211,17 @@ mod tests {
         assert_eq!(all, expected);
         let used = m.shards.iter().filter(|s| !s.is_empty()).count();
         assert!(used > SHARDS / 2, "keys spread over the shards ({used} used)");
+    }
+
+    #[test]
+    fn shard_shares_grow_from_1_to_2() {
+        let table = pick_table();
+        let mut counts = [0usize; SHARDS];
+        for &s in table.iter() {
+            counts[s as usize] += 1;
+        }
+        assert!(counts.windows(2).all(|w| w[0] <= w[1] + 1), "non-decreasing shares: {counts:?}");
+        let ratio = counts[SHARDS - 1] as f64 / counts[0] as f64;
+        assert!((1.8..=2.2).contains(&ratio), "largest / smallest share {ratio}");
     }
 }
