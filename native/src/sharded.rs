@@ -2,7 +2,7 @@
 //! long stops. A hash table or a Vec grows by moving every entry into one twice as big, all at once: on a
 //! million entries that stops the batch in hand for 20-160 ms (copying, rehashing, the kernel zeroing the
 //! new pages), which shows up directly in the worker's p99 latency.
-//! - `ShardedMap`: a hash map split into 64 shards by key hash; each growth moves 1/64 of the entries, at
+//! - `ShardedMap`: a hash map split into 64 shards by key hash; each growth moves about 1/64 of the entries, at
 //!   different times (the total work is the same).
 //! - `ChunkedVec`: a list kept in fixed-size chunks; it never moves what it holds.
 
