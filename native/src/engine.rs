@@ -206,6 +206,14 @@ fn mark_creator(dirty: &mut Dirty, c: &mut Creator, creator_id: &str) {
     }
 }
 
+/// The streak twin of mark_creator: list a streak key as changed once (its flag says it is listed).
+fn mark_streak_changed(dirty: &mut Dirty, s: &mut Streak, key: &StreakKey) {
+    if !s.dirty {
+        s.dirty = true;
+        dirty.streaks.push(key.clone());
+    }
+}
+
 fn floor_to(x: i64, step: i64) -> i64 {
     x - x.rem_euclid(step)
 }
@@ -238,11 +246,7 @@ impl Engine {
             return;
         }
         match self.state.streaks.get_mut(key) {
-            Some(s) if s.dirty => {}
-            Some(s) => {
-                s.dirty = true;
-                self.dirty.streaks.push(key.clone());
-            }
+            Some(s) => mark_streak_changed(&mut self.dirty, s, key),
             None => self.dirty.streaks.push(key.clone()),
         }
     }
@@ -387,9 +391,8 @@ impl Engine {
         // steps as below.
         if let Some(s) = self.state.streaks.get_mut(key) {
             if s.open && (!ev.group_id.is_empty() || count >= s.count) {
-                if self.track_changes && !s.dirty {
-                    s.dirty = true;
-                    self.dirty.streaks.push(key.clone());
+                if self.track_changes {
+                    mark_streak_changed(&mut self.dirty, s, key);
                 }
                 if count > s.count {
                     s.count = count;
@@ -454,9 +457,8 @@ impl Engine {
         let delta = s.count - s.credited;
         s.credited = s.count;
         s.open = false;
-        if self.track_changes && !s.dirty {
-            s.dirty = true;
-            self.dirty.streaks.push(key.clone());
+        if self.track_changes {
+            mark_streak_changed(&mut self.dirty, s, key);
         }
         let last_ts = s.last_ts;
         if delta != 0 {
