@@ -562,7 +562,6 @@ class PartitionEngine(EngineEdges):
         out.stats["payouts"] += 1
         return None
 
-
     # ---------------------------------------------------------------- the interface both engines share
 
     def end_of_stream(self, out: Outputs) -> None:
@@ -639,11 +638,6 @@ class StateSizes:
 def partition_for(key: bytes, partitions: int) -> int:
     """The partition Kafka's default partitioner (Java client and aiokafka alike) picks for a keyed record."""
     return (murmur2(key) & 0x7FFFFFFF) % partitions
-
-
-def end_of_stream(engine: PartitionEngine, out: Outputs) -> None:
-    """Declare the partition's input finished (see PartitionEngine.end_of_stream); either engine."""
-    engine.end_of_stream(out)
 
 
 class PartitionCache(dict):

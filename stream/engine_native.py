@@ -36,7 +36,6 @@ except ImportError:  # not built (no Rust toolchain at install time)
 log = logging.getLogger(__name__)
 
 
-
 def native_available() -> bool:
     return _native is not None
 

@@ -1,6 +1,6 @@
-"""The same processing on Faust (faust-streaming): a faust.App whose one agent feeds the SAME
-the same engine as the native worker (one per input partition) with the same policy, and sends the notices, window
-totals, late gifts and dead letters to the same output topics as raw bytes.
+"""The same processing on Faust (faust-streaming): a faust.App whose one agent feeds the same engine as the
+native worker (one per input partition) with the same policy, and sends the notices, window totals, late
+gifts and dead letters to the same output topics as raw bytes.
 
 It exists to compare the native worker with Faust on the same input (see load/bench_faust.py), not to
 replace the worker. What it does NOT do, on purpose and unlike the native worker:
@@ -77,7 +77,7 @@ class FaustRunner:
         e = self.engines.get(partition)
         if e is None:
             e = self.engines[partition] = make_engine(self.policy, partition, source_topic=self.cfg.topics.gifts,
-                                                           kind=self.cfg.engine)
+                                                      kind=self.cfg.engine)
         return e
 
     async def _per_event(self, stream: Any) -> None:

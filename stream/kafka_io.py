@@ -10,6 +10,7 @@ import msgspec
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
+from stream import model
 from stream.config import WorkerConfig
 from stream.engine import PartitionCache
 
@@ -29,7 +30,7 @@ def key_of(raw: bytes) -> tuple[bytes | None, int | None]:
     try:
         k = _keys.decode(raw)
         return k.creator_id.encode(), k.ts
-    except (msgspec.DecodeError, UnicodeDecodeError, UnicodeEncodeError):  # invalid UTF-8 / lone surrogates
+    except (*model.DECODE_ERRORS, UnicodeEncodeError):  # bad JSON or UTF-8 / a lone surrogate in creator_id
         return None, None
 
 

@@ -7,7 +7,7 @@ import base64
 import pytest
 from conftest import T0, gift
 
-from stream.engine import Outputs, end_of_stream
+from stream.engine import Outputs
 from stream.engine_native import Engine, make_engine
 from stream.state import restore, snapshot
 
@@ -21,7 +21,7 @@ def run(policy, records, final=False) -> tuple[Engine, Outputs]:
     eng = make_engine(policy)
     out = eng.process(records, list(range(len(records))))
     if final:
-        end_of_stream(eng, out)
+        eng.end_of_stream(out)
     return eng, out
 
 
@@ -141,7 +141,7 @@ def test_late_gift_counts_toward_balance_and_is_reported(policy):
     assert late.watermark == T0 + HOUR + 6 * MIN
     assert {(m.window, m.window_start) for m in late.missed_windows} >= {("tumbling-1h", T0)}
     assert all(m.window != "tumbling-1d" for m in late.missed_windows)
-    end_of_stream(eng, out)
+    eng.end_of_stream(out)
     day = [w for w in out.window_totals if w.window == "tumbling-1d" and w.creator_id == "c1"]
     assert day[0].milli_diamonds == 10_000  # the day window was still open: it has the late gift
     hour = [w for w in out.window_totals if w.window == "tumbling-1h" and w.creator_id == "c1"]
@@ -186,7 +186,7 @@ def test_outputs_do_not_depend_on_batch_boundaries(policy):
     parts = Outputs()
     for i in range(0, len(recs), 7):
         eng.process(recs[i:i + 7], None, parts)
-    end_of_stream(eng, parts)
+    eng.end_of_stream(parts)
     assert parts.notices == whole.notices and parts.window_totals == whole.window_totals
 
 

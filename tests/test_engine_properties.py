@@ -12,7 +12,7 @@ from conftest import T0, gift
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from stream.engine import Outputs, end_of_stream
+from stream.engine import Outputs
 from stream.engine_native import Engine, make_engine
 from stream.replay import replay
 from stream.state import restore, snapshot
@@ -91,7 +91,7 @@ def uninterrupted(policy, records) -> tuple[Engine, Outputs]:
     """The run every interrupted run must equal: one engine, one batch, then end of session."""
     whole = make_engine(policy)
     expected = whole.process(records)
-    end_of_stream(whole, expected)
+    whole.end_of_stream(expected)
     return whole, expected
 
 
@@ -108,7 +108,7 @@ def test_snapshot_restore_and_batching_equal_an_uninterrupted_run(policy, record
     for lo, hi in itertools.pairwise(cut_points(cuts, len(records))):
         eng.process(records[lo:hi], list(range(lo, hi)), got)
         eng = make_engine(policy, state=restore(snapshot(eng.state)))  # a restart at every cut
-    end_of_stream(eng, got)
+    eng.end_of_stream(got)
     assert got.notices == expected.notices
     assert got.window_totals == expected.window_totals
     assert got.late == expected.late
@@ -136,7 +136,7 @@ def test_changelog_restore_equals_an_uninterrupted_run(policy, records, cuts):
         changelog.extend(writer.drain(eng))  # what one transaction commits
         state, writer = restore_state(changelog)  # a crash right after the commit
         eng = make_engine(policy, state=state)
-    end_of_stream(eng, got)
+    eng.end_of_stream(got)
     assert got.notices == expected.notices
     assert got.window_totals == expected.window_totals
     assert got.late == expected.late
