@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 PRODUCER_BATCH_BYTES = 1 << 20  # the producers' max_batch_size
 CHANGELOG_BATCH_BYTES = PRODUCER_BATCH_BYTES  # native changelog record batches, the same size
 NATIVE_CHANGELOG = RecordBatchBuilder is not None  # changelog as native record batches, else as records
+STATE_SIZE_EVERY_S = 1.0  # state-size gauges after a batch at most this often (sizes() walks the tables)
 
 
 class GcPacer:
@@ -298,7 +299,7 @@ class Worker:
         for p, result in zip(commits, results, strict=True):
             if isinstance(result, BaseException):
                 await self._recover(p, result)
-        self.metrics.set_state_size(self.tasks)
+        self.metrics.set_state_size(self.tasks, every=STATE_SIZE_EVERY_S)
 
     async def _commit(self, task: PartitionTask, out: Outputs, changelog: list[Record],
                       offsets: dict[TopicPartition, OffsetAndMetadata]) -> None:
