@@ -99,7 +99,8 @@ class _ColumnarPartitionRecords(_fetcher.PartitionRecords):
             next_batch = records.next_batch()
             cols = parsed[index] if index < len(parsed) else None
             index += 1
-            if self._check_crcs and not next_batch.validate_crc():
+            # A batch the native reader took has passed its CRC check there.
+            if self._check_crcs and cols is None and not next_batch.validate_crc():
                 raise kafka_errors.CorruptRecordException(f"Invalid CRC - {tp}")
             skip = next_batch.is_control_batch
             if self._isolation_level == _fetcher.READ_COMMITTED and next_batch.producer_id is not None:

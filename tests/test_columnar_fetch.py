@@ -8,8 +8,10 @@ import asyncio
 import uuid
 
 import pytest
+from aiokafka.errors import CorruptRecordException
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
 from aiokafka.record.memory_records import MemoryRecords
+from aiokafka.record.util import calc_crc32c
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -64,12 +66,43 @@ def test_native_reader_reads_what_aiokafka_reads(batches, cut):
             assert (list(mine[0]), list(mine[1]), list(mine[2])) == theirs
 
 
+def with_crc(batch: bytearray) -> bytes:
+    """The batch with its CRC-32C recomputed (damage the CRC check does not see)."""
+    batch[17:21] = calc_crc32c(bytes(batch[21:])).to_bytes(4, "big")
+    return bytes(batch)
+
+
 def test_native_reader_gives_up_on_damaged_batches():
     good = build_batch(5, [(b"k", b"v", 1, [])] * 3)
     assert columnar_fetch._native.read_record_batches(good)[0] is not None
     damaged = bytearray(good)
     damaged[61] = 0x7F  # the first record's length no longer matches its fields
-    assert columnar_fetch._native.read_record_batches(bytes(damaged)) == [None]
+    assert columnar_fetch._native.read_record_batches(with_crc(damaged)) == [None]
+
+
+def test_native_reader_checks_the_crc():
+    good = bytearray(build_batch(5, [(b"k", b"value", 1, [])] * 3))
+    flipped = bytearray(good)
+    flipped[-2] ^= 0x01  # one bit of the last record's value (its last byte is the header count)
+    assert columnar_fetch._native.read_record_batches(bytes(flipped)) == [None]
+    assert columnar_fetch._native.read_record_batches(with_crc(flipped))[0] is not None
+
+
+@pytest.mark.parametrize("check_crcs", [True, False])
+def test_a_corrupt_batch_is_reported_like_aiokafka_reports_it(check_crcs: bool):
+    from aiokafka.consumer import fetcher
+    from aiokafka.structs import TopicPartition
+
+    corrupt = bytearray(build_batch(0, [(None, b"abc", 1, [])] * 3))
+    corrupt[-2] ^= 0x01  # the last value: b"abc" -> b"abb"
+    assert columnar_fetch.install()
+    recs = fetcher.PartitionRecords(TopicPartition("t", 0), fetcher.MemoryRecords(bytes(corrupt)), [], 0, None,
+                                    columnar_fetch.Columns(5), check_crcs, fetcher.READ_UNCOMMITTED)
+    if check_crcs:
+        with pytest.raises(CorruptRecordException):
+            list(recs)
+    else:  # the consumer asked not to check: aiokafka reads the batch as it is
+        assert [v for chunk in recs for v in chunk.values] == [b"abc", b"abc", b"abb"]
 
 
 def test_columns_of_accepts_both_shapes():

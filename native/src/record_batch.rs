@@ -67,9 +67,16 @@ impl<'a> Reader<'a> {
     }
 }
 
-/// The records of one v2 batch with no compression; None for anything else.
+/// The records of one v2 batch with no compression whose CRC-32C holds; None for anything else (the caller's
+/// aiokafka path then checks the CRC itself and reports a corrupt batch).
 pub fn read_batch(batch: &[u8]) -> Option<Columns<'_>> {
     if batch.len() < RECORDS_START || batch[16] != 2 {
+        return None;
+    }
+    // The CRC covers everything from the attributes on. Checked here with the CPU's CRC32 instruction:
+    // aiokafka's own check is a table-driven loop, ~4% of the worker's CPU at 130,000 records/s.
+    let crc = u32::from_be_bytes(batch[17..21].try_into().expect("4 bytes"));
+    if crc32c::crc32c(&batch[21..]) != crc {
         return None;
     }
     let be64 = |at: usize| i64::from_be_bytes(batch[at..at + 8].try_into().expect("8 bytes"));
