@@ -7,11 +7,13 @@ import gzip
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from load.harness import LatencySample, LatencyTracker, PacedProducer, Point, percentiles, series, write_report
+from stream.engine_native import native_available
 
 ROOT = Path(__file__).resolve().parents[1]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -112,7 +114,7 @@ async def test_paced_producer_keys_by_creator_and_reports_every_batch():
     prod = _FakeProducer()
     seen: list[tuple[int, int, int]] = []
     pp = PacedProducer(prod, "t", 4, rate=None, on_batch=lambda p, base, n, t: seen.append((p, base, n)))
-    assert await pp.run(pp.address(records)) == 41
+    assert await pp.run(pp.shipments(pp.address(records))) == 41
     await asyncio.sleep(0)
     assert sum(n for _, _, n in seen) == 41
     per_p: dict[int, int] = {}
@@ -131,8 +133,54 @@ async def test_paced_producer_holds_the_rate():
     prod = _FakeProducer()
     pp = PacedProducer(prod, "t", 2, rate=2_000)
     records = (json.dumps({"creator_id": f"c{i}", "ts": i}).encode() for i in range(100_000))
-    sent = await pp.run(pp.address(records), duration=0.5)
+    sent = await pp.run(pp.shipments(pp.address(records)), duration=0.5)
     assert 700 <= sent <= 1_100
+
+
+class _BuildingProducer(_FakeProducer):
+    """Builds each batch like aiokafka's sender does and keeps the records it would have sent."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: dict[int, list[tuple[bytes, bytes, int]]] = {}
+
+    async def send_batch(self, batch, topic, partition):
+        from aiokafka.record.default_records import DefaultRecordBatch
+
+        batch._set_producer_state(1, 0, len(self.records.get(partition, ())))
+        built = DefaultRecordBatch(batch._build())
+        assert built.validate_crc()
+        got = [(r.key, r.value, r.timestamp) for r in built]
+        base = len(self.records.setdefault(partition, []))
+        self.records[partition].extend(got)
+        fut = asyncio.get_running_loop().create_future()
+        fut.set_result(type("Md", (), {"offset": base})())
+        return fut
+
+
+@pytest.mark.skipif(not native_available(), reason="native engine not built")
+async def test_batches_packed_ahead_carry_every_record_in_order_stamped_when_sent():
+    from stream.engine import partition_for
+
+    records = [json.dumps({"creator_id": f"c{i % 7}", "ts": i}).encode() for i in range(3_000)]
+    prod = _BuildingProducer()
+    seen: list[tuple[int, int, int]] = []
+    pp = PacedProducer(prod, "t", 3, rate=20_000, native_batches=True, max_batch_bytes=4_000,
+                       on_batch=lambda p, base, n, t: seen.append((p, base, n)))
+    shipments = list(pp.shipments(pp.address(records)))  # packed before the clock starts
+    assert len(shipments) == 15  # 200 records a tick (20,000/s, 10 ms)
+    await asyncio.sleep(0.02)
+    before = int(time.time() * 1000)
+    assert await pp.run(shipments) == 3_000
+    await asyncio.sleep(0)
+    want: dict[int, list[bytes]] = {}
+    for raw in records:
+        key = json.loads(raw)["creator_id"].encode()
+        want.setdefault(partition_for(key, 3), []).append(raw)
+    assert {p: [v for _, v, _ in got] for p, got in prod.records.items()} == want
+    stamps = [ts for got in prod.records.values() for _, _, ts in got]
+    assert min(stamps) >= before  # stamped when handed over, not when packed
+    assert sum(n for _, _, n in seen) == 3_000 and max(n for _, _, n in seen) < 200  # 4,000-byte batches
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:

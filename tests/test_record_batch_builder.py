@@ -48,3 +48,21 @@ def test_a_full_batch_refuses_records_and_aiokafka_cannot_append_to_it():
     # aiokafka's accumulator calls append() only to add a producer.send() record to a queued batch
     assert b.append(timestamp=None, key=b"k", value=b"v", headers=[]) is None
     assert b.size() == len(b._build())
+
+
+def test_a_batch_filled_ahead_is_stamped_when_sent():
+    from stream._native import RecordBatchBuilder
+
+    early, late = 1_764_000_000_000, 1_764_000_090_500
+    theirs = DefaultRecordBatchBuilder(magic=2, compression_type=0, is_transactional=False, producer_id=-1,
+                                       producer_epoch=-1, base_sequence=-1, batch_size=1 << 24)
+    mine = RecordBatchBuilder(1 << 20, False, early, capacity=0)  # reserves nothing: grows as it fills
+    for i in range(5):
+        theirs.append(i, timestamp=late, key=b"k", value=b"v%d" % i, headers=[])
+        assert mine.add(b"k", b"v%d" % i)
+    mine.set_timestamp(late)
+    built = mine._build()
+    assert built == bytes(theirs.build())
+    assert [r.timestamp for r in DefaultRecordBatch(built)] == [late] * 5
+    with pytest.raises(ValueError):
+        mine.set_timestamp(early)  # its bytes (and CRC) are fixed once built

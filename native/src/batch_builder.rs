@@ -38,7 +38,12 @@ pub struct RecordBatchBuilder {
 
 impl RecordBatchBuilder {
     pub fn create(max_bytes: usize, transactional: bool, timestamp_ms: i64) -> Self {
-        RecordBatchBuilder { records: Vec::with_capacity(max_bytes.min(1 << 20)), scratch: Vec::new(), count: 0,
+        Self::with_capacity(max_bytes, transactional, timestamp_ms, max_bytes.min(1 << 20))
+    }
+
+    /// `capacity`: bytes of records reserved up front (create() reserves a whole batch, for batches that fill).
+    pub fn with_capacity(max_bytes: usize, transactional: bool, timestamp_ms: i64, capacity: usize) -> Self {
+        RecordBatchBuilder { records: Vec::with_capacity(capacity), scratch: Vec::new(), count: 0,
                              max_bytes, transactional, timestamp_ms, closed: false, producer: (-1, -1, -1),
                              built: None }
     }
@@ -106,9 +111,22 @@ impl RecordBatchBuilder {
 #[pymethods]
 impl RecordBatchBuilder {
     #[new]
-    #[pyo3(signature = (max_bytes, transactional, timestamp_ms))]
-    fn py_new(max_bytes: usize, transactional: bool, timestamp_ms: i64) -> Self {
-        Self::create(max_bytes, transactional, timestamp_ms)
+    #[pyo3(signature = (max_bytes, transactional, timestamp_ms, capacity=None))]
+    fn py_new(max_bytes: usize, transactional: bool, timestamp_ms: i64, capacity: Option<usize>) -> Self {
+        match capacity {
+            Some(capacity) => Self::with_capacity(max_bytes, transactional, timestamp_ms, capacity),
+            None => Self::create(max_bytes, transactional, timestamp_ms),
+        }
+    }
+
+    /// Change the batch's timestamp (every record carries it) until it is built: a batch filled ahead of time
+    /// is stamped when it is handed to the producer.
+    fn set_timestamp(&mut self, timestamp_ms: i64) -> PyResult<()> {
+        if self.built.is_some() {
+            return Err(pyo3::exceptions::PyValueError::new_err("the batch is built already"));
+        }
+        self.timestamp_ms = timestamp_ms;
+        Ok(())
     }
 
     /// Add a record (key and value bytes or None); False when the batch is full.
