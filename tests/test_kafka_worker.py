@@ -122,12 +122,13 @@ class FlakyWorker(Worker):
         super().__init__(*args, **kw)
         self.fail_at, self.calls, self.failed = fail_at, 0, 0
 
-    async def _send_outputs(self, prod, p, out, changelog) -> None:
-        await super()._send_outputs(prod, p, out, changelog)
+    async def _send_outputs(self, prod, p, out, changelog) -> list[asyncio.Future]:
+        delivered = await super()._send_outputs(prod, p, out, changelog)
         self.calls += 1
         if self.calls in self.fail_at:
             self.failed += 1
             raise RuntimeError("injected: the transaction fails after its outputs went out")
+        return delivered
 
 
 async def test_failed_transactions_are_aborted_and_redone(cfg):
