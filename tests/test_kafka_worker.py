@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import logging
 import os
 import random
 import signal
@@ -145,6 +146,26 @@ async def test_failed_transactions_are_aborted_and_redone(cfg):
     worker.stop()
     await run
     assert worker.failed == 6  # each injected failure happened
+    await assert_matches_offline(cfg, records)
+
+
+async def test_no_produce_is_retried_for_a_transaction_check(cfg, caplog):
+    """A transaction's outputs are delivered before its offsets are sent (Worker._commit). Sent side by side,
+    some produce requests met the broker's KIP-890 check while AddOffsetsToTxn was being written: answered
+    NOT_ENOUGH_REPLICAS, sent again 20-30 ms later."""
+    records = session(20_000, seed=23)
+    cfg = replace(cfg, batch_max_records=300)  # many small transactions
+    caplog.set_level(logging.WARNING, logger="aiokafka.producer.sender")
+    worker = Worker(cfg, load_policy())
+    run = asyncio.create_task(worker.run())
+    for lo in range(0, len(records), 2_000):  # arriving while the worker runs
+        await produce_session(records[lo:lo + 2_000], cfg)
+        await asyncio.sleep(0.05)
+    await wait_drained(cfg)
+    worker.stop()
+    await run
+    retried = [r.getMessage() for r in caplog.records if "NotEnoughReplicas" in r.getMessage()]
+    assert retried == []
     await assert_matches_offline(cfg, records)
 
 
