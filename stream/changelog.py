@@ -73,10 +73,15 @@ class ChangelogWriter:
 Changelog = tuple[list[Record], list[tuple[int, int]], list[int]]
 
 
+def cursor_record(watermark: int | None, close_cursor: int | None) -> Record:
+    """The `m` record: the partition's watermark and window close cursor."""
+    return b"m", _enc.encode((watermark, close_cursor))
+
+
 def encode_changes(ch: Changes) -> Changelog:
     """Changed keys -> (records, the dedupe chunks they start [(bucket, start)], expired buckets). The native
     engine writes the same bytes itself (native/src/msgpack.rs)."""
-    out: list[Record] = [(b"m", _enc.encode((ch.watermark, ch.close_cursor)))]
+    out: list[Record] = [cursor_record(ch.watermark, ch.close_cursor)]
     out.extend((f"c:{cid}".encode(), None if v is None else _enc.encode(v)) for cid, v in ch.creators)
     out.extend((f"w:{cid}{_SEP}{pane}".encode(), None if tally is None else _enc.encode(tally))
                for cid, pane, tally in ch.panes)

@@ -12,6 +12,7 @@ the committed offsets with the state that matches them.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
 import time
@@ -24,7 +25,7 @@ from aiokafka.errors import ProducerFenced
 from aiokafka.structs import OffsetAndMetadata
 
 from stream import columnar_fetch, model
-from stream.changelog import ChangelogWriter, Record, RecordBatchBuilder, restore_state
+from stream.changelog import ChangelogWriter, Record, RecordBatchBuilder, cursor_record, restore_state
 from stream.columnar_fetch import columns_of
 from stream.config import WorkerConfig
 from stream.engine import Outputs, partition_for
@@ -228,6 +229,8 @@ class Worker:
         state, writer = restore_state(records)
         task = PartitionTask(p, make_engine(self.policy, p, state, self.cfg.topics.gifts, self.cfg.engine), writer,
                              producer)
+        if self.cfg.exactly_once:
+            await self._first_transaction(task)
         seconds = time.perf_counter() - started
         self.metrics.restore_seconds.observe(seconds)
         self.metrics.set_state_size(self.tasks | {p: task})
@@ -235,6 +238,28 @@ class Worker:
                                               "changelog_records": len(records), "creators": len(state.creators),
                                               "seconds": round(seconds, 3)})
         return task
+
+    async def _first_transaction(self, task: PartitionTask) -> None:
+        """Commit, once the partition is restored, a transaction that changes nothing: the state's own `m`
+        record and the partition's committed position again (a new group: where it starts reading, the log
+        start). A producer's first transaction opens its connections and looks up the group coordinator;
+        left to the first batches, that made a fresh worker's first half second run 50-110 ms cycles
+        instead of ~20 ms, and the backlog it built took its latency past 250 ms."""
+        p, prod = task.partition, task.producer
+        tp = TopicPartition(self.cfg.topics.gifts, p)
+        position = await self._consumer.committed(tp)
+        if position is None:
+            position = (await self._consumer.beginning_offsets([tp]))[tp]
+        await prod.begin_transaction()
+        try:
+            key, value = cursor_record(task.engine.watermark, task.engine.close_cursor)
+            await (await prod.send(self.cfg.topics.changelog, value, key=key, partition=p))
+            await prod.send_offsets_to_transaction({tp: OffsetAndMetadata(position, "")}, self.cfg.group_id)
+            await prod.commit_transaction()
+        except BaseException:
+            with contextlib.suppress(Exception):  # a broken producer: the error below says why
+                await prod.abort_transaction()
+            raise
 
     async def _read_changelog(self, p: int) -> list[Record]:
         tp = TopicPartition(self.cfg.topics.changelog, p)

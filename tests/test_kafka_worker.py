@@ -169,6 +169,54 @@ async def test_no_produce_is_retried_for_a_transaction_check(cfg, caplog):
     await assert_matches_offline(cfg, records)
 
 
+async def test_a_restored_partition_commits_a_first_transaction_that_changes_nothing(cfg):
+    """At assignment each partition commits its own `m` record and its position again (Worker._first_transaction):
+    the producer's connections are open before the first batch. Restoring gives the same state back."""
+    records = session(3_000, seed=29)
+    await run_worker_through(cfg, records)  # a first worker: committed positions and a changelog
+    admin = AIOKafkaAdminClient(bootstrap_servers=cfg.bootstrap_servers)
+    await admin.start()
+    try:
+        before = await committed_offsets(admin, cfg.group_id, cfg.topics.gifts)
+        changelog_before = await read_topic(cfg, cfg.topics.changelog)
+        worker = Worker(cfg, load_policy())  # the next owner, with nothing new to read
+        run = asyncio.create_task(worker.run())
+        await wait_for(lambda: worker.ready and len(worker.tasks) == PARTITIONS, "the worker to restore")
+        after = await committed_offsets(admin, cfg.group_id, cfg.topics.gifts)
+        changelog_after = await read_topic(cfg, cfg.topics.changelog)
+        worker.stop()
+        await run
+    finally:
+        await admin.close()
+    assert after == before and len(after) == PARTITIONS
+    for p in range(PARTITIONS):
+        new = changelog_after[p][len(changelog_before[p]):]
+        assert [m.key for m in new] == [b"m"]  # one more record: the cursor, as it was
+        old_m = [m.value for m in changelog_before[p] if m.key == b"m"][-1]
+        assert new[0].value == old_m
+        assert restore_state((m.key, m.value) for m in changelog_after[p])[0] == \
+            restore_state((m.key, m.value) for m in changelog_before[p])[0]
+
+
+async def test_a_new_group_starts_from_the_log_start(cfg):
+    """A fresh group's first transaction commits where it starts reading anyway: the log start."""
+    worker = Worker(cfg, load_policy())
+    run = asyncio.create_task(worker.run())
+    await wait_for(lambda: worker.ready and len(worker.tasks) == PARTITIONS, "the worker to restore")
+    admin = AIOKafkaAdminClient(bootstrap_servers=cfg.bootstrap_servers)
+    await admin.start()
+    try:
+        assert await committed_offsets(admin, cfg.group_id, cfg.topics.gifts) == {p: 0 for p in range(PARTITIONS)}
+    finally:
+        await admin.close()
+    records = session(2_000, seed=31)
+    await produce_session(records, cfg)
+    await wait_drained(cfg)
+    worker.stop()
+    await run
+    await assert_matches_offline(cfg, records)
+
+
 async def test_poison_records_go_to_the_dead_letter_topic_and_the_worker_keeps_going(cfg):
     good = session(2_000, seed=5)
     # The last one is near the broker's 1 MB message limit: its dead letter must still fit (raw is cut).
