@@ -30,6 +30,8 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import ctypes
+import ctypes.util
 import functools
 import gc
 import itertools
@@ -607,8 +609,9 @@ async def run_load(cfg: Any, policy: Any, records: Iterator[bytes], opts: RunOpt
         else:
             started = time.monotonic()
             # Generated, addressed and packed into producer batches before the clock starts (see PacedProducer):
-            # the run only hands batches over. About 0.3 KiB per record, held until sent.
+            # the run only hands batches over. About 0.6 KiB per record, held until sent.
             shipments = list(pp.shipments(pp.address(records)))
+            _return_freed_memory()
             # Many held objects: a full collection in the run would walk them all and stall the poller, whose
             # stamps are the latency measurement. They live until sent: freeze them.
             gc.freeze()
@@ -717,6 +720,17 @@ async def run_load(cfg: Any, policy: Any, records: Iterator[bytes], opts: RunOpt
     report = {"config": config, "results": results, "verification": verification, "series": s}
     report["files"] = {k: str(v) for k, v in write_report(opts.out, report).items()}
     return report
+
+
+def _return_freed_memory() -> None:
+    """Give the C heap's free pages back to the OS (glibc's malloc_trim). Generating leaves ~1.8 KiB per
+    record of freed but still mapped heap (orjson's buffers, the generator's working objects): 6 GB of
+    resident memory for 3.3M records, on the machine whose broker and workers are being measured."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to trim this way
+        pass
 
 
 def _poll_period(points: list[Point]) -> dict[str, float] | None:
