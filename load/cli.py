@@ -175,7 +175,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--no-verify", action="store_true", help="skip the ground-truth verification")
     p.add_argument("--generate-live", action="store_true",
                    help="generate records while producing (constant memory, ~10 µs of CPU per record during "
-                        "the run) instead of all of them before the clock starts (default; ~0.7 KiB per record)")
+                        "the run) instead of all of them before the clock starts (default; ~0.6 KiB per record)")
     p.add_argument("--quiet", action="store_true", help="no live progress line")
     _kafka_args(p)
     _traffic_args(p, None)

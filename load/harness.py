@@ -2,10 +2,10 @@
 
 `giftstream load run` produces seeded synthetic traffic (load/generator.py) into the gifts topic at a target
 rate (paced by the wall clock, batches per partition keyed by creator_id like stream.kafka_io.produce_session)
-for a duration. The records are generated before the clock starts (--generate-live: while producing):
-generating costs ~10 µs of CPU per record, half a core at 60,000/s, which would be taken from the workers
-and the broker on the same machine (a real load comes from other machines). Meanwhile it polls, every
-~25 ms (--poll-interval), the workers' consumer group committed offsets
+for a duration. The records are generated and packed into producer batches before the clock starts
+(--generate-live: while producing): generating costs ~10 µs of CPU per record and packing ~1.5 µs, which
+would be taken from the workers and the broker on the same machine (a real load comes from other machines).
+Meanwhile it polls, every ~25 ms (--poll-interval), the workers' consumer group committed offsets
 (AIOKafkaAdminClient.list_consumer_group_offsets) and the topic's end offsets (a consumer's end_offsets).
 
 Measurements:
