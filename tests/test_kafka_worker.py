@@ -116,6 +116,17 @@ async def test_end_to_end_totals_are_exact_and_notices_match_the_offline_replay(
     await assert_matches_offline(cfg, records)
 
 
+async def run_while_arriving(cfg: WorkerConfig, worker: Worker, records: list[bytes], step: int) -> None:
+    """Run the worker while the records arrive `step` at a time, until it has committed them all; stop it."""
+    run = asyncio.create_task(worker.run())
+    for lo in range(0, len(records), step):
+        await produce_session(records[lo:lo + step], cfg)
+        await asyncio.sleep(0.05)
+    await wait_drained(cfg)
+    worker.stop()
+    await run
+
+
 class FlakyWorker(Worker):
     """Its transactions fail (after sending their outputs, before committing) at the chosen calls."""
 
@@ -138,13 +149,7 @@ async def test_failed_transactions_are_aborted_and_redone(cfg):
     records = session(30_000, seed=17)
     cfg = replace(cfg, batch_max_records=400)  # many small batches and transactions
     worker = FlakyWorker(cfg, load_policy(), fail_at={5, 17, 18, 40, 41, 42})
-    run = asyncio.create_task(worker.run())
-    for lo in range(0, len(records), 3_000):  # arriving while the worker runs
-        await produce_session(records[lo:lo + 3_000], cfg)
-        await asyncio.sleep(0.05)
-    await wait_drained(cfg)
-    worker.stop()
-    await run
+    await run_while_arriving(cfg, worker, records, step=3_000)
     assert worker.failed == 6  # each injected failure happened
     await assert_matches_offline(cfg, records)
 
@@ -156,14 +161,7 @@ async def test_no_produce_is_retried_for_a_transaction_check(cfg, caplog):
     records = session(20_000, seed=23)
     cfg = replace(cfg, batch_max_records=300)  # many small transactions
     caplog.set_level(logging.WARNING, logger="aiokafka.producer.sender")
-    worker = Worker(cfg, load_policy())
-    run = asyncio.create_task(worker.run())
-    for lo in range(0, len(records), 2_000):  # arriving while the worker runs
-        await produce_session(records[lo:lo + 2_000], cfg)
-        await asyncio.sleep(0.05)
-    await wait_drained(cfg)
-    worker.stop()
-    await run
+    await run_while_arriving(cfg, Worker(cfg, load_policy()), records, step=2_000)
     retried = [r.getMessage() for r in caplog.records if "NotEnoughReplicas" in r.getMessage()]
     assert retried == []
     await assert_matches_offline(cfg, records)
