@@ -55,3 +55,14 @@ def test_really_freezes() -> None:
         assert gc.get_freeze_count() >= before + len(keep)
     finally:
         gc.unfreeze()
+
+
+def test_after_restore_collects_once_and_freezes(calls: list[str]) -> None:
+    now = [50.0]
+    pacer = GcPacer(freeze_every=1.0, full_every=600.0, clock=lambda: now[0])
+    now[0] += 30.0  # start-up took a while: the first batch would freeze at once
+    pacer.after_restore()
+    assert calls == ["collect", "freeze"]
+    now[0] += 0.5
+    pacer.after_batch()  # the freeze at restore counts: nothing again this soon
+    assert calls == ["collect", "freeze"]
