@@ -12,7 +12,6 @@ the committed offsets with the state that matches them.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gc
 import logging
 import time
@@ -266,8 +265,7 @@ class Worker:
             await prod.send_offsets_to_transaction({tp: OffsetAndMetadata(position, "")}, self.cfg.group_id)
             await prod.commit_transaction()
         except BaseException:
-            with contextlib.suppress(Exception):  # a broken producer: the error below says why
-                await prod.abort_transaction()
+            await self._abort(prod)
             raise
 
     async def _read_changelog(self, p: int) -> list[Record]:
@@ -355,11 +353,16 @@ class Worker:
             await prod.commit_transaction()
         except BaseException:
             self.metrics.transactions_aborted.inc()
-            try:
-                await prod.abort_transaction()
-            except Exception:  # fenced or broken producer: the restart path below replaces it
-                log.warning("abort failed", exc_info=True)
+            await self._abort(prod)
             raise
+
+    @staticmethod
+    async def _abort(prod: AIOKafkaProducer) -> None:
+        """Abort the open transaction; a failed abort is logged, not raised (the error that led here is)."""
+        try:
+            await prod.abort_transaction()
+        except Exception:  # fenced or broken producer: the restart path replaces it
+            log.warning("abort failed", exc_info=True)
 
     async def _recover(self, p: int, error: BaseException) -> None:
         """A transaction failed: the engine is ahead of what was committed. Throw the state away and

@@ -56,15 +56,20 @@ async def cfg():
     await delete_topics(c)
 
 
-async def committed_lag(c: WorkerConfig, topic: str | None = None) -> int:
-    """Records of an input topic (default: gifts) not yet covered by the group's committed offsets."""
-    topic = topic or c.topics.gifts
+async def group_committed(c: WorkerConfig, topic: str | None = None) -> dict[int, int]:
+    """The group's committed offsets of an input topic (default: gifts), per partition that has one."""
     admin = AIOKafkaAdminClient(bootstrap_servers=c.bootstrap_servers)
     await admin.start()
     try:
-        committed = await committed_offsets(admin, c.group_id, topic)
+        return await committed_offsets(admin, c.group_id, topic or c.topics.gifts)
     finally:
         await admin.close()
+
+
+async def committed_lag(c: WorkerConfig, topic: str | None = None) -> int:
+    """Records of an input topic (default: gifts) not yet covered by the group's committed offsets."""
+    topic = topic or c.topics.gifts
+    committed = await group_committed(c, topic)
     return sum(end - committed.get(p, 0) for p, end in (await end_offsets(c, topic)).items())
 
 
@@ -172,20 +177,15 @@ async def test_a_restored_partition_commits_a_first_transaction_that_changes_not
     the producer's connections are open before the first batch. Restoring gives the same state back."""
     records = session(3_000, seed=29)
     await run_worker_through(cfg, records)  # a first worker: committed positions and a changelog
-    admin = AIOKafkaAdminClient(bootstrap_servers=cfg.bootstrap_servers)
-    await admin.start()
-    try:
-        before = await committed_offsets(admin, cfg.group_id, cfg.topics.gifts)
-        changelog_before = await read_topic(cfg, cfg.topics.changelog)
-        worker = Worker(cfg, load_policy())  # the next owner, with nothing new to read
-        run = asyncio.create_task(worker.run())
-        await wait_for(lambda: worker.ready and len(worker.tasks) == PARTITIONS, "the worker to restore")
-        after = await committed_offsets(admin, cfg.group_id, cfg.topics.gifts)
-        changelog_after = await read_topic(cfg, cfg.topics.changelog)
-        worker.stop()
-        await run
-    finally:
-        await admin.close()
+    before = await group_committed(cfg)
+    changelog_before = await read_topic(cfg, cfg.topics.changelog)
+    worker = Worker(cfg, load_policy())  # the next owner, with nothing new to read
+    run = asyncio.create_task(worker.run())
+    await wait_for(lambda: worker.ready and len(worker.tasks) == PARTITIONS, "the worker to restore")
+    after = await group_committed(cfg)
+    changelog_after = await read_topic(cfg, cfg.topics.changelog)
+    worker.stop()
+    await run
     assert after == before and len(after) == PARTITIONS
     for p in range(PARTITIONS):
         new = changelog_after[p][len(changelog_before[p]):]
@@ -201,12 +201,7 @@ async def test_a_new_group_starts_from_the_log_start(cfg):
     worker = Worker(cfg, load_policy())
     run = asyncio.create_task(worker.run())
     await wait_for(lambda: worker.ready and len(worker.tasks) == PARTITIONS, "the worker to restore")
-    admin = AIOKafkaAdminClient(bootstrap_servers=cfg.bootstrap_servers)
-    await admin.start()
-    try:
-        assert await committed_offsets(admin, cfg.group_id, cfg.topics.gifts) == {p: 0 for p in range(PARTITIONS)}
-    finally:
-        await admin.close()
+    assert await group_committed(cfg) == {p: 0 for p in range(PARTITIONS)}
     records = session(2_000, seed=31)
     await produce_session(records, cfg)
     await wait_drained(cfg)

@@ -90,6 +90,13 @@ class _FakeBatch:
         return object()
 
 
+def _acked(base_offset: int) -> asyncio.Future:
+    """A send_batch future already resolved with the batch's record metadata (its base offset)."""
+    fut = asyncio.get_running_loop().create_future()
+    fut.set_result(type("Md", (), {"offset": base_offset})())
+    return fut
+
+
 class _FakeProducer:
     def __init__(self) -> None:
         self.next = {}
@@ -102,9 +109,7 @@ class _FakeProducer:
         base = self.next.get(partition, 0)
         self.next[partition] = base + batch.n
         self.sent.append((partition, batch.n))
-        fut = asyncio.get_running_loop().create_future()
-        fut.set_result(type("Md", (), {"offset": base})())
-        return fut
+        return _acked(base)
 
 
 async def test_paced_producer_keys_by_creator_and_reports_every_batch():
@@ -153,9 +158,7 @@ class _BuildingProducer(_FakeProducer):
         got = [(r.key, r.value, r.timestamp) for r in built]
         base = len(self.records.setdefault(partition, []))
         self.records[partition].extend(got)
-        fut = asyncio.get_running_loop().create_future()
-        fut.set_result(type("Md", (), {"offset": base})())
-        return fut
+        return _acked(base)
 
 
 @pytest.mark.skipif(not native_available(), reason="native engine not built")
