@@ -61,7 +61,7 @@ class NativePartitionEngine(EngineEdges):
             [(w.name, w.size_ms, w.hop_ms) for w in policy.windows],
             policy.pane_ms, policy.grace_ms, policy.streak_timeout_ms, policy.dedupe_horizon_ms,
             policy.max_future_ms, policy.max_record_bytes, policy.version, (WindowTotal, LateGift, MissedWindow),
-            track_changes)
+            track_changes, max_json_depth=model.MAX_JSON_DEPTH)
         if state is not None:
             self._load(state)
 

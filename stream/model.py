@@ -6,6 +6,7 @@ declaration order), which is what makes offline and live notices byte-identical.
 
 from __future__ import annotations
 
+import re
 from typing import Annotated
 
 import msgspec
@@ -111,18 +112,120 @@ UNKNOWN_REGION = "unknown_region"
 TS_TOO_FAR_FUTURE = "ts_too_far_future"
 TS_TOO_OLD = "ts_too_old"
 OVERSIZE = "oversize"
+TOO_DEEP = "too_deep"
 REJECT_REASONS = (
     NOT_JSON, NOT_OBJECT, MISSING_FIELD, WRONG_TYPE, INVALID_VALUE, NON_POSITIVE_COUNT,
-    UNKNOWN_REGION, TS_TOO_FAR_FUTURE, TS_TOO_OLD, OVERSIZE,
+    UNKNOWN_REGION, TS_TOO_FAR_FUTURE, TS_TOO_OLD, OVERSIZE, TOO_DEEP,
 )
+
+# The deepest nesting a record may have (the top-level object is depth 1; each array or object inside adds
+# one). Real records are flat; the bound keeps every decoder far from its recursion limit (msgspec raised
+# RecursionError near 1000, serde_json stops at 128). The native core gets it at construction.
+MAX_JSON_DEPTH = 32
 
 _event_decoder = msgspec.json.Decoder(GiftEvent)
 _payout_decoder = msgspec.json.Decoder(Payout)
 encode = msgspec.json.Encoder().encode
 
 
-# msgspec raises UnicodeDecodeError, not DecodeError, for invalid UTF-8 inside a JSON string.
-DECODE_ERRORS = (msgspec.DecodeError, UnicodeDecodeError)
+# msgspec raises UnicodeDecodeError, not DecodeError, for invalid UTF-8 inside a JSON string, and
+# RecursionError for nesting near Python's recursion limit (such a record is too deep: scan_structure says so).
+DECODE_ERRORS = (msgspec.DecodeError, UnicodeDecodeError, RecursionError)
+
+# ---------------------------------------------------------------- the structural scan
+
+# One JSON token after optional whitespace (group 1): a string (group 2: its body; escapes are checked by
+# msgspec when the body has a backslash), a structural character (group 3), or a scalar.
+_TOKEN = re.compile(rb'([ \t\n\r]*)(?:"((?:[^"\\\x00-\x1f]|\\.)*)"|([{}\[\]:,])'
+                    rb'|-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?|true|false|null)')
+_WS = re.compile(rb"[ \t\n\r]*")
+_VALUE, _FIRST_KEY, _KEY, _COLON, _NEXT, _FIRST_VALUE, _DONE = range(7)
+
+
+def scan_structure(raw: bytes, max_depth: int = MAX_JSON_DEPTH) -> tuple[str, str] | None:
+    """The structural verdict on a record, before any typed decoding: (NOT_JSON, detail) when it is not JSON
+    at all, else the first violation in document order, (TOO_DEEP, detail), else None. Iterative, so no depth
+    can crash it. It only runs on records the decoders' cheap checks cannot clear (see decode_event)."""
+    try:
+        raw.decode()
+    except UnicodeDecodeError as e:
+        return NOT_JSON, f"JSON is malformed: invalid UTF-8 (byte {e.start})"
+    first: tuple[str, str] | None = None
+    depth = 0
+    stack: list[bool] = []  # per open container: is it an object
+    state = _VALUE
+    pos, end = 0, len(raw)
+    match = _TOKEN.match
+    while pos < end and state != _DONE:
+        m = match(raw, pos)
+        if m is None:
+            break
+        at, pos = m.end(1), m.end()  # where the token starts, where the next one may
+        body, punct = m.group(2), m.group(3)
+        if punct is None:  # a string or a scalar
+            if body is not None and b"\\" in body:
+                try:
+                    msgspec.json.decode(b'"' + body + b'"')  # msgspec's own verdict on the escapes
+                except DECODE_ERRORS:
+                    return NOT_JSON, f"JSON is malformed: invalid string (byte {at})"
+            if state in (_FIRST_KEY, _KEY):
+                if body is None:
+                    break  # a key must be a string
+                state = _COLON
+                continue
+            if state not in (_VALUE, _FIRST_VALUE):
+                break
+            state = _NEXT if stack else _DONE
+            continue
+        c = punct[0]
+        if c in b"{[":
+            if state not in (_VALUE, _FIRST_VALUE):
+                break
+            depth += 1
+            if depth > max_depth and first is None:
+                first = TOO_DEEP, f"nested deeper than {max_depth} levels (byte {at})"
+            is_object = c == 0x7B
+            stack.append(is_object)
+            state = _FIRST_KEY if is_object else _FIRST_VALUE
+        elif c in b"}]":
+            if not stack or stack[-1] != (c == 0x7D) or state not in (
+                    _NEXT, _FIRST_KEY if c == 0x7D else _FIRST_VALUE):
+                break
+            stack.pop()
+            depth -= 1
+            state = _NEXT if stack else _DONE
+        elif c == 0x3A:  # ':'
+            if state != _COLON:
+                break
+            state = _VALUE
+        else:  # ','
+            if state != _NEXT:
+                break
+            state = _KEY if stack[-1] else _VALUE
+    pos = _WS.match(raw, pos).end()
+    if state != _DONE or pos != end:
+        return NOT_JSON, f"JSON is malformed (byte {pos})"
+    return first
+
+
+def _structure_checked(raw: bytes, decoded: object) -> object:
+    """A record the cheap check could not clear: the scan's violation if it has one, else what msgspec
+    decoded. (A record msgspec decoded is JSON: a not_json from the scan there would be the scan's mistake.)"""
+    bad = scan_structure(raw)
+    return bad if bad is not None and bad[0] != NOT_JSON else decoded
+
+
+def _rejected(raw: bytes, err: Exception) -> tuple[str, str]:
+    """A record msgspec could not decode: the scan's verdict comes first (not JSON, too deep), then
+    msgspec's reason and wording."""
+    bad = scan_structure(raw)
+    # A not_json from the scan goes before a schema reason, and before msgspec's recursion error; for
+    # other malformed input msgspec's wording is kept.
+    if bad is not None and (bad[0] != NOT_JSON or isinstance(err, (RecursionError, msgspec.ValidationError))):
+        return bad
+    if isinstance(err, RecursionError):  # cannot happen within MAX_JSON_DEPTH; a dead letter all the same
+        return TOO_DEEP, f"nested too deep to decode: {err}"[:300]
+    return classify_error(err), str(err)[:300]
 
 
 def classify_error(err: msgspec.DecodeError | UnicodeDecodeError) -> str:
@@ -145,9 +248,15 @@ def classify_error(err: msgspec.DecodeError | UnicodeDecodeError) -> str:
 def decode_event(raw: bytes) -> GiftEvent | tuple[str, str]:
     """Decode one record: the event, or (reason, detail) when it is bad input."""
     try:
-        return _event_decoder.decode(raw)
+        ev = _event_decoder.decode(raw)
     except DECODE_ERRORS as e:
-        return classify_error(e), str(e)[:300]
+        return _rejected(raw, e)
+    # The cheap check that lets a decoded record skip the structural scan: it holds exactly as many quotes
+    # as its required strings need (11 keys and 5 string values, plus group_id's key and value when it has
+    # one). Any further key, at any depth, would add at least two; an escaped quote adds one. So such a
+    # record is one flat object with no key but the struct's, each once: nothing deep, nothing repeated.
+    q = raw.count(b'"')
+    return ev if q == 32 or (q == 36 and ev.group_id) else _structure_checked(raw, ev)
 
 
 def decode_events(raws: list[bytes], max_bytes: int) -> list[GiftEvent | tuple[str, str]]:
@@ -156,7 +265,9 @@ def decode_events(raws: list[bytes], max_bytes: int) -> list[GiftEvent | tuple[s
     decode = _event_decoder.decode
     if not raws or max(map(len, raws)) <= max_bytes:
         try:
-            return [decode(r) for r in raws]
+            # decode_event's cheap check, inlined: it runs once per record.
+            return [ev if (q := r.count(b'"')) == 32 or (q == 36 and ev.group_id) else _structure_checked(r, ev)
+                    for r in raws for ev in (decode(r),)]
         except DECODE_ERRORS:
             pass
     return [
@@ -167,9 +278,11 @@ def decode_events(raws: list[bytes], max_bytes: int) -> list[GiftEvent | tuple[s
 
 def decode_payout(raw: bytes) -> Payout | tuple[str, str]:
     try:
-        return _payout_decoder.decode(raw)
+        p = _payout_decoder.decode(raw)
     except DECODE_ERRORS as e:
-        return classify_error(e), str(e)[:300]
+        return _rejected(raw, e)
+    # decode_event's cheap check: 4 keys and 2 string values are 12 quotes; any more, scan.
+    return p if raw.count(b'"') == 12 else _structure_checked(raw, p)
 
 
 _notice_decoder = msgspec.json.Decoder(PayoutNotice)

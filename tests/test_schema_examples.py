@@ -197,3 +197,10 @@ def test_dead_letter_examples_carry_decodable_raw_bytes() -> None:
     not_base64 = _load_json(EXAMPLE_DIR / "dead-letter" / "invalid" / "raw-not-base64.json")["raw_b64"]
     with pytest.raises(binascii.Error):
         base64.b64decode(not_base64, validate=True)
+
+
+def test_dead_letter_reasons_are_the_engines_reject_reasons():
+    """Every reason a dead letter can carry is in the schema's enum and has its metric label, and no other."""
+    from stream.model import REJECT_REASONS
+
+    assert _schema("dead-letter")["properties"]["reason"]["enum"] == list(REJECT_REASONS)

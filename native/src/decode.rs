@@ -54,19 +54,60 @@ impl Event<'_> {
     }
 }
 
-/// The event when the record is certainly valid and not longer than `max_bytes`; None otherwise
-/// (then the Python decoder decides).
-pub fn decode_fast(raw: &[u8], max_bytes: usize) -> Option<Event<'_>> {
+/// The event when the record is certainly valid, not longer than `max_bytes` and nested at most
+/// `max_depth` deep (stream.model.MAX_JSON_DEPTH); None otherwise (then the Python decoder decides).
+pub fn decode_fast(raw: &[u8], max_bytes: usize, max_depth: usize) -> Option<Event<'_>> {
     if raw.len() > max_bytes {
         return None;
     }
-    // The flat scanner handles the usual record; serde_json handles the rest of JSON (escapes, floats,
-    // nested unknown fields) and still rejects what it must.
+    // The flat scanner handles the usual record (one flat object: nothing to check for structure);
+    // serde_json handles the rest of JSON (escapes, floats, nested unknown fields) and still rejects what
+    // it must, but nests up to 128 deep, so the records it accepts get the structural scan too.
     let ev = match FlatScanner::new(raw).event() {
         Some(ev) => ev,
-        None => serde_json::from_slice(raw).ok()?,
+        None => {
+            let ev: Event = serde_json::from_slice(raw).ok()?;
+            if first_violation(raw, max_depth).is_some() {
+                return None;
+            }
+            ev
+        }
     };
     ev.valid().then_some(ev)
+}
+
+/// A structural rule a record breaks (stream.model.scan_structure words it; the native decoder only
+/// declines such records, so the reason and detail come from Python).
+#[derive(Debug, PartialEq, Eq)]
+pub enum Violation {
+    TooDeep,
+}
+
+/// The first structural violation of a record in document order, or None. `raw` is JSON (serde_json has
+/// parsed it), so only strings need care: brackets inside them do not count.
+pub fn first_violation(raw: &[u8], max_depth: usize) -> Option<Violation> {
+    let mut depth = 0usize;
+    let mut i = 0;
+    while i < raw.len() {
+        match raw[i] {
+            b'"' => {
+                i += 1;
+                while i < raw.len() && raw[i] != b'"' {
+                    i += if raw[i] == b'\\' { 2 } else { 1 };
+                }
+            }
+            b'{' | b'[' => {
+                depth += 1;
+                if depth > max_depth {
+                    return Some(Violation::TooDeep);
+                }
+            }
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+        i += 1;
+    }
+    None
 }
 
 /// A scanner for the common shape of a gift record: one flat JSON object whose values are strings without
@@ -302,7 +343,7 @@ mod tests {
 
     #[test]
     fn accepts_a_valid_event_and_ignores_unknown_fields() {
-        let ev = decode_fast(GOOD, 1 << 20).unwrap();
+        let ev = decode_fast(GOOD, 1 << 20, 32).unwrap();
         assert_eq!(ev.event_id, "e1");
         assert_eq!(ev.group_id, "");
         assert_eq!(ev.repeat_count, 3);
@@ -336,6 +377,26 @@ mod tests {
     }
 
     #[test]
+    fn nesting_deeper_than_the_bound_is_declined() {
+        let deep = |depth: usize| {
+            let mut r = GOOD[..GOOD.len() - 1].to_vec();
+            r.extend_from_slice(b",\"y\":");
+            r.extend(std::iter::repeat_n(b'[', depth - 1));
+            r.extend_from_slice(b"\"[{\\\"]\"");  // brackets inside a string (with an escaped quote) do not count
+            r.extend(std::iter::repeat_n(b']', depth - 1));
+            r.push(b'}');
+            r
+        };
+        // GOOD's "extra":[1,{"a":2}] is three deep
+        assert_eq!(first_violation(GOOD, 3), None);
+        assert_eq!(first_violation(GOOD, 2), Some(Violation::TooDeep));
+        assert!(decode_fast(&deep(32), 1 << 20, 32).is_some());
+        assert_eq!(first_violation(&deep(33), 32), Some(Violation::TooDeep));
+        assert!(decode_fast(&deep(33), 1 << 20, 32).is_none());
+        assert!(decode_fast(&deep(150), 1 << 20, 32).is_none());
+    }
+
+    #[test]
     fn find_quote_finds_the_first_quote() {
         for len in 0..40 {
             for at in 0..len {
@@ -352,7 +413,7 @@ mod tests {
 
     #[test]
     fn leaves_doubtful_records_to_python() {
-        assert!(decode_fast(GOOD, 10).is_none()); // oversize
+        assert!(decode_fast(GOOD, 10, 32).is_none()); // oversize
         for bad in [
             &br#"{"event_id":"","room_id":"r","creator_id":"c","sender_id":"s","gift_id":5,"gift_type":1,"diamond_count":1,"repeat_count":3,"repeat_end":false,"ts":1000,"region":"US"}"#[..],
             br#"{"event_id":"e","room_id":"r","creator_id":"c","sender_id":"s","gift_id":5,"gift_type":1,"diamond_count":0,"repeat_count":3,"repeat_end":false,"ts":1000,"region":"US"}"#,
@@ -362,7 +423,7 @@ mod tests {
             b"[1]",
             b"not json",
         ] {
-            assert!(decode_fast(bad, 1 << 20).is_none(), "{}", String::from_utf8_lossy(bad));
+            assert!(decode_fast(bad, 1 << 20, 32).is_none(), "{}", String::from_utf8_lossy(bad));
         }
     }
 }

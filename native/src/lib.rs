@@ -40,6 +40,7 @@ use engine::{Creator, Engine, Output, PayoutResult, Regions, Reject, RegionRule,
 struct Core {
     engine: Engine,
     max_record_bytes: usize,
+    max_json_depth: usize, // stream.model.MAX_JSON_DEPTH
     window_names: Vec<Py<PyAny>>,
     version: Py<PyAny>,
     window_total_cls: Py<PyAny>,
@@ -57,9 +58,9 @@ enum Decoded<'a> {
 
 /// One record: the native decoder's event when it is certain, else the Python decoder's verdict (an event
 /// or a reject with msgspec's reason and wording).
-fn decode_record<'a>(bytes: &'a Bound<'_, PyBytes>, max_bytes: usize, hooks: &Bound<'_, PyAny>)
+fn decode_record<'a>(bytes: &'a Bound<'_, PyBytes>, max_bytes: usize, max_depth: usize, hooks: &Bound<'_, PyAny>)
                      -> PyResult<Decoded<'a>> {
-    if let Some(ev) = decode_fast(bytes.as_bytes(), max_bytes) {
+    if let Some(ev) = decode_fast(bytes.as_bytes(), max_bytes, max_depth) {
         return Ok(Decoded::Event(ev));
     }
     let decoded = hooks.call_method1("_decode_one", (bytes,))?;
@@ -86,10 +87,11 @@ impl Core {
     #[new]
     #[allow(clippy::too_many_arguments)]
     #[pyo3(signature = (regions, windows, pane_ms, grace_ms, streak_timeout_ms, dedupe_horizon_ms, max_future_ms,
-                        max_record_bytes, version, classes, track_changes=true))]
+                        max_record_bytes, version, classes, track_changes=true, *, max_json_depth))]
     fn new(py: Python<'_>, regions: Vec<RegionArg>, windows: Vec<WindowArg>, pane_ms: i64, grace_ms: i64,
            streak_timeout_ms: i64, dedupe_horizon_ms: i64, max_future_ms: i64, max_record_bytes: usize,
-           version: String, classes: (Py<PyAny>, Py<PyAny>, Py<PyAny>), track_changes: bool) -> PyResult<Self> {
+           version: String, classes: (Py<PyAny>, Py<PyAny>, Py<PyAny>), track_changes: bool,
+           max_json_depth: usize) -> PyResult<Self> {
         if pane_ms <= 0 || windows.iter().any(|w| w.1 <= 0 || w.2 <= 0) {
             return Err(pyo3::exceptions::PyValueError::new_err("pane and window sizes must be positive"));
         }
@@ -100,7 +102,7 @@ impl Core {
             windows: windows.into_iter().map(|(_, size_ms, hop_ms)| Window { size_ms, hop_ms }).collect(),
             pane_ms, grace_ms, streak_timeout_ms, dedupe_horizon_ms, max_future_ms,
         };
-        Ok(Core { engine: Engine::new(cfg, State::default(), track_changes), max_record_bytes, window_names,
+        Ok(Core { engine: Engine::new(cfg, State::default(), track_changes), max_record_bytes, max_json_depth, window_names,
                   version: version.into_pyobject(py)?.into_any().unbind(), window_total_cls: classes.0,
                   late_cls: classes.1, missed_cls: classes.2 })
     }
@@ -112,7 +114,7 @@ impl Core {
         let n = raws.len();
         for (i, item) in raws.iter().enumerate() {
             let bytes = item.cast::<PyBytes>()?;
-            match decode_record(bytes, self.max_record_bytes, hooks)? {
+            match decode_record(bytes, self.max_record_bytes, self.max_json_depth, hooks)? {
                 Decoded::Event(ev) => self.engine.process_event(&ev, i),
                 Decoded::Bad(reject) => self.engine.outputs.push(Output::Reject { index: i, reject }),
             }
@@ -465,11 +467,11 @@ fn process_routed(py: Python<'_>, cores: Vec<Bound<'_, Core>>, hooks: Vec<Bound<
     }
     let mut engines: Vec<PyRefMut<'_, Core>> = cores.iter().map(|c| c.borrow_mut()).collect();
     let n = engines.len() as u32;
-    let max_bytes = engines[0].max_record_bytes;
+    let (max_bytes, max_depth) = (engines[0].max_record_bytes, engines[0].max_json_depth);
     let mut counts = vec![0u64; engines.len()];
     for (i, item) in raws.iter().enumerate() {
         let bytes = item.cast::<PyBytes>()?;
-        let p = match decode_record(bytes, max_bytes, &hooks[0])? {
+        let p = match decode_record(bytes, max_bytes, max_depth, &hooks[0])? {
             Decoded::Event(ev) => {
                 let p = murmur2::partition_for(ev.creator_id.as_bytes(), n) as usize;
                 engines[p].engine.process_event(&ev, i);

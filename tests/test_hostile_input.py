@@ -1,0 +1,57 @@
+"""Hostile input found by an outside tester: deep nesting, repeated keys, ids outside the contract, records
+on a partition that does not own their creator. Each becomes a dead letter with its reason, never a crash,
+never a credit, and both engines decide the same."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import gift
+
+from stream import model
+from stream.engine_native import make_engine
+from stream.replay import replay
+
+pytestmark = pytest.mark.usefixtures("both_engines")  # every test runs on both engines
+
+
+def nested(depth: int, **fields) -> bytes:
+    """A valid gift whose unknown field "x" makes the record `depth` levels deep (the object itself is 1)."""
+    assert depth >= 2
+    return gift(**fields)[:-1] + b',"x":' + b"[" * (depth - 1) + b"]" * (depth - 1) + b"}"
+
+
+def run(policy, records: list[bytes], **engine_args):
+    eng = make_engine(policy, **engine_args)
+    out = eng.process(records, list(range(len(records))))
+    return eng, out
+
+
+def balance(eng, creator: str = "c1") -> int:
+    c = eng.creator(creator)
+    return c.balance if c is not None else 0
+
+
+# ------------------------------------------------------------------------------------- 1. nesting depth
+
+BOMB = b'{"x":' + b"[" * 997 + b"]" * 997 + b"}"  # 2 KB; msgspec raised RecursionError on it
+
+
+def test_deep_records_are_dead_letters_and_the_rest_of_the_batch_counts(policy):
+    assert model.MAX_JSON_DEPTH == 32
+    records = [gift(), BOMB, nested(33), gift(), nested(32), nested(150)]
+    eng, out = run(policy, records)
+    assert [(d.reason, d.offset) for d in out.dead_letters] == [("too_deep", 1), ("too_deep", 2), ("too_deep", 5)]
+    assert balance(eng) == 3 * 5_000  # before, after, and the depth-32 gift
+    assert out.stats["rejected.too_deep"] == 3
+
+
+def test_no_decoder_lets_a_deep_record_escape_as_an_exception(policy):
+    deep_payout = b'{"payout_id":"p1","creator_id":"c1","milli_diamonds":1,"ts":1,"x":' + b"[" * 997 + b"]" * 997 + b"}"
+    assert model.decode_event(BOMB)[0] == model.TOO_DEEP
+    assert [type(d) for d in model.decode_events([gift(), BOMB], policy.max_record_bytes)] == \
+        [model.GiftEvent, tuple]
+    assert model.decode_payout(deep_payout)[0] == model.TOO_DEEP
+    assert type(model.decode_payout(deep_payout[:-2000] + b"}")) is model.Payout
+    result = replay([gift(), BOMB, gift()], policy, partitions=2, batch_size=2, final=True)
+    assert [d.reason for d in result.outputs.dead_letters] == ["too_deep"]
+    assert result.summary["credits"] == 2
