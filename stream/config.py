@@ -31,6 +31,9 @@ class WorkerConfig:
     fetch_max_wait_ms: int = 20  # broker-side wait of a fetch with no new data (see SETTING_HELP)
     commit_interval_ms: int = 0  # least time from one batch to the next (one transaction per partition each)
     session_timeout_ms: int = 10_000  # a silent (killed) worker's partitions move after this long
+    progress_timeout_ms: int = 15_000  # /readyz: longest a partition may go without progress
+    liveness_timeout_ms: int = 120_000  # /healthz: longest a partition may go without progress
+    shutdown_timeout_ms: int = 20_000  # SIGTERM: longest the worker takes to finish, commit and leave
     exactly_once: bool = True  # transactions + read_committed; off = at-least-once, for comparison
     http_port: int = 0  # /metrics /healthz /readyz /creators; 0 = off
     security_protocol: str = "PLAINTEXT"  # PLAINTEXT, SSL, SASL_PLAINTEXT, SASL_SSL
@@ -69,6 +72,12 @@ SETTING_HELP = {
                          "a fetch of idle partitions (payouts) can delay the next fetch of gifts (aiokafka keeps "
                          "one fetch in flight per broker), so it bounds a latency stall",
     "session_timeout_ms": "how long a silent (killed) worker keeps its partitions before they move",
+    "progress_timeout_ms": "readiness: longest an owned partition may go without progress (a commit, or being "
+                           "caught up as of a fetch answered within this time) before /readyz says 503",
+    "liveness_timeout_ms": "liveness: longest an owned partition may go without progress (restore or commit) "
+                           "before /healthz says 503, so the orchestrator restarts a worker that cannot go on",
+    "shutdown_timeout_ms": "longest a SIGTERM'd worker takes to finish its batch, commit and leave the group; "
+                           "past it the batch in hand is abandoned (its transaction never commits)",
     "commit_interval_ms": "least time between the starts of two batches, in ms: each batch is one transaction "
                           "per partition, so a longer interval means fewer, bigger transactions (less CPU in "
                           "the worker and the broker) and up to that much more latency; 0 = next batch at once",

@@ -12,10 +12,10 @@ from stream import model
 from stream.config import WorkerConfig
 from stream.engine import partition_for
 from stream.policy import Policy
+from stream.task import TaskState
 from stream.worker import Worker
 
 log = logging.getLogger(__name__)
-LIVENESS_STALL_SECONDS = 120  # a batch plus a rebalance with restores fits well inside this
 
 
 def build_app(worker: Worker) -> web.Application:
@@ -24,16 +24,17 @@ def build_app(worker: Worker) -> web.Application:
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def healthz(_: web.Request) -> web.Response:
-        """Live while the consume loop keeps polling (a hung loop gets the pod restarted)."""
-        stalled = worker.seconds_since_poll()
-        if stalled is not None and stalled > LIVENESS_STALL_SECONDS:
-            return web.json_response({"status": "stalled", "seconds_since_poll": round(stalled, 1)}, status=503)
-        return web.json_response({"status": "ok"})
+        """Live while the worker can go on (Worker.health): a 503 gets the pod restarted."""
+        h = worker.health()
+        return web.json_response({"status": "ok" if h.live else "stalled", "reasons": h.reasons},
+                                 status=200 if h.live else 503)
 
     async def readyz(_: web.Request) -> web.Response:
-        ready = worker.ready
-        return web.json_response({"ready": ready, "partitions": sorted(worker.tasks)},
-                                 status=200 if ready else 503)
+        """Ready while every owned partition is running and making progress; says which are not and why."""
+        h = worker.health()
+        return web.json_response({"ready": h.ready, "reasons": h.reasons, "partitions": sorted(worker.tasks),
+                                  "tasks": {str(p): t for p, t in h.partitions.items()}},
+                                 status=200 if h.ready else 503)
 
     async def creator(request: web.Request) -> web.Response:
         """Balance and open window tallies of a creator, answered by the worker that owns its partition."""
@@ -44,6 +45,9 @@ def build_app(worker: Worker) -> web.Application:
         if task is None:
             return web.json_response({"error": "not owned here", "creator_id": cid, "partition": p,
                                       "owned_partitions": sorted(worker.tasks)}, status=421)
+        if task.state is not TaskState.RUNNING:
+            return web.json_response({"error": "partition is restoring", "creator_id": cid, "partition": p},
+                                     status=503)
         c = task.engine.creator(cid)
         if c is None:
             return web.json_response({"error": "unknown creator", "creator_id": cid}, status=404)
@@ -87,7 +91,17 @@ async def serve_worker(cfg: WorkerConfig, policy: Policy, stop: asyncio.Event, w
     _done, _ = await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
     worker.stop()
     try:
-        await task  # finishes the batch in hand, commits it, leaves the group
+        # Finishes the batch in hand, commits it, leaves the group; a broker that is away cannot hold the
+        # process longer than the shutdown timeout: past it the batch in hand is abandoned (its transaction
+        # never commits; the next owner's fencing aborts it) and the clients are closed, each bounded.
+        done, _ = await asyncio.wait({task}, timeout=cfg.shutdown_timeout_ms / 1000)
+        if not done:
+            log.warning("shutdown timeout: abandoning the batch in hand",
+                        extra={"worker": worker_id, "timeout_ms": cfg.shutdown_timeout_ms})
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        else:
+            task.result()
     finally:
         stopper.cancel()
         if runner:

@@ -1,12 +1,18 @@
-"""The streaming worker: aiokafka consumer group in, one Kafka transaction per partition batch out.
+"""The streaming worker: an aiokafka consumer group in, one Kafka transaction per partition batch out.
 
-For each assigned input partition p the worker owns an engine (stream.engine_native.make_engine), a
-ChangelogWriter and (exactly-once mode) a transactional producer whose transactional.id is derived from p.
-Starting that producer fences any zombie that still owns p (an old owner's open transaction is aborted),
-then the state is restored from changelog partition p, read_committed. Each batch of p is processed, and
-its notices, window totals, late gifts, dead letters, changelog records and consumed offsets are committed
-in one transaction: a crash anywhere leaves either all of it or none of it, and the restart resumes from
-the committed offsets with the state that matches them.
+The worker manages one PartitionTask (stream.task) per assigned input partition; the task owns its engine,
+changelog writer and transactional producer, its restore and its commit order. The worker's poll loop does,
+over and over:
+1. start the restores that are due (new tasks, and failed ones after their backoff), as background work:
+   the loop keeps polling and the consumer keeps heartbeating however long a restore takes;
+2. poll; a restored task's partitions are resumed, all others stay paused (never polled unprocessed);
+3. process the polled batch of every running task and commit each in its own transaction;
+4. act on the typed outcomes: TaskCorrupted -> a new task restores from the last commit (with backoff),
+   TaskMigrated -> close every task and rejoin the group;
+5. note progress (commits, caught-up partitions) for /readyz and /healthz (`health()`).
+The rebalance callback only records what changed (new tasks, paused; revoked tasks, closed): it does no
+broker I/O for restores, so its exceptions (which aiokafka logs and swallows) cannot leave a partition
+polled without a task.
 """
 
 from __future__ import annotations
@@ -19,25 +25,29 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.coordinator.assignors.range import RangePartitionAssignor
-from aiokafka.errors import ProducerFenced
-from aiokafka.structs import OffsetAndMetadata
 
-from stream import columnar_fetch, model
-from stream.changelog import ChangelogWriter, Record, RecordBatchBuilder, cursor_record, restore_state
-from stream.columnar_fetch import columns_of
+from stream import aiokafka_fixes, columnar_fetch
+from stream.clients import KafkaClients
 from stream.config import WorkerConfig
-from stream.engine import Outputs, partition_for
-from stream.engine_native import Engine, make_engine
+from stream.engine import Outputs
 from stream.metrics import Metrics
 from stream.policy import Policy
+from stream.task import (
+    OutputTopics,
+    PartitionTask,
+    TaskCorrupted,
+    TaskMigrated,
+    TaskState,
+    _bounded,
+    outcome_of,
+)
 
+aiokafka_fixes.install()
 log = logging.getLogger(__name__)
 
-PRODUCER_BATCH_BYTES = 1 << 20  # the producers' max_batch_size
-CHANGELOG_BATCH_BYTES = PRODUCER_BATCH_BYTES  # native changelog record batches, the same size
-NATIVE_CHANGELOG = RecordBatchBuilder is not None  # changelog as native record batches, else as records
 STATE_SIZE_EVERY_S = 1.0  # state-size gauges after a batch at most this often (sizes() walks the tables)
+RETRY_FIRST_S, RETRY_MAX_S = 1.0, 30.0  # restore retries back off from the first to the longest wait
+LOOP_STALL_S = 120.0  # a consume loop that has not come back from a poll for this long is hung
 
 
 class GcPacer:
@@ -79,14 +89,14 @@ class GcPacer:
         self._frozen_at = now
 
 
-@dataclass
-class PartitionTask:
-    """Everything this worker owns for one input partition while it is assigned."""
+@dataclass(frozen=True)
+class Health:
+    """What /healthz (live) and /readyz (ready) answer, with the reasons and every task's state."""
 
-    partition: int
-    engine: Engine
-    writer: ChangelogWriter
-    producer: AIOKafkaProducer
+    live: bool
+    ready: bool
+    reasons: list[str]
+    partitions: dict[int, dict]
 
 
 class _Rebalance(ConsumerRebalanceListener):
@@ -97,26 +107,28 @@ class _Rebalance(ConsumerRebalanceListener):
         await self.worker._on_revoked(revoked)
 
     async def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
-        await self.worker._on_assigned(assigned)
+        self.worker._on_assigned(assigned)
 
 
 class Worker:
     def __init__(self, cfg: WorkerConfig, policy: Policy, metrics: Metrics | None = None,
-                 worker_id: str = "worker") -> None:
+                 worker_id: str = "worker", clients: KafkaClients | None = None) -> None:
         self.cfg = cfg
         self.policy = policy
         self.metrics = metrics or Metrics()
         self.worker_id = worker_id
-        self.tasks: dict[int, PartitionTask] = {}
-        self.ready = False  # true once every assigned partition is restored
+        self.clients = clients or KafkaClients(cfg)
+        self.tasks: dict[int, PartitionTask] = {}  # every owned partition's task, whatever its state
         self._stopping = asyncio.Event()
         self._lock = asyncio.Lock()  # a batch and a rebalance never interleave
         self._consumer: AIOKafkaConsumer | None = None
         self._plain_producer: AIOKafkaProducer | None = None  # at-least-once mode only
-        self._partitions: dict[str, int] = {}
+        self._outputs = OutputTopics(cfg)
         self._last_poll: float | None = None
         self._max_polled = cfg.batch_max_records  # getmany's max_records (chunks when fetching columnar)
         self._gc = GcPacer()
+        self._lost: str | None = None  # why every task must be given up (TaskMigrated), until the rejoin
+        self._assigned = False  # the group has given this member its assignment (False while rebalancing)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -124,68 +136,60 @@ class Worker:
         """Ask the loop to finish the batch in hand, commit it and leave the group (SIGTERM)."""
         self._stopping.set()
 
+    @property
+    def ready(self) -> bool:
+        """Assigned, and every owned partition is restored and running (health() says more: progress too)."""
+        return self._assigned and all(task.state is TaskState.RUNNING for task in self.tasks.values())
+
     async def run(self) -> None:
         cfg = self.cfg
-        t = cfg.topics
         # Columnar fetching (stream/columnar_fetch.py): a poll returns chunks of columns, not one object per
         # record. getmany's max_records then counts chunks.
         chunk = min(1000, cfg.batch_max_records)
         columnar = cfg.columnar_fetch and columnar_fetch.install()
         self._max_polled = max(1, cfg.batch_max_records // chunk) if columnar else cfg.batch_max_records
-        self._consumer = AIOKafkaConsumer(
-            bootstrap_servers=cfg.bootstrap_servers, group_id=cfg.group_id, client_id=self.worker_id,
-            enable_auto_commit=False, auto_offset_reset="earliest",
-            isolation_level="read_committed" if cfg.exactly_once else "read_uncommitted",
-            # Range keeps gifts-p and payouts-p on the same worker (co-partitioned by creator_id).
-            partition_assignment_strategy=(RangePartitionAssignor,),
-            max_partition_fetch_bytes=8 << 20, fetch_max_bytes=64 << 20,
-            value_deserializer=columnar_fetch.Columns(chunk) if columnar else None,
-            # aiokafka (0.14) keeps one fetch in flight per broker and leaves partitions whose fetched records
-            # are still unconsumed after 100 ms (prefetch_backoff) out of the next fetch. So while a batch is
-            # processed and committed, the fetcher asks for the other partitions only, often just the idle
-            # payouts ones, and the broker holds that fetch for fetch_max_wait_ms (default 500) before the
-            # gifts partitions can be fetched again: up to 500 ms on every record's latency. Keep it short.
-            fetch_max_wait_ms=cfg.fetch_max_wait_ms,
-            session_timeout_ms=cfg.session_timeout_ms, heartbeat_interval_ms=min(3000, cfg.session_timeout_ms // 3),
-            **cfg.kafka_security(),
-        )
-        self._consumer.subscribe([t.gifts, t.payouts], listener=_Rebalance(self))
-        if not cfg.exactly_once:
-            self._plain_producer = self._producer(None)
-            await self._plain_producer.start()
-        await self._consumer.start()
-        log.info("worker started", extra={"worker": self.worker_id, "group": cfg.group_id,
-                                          "exactly_once": cfg.exactly_once, "columnar_fetch": columnar})
+        self._consumer = self.clients.group_consumer(self.worker_id, columnar_fetch.Columns(chunk) if columnar
+                                                     else None)
+        self._subscribe()
         try:
+            if not cfg.exactly_once:
+                self._plain_producer = self.clients.plain_producer()
+                await self._plain_producer.start()
+            await self._consumer.start()
+            log.info("worker started", extra={"worker": self.worker_id, "group": cfg.group_id,
+                                              "exactly_once": cfg.exactly_once, "columnar_fetch": columnar})
             while not self._stopping.is_set():
+                self._start_due_restores()
                 data = await self._consumer.getmany(timeout_ms=cfg.batch_max_ms, max_records=self._max_polled)
                 self._last_poll = time.monotonic()
                 if data:
                     async with self._lock:
                         await self._process(data)
                     self._gc.after_batch()
+                if self._lost is not None:
+                    await self._rejoin()
+                await self._note_progress()
+                if data:
                     rest = cfg.commit_interval_ms / 1000 - (time.monotonic() - self._last_poll)
                     if rest > 0:  # let the next batch gather: fewer, bigger transactions
                         await asyncio.sleep(rest)
-                await self.metrics.observe_lag(self._consumer)
         finally:
-            async with self._lock:
-                await self._release(list(self.tasks))
-            await self._consumer.stop()
-            if self._plain_producer:
-                await self._plain_producer.stop()
-            log.info("worker stopped", extra={"worker": self.worker_id})
+            await self._shutdown()
 
-    def _producer(self, partition: int | None) -> AIOKafkaProducer:
-        opts = dict(bootstrap_servers=self.cfg.bootstrap_servers, linger_ms=5, max_batch_size=PRODUCER_BATCH_BYTES,
-                    max_request_size=16 << 20, **self.cfg.kafka_security())
-        if partition is None:
-            return AIOKafkaProducer(acks="all", enable_idempotence=True, **opts)
-        txn_id = f"giftstream-{self.cfg.group_id}-{self.cfg.topics.gifts}-{partition}"
-        # retry_backoff_ms: a transaction that starts while the broker still writes the previous one's commit
-        # markers gets CONCURRENT_TRANSACTIONS and aiokafka waits retry_backoff_ms (default 100) before trying
-        # again (AddOffsetsToTxn, EndTxn; AddPartitionsToTxn only uses its own 20 ms for the first partitions).
-        return AIOKafkaProducer(transactional_id=txn_id, transaction_timeout_ms=60_000, retry_backoff_ms=20, **opts)
+    def _subscribe(self) -> None:
+        t = self.cfg.topics
+        self._consumer.subscribe([t.gifts, t.payouts], listener=_Rebalance(self))
+
+    async def _shutdown(self) -> None:
+        """Close every task, leave the group, close the clients: each step bounded, so a broker that is away
+        cannot hold the process past its shutdown timeout."""
+        async with self._lock:
+            await self._close_tasks(list(self.tasks))
+        if self._consumer is not None:
+            await _bounded(self._consumer.stop(), "consumer stop", seconds=self.cfg.shutdown_timeout_ms / 2000)
+        if self._plain_producer is not None:
+            await _bounded(self._plain_producer.stop(), "producer stop")
+        log.info("worker stopped", extra={"worker": self.worker_id})
 
     def seconds_since_poll(self) -> float | None:
         """Seconds since the consume loop last came back from getmany (None before the first poll)."""
@@ -199,92 +203,90 @@ class Worker:
 
     # ------------------------------------------------------------------ rebalance
 
-    async def _on_assigned(self, assigned: Iterable[TopicPartition]) -> None:
-        async with self._lock:
-            self.ready = False
-            parts = sorted({tp.partition for tp in assigned if tp.topic == self.cfg.topics.gifts})
-            new = [p for p in parts if p not in self.tasks]
-            for task in await asyncio.gather(*(self._restore(p) for p in new)):  # restores run side by side
-                self.tasks[task.partition] = task
-            self._gc.after_restore()
-            self.ready = True
-            log.info("partitions assigned", extra={"worker": self.worker_id, "partitions": parts})
+    def _on_assigned(self, assigned: Iterable[TopicPartition]) -> None:
+        """New partitions get a task each, in CREATED, and stay paused until it is restored. No I/O here."""
+        assigned = list(assigned)
+        self._assigned = True
+        self._consumer.pause(*assigned)
+        parts = sorted({tp.partition for tp in assigned if tp.topic == self.cfg.topics.gifts})
+        for p in parts:
+            if p not in self.tasks:
+                self.tasks[p] = self._new_task(p)
+        for task in self.tasks.values():
+            if task.state is TaskState.RUNNING:  # kept across the rebalance: polled again
+                self._consumer.resume(*task.inputs)
+        log.info("partitions assigned", extra={"worker": self.worker_id, "partitions": parts})
 
     async def _on_revoked(self, revoked: Iterable[TopicPartition]) -> None:
-        # Every batch is committed before the lock is released, so there is nothing to flush: drop the
-        # state; the next owner restores it from the changelog.
+        # Every batch is committed or aborted before the lock is released, so there is nothing to flush: drop
+        # the state; the next owner restores it from the changelog.
         async with self._lock:
+            self._assigned = False
             parts = sorted({tp.partition for tp in revoked if tp.topic == self.cfg.topics.gifts})
-            await self._release(parts)
+            await self._close_tasks(parts)
             log.info("partitions revoked", extra={"worker": self.worker_id, "partitions": parts})
 
-    async def _release(self, parts: list[int]) -> None:
+    def _new_task(self, p: int) -> PartitionTask:
+        return PartitionTask(p, self.cfg, self.policy, self.clients, self._consumer, self._outputs, self.metrics,
+                             self.gifts_partitions(), self.worker_id, self._plain_producer)
+
+    async def _close_tasks(self, parts: Iterable[int]) -> None:
         for p in parts:
             task = self.tasks.pop(p, None)
-            if task is not None and task.producer is not self._plain_producer:
-                await task.producer.stop()
-        self.metrics.set_state_size(self.tasks)
+            if task is not None:
+                await task.close()
+        self.metrics.set_state_size(self._running())
 
-    async def _restore(self, p: int) -> PartitionTask:
-        started = time.perf_counter()
-        if self.cfg.exactly_once:
-            producer = self._producer(p)
-            await producer.start()  # init_transactions: fences a zombie owner of p, ends its transaction
-            await self._learn_output_topics(producer)
-        else:
-            producer = self._plain_producer
-        records = await self._read_changelog(p)
-        state, writer = restore_state(records)
-        task = PartitionTask(p, make_engine(self.policy, p, state, self.cfg.topics.gifts, self.cfg.engine), writer,
-                             producer)
-        if self.cfg.exactly_once:
-            await self._first_transaction(task)
-        seconds = time.perf_counter() - started
-        self.metrics.restore_seconds.observe(seconds)
-        self.metrics.set_state_size(self.tasks | {p: task})
-        log.info("partition restored", extra={"worker": self.worker_id, "partition": p,
-                                              "changelog_records": len(records), "creators": len(state.creators),
-                                              "seconds": round(seconds, 3)})
-        return task
+    async def _rejoin(self) -> None:
+        """TaskMigrated: this member missed a rebalance. Give every task up and join the group again, as a new
+        member; the group then decides who owns what (Kafka Streams' handleLostAll and re-subscribe)."""
+        reason, self._lost = self._lost, None
+        self._assigned = False
+        async with self._lock:
+            parts = sorted(self.tasks)
+            await self._close_tasks(parts)
+        log.warning("fenced: giving up every partition and rejoining the group",
+                    extra={"worker": self.worker_id, "partitions": parts, "reason": reason})
+        self._consumer.unsubscribe()
+        self._subscribe()
 
-    async def _first_transaction(self, task: PartitionTask) -> None:
-        """Commit, once the partition is restored, a transaction that changes nothing: the state's own `m`
-        record and the partition's committed position again (a new group: where it starts reading, the log
-        start). A producer's first transaction looks up the group coordinator and connects to it: left to
-        the first batch, its offsets step took 26-31 ms instead of 7-11, at the moment a fresh worker starts
-        to fall behind."""
-        p, prod = task.partition, task.producer
-        tp = TopicPartition(self.cfg.topics.gifts, p)
-        position = await self._consumer.committed(tp)
-        if position is None:
-            position = (await self._consumer.beginning_offsets([tp]))[tp]
-        await prod.begin_transaction()
+    # ------------------------------------------------------------------ restores
+
+    def _start_due_restores(self) -> None:
+        now = time.monotonic()
+        for task in self.tasks.values():
+            if (task.state in (TaskState.CREATED, TaskState.RESTORING) and task.restoring is None
+                    and now >= task.progress.retry_at):
+                task.restoring = asyncio.ensure_future(self._restore(task))
+
+    async def _restore(self, task: PartitionTask) -> None:
+        """One restore attempt of a task, beside the poll loop. Failures are reported and retried with backoff;
+        TaskMigrated hands the whole assignment back (the next loop turn rejoins)."""
         try:
-            key, value = cursor_record(task.engine.watermark, task.engine.close_cursor)
-            await (await prod.send(self.cfg.topics.changelog, value, key=key, partition=p))
-            await prod.send_offsets_to_transaction({tp: OffsetAndMetadata(position, "")}, self.cfg.group_id)
-            await prod.commit_transaction()
-        except BaseException:
-            await self._abort(prod)
+            await task.restore()
+        except asyncio.CancelledError:
             raise
-
-    async def _read_changelog(self, p: int) -> list[Record]:
-        tp = TopicPartition(self.cfg.topics.changelog, p)
-        consumer = AIOKafkaConsumer(bootstrap_servers=self.cfg.bootstrap_servers, enable_auto_commit=False,
-                                    isolation_level="read_committed", max_partition_fetch_bytes=16 << 20,
-                                    **self.cfg.kafka_security())
-        await consumer.start()
-        records: list[Record] = []
-        try:
-            consumer.assign([tp])
-            await consumer.seek_to_beginning(tp)
-            end = (await consumer.end_offsets([tp]))[tp]
-            while await consumer.position(tp) < end:
-                batch = await consumer.getmany(tp, timeout_ms=1000)
-                records.extend((m.key, m.value) for m in batch.get(tp, ()))
+        except (TaskCorrupted, TaskMigrated) as outcome:
+            pr = task.progress
+            pr.last_error = str(outcome)
+            pr.retry_at = time.monotonic() + min(RETRY_MAX_S, RETRY_FIRST_S * 2 ** (pr.attempts - 1))
+            if isinstance(outcome, TaskMigrated):
+                self._lost = f"partition {task.partition}: {outcome}"
+            log.warning("partition restore failed; retrying", extra={
+                "worker": self.worker_id, "partition": task.partition, "attempt": pr.attempts, "error": str(outcome),
+                "retry_in_s": round(pr.retry_at - time.monotonic(), 1)})
+            return
         finally:
-            await consumer.stop()
-        return records
+            task.restoring = None
+        if self.tasks.get(task.partition) is task:  # still ours: poll it from its committed position
+            self._consumer.resume(*task.inputs)
+            self.metrics.set_state_size(self._running())
+            if self.ready:
+                self._gc.after_restore()
+                log.info("all partitions restored", extra={"worker": self.worker_id, "partitions": sorted(self.tasks)})
+
+    def _running(self) -> dict[int, PartitionTask]:
+        return {p: t for p, t in self.tasks.items() if t.state is TaskState.RUNNING}
 
     # ------------------------------------------------------------------ batches
 
@@ -300,147 +302,80 @@ class Worker:
         try:
             for p, (gifts, payouts) in sorted(by_partition.items()):
                 task = self.tasks.get(p)
-                if task is None:
-                    continue  # revoked while the batch was in flight: the next owner reads it again
+                if task is None or task.state is not TaskState.RUNNING:
+                    continue  # not ours (any more) or not restored: it is read again from its committed position
                 started = time.perf_counter()
                 out = Outputs()
-                offsets: dict[TopicPartition, OffsetAndMetadata] = {}
-                count = 0
-                if payouts:
-                    payout_offsets, raws, _ = columns_of(payouts)
-                    task.engine.apply_payouts([model.decode_payout(r) for r in raws], raws, payout_offsets, out,
-                                              t.payouts)
-                    offsets[TopicPartition(t.payouts, p)] = OffsetAndMetadata(payout_offsets[-1] + 1, "")
-                    count += len(raws)
-                stamps: list[int] = []
-                if gifts:
-                    gift_offsets, raws, stamps = columns_of(gifts)
-                    task.engine.process(raws, gift_offsets, out)
-                    offsets[TopicPartition(t.gifts, p)] = OffsetAndMetadata(gift_offsets[-1] + 1, "")
-                    count += len(raws)
-                if NATIVE_CHANGELOG:
-                    changelog = task.writer.drain_batches(task.engine, CHANGELOG_BATCH_BYTES,
-                                                          self.cfg.exactly_once)
-                else:
-                    changelog = task.writer.drain(task.engine)
+                positions, changelog, count, stamps = task.process(gifts, payouts, out)
                 self.metrics.record_batch(out, count, time.perf_counter() - started, stamps)
-                commits[p] = asyncio.ensure_future(self._commit(task, out, changelog, offsets))
+                commits[p] = asyncio.ensure_future(task.commit(out, changelog, positions))
                 await asyncio.sleep(0)  # let it send its first requests
         finally:
             results = await asyncio.gather(*commits.values(), return_exceptions=True)
         for p, result in zip(commits, results, strict=True):
             if isinstance(result, BaseException):
-                await self._recover(p, result)
-        self.metrics.set_state_size(self.tasks, every=STATE_SIZE_EVERY_S)
+                await self._failed(p, result)
+        self.metrics.set_state_size(self._running(), every=STATE_SIZE_EVERY_S)
 
-    async def _commit(self, task: PartitionTask, out: Outputs, changelog: list[Record],
-                      offsets: dict[TopicPartition, OffsetAndMetadata]) -> None:
-        prod = task.producer
-        if not self.cfg.exactly_once:
-            await self._send_outputs(prod, task.partition, out, changelog)
-            await prod.flush()
-            await self._consumer.commit(offsets)
-            return
-        await prod.begin_transaction()
-        try:
-            delivered = await self._send_outputs(prod, task.partition, out, changelog)
-            # The offsets go once the outputs are written. Kafka 4 checks a transaction's first produce to a
-            # partition with the transaction coordinator (KIP-890); if AddOffsetsToTxn is being written at
-            # that moment the check fails, the broker answers NOT_ENOUGH_REPLICAS and the producer sends
-            # again after retry_backoff_ms: 20-30 ms more for several percent of the transactions.
-            await asyncio.gather(*delivered)
-            await prod.send_offsets_to_transaction(offsets, self.cfg.group_id)
-            await prod.commit_transaction()
-        except BaseException:
-            self.metrics.transactions_aborted.inc()
-            await self._abort(prod)
-            raise
-
-    @staticmethod
-    async def _abort(prod: AIOKafkaProducer) -> None:
-        """Abort the open transaction; a failed abort is logged, not raised (the error that led here is)."""
-        try:
-            await prod.abort_transaction()
-        except Exception:  # fenced or broken producer: the restart path replaces it
-            log.warning("abort failed", exc_info=True)
-
-    async def _recover(self, p: int, error: BaseException) -> None:
-        """A transaction failed: the engine is ahead of what was committed. Throw the state away and
-        start over from the last commit (state from the changelog, position from committed offsets)."""
-        await self._release([p])
-        assigned = {tp.partition for tp in self._consumer.assignment() if tp.topic == self.cfg.topics.gifts}
-        if isinstance(error, ProducerFenced) and p not in assigned:
-            # Another worker owns p now and our consumer already knows it: let it have p. (If our consumer
-            # still lists p, the group says we own it: restoring fences the other side, which is right.)
-            log.warning("fenced: partition %s has a new owner", p, extra={"worker": self.worker_id, "partition": p})
+    async def _failed(self, p: int, error: BaseException) -> None:
+        """A batch's commit failed: act on its outcome."""
+        outcome = outcome_of(error)
+        if isinstance(outcome, TaskMigrated):
+            self._lost = f"partition {p}: {outcome}"  # the loop rejoins once this batch is done
             return
         log.error("transaction failed; restoring partition from its last commit",
-                  extra={"worker": self.worker_id, "partition": p, "error": repr(error)})
-        self.tasks[p] = await self._restore(p)
-        for topic in (self.cfg.topics.gifts, self.cfg.topics.payouts):
-            tp = TopicPartition(topic, p)
-            committed = await self._consumer.committed(tp)
-            if committed is None:
-                await self._consumer.seek_to_beginning(tp)
+                  extra={"worker": self.worker_id, "partition": p, "error": str(outcome)})
+        old = self.tasks.pop(p)
+        await old.close()
+        self._consumer.pause(*old.inputs)
+        self.tasks[p] = task = self._new_task(p)
+        task.progress.last_error = str(outcome)
+
+    # ------------------------------------------------------------------ health
+
+    async def _note_progress(self) -> None:
+        """Lag gauges, and a running task's progress mark when it is caught up as of a fetch answered within
+        the progress timeout (a partition with nothing to read makes progress by being current)."""
+        await self.metrics.observe_lag(self._consumer)
+        now_ms = time.time() * 1000
+        fresh_ms = self.cfg.progress_timeout_ms
+        for task in self._running().values():
+            for tp in task.inputs:
+                fetched = self._consumer.last_poll_timestamp(tp)
+                end = self._consumer.last_stable_offset(tp)
+                if end is None:
+                    end = self._consumer.highwater(tp)
+                if fetched is None or end is None or now_ms - fetched > fresh_ms:
+                    break
+                if end > await self._consumer.position(tp):
+                    break
             else:
-                self._consumer.seek(tp, committed)
+                task.progressed_at = time.monotonic()
 
-    async def _send_outputs(self, prod: AIOKafkaProducer, p: int, out: Outputs,
-                            changelog: list) -> list[asyncio.Future]:  # changelog: records or native batches
-        """Hand the batch's outputs to the producer; returns the futures of their delivery."""
-        t = self.cfg.topics
-        encode = model.encode
-        delivered: list[asyncio.Future] = []
-        keyed = [
-            (t.notices, [(n.creator_id.encode(), encode(n)) for n in out.notices]),
-            (t.window_totals, [(w.creator_id.encode(), encode(w)) for w in out.window_totals]),
-            (t.late, [(g.creator_id.encode(), encode(g)) for g in out.late]),
-        ]
-        for topic, records in keyed:
-            if records:
-                n = await self._partition_count(prod, topic)
-                by_p: dict[int, list[Record]] = {}
-                for key, value in records:
-                    by_p.setdefault(partition_for(key, n), []).append((key, value))
-                for q, recs in by_p.items():
-                    delivered += await self._send_batches(prod, topic, q, recs)
-        if out.dead_letters:
-            # Dead letters stay on the partition number they came from, so they keep their order.
-            dlq_parts = await self._partition_count(prod, t.dlq)
-            delivered += await self._send_batches(prod, t.dlq, p % dlq_parts,
-                                                  [(None, encode(d)) for d in out.dead_letters])
-        if NATIVE_CHANGELOG:  # record batches from drain_batches
-            for batch in changelog:
-                delivered.append(await prod.send_batch(batch, t.changelog, partition=p))
-        else:
-            delivered += await self._send_batches(prod, t.changelog, p, changelog)
-        return delivered
-
-    async def _learn_output_topics(self, prod: AIOKafkaProducer) -> None:
-        """Fetch the output topics' metadata now: a producer otherwise asks for a topic's metadata on its
-        first send to it, in the middle of the partition's first transactions."""
-        t = self.cfg.topics
-        for topic in (t.changelog, t.notices, t.window_totals, t.late, t.dlq):
-            self._partitions[topic] = len(await prod.partitions_for(topic))
-
-    async def _partition_count(self, prod: AIOKafkaProducer, topic: str) -> int:
-        n = self._partitions.get(topic)
-        if n is None:
-            n = self._partitions[topic] = len(await prod.partitions_for(topic))
-        return n
-
-    @staticmethod
-    async def _send_batches(prod: AIOKafkaProducer, topic: str, partition: int,
-                            records: list[tuple[bytes | None, bytes | None]]) -> list[asyncio.Future]:
-        """Append records into producer batches directly: far cheaper than one send() per record. Returns
-        the batches' delivery futures."""
-        delivered = []
-        batch = prod.create_batch()
-        for key, value in records:
-            if batch.append(key=key, value=value, timestamp=None) is None:
-                delivered.append(await prod.send_batch(batch, topic, partition=partition))
-                batch = prod.create_batch()
-                batch.append(key=key, value=value, timestamp=None)
-        if batch.record_count():
-            delivered.append(await prod.send_batch(batch, topic, partition=partition))
-        return delivered
+    def health(self) -> Health:
+        """Ready: every owned partition is running and has made progress (a commit, or being caught up as of a
+        recent fetch) within progress_timeout_ms; so not ready while restoring, while the broker is away, or
+        while a partition is stuck behind. Live: the loop polls, and no owned partition has gone without
+        progress (restore or commit) for liveness_timeout_ms; a worker that cannot go on is restarted."""
+        now = time.monotonic()
+        reasons: list[str] = []
+        live = True
+        stalled = self.seconds_since_poll()
+        if stalled is not None and stalled > LOOP_STALL_S:
+            live = False
+            reasons.append(f"the consume loop has not polled for {stalled:.0f} s")
+        if self._lost is not None:
+            reasons.append(f"rejoining the group: {self._lost}")
+        elif not self._assigned:
+            reasons.append("waiting for the group's assignment")
+        for p, task in sorted(self.tasks.items()):
+            idle = now - task.progressed_at
+            if task.state is not TaskState.RUNNING:
+                reasons.append(f"partition {p} is {task.state.value}"
+                               + (f" ({task.progress.last_error})" if task.progress.last_error else ""))
+            elif idle * 1000 > self.cfg.progress_timeout_ms:
+                reasons.append(f"partition {p} has made no progress for {idle:.0f} s")
+            if idle * 1000 > self.cfg.liveness_timeout_ms:
+                live = False
+        ready = not reasons
+        return Health(live, ready, reasons, {p: t.describe() for p, t in sorted(self.tasks.items())})

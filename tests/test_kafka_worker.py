@@ -24,6 +24,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from load.generator import TrafficConfig, generate
 from stream import model
 from stream.changelog import restore_state
+from stream.clients import KafkaClients
 from stream.config import Topics, WorkerConfig, dump_config
 from stream.kafka_io import committed_offsets, end_offsets, produce_session, read_topic
 from stream.policy import load_policy
@@ -132,20 +133,27 @@ async def run_while_arriving(cfg: WorkerConfig, worker: Worker, records: list[by
     await run
 
 
-class FlakyWorker(Worker):
-    """Its transactions fail (after sending their outputs, before committing) at the chosen calls."""
+class FlakyClients(KafkaClients):
+    """Its producers' transactions fail after their outputs went out, before their offsets, at the chosen
+    calls (counted over every transaction, the first one of a restore included)."""
 
-    def __init__(self, *args, fail_at: set[int], **kw) -> None:
-        super().__init__(*args, **kw)
+    def __init__(self, cfg: WorkerConfig, fail_at: set[int]) -> None:
+        super().__init__(cfg)
         self.fail_at, self.calls, self.failed = fail_at, 0, 0
 
-    async def _send_outputs(self, prod, p, out, changelog) -> list[asyncio.Future]:
-        delivered = await super()._send_outputs(prod, p, out, changelog)
-        self.calls += 1
-        if self.calls in self.fail_at:
-            self.failed += 1
-            raise RuntimeError("injected: the transaction fails after its outputs went out")
-        return delivered
+    def transactional_producer(self, partition: int):
+        producer = super().transactional_producer(partition)
+        send_offsets = producer.send_offsets_to_transaction
+
+        async def flaky(offsets, group_id):
+            self.calls += 1
+            if self.calls in self.fail_at:
+                self.failed += 1
+                raise RuntimeError("injected: the transaction fails after its outputs went out")
+            return await send_offsets(offsets, group_id)
+
+        producer.send_offsets_to_transaction = flaky
+        return producer
 
 
 async def test_failed_transactions_are_aborted_and_redone(cfg):
@@ -153,9 +161,9 @@ async def test_failed_transactions_are_aborted_and_redone(cfg):
     from its last commit and reads its records again: nothing is lost or counted twice."""
     records = session(30_000, seed=17)
     cfg = replace(cfg, batch_max_records=400)  # many small batches and transactions
-    worker = FlakyWorker(cfg, load_policy(), fail_at={5, 17, 18, 40, 41, 42})
-    await run_while_arriving(cfg, worker, records, step=3_000)
-    assert worker.failed == 6  # each injected failure happened
+    clients = FlakyClients(cfg, fail_at={9, 17, 18, 40, 41, 42})
+    await run_while_arriving(cfg, Worker(cfg, load_policy(), clients=clients), records, step=3_000)
+    assert clients.failed == 6  # each injected failure happened
     await assert_matches_offline(cfg, records)
 
 
@@ -173,8 +181,9 @@ async def test_no_produce_is_retried_for_a_transaction_check(cfg, caplog):
 
 
 async def test_a_restored_partition_commits_a_first_transaction_that_changes_nothing(cfg):
-    """At assignment each partition commits its own `m` record and its position again (Worker._first_transaction):
-    the producer's connections are open before the first batch. Restoring gives the same state back."""
+    """At assignment each partition commits its own `m` record and its position again (the first transaction
+    of PartitionTask.restore): the producer's connections are open before the first batch. Restoring gives the
+    same state back."""
     records = session(3_000, seed=29)
     await run_worker_through(cfg, records)  # a first worker: committed positions and a changelog
     before = await group_committed(cfg)

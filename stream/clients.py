@@ -1,0 +1,65 @@
+"""Every Kafka client the worker uses is made here, with its settings in one place. The worker and its tasks
+only ask this factory, so tests can hand them other clients (tests/fake_kafka.py) and drive the commit and
+recovery paths without a broker, as well as with one."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.coordinator.assignors.range import RangePartitionAssignor
+
+from stream.config import WorkerConfig
+
+PRODUCER_BATCH_BYTES = 1 << 20  # the producers' max_batch_size
+
+
+class KafkaClients:
+    def __init__(self, cfg: WorkerConfig) -> None:
+        self.cfg = cfg
+
+    def transactional_id(self, partition: int) -> str:
+        """One transactional.id per input partition: starting its producer fences any older owner of it."""
+        return f"giftstream-{self.cfg.group_id}-{self.cfg.topics.gifts}-{partition}"
+
+    def group_consumer(self, worker_id: str, value_deserializer: Callable[[bytes], Any] | None) -> AIOKafkaConsumer:
+        cfg = self.cfg
+        return AIOKafkaConsumer(
+            bootstrap_servers=cfg.bootstrap_servers, group_id=cfg.group_id, client_id=worker_id,
+            enable_auto_commit=False, auto_offset_reset="earliest",
+            isolation_level="read_committed" if cfg.exactly_once else "read_uncommitted",
+            # Range keeps gifts-p and payouts-p on the same worker (co-partitioned by creator_id).
+            partition_assignment_strategy=(RangePartitionAssignor,),
+            max_partition_fetch_bytes=8 << 20, fetch_max_bytes=64 << 20,
+            value_deserializer=value_deserializer,
+            # aiokafka (0.14) keeps one fetch in flight per broker and leaves partitions whose fetched records
+            # are still unconsumed after 100 ms (prefetch_backoff) out of the next fetch. So while a batch is
+            # processed and committed, the fetcher asks for the other partitions only, often just the idle
+            # payouts ones, and the broker holds that fetch for fetch_max_wait_ms (default 500) before the
+            # gifts partitions can be fetched again: up to 500 ms on every record's latency. Keep it short.
+            fetch_max_wait_ms=cfg.fetch_max_wait_ms,
+            session_timeout_ms=cfg.session_timeout_ms, heartbeat_interval_ms=min(3000, cfg.session_timeout_ms // 3),
+            **cfg.kafka_security(),
+        )
+
+    def restore_consumer(self) -> AIOKafkaConsumer:
+        """A group-less consumer that reads a changelog partition, read_committed."""
+        return AIOKafkaConsumer(bootstrap_servers=self.cfg.bootstrap_servers, enable_auto_commit=False,
+                                isolation_level="read_committed", max_partition_fetch_bytes=16 << 20,
+                                **self.cfg.kafka_security())
+
+    def _producer_options(self) -> dict[str, Any]:
+        return dict(bootstrap_servers=self.cfg.bootstrap_servers, linger_ms=5, max_batch_size=PRODUCER_BATCH_BYTES,
+                    max_request_size=16 << 20, **self.cfg.kafka_security())
+
+    def transactional_producer(self, partition: int) -> AIOKafkaProducer:
+        # retry_backoff_ms: a transaction that starts while the broker still writes the previous one's commit
+        # markers gets CONCURRENT_TRANSACTIONS and aiokafka waits retry_backoff_ms (default 100) before trying
+        # again (AddOffsetsToTxn, EndTxn; AddPartitionsToTxn only uses its own 20 ms for the first partitions).
+        return AIOKafkaProducer(transactional_id=self.transactional_id(partition), transaction_timeout_ms=60_000,
+                                retry_backoff_ms=20, **self._producer_options())
+
+    def plain_producer(self) -> AIOKafkaProducer:
+        """The one idempotent producer of at-least-once mode (comparison only)."""
+        return AIOKafkaProducer(acks="all", enable_idempotence=True, **self._producer_options())
