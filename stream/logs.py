@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from collections.abc import Callable
 
 import orjson
 
@@ -41,9 +42,41 @@ def _redact(key: str, value: object) -> object:
     return value
 
 
+class RepeatFilter(logging.Filter):
+    """Lets through one warning or error per (logger, level, message template) every `window` seconds; the
+    next one that passes carries `repeated`, the count held back since. A client retrying against a broker
+    that is away logs the same line hundreds of times a second (aiokafka: 200-700 a second during an
+    outage), which buries everything else and costs CPU. Info and debug lines pass untouched."""
+
+    MAX_KEYS = 1024  # templates remembered at once (forgotten oldest first)
+
+    def __init__(self, window: float = 10.0, clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__()
+        self.window, self.clock = window, clock
+        self._last: dict[tuple[str, int, str], list] = {}  # key -> [when it last passed, held back since]
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.WARNING:
+            return True
+        key = (record.name, record.levelno, str(record.msg))
+        now = self.clock()
+        seen = self._last.get(key)
+        if seen is not None and now - seen[0] < self.window:
+            seen[1] += 1
+            return False
+        if seen is not None and seen[1]:
+            record.repeated = seen[1]
+        self._last.pop(key, None)
+        if len(self._last) >= self.MAX_KEYS:
+            del self._last[next(iter(self._last))]
+        self._last[key] = [now, 0]
+        return True
+
+
 def setup_logging(level: str = "INFO") -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter())
+    handler.addFilter(RepeatFilter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
