@@ -113,9 +113,10 @@ TS_TOO_FAR_FUTURE = "ts_too_far_future"
 TS_TOO_OLD = "ts_too_old"
 OVERSIZE = "oversize"
 TOO_DEEP = "too_deep"
+DUPLICATE_KEY = "duplicate_key"
 REJECT_REASONS = (
     NOT_JSON, NOT_OBJECT, MISSING_FIELD, WRONG_TYPE, INVALID_VALUE, NON_POSITIVE_COUNT,
-    UNKNOWN_REGION, TS_TOO_FAR_FUTURE, TS_TOO_OLD, OVERSIZE, TOO_DEEP,
+    UNKNOWN_REGION, TS_TOO_FAR_FUTURE, TS_TOO_OLD, OVERSIZE, TOO_DEEP, DUPLICATE_KEY,
 )
 
 # The deepest nesting a record may have (the top-level object is depth 1; each array or object inside adds
@@ -144,15 +145,17 @@ _VALUE, _FIRST_KEY, _KEY, _COLON, _NEXT, _FIRST_VALUE, _DONE = range(7)
 
 def scan_structure(raw: bytes, max_depth: int = MAX_JSON_DEPTH) -> tuple[str, str] | None:
     """The structural verdict on a record, before any typed decoding: (NOT_JSON, detail) when it is not JSON
-    at all, else the first violation in document order, (TOO_DEEP, detail), else None. Iterative, so no depth
-    can crash it. It only runs on records the decoders' cheap checks cannot clear (see decode_event)."""
+    at all, else the first violation in document order, (TOO_DEEP, detail) or (DUPLICATE_KEY, detail) for
+    an object holding a key twice (compared unescaped: "a" and "\\u0061" are one key; msgspec would keep
+    the last), else None. Iterative, so no depth can crash it. It only runs on records the decoders' cheap
+    checks cannot clear (see decode_event); native/src/decode.rs first_violation is its twin."""
     try:
         raw.decode()
     except UnicodeDecodeError as e:
         return NOT_JSON, f"JSON is malformed: invalid UTF-8 (byte {e.start})"
     first: tuple[str, str] | None = None
     depth = 0
-    stack: list[bool] = []  # per open container: is it an object
+    stack: list[set[bytes] | None] = []  # per open container: an object's keys so far, None for an array
     state = _VALUE
     pos, end = 0, len(raw)
     match = _TOKEN.match
@@ -163,14 +166,21 @@ def scan_structure(raw: bytes, max_depth: int = MAX_JSON_DEPTH) -> tuple[str, st
         at, pos = m.end(1), m.end()  # where the token starts, where the next one may
         body, punct = m.group(2), m.group(3)
         if punct is None:  # a string or a scalar
+            key = body
             if body is not None and b"\\" in body:
                 try:
-                    msgspec.json.decode(b'"' + body + b'"')  # msgspec's own verdict on the escapes
+                    key = msgspec.json.decode(b'"' + body + b'"').encode()  # msgspec's own verdict on escapes
                 except DECODE_ERRORS:
                     return NOT_JSON, f"JSON is malformed: invalid string (byte {at})"
             if state in (_FIRST_KEY, _KEY):
-                if body is None:
+                if key is None:
                     break  # a key must be a string
+                keys = stack[-1]
+                if key in keys:
+                    if first is None:
+                        first = DUPLICATE_KEY, f"key {key.decode()[:64]!r} repeated in one object (byte {at})"
+                else:
+                    keys.add(key)
                 state = _COLON
                 continue
             if state not in (_VALUE, _FIRST_VALUE):
@@ -185,10 +195,10 @@ def scan_structure(raw: bytes, max_depth: int = MAX_JSON_DEPTH) -> tuple[str, st
             if depth > max_depth and first is None:
                 first = TOO_DEEP, f"nested deeper than {max_depth} levels (byte {at})"
             is_object = c == 0x7B
-            stack.append(is_object)
+            stack.append(set() if is_object else None)
             state = _FIRST_KEY if is_object else _FIRST_VALUE
         elif c in b"}]":
-            if not stack or stack[-1] != (c == 0x7D) or state not in (
+            if not stack or (stack[-1] is not None) != (c == 0x7D) or state not in (
                     _NEXT, _FIRST_KEY if c == 0x7D else _FIRST_VALUE):
                 break
             stack.pop()
@@ -201,7 +211,7 @@ def scan_structure(raw: bytes, max_depth: int = MAX_JSON_DEPTH) -> tuple[str, st
         else:  # ','
             if state != _NEXT:
                 break
-            state = _KEY if stack[-1] else _VALUE
+            state = _KEY if stack[-1] is not None else _VALUE
     pos = _WS.match(raw, pos).end()
     if state != _DONE or pos != end:
         return NOT_JSON, f"JSON is malformed (byte {pos})"

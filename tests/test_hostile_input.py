@@ -55,3 +55,37 @@ def test_no_decoder_lets_a_deep_record_escape_as_an_exception(policy):
     result = replay([gift(), BOMB, gift()], policy, partitions=2, batch_size=2, final=True)
     assert [d.reason for d in result.outputs.dead_letters] == ["too_deep"]
     assert result.summary["credits"] == 2
+
+
+# ------------------------------------------------------------------------------------- 2. repeated keys
+
+def with_field(raw: bytes, text: bytes) -> bytes:
+    return raw[:-1] + b"," + text + b"}"
+
+
+def test_a_repeated_key_at_any_depth_is_a_dead_letter(policy):
+    records = [
+        gift(),
+        with_field(gift(diamond_count=1), b'"diamond_count":9999999'),  # msgspec kept the last one
+        with_field(gift(), b'"x":{"a":1,"a":2}'),  # nested, unknown: serde never looked
+        with_field(gift(), b'"x":[{"a":1,"\\u0061":2}]'),  # the same key once unescaped
+        with_field(gift(), b'"diamond_\\u0063ount":5'),  # a known key, spelled with an escape
+        with_field(gift(), b'"x":[{"a":1},{"a":2}],"y":{"a":{"a":1}}'),  # same names, different objects: fine
+    ]
+    eng, out = run(policy, records)
+    assert [(d.reason, d.offset) for d in out.dead_letters] == [("duplicate_key", i) for i in (1, 2, 3, 4)]
+    assert balance(eng) == 2 * 5_000
+    raw = b'{"payout_id":"p1","creator_id":"c1","milli_diamonds":1,"ts":1,"milli_diamonds":5000}'
+    assert model.decode_payout(raw)[0] == model.DUPLICATE_KEY
+    eng.apply_payouts([model.decode_payout(raw)], [raw], [7], out)
+    assert out.dead_letters[-1].reason == "duplicate_key" and balance(eng) == 2 * 5_000
+
+
+def test_the_first_violation_in_document_order_is_the_reason(policy):
+    deep = b'"d":' + b"[" * 40 + b"]" * 40
+    dup = b'"x":{"a":1,"a":2}'
+    records = [with_field(gift(), deep + b"," + dup), with_field(gift(), dup + b"," + deep),
+               with_field(gift(), deep)[:-1] + b",}",  # malformed after the deep part: not JSON at all
+               with_field(gift(), dup)[:-1] + b"]"]
+    _, out = run(policy, records)
+    assert [d.reason for d in out.dead_letters] == ["too_deep", "duplicate_key", "not_json", "not_json"]

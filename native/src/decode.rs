@@ -2,6 +2,7 @@
 //! present with the right JSON type and inside the bounds of stream/model.py); anything else is left to
 //! the Python decoder, which stays the single authority on reject reasons and their wording.
 
+use foldhash::HashSet;
 use serde::Deserialize;
 use std::borrow::Cow;
 
@@ -81,28 +82,59 @@ pub fn decode_fast(raw: &[u8], max_bytes: usize, max_depth: usize) -> Option<Eve
 #[derive(Debug, PartialEq, Eq)]
 pub enum Violation {
     TooDeep,
+    DuplicateKey,
+    /// A key whose escapes serde_json will not unescape: doubtful, so Python decides.
+    Unreadable,
 }
 
-/// The first structural violation of a record in document order, or None. `raw` is JSON (serde_json has
-/// parsed it), so only strings need care: brackets inside them do not count.
+/// The first structural violation of a record in document order, or None: nesting deeper than
+/// `max_depth`, or an object holding a key twice (compared unescaped, so "a" and "\u0061" are one key).
+/// `raw` is JSON (serde_json has parsed it), so only strings need care: brackets inside them do not count.
 pub fn first_violation(raw: &[u8], max_depth: usize) -> Option<Violation> {
-    let mut depth = 0usize;
+    // Per open container: an object's keys so far, None for an array. A set, not a list: a 64 KiB record
+    // can hold thousands of keys.
+    let mut stack: Vec<Option<HashSet<Cow<'_, [u8]>>>> = Vec::new();
+    let mut expect_key = false;
     let mut i = 0;
     while i < raw.len() {
         match raw[i] {
             b'"' => {
+                let start = i + 1;
+                let mut escaped = false;
                 i += 1;
                 while i < raw.len() && raw[i] != b'"' {
+                    escaped |= raw[i] == b'\\';
                     i += if raw[i] == b'\\' { 2 } else { 1 };
                 }
-            }
-            b'{' | b'[' => {
-                depth += 1;
-                if depth > max_depth {
-                    return Some(Violation::TooDeep);
+                if expect_key {
+                    expect_key = false;
+                    let key: Cow<'_, [u8]> = if escaped {
+                        match serde_json::from_slice::<String>(&raw[start - 1..(i + 1).min(raw.len())]) {
+                            Ok(text) => Cow::Owned(text.into_bytes()),
+                            Err(_) => return Some(Violation::Unreadable),
+                        }
+                    } else {
+                        Cow::Borrowed(&raw[start..i.min(raw.len())])
+                    };
+                    if let Some(Some(keys)) = stack.last_mut() {
+                        if !keys.insert(key) {
+                            return Some(Violation::DuplicateKey);
+                        }
+                    }
                 }
             }
-            b'}' | b']' => depth = depth.saturating_sub(1),
+            c @ (b'{' | b'[') => {
+                if stack.len() == max_depth {
+                    return Some(Violation::TooDeep);
+                }
+                expect_key = c == b'{';
+                stack.push(expect_key.then(HashSet::default));
+            }
+            b'}' | b']' => {
+                stack.pop();
+                expect_key = false;
+            }
+            b',' => expect_key = matches!(stack.last(), Some(Some(_))),
             _ => {}
         }
         i += 1;
@@ -394,6 +426,22 @@ mod tests {
         assert_eq!(first_violation(&deep(33), 32), Some(Violation::TooDeep));
         assert!(decode_fast(&deep(33), 1 << 20, 32).is_none());
         assert!(decode_fast(&deep(150), 1 << 20, 32).is_none());
+    }
+
+    #[test]
+    fn a_repeated_key_at_any_depth_is_declined_and_the_first_violation_is_reported() {
+        let with = |field: &[u8]| [&GOOD[..GOOD.len() - 1], b",", field, b"}"].concat();
+        for (field, want) in [
+            (&br#""diamond_count":9"#[..], Some(Violation::DuplicateKey)), // serde's derive errors, FlatScanner declines
+            (br#""extra":2"#, Some(Violation::DuplicateKey)),            // an unknown key: serde ignores it
+            (br#""y":{"a":1,"\u0061":2}"#, Some(Violation::DuplicateKey)),
+            (br#""y":[{"a":1},{"a":2}],"z":{"a":{"a":"a"}}"#, None),     // one name in different objects
+            (br#""y":[[[[{"a":1,"a":2}]]]]"#, Some(Violation::TooDeep)),  // deeper than 4 comes first
+            (br#""y":{"a":1,"a":[[[[[]]]]]}"#, Some(Violation::DuplicateKey)),
+        ] {
+            assert_eq!(first_violation(&with(field), 4), want, "{}", String::from_utf8_lossy(field));
+        }
+        assert!(decode_fast(&with(br#""extra":2"#), 1 << 20, 32).is_none());
     }
 
     #[test]

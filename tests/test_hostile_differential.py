@@ -1,0 +1,84 @@
+"""Both engines on hostile records (deep, repeated keys at any depth and through escapes, ids outside the
+contract, malformed JSON, and mixtures): the same dead letters with the same reasons, the same outputs."""
+
+from __future__ import annotations
+
+import msgspec
+import orjson
+import pytest
+from conftest import T0, gift
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from test_engine_native import run_side_by_side
+
+from stream import model
+from stream.engine_native import native_available
+
+pytestmark = pytest.mark.skipif(not native_available(), reason="native engine not built")
+
+KEYS = [b"a", b"\\u0061", b"event_id", b"event_\\u0069d", b"diamond_count", b"x"]
+SCALARS = [b"1", b'"s"', b"true", b"null", b"-0", b"1.5", b'"\\u0041"']
+
+
+@st.composite
+def json_values(draw, depth: int) -> bytes:
+    """A JSON value up to `depth` deep whose objects may repeat a key (plainly or through an escape)."""
+    kind = draw(st.sampled_from(["scalar", "list", "object"] if depth > 0 else ["scalar"]))
+    if kind == "scalar":
+        return draw(st.sampled_from(SCALARS))
+    items = draw(st.lists(json_values(depth - 1), max_size=3))
+    if kind == "list":
+        return b"[" + b",".join(items) + b"]"
+    keys = draw(st.lists(st.sampled_from(KEYS), min_size=len(items), max_size=len(items)))
+    return b"{" + b",".join(b'"' + k + b'":' + v for k, v in zip(keys, items, strict=True)) + b"}"
+
+
+@st.composite
+def hostile_records(draw) -> bytes:
+    base = gift(event_id=draw(st.sampled_from(["e1", "e2", "e3"])), creator_id=draw(st.sampled_from(["c1", "c2"])),
+                diamond_count=draw(st.sampled_from([1, 7])), ts=T0 + draw(st.integers(0, 10**6)))
+    form = draw(st.sampled_from(["nested", "bomb", "repeat", "escaped repeat", "damaged", "id", "plain"]))
+    if form == "nested":
+        return base[:-1] + b',"x":' + draw(json_values(6)) + b"}"
+    if form == "bomb":
+        n = draw(st.sampled_from([30, 31, 32, 33, 127, 128, 129, 997]))
+        return base[:-1] + b',"x":' + draw(st.sampled_from([b"[", b'{"a":['])) * n + \
+            draw(st.sampled_from([b"]" * n, b"]" * (n - 1), b""])) + b"}"
+    if form == "repeat":
+        key = draw(st.sampled_from(["diamond_count", "event_id", "repeat_end", "x", "group_id"]))
+        return base[:-1] + b"," + orjson.dumps({key: draw(st.sampled_from([1, "9", True]))})[1:]
+    if form == "escaped repeat":
+        return base[:-1] + b',"diamond_\\u0063ount":9999}'
+    if form == "damaged":
+        raw = base[:-1] + b',"x":' + draw(json_values(4)) + b"}"
+        i = draw(st.integers(0, len(raw) - 1))
+        return raw[:i] + draw(st.sampled_from([b"", b"{", b"]", b'"', b"\\", b","])) + raw[i + 1:]
+    if form == "id":
+        rec = orjson.loads(base)
+        rec[draw(st.sampled_from(["event_id", "room_id", "creator_id", "sender_id", "group_id"]))] = \
+            draw(st.sampled_from(["a\x1fb", "a b", "é", "a\n", "", "x" * 64, "x" * 65, "A-z_09"]))
+        return orjson.dumps(rec)
+    return base
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(records=st.lists(hostile_records(), min_size=1, max_size=10), cuts=st.lists(st.integers(0, 10), max_size=2))
+def test_both_engines_reject_hostile_records_identically(policy, records, cuts):
+    run_side_by_side(policy, [gift(event_id="first", ts=T0), *records], cuts)
+
+
+@settings(max_examples=400, deadline=None)
+@given(raw=hostile_records())
+def test_the_structural_scan_agrees_with_msgspec_on_what_is_json(raw):
+    """Where msgspec can judge (nothing deep), the scan's not_json is exactly msgspec's malformed input."""
+    verdict = model.scan_structure(raw)
+    if verdict is not None and verdict[0] == model.TOO_DEEP:
+        return
+    try:
+        msgspec.json.decode(raw)
+        is_json = True
+    except (msgspec.DecodeError, UnicodeDecodeError):
+        is_json = False
+    except RecursionError:
+        return  # msgspec cannot judge this one (that is why the scan exists)
+    assert (verdict is None or verdict[0] != model.NOT_JSON) == is_json
