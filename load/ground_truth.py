@@ -8,10 +8,15 @@ it) and by the load harness (`giftstream load run`).
 from __future__ import annotations
 
 import json
+import re
 from collections import defaultdict
 from fractions import Fraction
 
 from aiokafka.partitioner import murmur2
+
+# The contract's id pattern (schemas/gift-event.schema.json), written out again here: this module shares no
+# code with the engine.
+_ID = re.compile(r"[0-9A-Za-z_-]{1,64}")
 
 FIELDS = {"event_id": str, "room_id": str, "creator_id": str, "sender_id": str, "gift_id": int,
           "gift_type": int, "diamond_count": int, "repeat_count": int, "repeat_end": bool, "ts": int,
@@ -25,9 +30,10 @@ def _valid(rec: object) -> bool:
         v = rec.get(name)
         if type(v) is not typ:
             return False
-    if not all(0 < len(rec[k]) <= 64 for k in ("event_id", "room_id", "creator_id", "sender_id")):
+    if not all(_ID.fullmatch(rec[k]) for k in ("event_id", "room_id", "creator_id", "sender_id")):
         return False
-    if len(rec.get("group_id", "")) > 64 or type(rec.get("group_id", "")) is not str:
+    group = rec.get("group_id", "")
+    if type(group) is not str or (group and not _ID.fullmatch(group)):
         return False
     return (1 <= rec["diamond_count"] <= 10_000_000 and 1 <= rec["repeat_count"] <= 1_000_000
             and 0 <= rec["gift_id"] < 2**31 and 0 <= rec["gift_type"] < 2**31 and 0 <= rec["ts"] <= 10**14)
@@ -48,7 +54,7 @@ def expected(records: list[bytes], rates: dict[str, Fraction], partitions: int, 
             continue
         try:
             rec = json.loads(raw)
-        except ValueError:
+        except (ValueError, RecursionError):
             continue
         if not _valid(rec) or rec["region"] not in rates:
             continue

@@ -296,6 +296,9 @@ class PartitionEngine(EngineEdges):
             # Streak events are most of the traffic (several per streak). The common cases, the first event
             # of a streak and a further event (or the end) of an open one, are inlined here with the same
             # steps as in _streak_event; single-event streaks, restarts and stragglers go there.
+            # The joined text, not a tuple: ids are held to model.ID_PATTERN (no U+001F), so the join is
+            # unambiguous, and it is the changelog's key (s:<key>), the native core's StreakKey text and the
+            # timer heap's tie order; a tuple would change all three for no gain.
             key = f"{ev.room_id}\x1f{ev.sender_id}\x1f{ev.gift_id}\x1f{ev.group_id}"
             s = streaks_get(key)
             if s is None:

@@ -12,7 +12,14 @@ from typing import Annotated
 import msgspec
 from msgspec import Meta, Struct
 
-Id = Annotated[str, Meta(min_length=1, max_length=64)]
+# Every id of a gift or payout: 1 to 64 of [0-9A-Za-z_-] (real ids are decimal numbers). No id may hold a
+# separator or control character, so the engine's joined streak keys (room, sender, gift, group joined by
+# U+001F) cannot collide. The JSON schemas carry the same patterns; native/src/decode.rs checks them with a
+# byte loop and leaves every id they reject to msgspec. `(?!\n)`: Python's `$` also matches before a final
+# newline, and msgspec (and jsonschema in Python) use Python's re.
+ID_PATTERN = "^[0-9A-Za-z_-]{1,64}$(?!\n)"
+GROUP_ID_PATTERN = "^[0-9A-Za-z_-]{0,64}$(?!\n)"  # optional: empty means no group
+Id = Annotated[str, Meta(pattern=ID_PATTERN)]
 # Upper bounds keep every sum far inside 64 bits (the changelog's msgpack cannot hold more): a single gift
 # is at most 10 M coins x 1 M units, and nothing real comes close (the dearest gift costs 44,999 coins).
 Int32 = Annotated[int, Meta(ge=0, le=2**31 - 1)]
@@ -35,7 +42,7 @@ class GiftEvent(Struct, frozen=True, gc=False):
     repeat_end: bool
     ts: EpochMs
     region: str
-    group_id: Annotated[str, Meta(max_length=64)] = ""
+    group_id: Annotated[str, Meta(pattern=GROUP_ID_PATTERN)] = ""
 
 
 class Payout(Struct, frozen=True, gc=False):

@@ -72,7 +72,7 @@ def test_native_engine_equals_the_reference_on_random_sessions(policy, records, 
 
 # The compiled engine holds ids that are canonical decimal numbers as numbers and any other id as text
 # (native/src/ids.rs): every spelling must behave exactly like the text in the reference engine, including
-# ids holding the streak key's separator, whose joined keys can collide on purpose.
+# ids holding the streak key's separator (outside the id pattern: both engines must reject them alike).
 ID_SPELLINGS = [
     lambda k: str(k + 1),                 # canonical: held as a number
     lambda k: str(k),                     # canonical, "0" included

@@ -5,7 +5,7 @@ never a credit, and both engines decide the same."""
 from __future__ import annotations
 
 import pytest
-from conftest import gift
+from conftest import T0, gift
 
 from stream import model
 from stream.engine_native import make_engine
@@ -89,3 +89,34 @@ def test_the_first_violation_in_document_order_is_the_reason(policy):
                with_field(gift(), dup)[:-1] + b"]"]
     _, out = run(policy, records)
     assert [d.reason for d in out.dead_letters] == ["too_deep", "duplicate_key", "not_json", "not_json"]
+
+
+# ------------------------------------------------------------------------------------- 3. ids
+
+BAD_IDS = ["a\x1fb", "a\n", "a b", "é", "x" * 65, "a.b", ""]
+
+
+def test_ids_outside_the_pattern_are_dead_letters_and_streaks_cannot_merge(policy):
+    # Joined with U+001F these two streaks had one key: c2's units were credited to c1.
+    one = [gift(gift_type=1, room_id="a\x1fb", sender_id="c", creator_id="c1", group_id="g", repeat_count=n,
+                repeat_end=n == 3, ts=T0 + n) for n in (1, 2, 3)]
+    two = [gift(gift_type=1, room_id="a", sender_id="b\x1fc", creator_id="c2", group_id="g", repeat_count=n,
+                repeat_end=n == 9, ts=T0 + n) for n in (5, 9)]
+    bad = [gift(**{field: value}) for field in ("event_id", "room_id", "creator_id", "sender_id")
+           for value in BAD_IDS] + [gift(group_id=v) for v in BAD_IDS if v]
+    good = [gift(group_id=""), gift(event_id="A-z_09", room_id="x" * 64, sender_id="-", creator_id="c1")]
+    eng, out = run(policy, [*one, *two, *bad, *good])
+    assert [d.reason for d in out.dead_letters] == ["invalid_value"] * (len(one) + len(two) + len(bad))
+    assert balance(eng, "c2") == 0 and balance(eng, "c1") == 2 * 5_000  # only the two good gifts
+    raw = b'{"payout_id":"p\\u001f1","creator_id":"c1","milli_diamonds":1,"ts":1}'
+    assert model.decode_payout(raw)[0] == model.INVALID_VALUE
+
+
+def test_the_schemas_hold_every_id_to_the_models_pattern():
+    import json
+    from pathlib import Path
+
+    props = json.loads((Path(__file__).parents[1] / "schemas/gift-event.schema.json").read_text())["properties"]
+    for field in ("event_id", "room_id", "creator_id", "sender_id"):
+        assert props[field]["pattern"] == model.ID_PATTERN, field
+    assert props["group_id"]["pattern"] == model.GROUP_ID_PATTERN

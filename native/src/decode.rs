@@ -35,9 +35,14 @@ pub struct Event<'a> {
     pub group_id: Cow<'a, str>,
 }
 
+/// An id within stream.model.ID_PATTERN: 1 to 64 of [0-9A-Za-z_-] (ASCII, so bytes are characters).
 fn id_ok(s: &str) -> bool {
-    // Length in characters, like msgspec's max_length (a byte count is an upper bound of it).
-    !s.is_empty() && (s.len() <= MAX_ID_CHARS || s.chars().count() <= MAX_ID_CHARS)
+    !s.is_empty() && group_ok(s)
+}
+
+/// A group id within stream.model.GROUP_ID_PATTERN: id_ok, or empty.
+fn group_ok(s: &str) -> bool {
+    s.len() <= MAX_ID_CHARS && s.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'_' || c == b'-')
 }
 
 impl Event<'_> {
@@ -46,7 +51,7 @@ impl Event<'_> {
             && id_ok(&self.room_id)
             && id_ok(&self.creator_id)
             && id_ok(&self.sender_id)
-            && (self.group_id.len() <= MAX_ID_CHARS || self.group_id.chars().count() <= MAX_ID_CHARS)
+            && group_ok(&self.group_id)
             && (0..=INT32_MAX).contains(&self.gift_id)
             && (0..=INT32_MAX).contains(&self.gift_type)
             && (1..=MAX_COINS).contains(&self.diamond_count)
@@ -442,6 +447,18 @@ mod tests {
             assert_eq!(first_violation(&with(field), 4), want, "{}", String::from_utf8_lossy(field));
         }
         assert!(decode_fast(&with(br#""extra":2"#), 1 << 20, 32).is_none());
+    }
+
+    #[test]
+    fn ids_are_held_to_the_pattern() {
+        for good in ["1", "A-z_09", &"x".repeat(64)] {
+            assert!(id_ok(good) && group_ok(good), "{good}");
+        }
+        assert!(group_ok("") && !id_ok(""));
+        for bad in ["a\u{1f}b", "a\n", "a b", "\u{e9}", "a.b", &"x".repeat(65)] {
+            assert!(!id_ok(bad) && !group_ok(bad), "{bad:?}");
+        }
+        assert!(FlatScanner::new(GOOD_FLAT).event().is_some_and(|ev| !ev.valid())); // room "r\u{e9}"
     }
 
     #[test]
