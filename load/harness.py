@@ -492,7 +492,7 @@ async def verify(cfg: Any, policy: Any) -> dict[str, Any]:
     for p, msgs in changelog.items():
         state, _ = restore_state((m.key, m.value) for m in msgs)
         live_state.update({cid: s.balance for cid, s in state.creators.items()})
-        engine = PartitionEngine(policy, p, state, t.gifts)
+        engine = PartitionEngine(policy, p, state, t.gifts, partitions=partitions)
         engine.end_of_stream(Outputs())  # time out open streaks, as the ground truth counts them
         closed_balances.update({cid: s.balance for cid, s in engine.state.creators.items()})
     want_balances = {cid: s.balance for e in offline.engines.values() for cid, s in e.state.creators.items()}

@@ -110,7 +110,21 @@ class EngineEdges:
 
     policy: Policy
     partition: int
+    partitions: int  # of the input topics (co-partitioned): a record belongs where its creator_id hashes
     source_topic: str
+
+    @staticmethod
+    def _check_partition(partition: int, partitions: int) -> None:
+        if not 0 <= partition < partitions:
+            raise ValueError(f"partition must be in [0, {partitions}) (partitions = {partitions}), not {partition}")
+
+    def _not_ours(self, creator_id: str) -> int | None:
+        """The partition that owns creator_id when it is not this one (murmur2, like Kafka's default
+        partitioner on the creator_id key), else None."""
+        if self.partitions == 1:
+            return None
+        owner = partition_for(creator_id.encode(), self.partitions)
+        return owner if owner != self.partition else None
 
     def _reject(self, reason: str, detail: str, raw: bytes, offset: int | None, out: Outputs,
                 source_topic: str | None = None) -> None:
@@ -125,6 +139,12 @@ class EngineEdges:
             offset = offsets[i] if offsets else None
             if type(p) is tuple:
                 self._reject(p[0], p[1], raws[i], offset, out, source_topic)
+                continue
+            owner = self._not_ours(p.creator_id)
+            if owner is not None:  # the balance it would lower lives on the owner's partition
+                self._reject(model.WRONG_PARTITION, f"payout {p.payout_id} is for creator {p.creator_id}, who "
+                             f"belongs to partition {owner} of {self.partitions}, not {self.partition}", raws[i],
+                             offset, out, source_topic)
                 continue
             balance = self._apply_payout(p, out)
             if balance is not None:
@@ -141,9 +161,14 @@ class PartitionEngine(EngineEdges):
     compiled one (stream.engine_native) makes the same decisions and the tests hold it to this one."""
 
     def __init__(self, policy: Policy, partition: int = 0, state: PartitionState | None = None,
-                 source_topic: str = "gifts") -> None:
+                 source_topic: str = "gifts", *, partitions: int = 1) -> None:
+        self._check_partition(partition, partitions)
         self.policy = policy
         self.partition = partition
+        self.partitions = partitions
+        # creator_id -> owning partition, for creators with no state here yet (those with state were credited
+        # here, so they are ours): murmur2 in Python costs microseconds. Cleared when it grows large.
+        self._owners = PartitionCache(partitions)
         self.source_topic = source_topic
         self.state = state if state is not None else PartitionState()
         self.dirty = Dirty()
@@ -222,6 +247,11 @@ class PartitionEngine(EngineEdges):
         thresholds = self._thresholds
         pane_ms = self._pane
         stats["events_in"] += len(decoded)
+        creators = st.creators
+        owners = self._owners
+        if len(owners) > 100_000:
+            owners.clear()
+        partition = self.partition if self.partitions > 1 else None
         duplicates = new_streaks = plain_credits = plain_milli = 0
         wm = st.watermark  # only this loop (and _start) moves the watermark; kept in a local
         # Consecutive events nearly always share a retention bucket: remember the last one and its id list.
@@ -229,6 +259,11 @@ class PartitionEngine(EngineEdges):
         for i, ev in enumerate(decoded):
             if type(ev) is tuple:
                 self._reject(ev[0], ev[1], raws[i], offsets[i] if offsets else None, out)
+                continue
+            if partition is not None and ev.creator_id not in creators and owners[ev.creator_id] != partition:
+                self._reject(model.WRONG_PARTITION, f"creator {ev.creator_id} belongs to partition "
+                             f"{owners[ev.creator_id]} of {self.partitions}, not {partition}", raws[i],
+                             offsets[i] if offsets else None, out)
                 continue
             ts = ev.ts
             rate = rates.get(ev.region)

@@ -46,14 +46,17 @@ class NativePartitionEngine(EngineEdges):
     kind = "native"
 
     def __init__(self, policy: Policy, partition: int = 0, state: PartitionState | None = None,
-                 source_topic: str = "gifts", track_changes: bool = True) -> None:
+                 source_topic: str = "gifts", track_changes: bool = True, *, partitions: int = 1) -> None:
         """track_changes=False: nothing is marked for the changelog (an offline replay has none); then
-        take_changelog always comes back empty."""
+        take_changelog always comes back empty. partitions: of the input topics (a record whose creator_id
+        does not hash to `partition` is a dead letter)."""
         if _native is None:
             raise RuntimeError("the native engine is not built: run `make install` (needs Rust) or use "
                                "engine = \"python\"")
+        self._check_partition(partition, partitions)
         self.policy = policy
         self.partition = partition
+        self.partitions = partitions
         self.source_topic = source_topic
         self._max_bytes = policy.max_record_bytes
         self._core = _native.Core(
@@ -61,7 +64,7 @@ class NativePartitionEngine(EngineEdges):
             [(w.name, w.size_ms, w.hop_ms) for w in policy.windows],
             policy.pane_ms, policy.grace_ms, policy.streak_timeout_ms, policy.dedupe_horizon_ms,
             policy.max_future_ms, policy.max_record_bytes, policy.version, (WindowTotal, LateGift, MissedWindow),
-            track_changes, max_json_depth=model.MAX_JSON_DEPTH)
+            track_changes, max_json_depth=model.MAX_JSON_DEPTH, partition=partition, partitions=partitions)
         if state is not None:
             self._load(state)
 
@@ -175,9 +178,11 @@ def resolve_kind(kind: str | None = None) -> str:
 
 
 def make_engine(policy: Policy, partition: int = 0, state: PartitionState | None = None,
-                source_topic: str = "gifts", kind: str | None = None, track_changes: bool = True) -> Engine:
-    """An engine of the kind asked for. track_changes=False lets the native engine skip the changelog
-    bookkeeping (offline replays); the Python engine always keeps it (clear_changes drops it)."""
+                source_topic: str = "gifts", kind: str | None = None, track_changes: bool = True, *,
+                partitions: int = 1) -> Engine:
+    """An engine of the kind asked for, for `partition` of `partitions` (the input topics' partition count).
+    track_changes=False lets the native engine skip the changelog bookkeeping (offline replays); the Python
+    engine always keeps it (clear_changes drops it)."""
     if resolve_kind(kind) == "native":
-        return NativePartitionEngine(policy, partition, state, source_topic, track_changes)
-    return PartitionEngine(policy, partition, state, source_topic)
+        return NativePartitionEngine(policy, partition, state, source_topic, track_changes, partitions=partitions)
+    return PartitionEngine(policy, partition, state, source_topic, partitions=partitions)

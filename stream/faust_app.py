@@ -76,8 +76,13 @@ class FaustRunner:
     def engine(self, partition: int) -> Engine:
         e = self.engines.get(partition)
         if e is None:
+            # The partition count is in the consumer's metadata once a partition is assigned (it is: a
+            # record of it arrived); the engine needs it to tell which creators this partition owns.
+            partitions = self.app.consumer.topic_partitions(self.cfg.topics.gifts)
+            if not partitions:
+                raise RuntimeError(f"no partition count for topic {self.cfg.topics.gifts} in the metadata")
             e = self.engines[partition] = make_engine(self.policy, partition, source_topic=self.cfg.topics.gifts,
-                                                      kind=self.cfg.engine)
+                                                      kind=self.cfg.engine, partitions=partitions)
         return e
 
     async def _per_event(self, stream: Any) -> None:

@@ -121,9 +121,10 @@ TS_TOO_OLD = "ts_too_old"
 OVERSIZE = "oversize"
 TOO_DEEP = "too_deep"
 DUPLICATE_KEY = "duplicate_key"
+WRONG_PARTITION = "wrong_partition"
 REJECT_REASONS = (
     NOT_JSON, NOT_OBJECT, MISSING_FIELD, WRONG_TYPE, INVALID_VALUE, NON_POSITIVE_COUNT,
-    UNKNOWN_REGION, TS_TOO_FAR_FUTURE, TS_TOO_OLD, OVERSIZE, TOO_DEEP, DUPLICATE_KEY,
+    UNKNOWN_REGION, TS_TOO_FAR_FUTURE, TS_TOO_OLD, OVERSIZE, TOO_DEEP, DUPLICATE_KEY, WRONG_PARTITION,
 )
 
 # The deepest nesting a record may have (the top-level object is depth 1; each array or object inside adds

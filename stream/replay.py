@@ -100,7 +100,7 @@ def _cyclic_gc_paused() -> Iterator[None]:
 def _replay(records: list[bytes], policy: Policy, partitions: int, batch_size: int, final: bool, source: str,
             progress: Callable[[int], None] | None, engine: str | None) -> ReplayResult:
     started = time.perf_counter()
-    engines = {p: make_engine(policy, p, source_topic=source, kind=engine, track_changes=False)
+    engines = {p: make_engine(policy, p, source_topic=source, kind=engine, track_changes=False, partitions=partitions)
                for p in range(partitions)}
     reference = isinstance(engines[0], PartitionEngine)
     router = PartitionRouter(partitions)

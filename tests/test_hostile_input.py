@@ -4,10 +4,12 @@ never a credit, and both engines decide the same."""
 
 from __future__ import annotations
 
+import orjson
 import pytest
 from conftest import T0, gift
 
 from stream import model
+from stream.engine import partition_for
 from stream.engine_native import make_engine
 from stream.replay import replay
 
@@ -120,3 +122,31 @@ def test_the_schemas_hold_every_id_to_the_models_pattern():
     for field in ("event_id", "room_id", "creator_id", "sender_id"):
         assert props[field]["pattern"] == model.ID_PATTERN, field
     assert props["group_id"]["pattern"] == model.GROUP_ID_PATTERN
+
+
+# ------------------------------------------------------------------------------------- 4. partition ownership
+
+def owned_by(partition: int, partitions: int) -> str:
+    return next(c for c in (f"c{i}" for i in range(1000)) if partition_for(c.encode(), partitions) == partition)
+
+
+def test_nothing_is_credited_or_paid_on_a_partition_that_does_not_own_the_creator(policy):
+    mine, theirs = owned_by(0, 4), owned_by(1, 4)
+    records = [gift(creator_id=mine), gift(creator_id=theirs, diamond_count=5_000),  # would cross the threshold
+               gift(creator_id=theirs, gift_type=1, group_id="g", repeat_end=True)]
+    eng, out = run(policy, records, partition=0, partitions=4)
+    assert [(d.reason, d.offset) for d in out.dead_letters] == [("wrong_partition", 1), ("wrong_partition", 2)]
+    assert out.dead_letters[0].detail == f"creator {theirs} belongs to partition 1 of 4, not 0"
+    assert balance(eng, mine) == 5_000 and eng.creator(theirs) is None and not out.notices
+    raw = orjson.dumps({"payout_id": "p1", "creator_id": theirs, "milli_diamonds": 1, "ts": T0})
+    eng.apply_payouts([model.decode_payout(raw)], [raw], [9], out)
+    assert (out.dead_letters[-1].reason, out.dead_letters[-1].detail) == \
+        ("wrong_partition", f"payout p1 is for creator {theirs}, who belongs to partition 1 of 4, not 0")
+    assert out.stats["rejected.wrong_partition"] == 3
+
+
+def test_an_engine_knows_how_many_partitions_there_are(policy):
+    assert make_engine(policy, 3, partitions=4).partitions == 4
+    for partition, partitions in ((4, 4), (-1, 4), (1, 1), (0, 0)):
+        with pytest.raises(ValueError):
+            make_engine(policy, partition, partitions=partitions)

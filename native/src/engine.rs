@@ -68,6 +68,8 @@ pub struct Settings {
     pub streak_timeout_ms: i64,
     pub dedupe_horizon_ms: i64,
     pub max_future_ms: i64,
+    pub partition: u32,
+    pub partitions: u32, // of the input topics: a creator belongs to murmur2(creator_id) % partitions
 }
 
 #[derive(Clone, Debug)]
@@ -180,6 +182,7 @@ pub struct Stats {
 pub enum Reject {
     Decode { reason: String, detail: String }, // from the Python decoder
     UnknownRegion(String),
+    WrongPartition { creator_id: String, owner: u32 },
     TooFarFuture { ts: i64, watermark: i64 },
     TooOld { ts: i64, watermark: i64 },
 }
@@ -317,6 +320,15 @@ impl Engine {
 
     /// One decoded event, record `index` of the current batch (events_in is counted by the caller).
     pub fn process_event(&mut self, ev: &Event, index: usize) {
+        if self.cfg.partitions > 1 {
+            // ~10 ns for a short id: cheaper than remembering owners.
+            let owner = crate::murmur2::partition_for(ev.creator_id.as_bytes(), self.cfg.partitions);
+            if owner != self.cfg.partition {
+                let reject = Reject::WrongPartition { creator_id: ev.creator_id.to_string(), owner };
+                self.outputs.push(Output::Reject { index, reject });
+                return;
+            }
+        }
         let ts = ev.ts;
         let Some(rule) = self.cfg.regions.get(ev.region.as_ref()) else {
             self.outputs.push(Output::Reject { index, reject: Reject::UnknownRegion(ev.region.to_string()) });

@@ -87,20 +87,24 @@ impl Core {
     #[new]
     #[allow(clippy::too_many_arguments)]
     #[pyo3(signature = (regions, windows, pane_ms, grace_ms, streak_timeout_ms, dedupe_horizon_ms, max_future_ms,
-                        max_record_bytes, version, classes, track_changes=true, *, max_json_depth))]
+                        max_record_bytes, version, classes, track_changes=true, *, max_json_depth, partition,
+                        partitions))]
     fn new(py: Python<'_>, regions: Vec<RegionArg>, windows: Vec<WindowArg>, pane_ms: i64, grace_ms: i64,
            streak_timeout_ms: i64, dedupe_horizon_ms: i64, max_future_ms: i64, max_record_bytes: usize,
            version: String, classes: (Py<PyAny>, Py<PyAny>, Py<PyAny>), track_changes: bool,
-           max_json_depth: usize) -> PyResult<Self> {
+           max_json_depth: usize, partition: u32, partitions: u32) -> PyResult<Self> {
         if pane_ms <= 0 || windows.iter().any(|w| w.1 <= 0 || w.2 <= 0) {
             return Err(pyo3::exceptions::PyValueError::new_err("pane and window sizes must be positive"));
+        }
+        if partition >= partitions {
+            return Err(pyo3::exceptions::PyValueError::new_err("partition must be below partitions"));
         }
         let window_names = windows.iter().map(|w| pyo3::types::PyString::new(py, &w.0).into_any().unbind()).collect();
         let cfg = Settings {
             regions: Regions::new(regions.into_iter()
                 .map(|(name, rate, threshold)| (name, RegionRule { milli_per_coin: rate, threshold })).collect()),
             windows: windows.into_iter().map(|(_, size_ms, hop_ms)| Window { size_ms, hop_ms }).collect(),
-            pane_ms, grace_ms, streak_timeout_ms, dedupe_horizon_ms, max_future_ms,
+            pane_ms, grace_ms, streak_timeout_ms, dedupe_horizon_ms, max_future_ms, partition, partitions,
         };
         Ok(Core { engine: Engine::new(cfg, State::default(), track_changes), max_record_bytes, max_json_depth, window_names,
                   version: version.into_pyobject(py)?.into_any().unbind(), window_total_cls: classes.0,
@@ -273,7 +277,7 @@ fn streak_tuple(s: &Streak) -> StreakTuple {
 
 fn empty_settings() -> Settings {
     Settings { regions: Regions::default(), windows: Vec::new(), pane_ms: 1, grace_ms: 0, streak_timeout_ms: 0,
-               dedupe_horizon_ms: 0, max_future_ms: 0 }
+               dedupe_horizon_ms: 0, max_future_ms: 0, partition: 0, partitions: 1 }
 }
 
 type ChunkList = Vec<(i64, usize)>;
@@ -392,6 +396,9 @@ impl Core {
                                 let repr = region.into_pyobject(py)?.repr()?.to_string();
                                 ("unknown_region".to_owned(), format!("region {repr} is not in policy {}", self.version))
                             }
+                            Reject::WrongPartition { creator_id, owner } => ("wrong_partition".to_owned(), format!(
+                                "creator {creator_id} belongs to partition {owner} of {}, not {}", cfg.partitions,
+                                cfg.partition)),
                             Reject::TooFarFuture { ts, watermark } => ("ts_too_far_future".to_owned(), format!(
                                 "ts {ts} is more than {} ms after the watermark {watermark}", cfg.max_future_ms)),
                             Reject::TooOld { ts, watermark } => ("ts_too_old".to_owned(), format!(
