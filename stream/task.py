@@ -119,12 +119,11 @@ class RestoreProgress:
 
 class PartitionTask:
     def __init__(self, partition: int, cfg: WorkerConfig, policy: Policy, clients: KafkaClients,
-                 consumer: AIOKafkaConsumer, outputs: OutputTopics, metrics: Metrics, input_partitions: int,
-                 worker_id: str, plain_producer: AIOKafkaProducer | None = None) -> None:
+                 consumer: AIOKafkaConsumer, outputs: OutputTopics, metrics: Metrics, worker_id: str,
+                 plain_producer: AIOKafkaProducer | None = None) -> None:
         self.partition = partition
         self.cfg, self.policy, self.clients, self.consumer = cfg, policy, clients, consumer
         self.outputs, self.metrics, self.worker_id = outputs, metrics, worker_id
-        self.input_partitions = input_partitions
         t = cfg.topics
         self.inputs = (TopicPartition(t.gifts, partition), TopicPartition(t.payouts, partition))
         self.state = TaskState.CREATED
@@ -132,7 +131,7 @@ class PartitionTask:
         self.engine: Engine | None = None
         self.writer: ChangelogWriter | None = None
         self.producer: AIOKafkaProducer | None = plain_producer  # at-least-once: the worker's shared one
-        self._owns_producer = plain_producer is None
+        self._owns_producer = plain_producer is None  # exactly-once: one per restore attempt
         self.committed: dict[TopicPartition, int] = {}  # the consumed positions of the last commit
         self.progressed_at = time.monotonic()  # last restore progress, commit, or caught-up fetch
         self.restoring: asyncio.Future | None = None  # the restore attempt under way, if any
@@ -156,19 +155,22 @@ class PartitionTask:
         try:
             if self.cfg.exactly_once:
                 await asyncio.wait_for(confirm_membership(self.consumer), STEP_TIMEOUT_S)
-                if self.producer is None:
-                    self.producer = self.clients.transactional_producer(self.partition)
+                self.producer = self.clients.transactional_producer(self.partition)
                 await asyncio.wait_for(self.producer.start(), STEP_TIMEOUT_S)
             await asyncio.wait_for(self.outputs.learn(self.producer), STEP_TIMEOUT_S)
             records = await self._read_changelog()
             state, self.writer = restore_state(records)
-            self.engine = make_engine(self.policy, self.partition, state, self.cfg.topics.gifts, self.cfg.engine)
+            # The engine dead-letters records of creators that hash to another partition (wrong key).
+            partitions = len(self.consumer.partitions_for_topic(self.cfg.topics.gifts) or ())
+            self.engine = make_engine(self.policy, self.partition, state, self.cfg.topics.gifts, self.cfg.engine,
+                                      partitions=partitions)
             positions = await asyncio.wait_for(self._committed_positions(), STEP_TIMEOUT_S)
             if self.cfg.exactly_once:
                 await asyncio.wait_for(self._first_transaction(positions), STEP_TIMEOUT_S)
-        except asyncio.CancelledError:
-            raise
-        except Exception as e:
+        except BaseException as e:
+            await self._close_producer()  # the next attempt starts a new one (a producer starts once)
+            if isinstance(e, asyncio.CancelledError):
+                raise
             raise outcome_of(e) from e
         for tp in self.inputs:
             self.consumer.seek(tp, positions[tp])
@@ -292,9 +294,10 @@ class PartitionTask:
                     await asyncio.gather(*delivered)
                     await prod.send_offsets_to_transaction(offsets, self.cfg.group_id)
                     await prod.commit_transaction()
-                except BaseException:
+                except BaseException as e:
                     self.metrics.transactions_aborted.inc()
-                    await self._abort()
+                    if not isinstance(outcome_of(e), TaskMigrated):  # a fenced producer cannot abort: the
+                        await self._abort()  # new owner's fencing has aborted its transaction already
                     raise
         except asyncio.CancelledError:
             raise
@@ -351,9 +354,12 @@ class PartitionTask:
             await asyncio.gather(self.restoring, return_exceptions=True)
         self.state = TaskState.CLOSED
         self.engine = self.writer = None
+        await self._close_producer()
+
+    async def _close_producer(self) -> None:
         if self._owns_producer and self.producer is not None:
-            await _bounded(self.producer.stop(), "producer stop", self.partition)
-            self.producer = None
+            producer, self.producer = self.producer, None
+            await _bounded(producer.stop(), "producer stop", self.partition)
 
     def describe(self) -> dict:
         """The task as /readyz shows it."""
@@ -370,6 +376,12 @@ async def _bounded(aw, what: str, partition: int | None = None, seconds: float =
     """Await a client's close for at most `seconds`; a failure or a timeout is logged, not raised."""
     try:
         await asyncio.wait_for(aw, seconds)
+    except asyncio.CancelledError as e:
+        current = asyncio.current_task()
+        if current is not None and current.cancelling():
+            raise  # we are being cancelled ourselves
+        # aiokafka's close lets a CancelledError of its own background work escape (the fetcher's retry sleep)
+        log.warning("%s did not finish cleanly", what, extra={"partition": partition, "error": repr(e)})
     except Exception as e:
         log.warning("%s did not finish cleanly", what, extra={"partition": partition, "error": repr(e)})
 

@@ -228,7 +228,7 @@ class Worker:
 
     def _new_task(self, p: int) -> PartitionTask:
         return PartitionTask(p, self.cfg, self.policy, self.clients, self._consumer, self._outputs, self.metrics,
-                             self.gifts_partitions(), self.worker_id, self._plain_producer)
+                             self.worker_id, self._plain_producer)
 
     async def _close_tasks(self, parts: Iterable[int]) -> None:
         for p in parts:

@@ -11,109 +11,42 @@ import random
 import signal
 import subprocess
 import sys
-import time
-import uuid
-from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 
 import orjson
 import pytest
-from aiokafka.admin import AIOKafkaAdminClient
+from kafka_checks import (
+    PARTITIONS,
+    assert_matches_offline,
+    committed_lag,
+    group_committed,
+    run_worker_through,
+    session,
+    topics_of_its_own,
+    wait_drained,
+    wait_for,
+)
 
-from load.generator import TrafficConfig, generate
 from stream import model
 from stream.changelog import restore_state
 from stream.clients import KafkaClients
-from stream.config import Topics, WorkerConfig, dump_config
-from stream.kafka_io import committed_offsets, end_offsets, produce_session, read_topic
+from stream.config import WorkerConfig, dump_config
+from stream.kafka_io import produce_session, read_topic
 from stream.policy import load_policy
-from stream.replay import replay
-from stream.topics import create_topics, delete_topics
+from stream.topics import delete_topics
 from stream.worker import Worker
 
 pytestmark = pytest.mark.kafka
 BOOTSTRAP = os.environ.get("GIFTSTREAM_TEST_BOOTSTRAP", "127.0.0.1:19092")
-PARTITIONS = 4
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def session(events: int, seed: int) -> list[bytes]:
-    cfg = TrafficConfig(seed=seed, events=events, creators=60, senders=4_000, duplicate_rate=0.01,
-                        late_rate=0.005, malformed_rate=0.003, streak_missing_end_rate=0.03)
-    return list(generate(cfg))
 
 
 @pytest.fixture
 async def cfg():
-    suffix = uuid.uuid4().hex[:8]
-    c = WorkerConfig(bootstrap_servers=BOOTSTRAP, group_id=f"giftstream-test-{suffix}",
-                     topics=Topics(**{k: f"{v}-{suffix}" for k, v in vars(Topics()).items()}))
-    try:
-        await create_topics(c, PARTITIONS)
-    except Exception as e:  # a missing broker is a failure, not a skip: `make test` starts it
-        pytest.fail(f"no Kafka broker at {BOOTSTRAP} ({e!r}); run `make kafka-up`")
+    c = await topics_of_its_own(BOOTSTRAP)
     yield c
     await delete_topics(c)
-
-
-async def group_committed(c: WorkerConfig, topic: str | None = None) -> dict[int, int]:
-    """The group's committed offsets of an input topic (default: gifts), per partition that has one."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=c.bootstrap_servers)
-    await admin.start()
-    try:
-        return await committed_offsets(admin, c.group_id, topic or c.topics.gifts)
-    finally:
-        await admin.close()
-
-
-async def committed_lag(c: WorkerConfig, topic: str | None = None) -> int:
-    """Records of an input topic (default: gifts) not yet covered by the group's committed offsets."""
-    topic = topic or c.topics.gifts
-    committed = await group_committed(c, topic)
-    return sum(end - committed.get(p, 0) for p, end in (await end_offsets(c, topic)).items())
-
-
-async def wait_drained(c: WorkerConfig, timeout: float = 120, topic: str | None = None) -> None:
-    deadline = time.monotonic() + timeout
-    while (lag := await committed_lag(c, topic)) > 0:
-        assert time.monotonic() < deadline, f"worker did not drain: {lag} records left"
-        await asyncio.sleep(0.5)
-
-
-async def assert_matches_offline(c: WorkerConfig, records: list[bytes]) -> None:
-    """Everything committed equals what the offline replay computes from the same records."""
-    policy = load_policy()
-    offline = replay(records, policy, partitions=PARTITIONS)
-    notices = [m.value for ms in (await read_topic(c, c.topics.notices)).values() for m in ms]
-    assert sorted(notices) == sorted(model.encode(n) for n in offline.outputs.notices)  # byte for byte
-    assert len({model.decode_notice(n).notice_id for n in notices}) == len(notices)  # each exactly once
-    totals = [m.value for ms in (await read_topic(c, c.topics.window_totals)).values() for m in ms]
-    assert Counter(totals) == Counter(model.encode(w) for w in offline.outputs.window_totals)
-    late = [m.value for ms in (await read_topic(c, c.topics.late)).values() for m in ms]
-    assert Counter(late) == Counter(model.encode(g) for g in offline.outputs.late)
-    dlq = [model.decode_dead_letter(m.value) for ms in (await read_topic(c, c.topics.dlq)).values() for m in ms]
-    assert Counter(d.reason for d in dlq) == Counter(d.reason for d in offline.outputs.dead_letters)
-    # Balances: the state restored from the changelog equals the offline engine's, creator by creator.
-    changelog = await read_topic(c, c.topics.changelog)
-    live = {}
-    for _p, msgs in changelog.items():
-        state, _ = restore_state((m.key, m.value) for m in msgs)
-        live.update({cid: (s.balance, s.crossings) for cid, s in state.creators.items()})
-    expected = {cid: (s.balance, s.crossings) for e in offline.engines.values()
-                for cid, s in e.state.creators.items()}
-    assert live == expected
-
-
-async def run_worker_through(cfg: WorkerConfig, records: list[bytes]) -> Worker:
-    """Produce records, run one in-process worker until they are all committed, stop it."""
-    await produce_session(records, cfg)
-    worker = Worker(cfg, load_policy())
-    run = asyncio.create_task(worker.run())
-    await wait_drained(cfg)
-    worker.stop()
-    await run
-    return worker
 
 
 async def test_end_to_end_totals_are_exact_and_notices_match_the_offline_replay(cfg):
@@ -233,13 +166,6 @@ async def test_poison_records_go_to_the_dead_letter_topic_and_the_worker_keeps_g
         assert d.partition == 0 and d.offset is not None  # keyless records go to partition 0
     assert worker.metrics.rejected.labels("not_json")._value.get() >= 2  # counted in metrics too
     await assert_matches_offline(cfg, records)
-
-
-async def wait_for(condition, what: str, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.2)
 
 
 async def test_payouts_rearm_the_threshold_and_bad_payouts_are_dead_lettered(cfg):

@@ -7,6 +7,7 @@
 #
 # Environment:
 #   GIFTSTREAM_KAFKA_HOME             install/data dir (default: <repo>/.local/kafka)
+#   GIFTSTREAM_KAFKA_LIBS             the Kafka jars (default: <home>/libs); another broker's, to share them
 #   GIFTSTREAM_KAFKA_PORT             PLAINTEXT listener port (default 19092)
 #   GIFTSTREAM_KAFKA_CONTROLLER_PORT  KRaft controller port (default 19093)
 #   GIFTSTREAM_KAFKA_SASL_PORT        SASL_PLAINTEXT listener, SCRAM-SHA-256/512 (default 19094)
@@ -69,7 +70,7 @@ fi
 KAFKA_VERSION="$(sed -n 's:.*<kafka.version>\(.*\)</kafka.version>.*:\1:p' "$POM" | head -n1)"
 [[ -n "$KAFKA_VERSION" ]] || die "cannot read <kafka.version> from $POM"
 
-LIBS="${KAFKA_HOME}/libs"
+LIBS="${GIFTSTREAM_KAFKA_LIBS:-${KAFKA_HOME}/libs}"
 CONFIG_DIR="${KAFKA_HOME}/config"
 DATA_DIR="${KAFKA_HOME}/data"
 LOG_DIR="${KAFKA_HOME}/logs"
