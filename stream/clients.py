@@ -10,6 +10,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 
+from stream import aiokafka_fixes
 from stream.config import WorkerConfig
 
 PRODUCER_BATCH_BYTES = 1 << 20  # the producers' max_batch_size
@@ -42,6 +43,10 @@ class KafkaClients:
             session_timeout_ms=cfg.session_timeout_ms, heartbeat_interval_ms=min(3000, cfg.session_timeout_ms // 3),
             **cfg.kafka_security(),
         )
+
+    async def confirm_membership(self, consumer: AIOKafkaConsumer) -> None:
+        """Raise aiokafka_fixes.NotAMember unless the group still knows this consumer at its generation."""
+        await aiokafka_fixes.confirm_membership(consumer)
 
     def restore_consumer(self) -> AIOKafkaConsumer:
         """A group-less consumer that reads a changelog partition, read_committed."""

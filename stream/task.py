@@ -31,7 +31,7 @@ from aiokafka import errors as Errors
 from aiokafka.structs import OffsetAndMetadata
 
 from stream import model
-from stream.aiokafka_fixes import NotAMember, confirm_membership
+from stream.aiokafka_fixes import NotAMember
 from stream.changelog import ChangelogWriter, Record, RecordBatchBuilder, cursor_record, restore_state
 from stream.clients import PRODUCER_BATCH_BYTES, KafkaClients
 from stream.columnar_fetch import columns_of
@@ -154,7 +154,7 @@ class PartitionTask:
         started = time.perf_counter()
         try:
             if self.cfg.exactly_once:
-                await asyncio.wait_for(confirm_membership(self.consumer), STEP_TIMEOUT_S)
+                await asyncio.wait_for(self.clients.confirm_membership(self.consumer), STEP_TIMEOUT_S)
                 self.producer = self.clients.transactional_producer(self.partition)
                 await asyncio.wait_for(self.producer.start(), STEP_TIMEOUT_S)
             await asyncio.wait_for(self.outputs.learn(self.producer), STEP_TIMEOUT_S)

@@ -1,0 +1,165 @@
+"""The worker's commit and recovery paths without a broker (tests/fake_kafka.py behind stream.clients): what a
+failed commit, a fence, a failing restore and a backwards position lead to. The same paths run against the
+real broker in test_kafka_worker.py and test_kafka_faults.py."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+
+import pytest
+from aiokafka import TopicPartition
+from aiokafka import errors as Errors
+from conftest import T0, gift
+from fake_kafka import FakeClients, FakeCluster
+
+from stream import model
+from stream.config import WorkerConfig
+from stream.engine import Outputs, partition_for
+from stream.policy import load_policy
+from stream.task import TaskCorrupted, TaskState
+from stream.worker import Worker
+
+PARTITIONS = 2
+
+
+def creators_of(partition: int, n: int) -> list[str]:
+    """n creator ids that Kafka's default partitioner puts on `partition`."""
+    found, i = [], 0
+    while len(found) < n:
+        cid = f"c{i}"
+        if partition_for(cid.encode(), PARTITIONS) == partition:
+            found.append(cid)
+        i += 1
+    return found
+
+
+def feed(cluster: FakeCluster, cfg: WorkerConfig, count: int, start: int = 0) -> None:
+    """`count` plain 2,500-coin gifts (each one crosses the US threshold of a fresh creator) per partition."""
+    for p in range(PARTITIONS):
+        for i, cid in enumerate(creators_of(p, start + count)[start:]):
+            cluster.append(cfg.topics.gifts, p, cid.encode(),
+                           gift(event_id=f"e{p}-{start + i}", creator_id=cid, diamond_count=2_500, ts=T0 + i))
+
+
+async def run_until(worker: Worker, condition, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.01)
+
+
+def notices(cluster: FakeCluster, cfg: WorkerConfig) -> list[str]:
+    return [model.decode_notice(m.value).notice_id for (tp, log) in cluster.logs.items()
+            if tp.topic == cfg.topics.notices for m in log]
+
+
+def drained(cluster: FakeCluster, cfg: WorkerConfig) -> bool:
+    return all(cluster.offsets.get(TopicPartition(cfg.topics.gifts, p)) == len(cluster.log(cfg.topics.gifts, p))
+               for p in range(PARTITIONS))
+
+
+@pytest.fixture
+def cfg() -> WorkerConfig:
+    return WorkerConfig(columnar_fetch=False, batch_max_ms=10, group_id="g")
+
+
+async def start(cfg: WorkerConfig, cluster: FakeCluster) -> tuple[Worker, FakeClients, asyncio.Task]:
+    clients = FakeClients(cfg, cluster)
+    worker = Worker(cfg, load_policy(), clients=clients)
+    return worker, clients, asyncio.create_task(worker.run())
+
+
+async def stop(worker: Worker, run: asyncio.Task) -> None:
+    worker.stop()
+    await asyncio.wait_for(run, 10)
+
+
+async def test_batches_commit_outputs_and_positions_together(cfg):
+    cluster = FakeCluster(PARTITIONS)
+    feed(cluster, cfg, 3)
+    worker, _, run = await start(cfg, cluster)
+    await run_until(worker, lambda: drained(cluster, cfg))
+    await stop(worker, run)
+    assert sorted(notices(cluster, cfg)) == sorted(f"pn-{c}-1" for p in range(PARTITIONS) for c in creators_of(p, 3))
+
+
+async def test_a_fenced_commit_gives_every_partition_up_and_rejoins_and_never_restores_on_its_own(cfg):
+    """ProducerFenced means another member owns the partition: the worker closes every task and subscribes
+    again; no producer of the fenced partition is started (which would fence the owner) before the group
+    assigns it again."""
+    cluster = FakeCluster(PARTITIONS)
+    worker, clients, run = await start(cfg, cluster)
+    await run_until(worker, lambda: worker.ready and len(worker.tasks) == PARTITIONS)
+    txn0 = clients.transactional_id(0)
+    cluster.fence(txn0)  # another member's producer for partition 0
+    cluster.events.clear()
+    feed(cluster, cfg, 2)
+    await run_until(worker, lambda: "unsubscribe" in cluster.events and worker.ready and worker.tasks)
+    await run_until(worker, lambda: drained(cluster, cfg))
+    await stop(worker, run)
+    events = cluster.events
+    fenced_restart = events.index(f"producer start {txn0}")
+    assert events.index("unsubscribe") < events.index("subscribe") < events.index("assigned") < fenced_restart
+    assert f"abort {txn0}" not in events  # a fenced producer is not asked to abort
+    assert Counter(notices(cluster, cfg)) == Counter(f"pn-{c}-1" for p in range(PARTITIONS)
+                                                     for c in creators_of(p, 2))  # each exactly once
+
+
+async def test_a_failed_commit_restores_a_new_task_from_the_last_commit(cfg):
+    """Any other commit failure leaves the engine ahead of the commit: the task is dropped, a new one restores
+    the state and positions of the last commit, and the batch is read and committed again, exactly once."""
+    cluster = FakeCluster(PARTITIONS)
+    feed(cluster, cfg, 2)
+    worker, _, run = await start(cfg, cluster)
+    await run_until(worker, lambda: drained(cluster, cfg))
+    first = dict(worker.tasks)
+    cluster.fail_commits.append(Errors.KafkaTimeoutError())
+    feed(cluster, cfg, 2, start=2)
+    await run_until(worker, lambda: drained(cluster, cfg) and worker.ready)
+    replaced = [p for p in first if worker.tasks.get(p) is not first[p]]
+    await stop(worker, run)
+    assert len(replaced) == 1  # the partition whose commit failed, and only it
+    assert Counter(notices(cluster, cfg)) == Counter(f"pn-{c}-1" for p in range(PARTITIONS)
+                                                     for c in creators_of(p, 4))
+
+
+async def test_a_failing_restore_is_reported_retried_and_never_polled(cfg):
+    cluster = FakeCluster(PARTITIONS, missing_topics={cfg.topics.late})
+    feed(cluster, cfg, 2)
+    worker, _, run = await start(cfg, cluster)
+    await run_until(worker, lambda: len(worker.tasks) == PARTITIONS
+                    and all(t.progress.last_error for t in worker.tasks.values()))
+    health = worker.health()
+    assert not health.ready and all(t["state"] == "restoring" for t in health.partitions.values())
+    assert "output topics do not exist" in health.reasons[0]
+    assert worker.metrics.events_in._value.get() == 0 and cluster.offsets == {}
+    cluster.missing_topics.clear()
+    await run_until(worker, lambda: drained(cluster, cfg), timeout=15)  # the retry (after ~1 s) succeeds
+    assert worker.health().ready
+    await stop(worker, run)
+
+
+async def test_a_restore_of_a_member_the_group_no_longer_knows_fences_nobody(cfg):
+    """confirm_membership says no (a process woken after the session timeout): no producer starts, the worker
+    rejoins instead."""
+    cluster = FakeCluster(PARTITIONS, members=False)
+    worker, _, run = await start(cfg, cluster)
+    await run_until(worker, lambda: cluster.events.count("subscribe") >= 2)
+    assert not any(e.startswith("producer start") for e in cluster.events)
+    cluster.members = True
+    await run_until(worker, lambda: worker.ready and len(worker.tasks) == PARTITIONS)
+    await stop(worker, run)
+
+
+async def test_a_commit_never_moves_a_position_backwards(cfg):
+    cluster = FakeCluster(PARTITIONS)
+    feed(cluster, cfg, 3)
+    worker, _, run = await start(cfg, cluster)
+    await run_until(worker, lambda: drained(cluster, cfg))
+    task = worker.tasks[0]
+    assert task.state is TaskState.RUNNING
+    with pytest.raises(TaskCorrupted, match="behind the committed"):
+        await task.commit(Outputs(), [], {TopicPartition(cfg.topics.gifts, 0): 1})
+    await stop(worker, run)
