@@ -13,8 +13,9 @@ import time
 from collections import Counter
 from dataclasses import replace
 
+import orjson
 import pytest
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.structs import OffsetAndMetadata
 from kafka_checks import (
     PARTITIONS,
@@ -29,7 +30,10 @@ from kafka_checks import (
 from private_broker import PrivateBroker
 from proc_helpers import BOOTSTRAP, Proc, free_port, http_get, start_worker, write_config
 
-from stream.kafka_io import produce_session
+from stream import model
+from stream.changelog import restore_state
+from stream.engine import partition_for
+from stream.kafka_io import produce_session, read_topic
 from stream.policy import load_policy
 from stream.task import TaskState
 from stream.topics import create_topics, delete_topics
@@ -302,3 +306,51 @@ async def test_a_broker_outage_fails_readiness_then_liveness_logs_stay_quiet_and
         await _until("the worker to be ready after the outage", lambda: _ready(port), 90, again)
         await wait_drained(cfg, timeout=120)
     await assert_matches_offline(cfg, records)
+
+
+async def test_a_record_on_a_partition_that_does_not_own_its_creator_is_a_dead_letter():
+    """Issue 11.5. A gift keyed with another creator's id, or with no key (many producers' default, with a
+    sticky partitioner), landed on a partition that does not own its creator and was credited there: one
+    creator had two balances and notice pn-<creator>-1 went out twice. Now such gifts and payouts are dead
+    letters `wrong_partition`; the creator is credited and notified once, on its own partition."""
+    cfg = await topics_of_its_own(BOOTSTRAP)
+    creator = "c-owned"
+    owner = partition_for(creator.encode(), PARTITIONS)
+    other = (owner + 1) % PARTITIONS
+    stranger = next(f"k{i}" for i in range(1000) if partition_for(f"k{i}".encode(), PARTITIONS) == other)
+
+    def gift(event_id: str) -> bytes:
+        return orjson.dumps({"event_id": event_id, "room_id": "r", "creator_id": creator, "sender_id": "s",
+                             "gift_id": 1, "gift_type": 0, "diamond_count": 2_500, "repeat_count": 1,
+                             "repeat_end": False, "ts": 1_764_000_000_000, "region": "US"})
+
+    payout = orjson.dumps({"payout_id": "p1", "creator_id": creator, "milli_diamonds": 1_000, "ts": 1})
+    producer = AIOKafkaProducer(bootstrap_servers=BOOTSTRAP, acks="all")
+    await producer.start()
+    try:
+        await producer.send_and_wait(cfg.topics.gifts, gift("e-null-key"), key=None, partition=other)
+        await producer.send_and_wait(cfg.topics.gifts, gift("e-wrong-key"), key=stranger.encode(), partition=other)
+        await producer.send_and_wait(cfg.topics.gifts, gift("e-right"), key=creator.encode(), partition=owner)
+        await producer.send_and_wait(cfg.topics.payouts, payout, key=None, partition=other)
+    finally:
+        await producer.stop()
+    worker = Worker(cfg, load_policy())
+    run = asyncio.create_task(worker.run())
+    try:
+        await wait_drained(cfg)
+        await wait_drained(cfg, topic=cfg.topics.payouts)
+    finally:
+        worker.stop()
+        await run
+    dlq = [model.decode_dead_letter(m.value) for ms in (await read_topic(cfg, cfg.topics.dlq)).values() for m in ms]
+    assert sorted((d.reason, d.source_topic, d.partition) for d in dlq) == sorted(
+        [("wrong_partition", cfg.topics.gifts, other)] * 2 + [("wrong_partition", cfg.topics.payouts, other)])
+    assert any("payout" in d.detail for d in dlq if d.source_topic == cfg.topics.payouts)
+    notices = [model.decode_notice(m.value) for ms in (await read_topic(cfg, cfg.topics.notices)).values()
+               for m in ms]
+    assert [(n.notice_id, n.trigger_event_id) for n in notices] == [(f"pn-{creator}-1", "e-right")]
+    changelog = await read_topic(cfg, cfg.topics.changelog)
+    holders = {p for p, msgs in changelog.items()
+               if creator in restore_state((m.key, m.value) for m in msgs)[0].creators}
+    assert holders == {owner}  # one balance, on the partition that owns the creator
+    await delete_topics(cfg)
