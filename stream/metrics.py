@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -70,18 +71,24 @@ class Metrics:
                 if ts and ts > 0:
                     self.latency.observe(max(0.0, (now_ms - ts) / 1000))
 
-    async def observe_lag(self, consumer: Any) -> None:
-        assigned = consumer.assignment()
-        for tp in self._lag_series - assigned:  # partitions that moved away: their lag is not ours any more
+    async def observe_lag(self, consumer: Any, partitions: Iterable[Any]) -> dict[Any, int]:
+        """Set and return the lag of each given partition: records a read_committed reader can reach past the
+        consumer's position. Partitions not given (moved away, or restoring: no position yet) lose their
+        series."""
+        tps = set(partitions)
+        for tp in self._lag_series - tps:
             self.lag.remove(tp.topic, str(tp.partition))
-        self._lag_series = set(assigned)
-        for tp in assigned:
-            end = consumer.last_stable_offset(tp)  # read_committed: the end a reader can reach
+        self._lag_series = tps
+        lags = {}
+        for tp in tps:
+            end = consumer.last_stable_offset(tp)
             if end is None:
                 end = consumer.highwater(tp)
             if end is not None:
-                self.lag.labels(tp.topic, str(tp.partition)).set(max(0, end - await consumer.position(tp)))
+                lags[tp] = lag = max(0, end - await consumer.position(tp))
+                self.lag.labels(tp.topic, str(tp.partition)).set(lag)
         self.last_poll.set_to_current_time()
+        return lags
 
     def set_state_size(self, tasks: dict, every: float = 0.0) -> None:
         """The state-size gauges. `every`: skip unless that many seconds passed since the last update (the

@@ -24,7 +24,7 @@ import asyncio
 import enum
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka import errors as Errors
@@ -114,7 +114,6 @@ class RestoreProgress:
     changelog_end: int | None = None
     last_error: str | None = None
     retry_at: float = 0.0  # monotonic time of the next attempt
-    started: float = field(default_factory=time.monotonic)
 
 
 class PartitionTask:

@@ -271,10 +271,13 @@ class Worker:
             pr.last_error = str(outcome)
             pr.retry_at = time.monotonic() + min(RETRY_MAX_S, RETRY_FIRST_S * 2 ** (pr.attempts - 1))
             if isinstance(outcome, TaskMigrated):
-                self._lost = f"partition {task.partition}: {outcome}"
-            log.warning("partition restore failed; retrying", extra={
-                "worker": self.worker_id, "partition": task.partition, "attempt": pr.attempts, "error": str(outcome),
-                "retry_in_s": round(pr.retry_at - time.monotonic(), 1)})
+                self._lost = f"partition {task.partition}: {outcome}"  # the loop rejoins the group
+                log.warning("partition restore: not the owner any more", extra={
+                    "worker": self.worker_id, "partition": task.partition, "error": str(outcome)})
+            else:
+                log.warning("partition restore failed; retrying", extra={
+                    "worker": self.worker_id, "partition": task.partition, "attempt": pr.attempts,
+                    "error": str(outcome), "retry_in_s": round(pr.retry_at - time.monotonic(), 1)})
             return
         finally:
             task.restoring = None
@@ -334,22 +337,15 @@ class Worker:
     # ------------------------------------------------------------------ health
 
     async def _note_progress(self) -> None:
-        """Lag gauges, and a running task's progress mark when it is caught up as of a fetch answered within
-        the progress timeout (a partition with nothing to read makes progress by being current)."""
-        await self.metrics.observe_lag(self._consumer)
-        now_ms = time.time() * 1000
-        fresh_ms = self.cfg.progress_timeout_ms
-        for task in self._running().values():
-            for tp in task.inputs:
-                fetched = self._consumer.last_poll_timestamp(tp)
-                end = self._consumer.last_stable_offset(tp)
-                if end is None:
-                    end = self._consumer.highwater(tp)
-                if fetched is None or end is None or now_ms - fetched > fresh_ms:
-                    break
-                if end > await self._consumer.position(tp):
-                    break
-            else:
+        """Lag gauges of the running partitions, and a running task's progress mark when it is caught up as of
+        a fetch answered within the progress timeout (a partition with nothing to read progresses by being
+        current)."""
+        running = self._running().values()
+        lags = await self.metrics.observe_lag(self._consumer, [tp for task in running for tp in task.inputs])
+        oldest_fetch_ms = time.time() * 1000 - self.cfg.progress_timeout_ms
+        for task in running:
+            if all(lags.get(tp) == 0 and (self._consumer.last_poll_timestamp(tp) or 0) >= oldest_fetch_ms
+                   for tp in task.inputs):
                 task.progressed_at = time.monotonic()
 
     def health(self) -> Health:
