@@ -40,6 +40,11 @@ class Metrics:
                          ["topic", "partition"], registry=r)
         self.restore_seconds = Histogram("giftstream_restore_seconds", "Changelog restore time per partition",
                                          buckets=(*_SECONDS, 30, 60, 120, 300, 600), registry=r)
+        self.restoring_partitions = Gauge("giftstream_restoring_partitions",
+                                          "Owned partitions not running yet (restoring, or waiting to retry)",
+                                          registry=r)
+        self.restore_remaining = Gauge("giftstream_restore_remaining_records",
+                                       "Changelog records still to read by the restores under way", registry=r)
         self.transactions_aborted = Counter("giftstream_transactions_aborted", "Aborted transactions",
                                             registry=r)
         self.state_creators = Gauge("giftstream_state_creators", "Creators held in memory", registry=r)

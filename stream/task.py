@@ -47,6 +47,7 @@ CHANGELOG_BATCH_BYTES = PRODUCER_BATCH_BYTES  # native changelog record batches,
 NATIVE_CHANGELOG = RecordBatchBuilder is not None  # changelog as native record batches, else as records
 STEP_TIMEOUT_S = 60.0  # longest wait for one broker step of a restore (fencing, metadata, offsets)
 RESTORE_STALL_S = 30.0  # a changelog read that gets no records for this long fails (and is retried)
+RESTORE_LOG_EVERY_S = 5.0  # a restore under way logs its progress this often
 CLOSE_TIMEOUT_S = 5.0  # longest wait for a producer to close (a broker that is away cannot be waited for)
 
 
@@ -192,13 +193,17 @@ class PartitionTask:
             await consumer.seek_to_beginning(tp)
             end = (await asyncio.wait_for(consumer.end_offsets([tp]), STEP_TIMEOUT_S))[tp]
             self.progress.changelog_end, self.progress.changelog_read = end, 0
-            quiet_since = time.monotonic()
+            quiet_since = logged_at = time.monotonic()
             while await consumer.position(tp) < end:
                 batch = (await consumer.getmany(tp, timeout_ms=1000)).get(tp, ())
                 if batch:
                     records.extend((m.key, m.value) for m in batch)
                     self.progress.changelog_read = len(records)
                     quiet_since = self.progressed_at = time.monotonic()
+                    if quiet_since - logged_at >= RESTORE_LOG_EVERY_S:
+                        logged_at = quiet_since
+                        log.info("restoring", extra={"worker": self.worker_id, "partition": self.partition,
+                                                     "changelog_read": len(records), "changelog_end": end})
                 elif time.monotonic() - quiet_since > RESTORE_STALL_S:
                     raise TimeoutError(f"changelog {tp.topic}-{tp.partition}: no records for {RESTORE_STALL_S:g} s "
                                        f"at {len(records)} of {end}")

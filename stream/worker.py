@@ -339,6 +339,10 @@ class Worker:
         a fetch answered within the progress timeout (a partition with nothing to read progresses by being
         current)."""
         running = self._running().values()
+        restoring = [t.progress for t in self.tasks.values() if t.state is not TaskState.RUNNING]
+        self.metrics.restoring_partitions.set(len(restoring))
+        self.metrics.restore_remaining.set(sum(max(0, (pr.changelog_end or 0) - pr.changelog_read)
+                                               for pr in restoring))
         lags = await self.metrics.observe_lag(self._consumer, [tp for task in running for tp in task.inputs])
         oldest_fetch_ms = time.time() * 1000 - self.cfg.progress_timeout_ms
         for task in running:

@@ -6,6 +6,7 @@ broker is away."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import signal
 import socket
@@ -32,6 +33,7 @@ from proc_helpers import BOOTSTRAP, Proc, free_port, http_get, start_worker, wri
 
 from stream import model
 from stream.changelog import restore_state
+from stream.clients import KafkaClients
 from stream.engine import partition_for
 from stream.kafka_io import produce_session, read_topic
 from stream.policy import load_policy
@@ -354,4 +356,70 @@ async def test_a_record_on_a_partition_that_does_not_own_its_creator_is_a_dead_l
     holders = {p for p, msgs in changelog.items()
                if creator in restore_state((m.key, m.value) for m in msgs)[0].creators}
     assert holders == {owner}  # one balance, on the partition that owns the creator
+    await delete_topics(cfg)
+
+
+class SlowRestoreClients(KafkaClients):
+    """Its restore consumers take 9 s to start and read the changelog a few records at a time with a pause
+    before each fetch: every partition's restore lasts longer than the session timeout, from a small state."""
+
+    def restore_consumer(self):
+        consumer = super().restore_consumer()
+        start, getmany = consumer.start, consumer.getmany
+
+        async def slow_start():
+            await asyncio.sleep(9)
+            await start()
+
+        async def slow_getmany(*tps, timeout_ms: int = 0, max_records: int | None = None):
+            await asyncio.sleep(0.3)
+            return await getmany(*tps, timeout_ms=timeout_ms, max_records=10)
+
+        consumer.start, consumer.getmany = slow_start, slow_getmany
+        return consumer
+
+
+async def test_a_restore_longer_than_the_session_timeout_keeps_the_member_in_its_group(caplog):
+    """A restore that waits on the broker longer than the session timeout: the member stays in its group
+    generation (the consumer polls and heartbeats beside it), says how far it is (/readyz via health(), the
+    restore gauges, a "restoring" log line) and then runs, exactly. What this does not cover: a restore whose
+    CPU work blocks the event loop (restore_state and building the engine, at a million creators) stops the
+    heartbeat wherever it runs; that is issue 16's."""
+    cfg = replace(await topics_of_its_own(BOOTSTRAP), session_timeout_ms=6_000)
+    records = session(6_000, seed=59)
+    await run_worker_through(cfg, records[:4_000])  # a changelog to restore
+    changelog = sum(len(m) for m in (await read_topic(cfg, cfg.topics.changelog)).values())
+    caplog.set_level(logging.INFO, logger="stream")
+    worker = Worker(cfg, load_policy(), clients=SlowRestoreClients(cfg))
+    run = asyncio.create_task(worker.run())
+    generations: set[int] = set()  # every group generation this member is seen in, from its first join on
+
+    async def watch_generation() -> None:
+        while True:
+            coordinator = worker._consumer._coordinator if worker._consumer is not None else None
+            if coordinator is not None and coordinator.generation >= 0:
+                generations.add(coordinator.generation)
+            await asyncio.sleep(0.05)
+
+    watching = asyncio.create_task(watch_generation())
+    try:
+        await wait_for(lambda: worker.tasks and worker.metrics.restore_remaining._value.get() > 0,
+                       "the restores to be under way", timeout=30)
+        health = worker.health()
+        assert not health.ready and all(t["state"] == "restoring" for t in health.partitions.values())
+        started = time.monotonic()
+        await wait_for(lambda: worker.ready and len(worker.tasks) == PARTITIONS, "the restores", timeout=120)
+        restore_seconds = time.monotonic() - started
+        await produce_session(records[4_000:], cfg)
+        await wait_drained(cfg)
+    finally:
+        watching.cancel()
+        worker.stop()
+        await run
+    assert len(generations) == 1, generations  # never expelled, never rejoined
+    assert restore_seconds > cfg.session_timeout_ms / 1000 + 2, f"{changelog} records in {restore_seconds:.1f} s"
+    messages = [r.getMessage() for r in caplog.records if r.name.startswith("stream.")]
+    assert messages.count("partitions assigned") == 1 and messages.count("partitions revoked") == 1  # first join
+    assert "restoring" in messages  # progress is logged while it lasts
+    await assert_matches_offline(cfg, records)
     await delete_topics(cfg)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import orjson
 import pytest
+from conftest import gift
 from kafka_checks import (
     PARTITIONS,
     assert_matches_offline,
@@ -165,6 +166,24 @@ async def test_poison_records_go_to_the_dead_letter_topic_and_the_worker_keeps_g
         assert d.reason in model.REJECT_REASONS and d.source_topic == cfg.topics.gifts
         assert d.partition == 0 and d.offset is not None  # keyless records go to partition 0
     assert worker.metrics.rejected.labels("not_json")._value.get() >= 2  # counted in metrics too
+    await assert_matches_offline(cfg, records)
+
+
+async def test_hostile_records_are_dead_letters_with_their_reasons_and_the_batch_goes_on(cfg):
+    """Issue 11.2, .6 and .7 on the live path: a 2 KB nesting bomb raised RecursionError in decode, so the
+    worker died at every start and the partitions after it in the batch starved; a repeated diamond_count
+    credited its last value; an id holding U+001F merged two creators' streaks. Each is a dead letter with its
+    reason, and everything around them is committed exactly as the offline replay computes it."""
+    good = session(2_000, seed=7)
+    bomb = b'{"x":' + b"[" * 997 + b"]" * 997 + b"}"
+    twice = gift(event_id="dup-key", creator_id="c-dup", diamond_count=1)[:-1] + b',"diamond_count":9999999}'
+    control = gift(event_id="ctl", room_id="a\x1fb", gift_type=1)
+    expected = {bomb: "too_deep", twice: "duplicate_key", control: "invalid_value"}
+    records = good[:1000] + list(expected) + good[1000:]
+    await run_worker_through(cfg, records)
+    dlq = [model.decode_dead_letter(m.value) for ms in (await read_topic(cfg, cfg.topics.dlq)).values() for m in ms]
+    by_raw = {base64.b64decode(d.raw_b64): d.reason for d in dlq}
+    assert {raw: by_raw.get(raw) for raw in expected} == expected
     await assert_matches_offline(cfg, records)
 
 
