@@ -208,7 +208,7 @@ class PartitionTask:
                     raise TimeoutError(f"changelog {tp.topic}-{tp.partition}: no records for {RESTORE_STALL_S:g} s "
                                        f"at {len(records)} of {end}")
         finally:
-            await _bounded(consumer.stop(), "restore consumer stop")
+            await close_within(consumer.stop(), "restore consumer stop")
         return records
 
     async def _committed_positions(self) -> dict[TopicPartition, int]:
@@ -363,7 +363,7 @@ class PartitionTask:
     async def _close_producer(self) -> None:
         if self._owns_producer and self.producer is not None:
             producer, self.producer = self.producer, None
-            await _bounded(producer.stop(), "producer stop", self.partition)
+            await close_within(producer.stop(), "producer stop", self.partition)
 
     def describe(self) -> dict:
         """The task as /readyz shows it."""
@@ -376,7 +376,7 @@ class PartitionTask:
         return doc
 
 
-async def _bounded(aw, what: str, partition: int | None = None, seconds: float = CLOSE_TIMEOUT_S) -> None:
+async def close_within(aw, what: str, partition: int | None = None, seconds: float = CLOSE_TIMEOUT_S) -> None:
     """Await a client's close for at most `seconds`; a failure or a timeout is logged, not raised."""
     try:
         await asyncio.wait_for(aw, seconds)

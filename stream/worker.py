@@ -38,7 +38,7 @@ from stream.task import (
     TaskCorrupted,
     TaskMigrated,
     TaskState,
-    _bounded,
+    close_within,
     outcome_of,
 )
 
@@ -186,9 +186,9 @@ class Worker:
         async with self._lock:
             await self._close_tasks(list(self.tasks))
         if self._consumer is not None:
-            await _bounded(self._consumer.stop(), "consumer stop", seconds=self.cfg.shutdown_timeout_ms / 2000)
+            await close_within(self._consumer.stop(), "consumer stop", seconds=self.cfg.shutdown_timeout_ms / 2000)
         if self._plain_producer is not None:
-            await _bounded(self._plain_producer.stop(), "producer stop")
+            await close_within(self._plain_producer.stop(), "producer stop")
         log.info("worker stopped", extra={"worker": self.worker_id})
 
     def seconds_since_poll(self) -> float | None:
