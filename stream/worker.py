@@ -204,17 +204,14 @@ class Worker:
     # ------------------------------------------------------------------ rebalance
 
     def _on_assigned(self, assigned: Iterable[TopicPartition]) -> None:
-        """New partitions get a task each, in CREATED, and stay paused until it is restored. No I/O here."""
+        """Every assigned partition gets a task, in CREATED, and stays paused until it is restored. No I/O here.
+        (Revocation, before every assignment, closed every task: aiokafka 0.14 rebalances eagerly.)"""
         assigned = list(assigned)
         self._assigned = True
         self._consumer.pause(*assigned)
         parts = sorted({tp.partition for tp in assigned if tp.topic == self.cfg.topics.gifts})
         for p in parts:
-            if p not in self.tasks:
-                self.tasks[p] = self._new_task(p)
-        for task in self.tasks.values():
-            if task.state is TaskState.RUNNING:  # kept across the rebalance: polled again
-                self._consumer.resume(*task.inputs)
+            self.tasks[p] = self._new_task(p)
         log.info("partitions assigned", extra={"worker": self.worker_id, "partitions": parts})
 
     async def _on_revoked(self, revoked: Iterable[TopicPartition]) -> None:

@@ -101,8 +101,18 @@ async def run_worker_through(cfg: WorkerConfig, records: list[bytes]) -> Worker:
     return worker
 
 
-async def wait_for(condition, what: str, timeout: float = 60) -> None:
+async def wait_for(condition, what: str, timeout: float = 60, procs: tuple = ()) -> object:
+    """Poll condition() until it returns something truthy, and return that; fail after `timeout` s, or as soon as
+    one of `procs` (tests/proc_helpers.Proc) has exited. An OSError (an HTTP side not up yet) counts as not yet."""
     deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+    while True:
+        for proc in procs:
+            assert proc.alive(), f"{what}: a worker exited with {proc.popen.returncode}:\n{proc.output()[-3000:]}"
+        try:
+            result = condition()
+        except OSError:
+            result = None
+        if result:
+            return result
+        assert time.monotonic() < deadline, f"timed out after {timeout:g} s waiting for {what}"
         await asyncio.sleep(0.2)

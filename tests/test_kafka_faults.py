@@ -29,7 +29,7 @@ from kafka_checks import (
     wait_for,
 )
 from private_broker import PrivateBroker
-from proc_helpers import BOOTSTRAP, Proc, free_port, http_get, start_worker, write_config
+from proc_helpers import BOOTSTRAP, free_port, http_get, start_worker, write_config
 
 from stream import model
 from stream.changelog import restore_state
@@ -193,21 +193,6 @@ def _ready(port: int) -> dict | None:
     return json.loads(body) if status == 200 else None
 
 
-async def _until(what: str, check, timeout: float, *procs: Proc) -> object:
-    deadline = time.monotonic() + timeout
-    while True:
-        for proc in procs:
-            assert proc.alive(), f"{what}: a worker exited with {proc.popen.returncode}:\n{proc.output()[-3000:]}"
-        try:
-            result = check()
-        except OSError:
-            result = None
-        if result:
-            return result
-        assert time.monotonic() < deadline, f"timed out after {timeout:g} s waiting for {what}"
-        await asyncio.sleep(0.25)
-
-
 async def test_a_woken_zombie_gives_its_partitions_up_and_never_fences_the_owner(tmp_path):
     """Issue 11.4. A worker stopped (SIGSTOP) past the session timeout still believes in its old assignment
     when it wakes. It used to restore its partitions on ProducerFenced (fencing the owner the group chose)
@@ -232,16 +217,16 @@ async def test_a_woken_zombie_gives_its_partitions_up_and_never_fences_the_owner
             return all(docs) and sorted(p for d in docs for p in d["partitions"]) == list(range(PARTITIONS)) \
                 and all(d["partitions"] for d in docs)
 
-        await _until("both workers to share the partitions", shared, 90, *workers)
+        await wait_for(shared, "both workers to share the partitions", 90, procs=tuple(workers))
         for zombie_index in (0, 1):
             zombie, owner = workers[zombie_index], workers[1 - zombie_index]
             owner_port = ports[1 - zombie_index]
             os.kill(zombie.popen.pid, signal.SIGSTOP)
-            await _until("the owner to take every partition",
-                         lambda p=owner_port: (d := _ready(p)) and len(d["partitions"]) == PARTITIONS, 60, owner)
+            await wait_for(lambda p=owner_port: (d := _ready(p)) and len(d["partitions"]) == PARTITIONS,
+                           "the owner to take every partition", 60, procs=(owner,))
             await asyncio.sleep(2)  # the new owner commits; the zombie's producers are fenced by now
             os.kill(zombie.popen.pid, signal.SIGCONT)
-            await _until("the woken worker to rejoin and share the partitions", shared, 90, *workers)
+            await wait_for(shared, "the woken worker to rejoin and share the partitions", 90, procs=tuple(workers))
         await producing
         await wait_drained(cfg, timeout=180)
     finally:
@@ -280,16 +265,17 @@ async def test_a_broker_outage_fails_readiness_then_liveness_logs_stay_quiet_and
     port = free_port()
     worker = start_worker(config, port, tmp_path / "worker.log")
     try:
-        await _until("the worker to be ready", lambda: _ready(port), 60, worker)
+        await wait_for(lambda: _ready(port), "the worker to be ready", 60, procs=(worker,))
         await wait_drained(cfg)
         log_at_kill = len(worker.output().splitlines())
         private_broker.kill()
         killed = time.monotonic()
-        await _until("/readyz to say 503", lambda: http_get(f"http://127.0.0.1:{port}/readyz")[0] == 503, 10, worker)
+        await wait_for(lambda: http_get(f"http://127.0.0.1:{port}/readyz")[0] == 503, "/readyz to say 503", 10,
+                       procs=(worker,))
         not_ready_after = time.monotonic() - killed
         assert http_get(f"http://127.0.0.1:{port}/healthz")[0] == 200  # not ready, but still alive
-        await _until("/healthz to say 503", lambda: http_get(f"http://127.0.0.1:{port}/healthz")[0] == 503, 20,
-                     worker)
+        await wait_for(lambda: http_get(f"http://127.0.0.1:{port}/healthz")[0] == 503, "/healthz to say 503", 20,
+                       procs=(worker,))
         not_live_after = time.monotonic() - killed
         await asyncio.sleep(3)
         outage = time.monotonic() - killed
@@ -306,7 +292,7 @@ async def test_a_broker_outage_fails_readiness_then_liveness_logs_stay_quiet_and
     await produce_session(records[5_000:], cfg)
     port = free_port()
     with start_worker(config, port, tmp_path / "worker-after.log") as again:
-        await _until("the worker to be ready after the outage", lambda: _ready(port), 90, again)
+        await wait_for(lambda: _ready(port), "the worker to be ready after the outage", 90, procs=(again,))
         await wait_drained(cfg, timeout=120)
     await assert_matches_offline(cfg, records)
 
