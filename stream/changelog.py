@@ -10,12 +10,19 @@ changelog partition with the same number):
   p:<payout id>      a payout already applied
 Everything else in PartitionState (which ids sit in which bucket, which creators hold a pane, which
 closed streaks expire when) is derived again on restore.
+
+A restore applies records oldest first, each replacing its key's value, so a state plus any suffix of the log
+read again gives the same state: that is what lets a checkpoint (stream.checkpoint, whose body is these records
+too) be topped up with the changelog's tail. `StateRestore` rebuilds a partition for either engine kind as the
+records are read; the native one keeps no Python object per record (native/src/changelog.rs).
 """
 
 from __future__ import annotations
 
+import asyncio
+import struct
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import msgspec
 
@@ -23,9 +30,9 @@ from stream.engine import Changes
 from stream.engine_native import Engine, NativePartitionEngine
 
 try:
-    from stream._native import RecordBatchBuilder
+    from stream._native import ChangelogRestore, RecordBatchBuilder
 except ImportError:  # not built: drain_batches is unavailable (the worker sends drain()'s records)
-    RecordBatchBuilder = None
+    ChangelogRestore = RecordBatchBuilder = None
 from stream.state import RETENTION_BUCKET_MS, CreatorState, PartitionState, Streak
 
 _enc = msgspec.msgpack.Encoder()
@@ -125,8 +132,131 @@ def restore_state(records: Iterable[Record]) -> tuple[PartitionState, ChangelogW
         ids = [i for _, part in sorted(chunks[bucket]) for i in part]
         st.seen_buckets[bucket] = ids
         st.seen.update(ids)
-    for key, s in st.streaks.items():
+    for key in sorted(st.streaks):  # sorted: both engines then expire a bucket's streaks in the same order
+        s = st.streaks[key]
         if not s.open:
             st.streak_buckets.setdefault(s.last_ts - s.last_ts % RETENTION_BUCKET_MS, []).append(key)
     writer = ChangelogWriter({b: [start for start, _ in sorted(parts)] for b, parts in chunks.items()})
     return st, writer
+
+
+# ---------------------------------------------------------------- whole states (checkpoint bodies)
+
+_LEN = struct.Struct(">I")
+
+
+def state_body(st: PartitionState, chunks: dict[int, list[int]]) -> bytes:
+    """The whole state as changelog records, each [u32 key length][key][u32 value length][value] (big-endian):
+    a checkpoint's body. The dedupe ids are cut at the chunk starts the changelog holds (`chunks`, the writer's),
+    so expiring a bucket later tombstones the same keys. native/src/changelog.rs `snapshot` writes the same."""
+    parts: list[bytes] = []
+    pack = _LEN.pack
+
+    def put(key: bytes, value: bytes) -> None:
+        parts.extend((pack(len(key)), key, pack(len(value)), value))
+
+    put(*cursor_record(st.watermark, st.close_cursor))
+    for cid, c in st.creators.items():
+        put(f"c:{cid}".encode(), _enc.encode((c.region, c.balance, c.credited, c.paid_out, c.crossings, c.above)))
+        for pane, tally in c.panes.items():
+            put(f"w:{cid}{_SEP}{pane}".encode(), _enc.encode(tally))
+    for key, streak in st.streaks.items():
+        put(f"s:{key}".encode(), _enc.encode(streak))
+    for bucket, ids in st.seen_buckets.items():
+        bounds = [b for b in chunks.get(bucket, []) if b < len(ids)]
+        if not bounds or bounds[0] != 0:
+            bounds.insert(0, 0)
+        for i, start in enumerate(bounds):
+            end = bounds[i + 1] if i + 1 < len(bounds) else len(ids)
+            put(f"d:{bucket}:{start}".encode(), _enc.encode(ids[start:end]))
+    for pid in st.payouts_seen:
+        put(f"p:{pid}".encode(), b"1")
+    return b"".join(parts)
+
+
+def body_records(body: bytes) -> list[Record]:
+    """state_body's records back (ValueError when the body is cut short)."""
+    records: list[Record] = []
+    pos, end, unpack = 0, len(body), _LEN.unpack_from
+    try:
+        while pos < end:
+            (n,) = unpack(body, pos)
+            key = body[pos + 4:pos + 4 + n]
+            pos += 4 + n
+            (n,) = unpack(body, pos)
+            records.append((key, body[pos + 4:pos + 4 + n]))
+            pos += 4 + n
+    except struct.error as e:
+        raise ValueError("the checkpoint's body is cut short") from e
+    if pos != end:
+        raise ValueError("the checkpoint's body is cut short")
+    return records
+
+
+def engine_body(engine: Engine, writer: ChangelogWriter) -> bytes:
+    """A running engine's whole state as a checkpoint body (state_body's format, from either engine)."""
+    if isinstance(engine, NativePartitionEngine):
+        return engine.snapshot_body(writer.chunks)
+    return state_body(engine.state, writer.chunks)
+
+
+# ---------------------------------------------------------------- restore as records arrive
+
+EngineFactory = Callable[[PartitionState | None], Engine]
+
+
+class StateRestore:
+    """One partition's state rebuilt from changelog records as they are read (a checkpoint's body first, when
+    there is one), then handed to a new engine. `apply` is cheap per call (the worker's poll loop goes on
+    between chunks); `finish` builds the engine in a thread, so a large state never stops the event loop.
+
+    Native engine: the records go straight into native/src/changelog.rs's Restore (no Python object kept per
+    record) and the engine adopts the result. Python engine: the latest value of each key is kept, and
+    restore_state builds the PartitionState at the end."""
+
+    def __init__(self, make_engine: EngineFactory, native: bool) -> None:
+        self._make = make_engine
+        self._native = ChangelogRestore() if native and ChangelogRestore is not None else None
+        self._latest: dict[bytes, bytes | None] = {}
+        self._count = 0
+
+    @property
+    def records(self) -> int:
+        return self._native.records if self._native is not None else self._count
+
+    def apply(self, keys: list[bytes], values: list[bytes | None]) -> None:
+        """Records oldest first; a None value is a tombstone."""
+        if self._native is not None:
+            self._native.apply(keys, values)
+        else:
+            self._latest.update(zip(keys, values, strict=True))
+            self._count += len(keys)
+
+    async def apply_body(self, body: bytes) -> None:
+        """A checkpoint's body (state_body's format); in a thread, as it holds a whole state."""
+        if self._native is not None:
+            await asyncio.to_thread(self._native.apply_body, body)
+        else:
+            records = await asyncio.to_thread(body_records, body)
+            self._latest.update(records)
+            self._count += len(records)
+
+    async def finish(self) -> tuple[Engine, ChangelogWriter]:
+        """The engine running on the rebuilt state, and its changelog writer. ValueError: the records do not
+        make a state (a corrupt changelog or checkpoint)."""
+        if self._native is not None:
+            engine = self._make(None)
+            starts = await asyncio.to_thread(engine.adopt, self._native)
+            return engine, ChangelogWriter(dict(starts))
+
+        def build() -> tuple[Engine, ChangelogWriter]:
+            try:
+                state, writer = restore_state(self._latest.items())
+            except (KeyError, ValueError, msgspec.DecodeError) as e:
+                raise ValueError(f"changelog records do not make a state: {e!r}") from e
+            return self._make(state), writer
+
+        try:
+            return await asyncio.to_thread(build)
+        finally:
+            self._latest = {}

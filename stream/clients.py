@@ -4,7 +4,9 @@ recovery paths without a broker, as well as with one."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
@@ -13,7 +15,10 @@ from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from stream import aiokafka_fixes
 from stream.config import WorkerConfig
 
+log = logging.getLogger(__name__)
+
 PRODUCER_BATCH_BYTES = 1 << 20  # the producers' max_batch_size
+CLOSE_TIMEOUT_S = 5.0  # longest wait for a client to close (a broker that is away cannot be waited for)
 
 
 class KafkaClients:
@@ -48,10 +53,12 @@ class KafkaClients:
         """Raise aiokafka_fixes.NotAMember unless the group still knows this consumer at its generation."""
         await aiokafka_fixes.confirm_membership(consumer)
 
-    def restore_consumer(self) -> AIOKafkaConsumer:
-        """A group-less consumer that reads a changelog partition, read_committed."""
+    def restore_consumer(self, value_deserializer: Callable[[bytes], Any] | None = None) -> AIOKafkaConsumer:
+        """The group-less consumer that reads changelog partitions for restores, read_committed
+        (stream.changelog_reader; value_deserializer: columnar_fetch.Columns, or None for ConsumerRecords)."""
         return AIOKafkaConsumer(bootstrap_servers=self.cfg.bootstrap_servers, enable_auto_commit=False,
                                 isolation_level="read_committed", max_partition_fetch_bytes=16 << 20,
+                                fetch_max_bytes=64 << 20, value_deserializer=value_deserializer,
                                 **self.cfg.kafka_security())
 
     def _producer_options(self) -> dict[str, Any]:
@@ -68,3 +75,18 @@ class KafkaClients:
     def plain_producer(self) -> AIOKafkaProducer:
         """The one idempotent producer of at-least-once mode (comparison only)."""
         return AIOKafkaProducer(acks="all", enable_idempotence=True, **self._producer_options())
+
+
+async def close_within(aw: Awaitable, what: str, partition: int | None = None,
+                       seconds: float = CLOSE_TIMEOUT_S) -> None:
+    """Await a client's close for at most `seconds`; a failure or a timeout is logged, not raised."""
+    try:
+        await asyncio.wait_for(aw, seconds)
+    except asyncio.CancelledError as e:
+        current = asyncio.current_task()
+        if current is not None and current.cancelling():
+            raise  # we are being cancelled ourselves
+        # aiokafka's close lets a CancelledError of its own background work escape (the fetcher's retry sleep)
+        log.warning("%s did not finish cleanly", what, extra={"partition": partition, "error": repr(e)})
+    except Exception as e:
+        log.warning("%s did not finish cleanly", what, extra={"partition": partition, "error": repr(e)})

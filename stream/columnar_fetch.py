@@ -37,8 +37,9 @@ SUPPORTED_AIOKAFKA = "0.14.0"  # the fetcher internals below are this version's
 class Columns:
     """The value_deserializer marker that asks for chunks; never called as a deserializer."""
 
-    def __init__(self, chunk_records: int = 1000) -> None:
+    def __init__(self, chunk_records: int = 1000, keys: bool = False) -> None:
         self.chunk_records = max(1, chunk_records)
+        self.keys = keys  # chunks carry the record keys too (a changelog restore needs them)
 
     def __call__(self, value: bytes) -> bytes:  # pragma: no cover - aiokafka never calls it in columnar mode
         raise RuntimeError("Columns is a marker for columnar fetching, not a deserializer")
@@ -53,6 +54,7 @@ class RecordChunk:
     offsets: list[int]
     values: list[bytes | None]
     timestamps: list[int]
+    keys: list[bytes | None] | None = None  # when the consumer's Columns asked for keys
 
 
 class _RawMemoryRecords:
@@ -88,12 +90,14 @@ class _ColumnarPartitionRecords(_fetcher.PartitionRecords):
         # getmany's max_records, which counts chunks, a tiny bound).
         tp = self._tp
         records = self._records
-        parsed = _native.read_record_batches(records.raw)
+        with_keys = columns.keys
+        parsed = _native.read_record_batches(records.raw, with_keys)
         index = 0
         step = columns.chunk_records
         offsets: list[int] = []
         values: list[bytes | None] = []
         stamps: list[int] = []
+        keys: list[bytes | None] = []
         after = self.next_fetch_offset  # the fetch position once everything gathered is handed out
         while records.has_next():
             next_batch = records.next_batch()
@@ -111,29 +115,34 @@ class _ColumnarPartitionRecords(_fetcher.PartitionRecords):
                     skip = True
             if not skip:
                 if cols is None:  # compressed or an older format: aiokafka reads the records
-                    batch_offsets, batch_values, batch_stamps = [], [], []
+                    batch_offsets, batch_values, batch_stamps, batch_keys = [], [], [], []
                     for record in next_batch:
                         batch_offsets.append(record.offset)
                         batch_values.append(record.value)
                         batch_stamps.append(record.timestamp)
+                        batch_keys.append(record.key)
                 else:
-                    batch_offsets, batch_values, batch_stamps = cols
+                    batch_offsets, batch_values, batch_stamps = cols[:3]
+                    batch_keys = cols[3] if with_keys else ()
                 # Records before the fetch position (a batch fetched again from its middle) are skipped.
                 first = bisect.bisect_left(batch_offsets, after)
                 offsets += batch_offsets[first:]
                 values += batch_values[first:]
                 stamps += batch_stamps[first:]
+                if with_keys:
+                    keys += batch_keys[first:]
             after = next_batch.next_offset
             while len(offsets) >= step:
-                chunk = RecordChunk(tp.topic, tp.partition, offsets[:step], values[:step], stamps[:step])
-                del offsets[:step], values[:step], stamps[:step]
+                chunk = RecordChunk(tp.topic, tp.partition, offsets[:step], values[:step], stamps[:step],
+                                    keys[:step] if with_keys else None)
+                del offsets[:step], values[:step], stamps[:step], keys[:step]
                 self.next_fetch_offset = offsets[0] if offsets else after
                 yield chunk
             if not offsets:
                 self.next_fetch_offset = after
         if offsets:
             self.next_fetch_offset = after
-            yield RecordChunk(tp.topic, tp.partition, offsets, values, stamps)
+            yield RecordChunk(tp.topic, tp.partition, offsets, values, stamps, keys if with_keys else None)
 
 
 _ORIGINAL_MEMORY_RECORDS = _fetcher.MemoryRecords

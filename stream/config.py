@@ -41,6 +41,9 @@ class WorkerConfig:
     sasl_username: str | None = None
     sasl_password: str | None = field(default=None, repr=False)  # never logged
     ssl_cafile: str | None = None
+    state_dir: str = ""  # local checkpoints of each partition's state; empty = none (restores read the changelog)
+    checkpoint_interval_ms: int = 60_000  # least time between two checkpoints of a partition
+    checkpoint_max_age_ms: int = 43_200_000  # older checkpoints are not used (under the changelog's tombstone life)
     engine: str = "auto"  # native (compiled), python (reference) or auto (native when built)
     columnar_fetch: bool = True  # polls return chunks of columns (stream/columnar_fetch.py) when available
     topics: Topics = field(default_factory=Topics)
@@ -76,6 +79,12 @@ SETTING_HELP = {
                            "caught up as of a fetch answered within this time) before /readyz says 503",
     "liveness_timeout_ms": "liveness: longest an owned partition may go without progress (restore or commit) "
                            "before /healthz says 503, so the orchestrator restarts a worker that cannot go on",
+    "state_dir": "directory for local checkpoints of each partition's state (a restart then reads only the "
+                 "changelog's tail); empty = none. Give each worker its own (a StatefulSet volume)",
+    "checkpoint_interval_ms": "least time between two local checkpoints of a partition, in ms (written between "
+                              "batches, off the commit path; and at shutdown)",
+    "checkpoint_max_age_ms": "a local checkpoint older than this is not used, in ms; keep it under the changelog's "
+                             "delete.retention.ms (24 h by default), the time the changelog keeps tombstones",
     "shutdown_timeout_ms": "longest a SIGTERM'd worker takes to finish its batch, commit and leave the group; "
                            "past it the batch in hand is abandoned (its transaction never commits)",
     "commit_interval_ms": "least time between the starts of two batches, in ms: each batch is one transaction "

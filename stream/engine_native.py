@@ -108,6 +108,15 @@ class NativePartitionEngine(EngineEdges):
     def clear_changes(self) -> None:
         self._core.clear_changes()
 
+    def adopt(self, restore: object) -> list[tuple[int, list[int]]]:
+        """Run on the state a stream._native.ChangelogRestore rebuilt (stream.changelog.StateRestore); returns
+        each dedupe bucket's chunk starts for the changelog writer. Releases the GIL while it builds."""
+        return self._core.adopt(restore)
+
+    def snapshot_body(self, chunks: dict[int, list[int]]) -> bytes:
+        """The whole state as a checkpoint body (stream.changelog.state_body's format)."""
+        return self._core.snapshot(chunks)
+
     @property
     def watermark(self) -> int | None:
         return self._core.watermark()

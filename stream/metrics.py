@@ -45,6 +45,15 @@ class Metrics:
                                           registry=r)
         self.restore_remaining = Gauge("giftstream_restore_remaining_records",
                                        "Changelog records still to read by the restores under way", registry=r)
+        self.restores = Counter("giftstream_restores", "Partition restores by where the state came from: kept "
+                                "(handed back unchanged), checkpoint (local file + changelog tail), changelog "
+                                "(all of it)",
+                                ["source"], registry=r)
+        self.checkpoints_refused = Counter("giftstream_checkpoints_refused", "Local checkpoints not used, by reason",
+                                           ["reason"], registry=r)
+        self.checkpoints_written = Counter("giftstream_checkpoints_written", "Local checkpoints written", registry=r)
+        self.checkpoint_bytes = Gauge("giftstream_checkpoint_bytes", "Size of the last checkpoint written",
+                                      ["partition"], registry=r)
         self.transactions_aborted = Counter("giftstream_transactions_aborted", "Aborted transactions",
                                             registry=r)
         self.state_creators = Gauge("giftstream_state_creators", "Creators held in memory", registry=r)

@@ -32,12 +32,14 @@ from aiokafka.structs import OffsetAndMetadata
 
 from stream import model
 from stream.aiokafka_fixes import NotAMember
-from stream.changelog import ChangelogWriter, Record, RecordBatchBuilder, cursor_record, restore_state
-from stream.clients import PRODUCER_BATCH_BYTES, KafkaClients
+from stream.changelog import ChangelogWriter, Record, RecordBatchBuilder, StateRestore, cursor_record, engine_body
+from stream.changelog_reader import ChangelogReader
+from stream.checkpoint import Checkpoint, CheckpointInvalid, CheckpointStore
+from stream.clients import CLOSE_TIMEOUT_S, PRODUCER_BATCH_BYTES, KafkaClients, close_within
 from stream.columnar_fetch import columns_of
 from stream.config import WorkerConfig
 from stream.engine import Outputs, partition_for
-from stream.engine_native import Engine, make_engine
+from stream.engine_native import Engine, make_engine, resolve_kind
 from stream.metrics import Metrics
 from stream.policy import Policy
 
@@ -48,7 +50,6 @@ NATIVE_CHANGELOG = RecordBatchBuilder is not None  # changelog as native record 
 STEP_TIMEOUT_S = 60.0  # longest wait for one broker step of a restore (fencing, metadata, offsets)
 RESTORE_STALL_S = 30.0  # a changelog read that gets no records for this long fails (and is retried)
 RESTORE_LOG_EVERY_S = 5.0  # a restore under way logs its progress this often
-CLOSE_TIMEOUT_S = 5.0  # longest wait for a producer to close (a broker that is away cannot be waited for)
 
 
 class TaskState(enum.Enum):
@@ -111,18 +112,40 @@ class RestoreProgress:
     """What /readyz and the logs say of a task that is not running yet."""
 
     attempts: int = 0
-    changelog_read: int = 0
+    source: str | None = None  # where the state comes from: kept, checkpoint or changelog
+    changelog_start: int | None = None  # the offset the changelog is read from
+    changelog_read: int = 0  # records read from there
     changelog_end: int | None = None
     last_error: str | None = None
     retry_at: float = 0.0  # monotonic time of the next attempt
+
+    @property
+    def remaining(self) -> int:
+        """Changelog records still to read (an offset count: transaction markers included)."""
+        if self.changelog_end is None or self.changelog_start is None:
+            return 0
+        return max(0, self.changelog_end - self.changelog_start - self.changelog_read)
+
+
+@dataclass
+class KeptState:
+    """A revoked partition's state, kept until the next assignment: if the partition comes back and nobody has
+    written its changelog since (its end is still `changelog_end`), the task runs on it without a restore."""
+
+    engine: Engine
+    writer: ChangelogWriter
+    changelog_end: int  # the changelog partition's end right after this state's last commit
+    checkpoint_offset: int
 
 
 class PartitionTask:
     def __init__(self, partition: int, cfg: WorkerConfig, policy: Policy, clients: KafkaClients,
                  consumer: AIOKafkaConsumer, outputs: OutputTopics, metrics: Metrics, worker_id: str,
+                 reader: ChangelogReader, checkpoints: CheckpointStore | None = None, kept: KeptState | None = None,
                  plain_producer: AIOKafkaProducer | None = None) -> None:
         self.partition = partition
         self.cfg, self.policy, self.clients, self.consumer = cfg, policy, clients, consumer
+        self.reader, self.checkpoints, self.kept = reader, checkpoints, kept
         self.outputs, self.metrics, self.worker_id = outputs, metrics, worker_id
         t = cfg.topics
         self.inputs = (TopicPartition(t.gifts, partition), TopicPartition(t.payouts, partition))
@@ -135,6 +158,13 @@ class PartitionTask:
         self.committed: dict[TopicPartition, int] = {}  # the consumed positions of the last commit
         self.progressed_at = time.monotonic()  # last restore progress, commit, or caught-up fetch
         self.restoring: asyncio.Future | None = None  # the restore attempt under way, if any
+        # Where the changelog partition stands after the last commit: its exact end (None: unknown), to tell
+        # whether anybody wrote it while the partition was away (KeptState); and an offset at or before the
+        # first record of the last commit, which a checkpoint of the state may claim.
+        self.changelog_end: int | None = None
+        self.checkpoint_offset: int | None = None
+        self.checkpointed_at = time.monotonic()
+        self._logged_at = 0.0
 
     # ------------------------------------------------------------------ restore
 
@@ -144,7 +174,9 @@ class PartitionTask:
            partition's transactional producer: init_transactions fences any older owner of the partition and
            completes its open transaction, so nothing can be committed for it after this;
         2. check that the output topics exist and learn their partition counts;
-        3. read changelog partition p, read_committed, to its end: the state of the last commit;
+        3. the state of the last commit (after 1, so nobody can change the changelog any more), from the first
+           of these that holds: the state kept from before the last rebalance when the changelog has not moved
+           since; the local checkpoint and the changelog from its offset; the whole changelog (_restore_state);
         4. read the group's committed offsets of gifts-p and payouts-p (after 1, so they match 3);
         5. commit a first transaction that changes nothing (see _first_transaction);
         6. seek the consumer to those offsets (the log start where the group never committed).
@@ -158,16 +190,12 @@ class PartitionTask:
                 self.producer = self.clients.transactional_producer(self.partition)
                 await asyncio.wait_for(self.producer.start(), STEP_TIMEOUT_S)
             await asyncio.wait_for(self.outputs.learn(self.producer), STEP_TIMEOUT_S)
-            records = await self._read_changelog()
-            state, self.writer = restore_state(records)
-            # The engine dead-letters records of creators that hash to another partition (wrong key).
-            partitions = len(self.consumer.partitions_for_topic(self.cfg.topics.gifts) or ())
-            self.engine = make_engine(self.policy, self.partition, state, self.cfg.topics.gifts, self.cfg.engine,
-                                      partitions=partitions)
+            self.engine, self.writer = await self._restore_state()
             positions = await asyncio.wait_for(self._committed_positions(), STEP_TIMEOUT_S)
             if self.cfg.exactly_once:
                 await asyncio.wait_for(self._first_transaction(positions), STEP_TIMEOUT_S)
         except BaseException as e:
+            self.engine = self.writer = None
             await self._close_producer()  # the next attempt starts a new one (a producer starts once)
             if isinstance(e, asyncio.CancelledError):
                 raise
@@ -176,40 +204,97 @@ class PartitionTask:
             self.consumer.seek(tp, positions[tp])
         self.committed = positions
         self.state = TaskState.RUNNING
-        self.progressed_at = time.monotonic()
+        self.progressed_at = self.checkpointed_at = time.monotonic()
         seconds = time.perf_counter() - started
         self.metrics.restore_seconds.observe(seconds)
+        self.metrics.restores.labels(self.progress.source).inc()
         log.info("partition restored", extra={"worker": self.worker_id, "partition": self.partition,
-                                              "changelog_records": len(records), "creators": len(state.creators),
+                                              "source": self.progress.source,
+                                              "changelog_records": self.progress.changelog_read,
+                                              "creators": self.engine.sizes().creators,
                                               "attempts": self.progress.attempts, "seconds": round(seconds, 3)})
 
-    async def _read_changelog(self) -> list[Record]:
-        tp = TopicPartition(self.cfg.topics.changelog, self.partition)
-        consumer = self.clients.restore_consumer()
-        records: list[Record] = []
+    async def _restore_state(self) -> tuple[Engine, ChangelogWriter]:
+        """The partition's state as of the last commit: the kept one, a checkpoint plus the changelog's tail, or
+        the whole changelog, whichever is the first that can be trusted."""
+        p, pr = self.partition, self.progress
+        begin, end = await asyncio.wait_for(self.reader.bounds(p), STEP_TIMEOUT_S)
+        pr.changelog_end, pr.changelog_read = end, 0
+        kept, self.kept = self.kept, None
+        if kept is not None and kept.changelog_end == end:
+            pr.source, pr.changelog_start = "kept", end
+            self.changelog_end, self.checkpoint_offset = end, kept.checkpoint_offset
+            return kept.engine, kept.writer
+        del kept  # the changelog moved on: that state is stale
+        restore = self._new_state_restore()
+        pr.source, pr.changelog_start = "changelog", begin
+        checkpoint = await self._usable_checkpoint(begin, end)
+        if checkpoint is not None:
+            try:
+                await restore.apply_body(checkpoint.body)
+                pr.source, pr.changelog_start = "checkpoint", checkpoint.changelog_offset
+            except ValueError as e:
+                await self._refuse_checkpoint("corrupt", str(e))
+                restore = self._new_state_restore()
         try:
-            await asyncio.wait_for(consumer.start(), STEP_TIMEOUT_S)
-            consumer.assign([tp])
-            await consumer.seek_to_beginning(tp)
-            end = (await asyncio.wait_for(consumer.end_offsets([tp]), STEP_TIMEOUT_S))[tp]
-            self.progress.changelog_end, self.progress.changelog_read = end, 0
-            quiet_since = logged_at = time.monotonic()
-            while await consumer.position(tp) < end:
-                batch = (await consumer.getmany(tp, timeout_ms=1000)).get(tp, ())
-                if batch:
-                    records.extend((m.key, m.value) for m in batch)
-                    self.progress.changelog_read = len(records)
-                    quiet_since = self.progressed_at = time.monotonic()
-                    if quiet_since - logged_at >= RESTORE_LOG_EVERY_S:
-                        logged_at = quiet_since
-                        log.info("restoring", extra={"worker": self.worker_id, "partition": self.partition,
-                                                     "changelog_read": len(records), "changelog_end": end})
-                elif time.monotonic() - quiet_since > RESTORE_STALL_S:
-                    raise TimeoutError(f"changelog {tp.topic}-{tp.partition}: no records for {RESTORE_STALL_S:g} s "
-                                       f"at {len(records)} of {end}")
-        finally:
-            await close_within(consumer.stop(), "restore consumer stop")
-        return records
+            await self.reader.read(p, pr.changelog_start, end, restore.apply, self._note_read)
+            engine, writer = await restore.finish()
+        except ValueError:
+            if pr.source == "checkpoint":  # the tail did not fit it: the next attempt reads the whole changelog
+                await self._refuse_checkpoint("corrupt", "the changelog's tail does not fit it")
+            raise
+        self.changelog_end, self.checkpoint_offset = end, end
+        return engine, writer
+
+    def _new_state_restore(self) -> StateRestore:
+        # The engine dead-letters records of creators that hash to another partition (wrong key).
+        partitions = len(self.consumer.partitions_for_topic(self.cfg.topics.gifts) or ())
+
+        def engine_for(state):
+            return make_engine(self.policy, self.partition, state, self.cfg.topics.gifts, self.cfg.engine,
+                               partitions=partitions)
+
+        return StateRestore(engine_for, native=resolve_kind(self.cfg.engine) == "native")
+
+    def _note_read(self, records: int) -> None:
+        self.progress.changelog_read = records
+        self.progressed_at = now = time.monotonic()
+        if now - self._logged_at >= RESTORE_LOG_EVERY_S:
+            self._logged_at = now
+            pr = self.progress
+            log.info("restoring", extra={"worker": self.worker_id, "partition": self.partition,
+                                         "source": pr.source, "changelog_read": records,
+                                         "changelog_remaining": pr.remaining, "changelog_end": pr.changelog_end})
+
+    async def _usable_checkpoint(self, begin: int, end: int) -> Checkpoint | None:
+        """The local checkpoint if it can be trusted: intact, within the changelog's bounds (a changelog that
+        was deleted and made again, or truncated, has other bounds), and younger than checkpoint_max_age_ms
+        (the changelog forgets tombstones after its delete.retention.ms; the tail must still hold them)."""
+        if self.checkpoints is None:
+            return None
+        try:
+            checkpoint = await asyncio.to_thread(self.checkpoints.load, self.partition)
+        except CheckpointInvalid as e:
+            await self._refuse_checkpoint("corrupt", str(e))
+            return None
+        if checkpoint is None:
+            self.metrics.checkpoints_refused.labels("missing").inc()
+            return None
+        age_ms = time.time() * 1000 - checkpoint.written_ms
+        if age_ms > self.cfg.checkpoint_max_age_ms:
+            await self._refuse_checkpoint("stale", f"written {age_ms / 1000:.0f} s ago")
+            return None
+        if not (begin <= checkpoint.changelog_offset and checkpoint.changelog_end <= end):
+            await self._refuse_checkpoint("outside_changelog", f"offsets [{checkpoint.changelog_offset}, "
+                                          f"{checkpoint.changelog_end}] are not within the changelog's [{begin}, {end}]")
+            return None
+        return checkpoint
+
+    async def _refuse_checkpoint(self, reason: str, detail: str) -> None:
+        self.metrics.checkpoints_refused.labels(reason).inc()
+        log.warning("checkpoint not used; restoring from the changelog", extra={
+            "worker": self.worker_id, "partition": self.partition, "reason": reason, "detail": detail})
+        await asyncio.to_thread(self.checkpoints.discard, self.partition)
 
     async def _committed_positions(self) -> dict[TopicPartition, int]:
         """Where the group's last commit left gifts-p and payouts-p; the log start where it never committed.
@@ -231,10 +316,11 @@ class PartitionTask:
         await prod.begin_transaction()
         try:
             key, value = cursor_record(self.engine.watermark, self.engine.close_cursor)
-            await (await prod.send(self.cfg.topics.changelog, value, key=key, partition=self.partition))
+            sent = await (await prod.send(self.cfg.topics.changelog, value, key=key, partition=self.partition))
             await prod.send_offsets_to_transaction({gifts: OffsetAndMetadata(positions[gifts], "")},
                                                    self.cfg.group_id)
             await prod.commit_transaction()
+            self._note_changelog_written(sent, 1)
         except BaseException:
             await self._abort()
             raise
@@ -285,12 +371,13 @@ class PartitionTask:
         prod = self.producer
         try:
             if not self.cfg.exactly_once:
-                await asyncio.gather(*await self._send_outputs(out, changelog))
+                delivered, last_changelog = await self._send_outputs(out, changelog)
+                await asyncio.gather(*delivered)
                 await self.consumer.commit(offsets)
             else:
                 await prod.begin_transaction()
                 try:
-                    delivered = await self._send_outputs(out, changelog)
+                    delivered, last_changelog = await self._send_outputs(out, changelog)
                     # The offsets go once the outputs are written. Kafka 4 checks a transaction's first produce to
                     # a partition with the transaction coordinator (KIP-890); if AddOffsetsToTxn is being written
                     # at that moment the check fails, the broker answers NOT_ENOUGH_REPLICAS and the producer
@@ -309,6 +396,19 @@ class PartitionTask:
             raise outcome_of(e) from e
         self.committed.update(positions)
         self.progressed_at = time.monotonic()
+        if last_changelog is not None:
+            self._note_changelog_written(last_changelog[0].result(), last_changelog[1])
+
+    def _note_changelog_written(self, sent: object, count: int) -> None:
+        """After a commit: where the changelog partition stands. `sent`, the RecordMetadata of the last changelog
+        batch of the commit (its base offset), and `count`, its records. A transaction ends with one commit
+        marker, so the partition's end is one past the batch's last record, plus one."""
+        base = getattr(sent, "offset", None)
+        if base is None:  # not known: the state is never kept across a rebalance
+            self.changelog_end = None
+            return
+        self.changelog_end = base + count + (1 if self.cfg.exactly_once else 0)
+        self.checkpoint_offset = base
 
     async def _abort(self) -> None:
         """Abort the open transaction; a failed abort is logged, not raised (the error that led here is)."""
@@ -317,9 +417,11 @@ class PartitionTask:
         except Exception:  # fenced, broken or unreachable: closing the task replaces the producer
             log.warning("abort failed", exc_info=True, extra={"worker": self.worker_id, "partition": self.partition})
 
-    async def _send_outputs(self, out: Outputs, changelog: list) -> list[asyncio.Future]:
-        """Hand the batch's outputs to the producer; returns the futures of their delivery. changelog: records
-        (Python changelog) or native record batches (drain_batches)."""
+    async def _send_outputs(self, out: Outputs, changelog: list) -> tuple[list[asyncio.Future],
+                                                                          tuple[asyncio.Future, int] | None]:
+        """Hand the batch's outputs to the producer; returns the futures of their delivery, and the last changelog
+        batch's future with its record count. changelog: records (Python changelog) or native record batches
+        (drain_batches)."""
         t, prod, p = self.cfg.topics, self.producer, self.partition
         encode = model.encode
         delivered: list[asyncio.Future] = []
@@ -340,12 +442,54 @@ class PartitionTask:
             # Dead letters stay on the partition number they came from, so they keep their order.
             delivered += await _send_batches(prod, t.dlq, p % self.outputs.partitions[t.dlq],
                                              [(None, encode(d)) for d in out.dead_letters])
+        last: tuple[asyncio.Future, int] | None = None
         if NATIVE_CHANGELOG:
             for batch in changelog:
                 delivered.append(await prod.send_batch(batch, t.changelog, partition=p))
+                last = delivered[-1], batch.record_count()
         else:
-            delivered += await _send_batches(prod, t.changelog, p, changelog)
-        return delivered
+            counts: list[int] = []
+            delivered += await _send_batches(prod, t.changelog, p, changelog, counts)
+            if counts:
+                last = delivered[-1], counts[-1]
+        return delivered, last
+
+    def keep(self) -> KeptState | None:
+        """The state to keep across a rebalance (before close): a running task's, whose last commit went
+        through (a failed commit replaces the task, so a running one is clean) and whose changelog end is known."""
+        if self.state is not TaskState.RUNNING or self.changelog_end is None or self.checkpoint_offset is None:
+            return None
+        return KeptState(self.engine, self.writer, self.changelog_end, self.checkpoint_offset)
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def checkpoint_due(self, now: float) -> bool:
+        return (self.checkpoints is not None and self.state is TaskState.RUNNING and self.checkpoint_offset is not None
+                and (now - self.checkpointed_at) * 1000 >= self.cfg.checkpoint_interval_ms)
+
+    async def write_checkpoint(self) -> None:
+        """Write the state of the last commit to the local checkpoint. The body is taken at once, on the event
+        loop, between batches (the engine must not change under it); the file is written in a thread."""
+        if self.checkpoints is None or self.state is not TaskState.RUNNING or self.checkpoint_offset is None:
+            return
+        started = time.perf_counter()
+        checkpoint = Checkpoint(self.cfg.topics.changelog, self.partition, self.checkpoint_offset,
+                                self.changelog_end or self.checkpoint_offset, int(time.time() * 1000),
+                                engine_body(self.engine, self.writer))
+        self.checkpointed_at = time.monotonic()
+        taken = time.perf_counter() - started
+        try:
+            size = await asyncio.to_thread(self.checkpoints.write, checkpoint)
+        except OSError as e:  # a full or broken disk costs restart time, never correctness
+            log.warning("checkpoint not written", extra={"worker": self.worker_id, "partition": self.partition,
+                                                         "error": repr(e)})
+            return
+        self.metrics.checkpoints_written.inc()
+        self.metrics.checkpoint_bytes.labels(str(self.partition)).set(size)
+        log.info("checkpoint written", extra={"worker": self.worker_id, "partition": self.partition,
+                                              "changelog_offset": checkpoint.changelog_offset, "bytes": size,
+                                              "snapshot_s": round(taken, 3),
+                                              "seconds": round(time.perf_counter() - started, 3)})
 
     # ------------------------------------------------------------------ close
 
@@ -371,36 +515,30 @@ class PartitionTask:
         doc: dict = {"state": self.state.value, "seconds_since_progress": idle}
         if self.state is not TaskState.RUNNING:
             pr = self.progress
-            doc.update(attempts=pr.attempts, changelog_read=pr.changelog_read, changelog_end=pr.changelog_end,
-                       last_error=pr.last_error)
+            doc.update(attempts=pr.attempts, source=pr.source, changelog_start=pr.changelog_start,
+                       changelog_read=pr.changelog_read, changelog_remaining=pr.remaining,
+                       changelog_end=pr.changelog_end, last_error=pr.last_error)
         return doc
 
 
-async def close_within(aw, what: str, partition: int | None = None, seconds: float = CLOSE_TIMEOUT_S) -> None:
-    """Await a client's close for at most `seconds`; a failure or a timeout is logged, not raised."""
-    try:
-        await asyncio.wait_for(aw, seconds)
-    except asyncio.CancelledError as e:
-        current = asyncio.current_task()
-        if current is not None and current.cancelling():
-            raise  # we are being cancelled ourselves
-        # aiokafka's close lets a CancelledError of its own background work escape (the fetcher's retry sleep)
-        log.warning("%s did not finish cleanly", what, extra={"partition": partition, "error": repr(e)})
-    except Exception as e:
-        log.warning("%s did not finish cleanly", what, extra={"partition": partition, "error": repr(e)})
-
-
 async def _send_batches(prod: AIOKafkaProducer, topic: str, partition: int,
-                        records: list[tuple[bytes | None, bytes | None]]) -> list[asyncio.Future]:
+                        records: list[tuple[bytes | None, bytes | None]],
+                        counts: list[int] | None = None) -> list[asyncio.Future]:
     """Append records into producer batches directly: far cheaper than one send() per record. Returns the
-    batches' delivery futures."""
+    batches' delivery futures (and appends each batch's record count to `counts`, when given)."""
     delivered = []
     batch = prod.create_batch()
+
+    async def send() -> None:
+        if counts is not None:
+            counts.append(batch.record_count())
+        delivered.append(await prod.send_batch(batch, topic, partition=partition))
+
     for key, value in records:
         if batch.append(key=key, value=value, timestamp=None) is None:
-            delivered.append(await prod.send_batch(batch, topic, partition=partition))
+            await send()
             batch = prod.create_batch()
             batch.append(key=key, value=value, timestamp=None)
     if batch.record_count():
-        delivered.append(await prod.send_batch(batch, topic, partition=partition))
+        await send()
     return delivered

@@ -9,10 +9,18 @@ over and over:
 3. process the polled batch of every running task and commit each in its own transaction;
 4. act on the typed outcomes: TaskCorrupted -> a new task restores from the last commit (with backoff),
    TaskMigrated -> close every task and rejoin the group;
-5. note progress (commits, caught-up partitions) for /readyz and /healthz (`health()`).
+5. note progress (commits, caught-up partitions) for /readyz and /healthz (`health()`);
+6. write the local checkpoint of a running partition when one is due (stream.checkpoint), one at a time.
 The rebalance callback only records what changed (new tasks, paused; revoked tasks, closed): it does no
 broker I/O for restores, so its exceptions (which aiokafka logs and swallows) cannot leave a partition
 polled without a task.
+
+State across restarts and rebalances: every restore reads the changelog through one ChangelogReader (one
+restore consumer for every partition). aiokafka 0.14 rebalances eagerly (every rebalance revokes everything,
+then assigns), with the range assignor (gifts-p and payouts-p together; a member keeps the same partitions
+while the group's members stay the same). So a revoked running task leaves its state behind (KeptState), and
+if the next assignment hands the partition back and its changelog has not moved, the task runs on it at once.
+A restarted worker starts from its local checkpoints, when state_dir holds them.
 """
 
 from __future__ import annotations
@@ -27,18 +35,21 @@ from dataclasses import dataclass
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 
 from stream import aiokafka_fixes, columnar_fetch
-from stream.clients import KafkaClients
+from stream.changelog_reader import ChangelogReader
+from stream.checkpoint import CheckpointStore
+from stream.clients import KafkaClients, close_within
 from stream.config import WorkerConfig
 from stream.engine import Outputs
 from stream.metrics import Metrics
 from stream.policy import Policy
 from stream.task import (
+    RESTORE_STALL_S,
+    KeptState,
     OutputTopics,
     PartitionTask,
     TaskCorrupted,
     TaskMigrated,
     TaskState,
-    close_within,
     outcome_of,
 )
 
@@ -129,6 +140,11 @@ class Worker:
         self._gc = GcPacer()
         self._lost: str | None = None  # why every task must be given up (TaskMigrated), until the rejoin
         self._assigned = False  # the group has given this member its assignment (False while rebalancing)
+        self._reader = ChangelogReader(self.clients, cfg.topics.changelog, RESTORE_STALL_S, worker_id)
+        self._checkpoints = CheckpointStore(cfg.state_dir, cfg.group_id, cfg.topics.changelog) if cfg.state_dir \
+            else None
+        self._kept: dict[int, KeptState] = {}  # revoked partitions' state, until the next assignment
+        self._checkpointing: asyncio.Future | None = None  # the checkpoint being written, if any
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -169,6 +185,7 @@ class Worker:
                 if self._lost is not None:
                     await self._rejoin()
                 await self._note_progress()
+                self._start_due_checkpoint()
                 if data:
                     rest = cfg.commit_interval_ms / 1000 - (time.monotonic() - self._last_poll)
                     if rest > 0:  # let the next batch gather: fewer, bigger transactions
@@ -184,7 +201,9 @@ class Worker:
         """Close every task, leave the group, close the clients: each step bounded, so a broker that is away
         cannot hold the process past its shutdown timeout."""
         async with self._lock:
+            await self._final_checkpoints()
             await self._close_tasks(list(self.tasks))
+        await self._reader.close()
         if self._consumer is not None:
             await close_within(self._consumer.stop(), "consumer stop", seconds=self.cfg.shutdown_timeout_ms / 2000)
         if self._plain_producer is not None:
@@ -210,27 +229,57 @@ class Worker:
         self._assigned = True
         self._consumer.pause(*assigned)
         parts = sorted({tp.partition for tp in assigned if tp.topic == self.cfg.topics.gifts})
+        kept, self._kept = self._kept, {}  # a kept state not handed back now is dropped
         for p in parts:
-            self.tasks[p] = self._new_task(p)
+            self.tasks[p] = self._new_task(p, kept.pop(p, None))
         log.info("partitions assigned", extra={"worker": self.worker_id, "partitions": parts})
 
     async def _on_revoked(self, revoked: Iterable[TopicPartition]) -> None:
-        # Every batch is committed or aborted before the lock is released, so there is nothing to flush: drop
-        # the state; the next owner restores it from the changelog.
+        # Every batch is committed or aborted before the lock is released, so there is nothing to flush. The
+        # running tasks' state is kept until the assignment: it is used again if its partition comes back
+        # unchanged; otherwise the next owner restores it.
         async with self._lock:
             self._assigned = False
             parts = sorted({tp.partition for tp in revoked if tp.topic == self.cfg.topics.gifts})
-            await self._close_tasks(parts)
-            log.info("partitions revoked", extra={"worker": self.worker_id, "partitions": parts})
+            await self._close_tasks(parts, keep=True)
+            log.info("partitions revoked", extra={"worker": self.worker_id, "partitions": parts,
+                                                  "kept": sorted(self._kept)})
 
-    def _new_task(self, p: int) -> PartitionTask:
+    def _new_task(self, p: int, kept: KeptState | None = None) -> PartitionTask:
         return PartitionTask(p, self.cfg, self.policy, self.clients, self._consumer, self._outputs, self.metrics,
-                             self.worker_id, self._plain_producer)
+                             self.worker_id, self._reader, self._checkpoints, kept, self._plain_producer)
 
-    async def _close_tasks(self, parts: Iterable[int]) -> None:
+    async def _close_tasks(self, parts: Iterable[int], keep: bool = False) -> None:
         closing = [task for p in parts if (task := self.tasks.pop(p, None)) is not None]
+        for task in closing if keep else ():
+            if (kept := task.keep()) is not None:
+                self._kept[task.partition] = kept
         await asyncio.gather(*(task.close() for task in closing))  # side by side: each close is bounded
         self.metrics.set_state_size(self._running())
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def _start_due_checkpoint(self) -> None:
+        """One partition's checkpoint at a time, beside the loop (the body is taken before the next batch)."""
+        if self._checkpoints is None or (self._checkpointing is not None and not self._checkpointing.done()):
+            return
+        now = time.monotonic()
+        due = [task for task in self.tasks.values() if task.checkpoint_due(now)]
+        if due:
+            oldest = min(due, key=lambda task: task.checkpointed_at)
+            self._checkpointing = asyncio.ensure_future(oldest.write_checkpoint())
+
+    async def _final_checkpoints(self) -> None:
+        """At shutdown: every running partition's checkpoint, so the restart reads only the changelog's tail.
+        Bounded by half the shutdown timeout: past it, the restart restores more from the changelog."""
+        if self._checkpoints is None:
+            return
+        if self._checkpointing is not None:
+            await asyncio.gather(self._checkpointing, return_exceptions=True)
+        running = list(self._running().values())
+        if running:
+            await close_within(asyncio.gather(*(task.write_checkpoint() for task in running)), "final checkpoints",
+                               seconds=self.cfg.shutdown_timeout_ms / 2000)
 
     async def _rejoin(self) -> None:
         """TaskMigrated: this member missed a rebalance. Give every task up and join the group again, as a new
@@ -338,8 +387,7 @@ class Worker:
         running = self._running().values()
         restoring = [t.progress for t in self.tasks.values() if t.state is not TaskState.RUNNING]
         self.metrics.restoring_partitions.set(len(restoring))
-        self.metrics.restore_remaining.set(sum(max(0, (pr.changelog_end or 0) - pr.changelog_read)
-                                               for pr in restoring))
+        self.metrics.restore_remaining.set(sum(pr.remaining for pr in restoring))
         lags = await self.metrics.observe_lag(self._consumer, [tp for task in running for tp in task.inputs])
         oldest_fetch_ms = time.time() * 1000 - self.cfg.progress_timeout_ms
         for task in running:

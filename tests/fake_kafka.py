@@ -25,6 +25,14 @@ class Msg:
     key: bytes | None
     value: bytes | None
     timestamp: int
+    control: bool = False  # a transaction's commit marker: takes an offset, never handed to a reader
+
+
+@dataclass
+class Sent:
+    """What a delivered send resolves to (aiokafka's RecordMetadata: the batch's base offset)."""
+
+    offset: int
 
 
 @dataclass
@@ -41,9 +49,10 @@ class FakeCluster:
     def log(self, topic: str, partition: int) -> list[Msg]:
         return self.logs.setdefault(TopicPartition(topic, partition), [])
 
-    def append(self, topic: str, partition: int, key: bytes | None, value: bytes | None) -> None:
+    def append(self, topic: str, partition: int, key: bytes | None, value: bytes | None,
+               control: bool = False) -> None:
         log = self.log(topic, partition)
-        log.append(Msg(len(log), key, value, int(time.time() * 1000)))
+        log.append(Msg(len(log), key, value, int(time.time() * 1000), control))
 
     def fence(self, txn_id: str) -> None:
         """As if another member started a producer with this transactional id."""
@@ -113,9 +122,15 @@ class FakeProducer:
     def create_batch(self) -> _Batch:
         return _Batch()
 
+    def _next_offset(self, tp: TopicPartition) -> int:
+        """The offset the next pending record of tp gets at commit (one producer writes a partition at a time)."""
+        return len(self.cluster.log(tp.topic, tp.partition)) + sum(1 for t, _, _ in self.pending if t == tp)
+
     async def send(self, topic: str, value: bytes | None, key: bytes | None = None, partition: int = 0):
-        self.pending.append((TopicPartition(topic, partition), key, value))
-        return _done()
+        tp = TopicPartition(topic, partition)
+        sent = Sent(self._next_offset(tp))
+        self.pending.append((tp, key, value))
+        return _done(sent)
 
     async def send_batch(self, batch: Any, topic: str, partition: int) -> asyncio.Future:
         tp = TopicPartition(topic, partition)
@@ -123,8 +138,9 @@ class FakeProducer:
             records = batch.records
         else:  # a native changelog batch (stream._native.RecordBatchBuilder)
             records = [(r.key, r.value) for r in DefaultRecordBatch(batch._build())]
+        sent = Sent(self._next_offset(tp))
         self.pending += [(tp, k, v) for k, v in records]
-        return _done()
+        return _done(sent)
 
     async def send_offsets_to_transaction(self, offsets: dict, group_id: str) -> None:
         self._check_epoch()
@@ -136,6 +152,8 @@ class FakeProducer:
             raise self.cluster.fail_commits.pop(0)
         for tp, key, value in self.pending:
             self.cluster.append(tp.topic, tp.partition, key, value)
+        for tp in dict.fromkeys(tp for tp, _, _ in self.pending):
+            self.cluster.append(tp.topic, tp.partition, None, None, control=True)
         self.cluster.offsets.update(self.pending_offsets)
         self.pending, self.pending_offsets = [], {}
 
@@ -158,9 +176,11 @@ class FakeRestoreConsumer:
     def assign(self, tps: list[TopicPartition]) -> None:
         self.positions = dict.fromkeys(tps, 0)
 
-    async def seek_to_beginning(self, *tps: TopicPartition) -> None:
-        for tp in tps:
-            self.positions[tp] = 0
+    def seek(self, tp: TopicPartition, offset: int) -> None:
+        self.positions[tp] = offset
+
+    async def beginning_offsets(self, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
+        return dict.fromkeys(tps, 0)
 
     async def end_offsets(self, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
         return {tp: len(self.cluster.log(tp.topic, tp.partition)) for tp in tps}
@@ -168,11 +188,17 @@ class FakeRestoreConsumer:
     async def position(self, tp: TopicPartition) -> int:
         return self.positions[tp]
 
-    async def getmany(self, tp: TopicPartition, timeout_ms: int = 0) -> dict[TopicPartition, list[Msg]]:
-        log = self.cluster.log(tp.topic, tp.partition)
-        msgs = log[self.positions[tp]:]
-        self.positions[tp] = len(log)
-        return {tp: msgs}
+    async def getmany(self, *tps: TopicPartition, timeout_ms: int = 0) -> dict[TopicPartition, list[Msg]]:
+        out = {}
+        for tp in tps or list(self.positions):
+            log = self.cluster.log(tp.topic, tp.partition)
+            msgs = [m for m in log[self.positions[tp]:] if not m.control]
+            self.positions[tp] = len(log)
+            if msgs:
+                out[tp] = msgs
+        if not out:
+            await asyncio.sleep(timeout_ms / 1000 / 10)
+        return out
 
 
 class FakeGroupConsumer:
@@ -190,6 +216,12 @@ class FakeGroupConsumer:
     def subscribe(self, topics: list[str], listener: Any) -> None:
         self.topics, self.listener, self._join_pending = topics, listener, True
         self.cluster.events.append("subscribe")
+
+    def rebalance(self) -> None:
+        """As if another member joined and left again: at the next poll everything is revoked, then the same
+        partitions are assigned (aiokafka's eager protocol)."""
+        self._join_pending = True
+        self.cluster.events.append("rebalance")
 
     def unsubscribe(self) -> None:
         self._assigned, self._join_pending = set(), False
@@ -267,7 +299,7 @@ class FakeClients(KafkaClients):
         self.consumer = FakeGroupConsumer(self.cluster)
         return self.consumer
 
-    def restore_consumer(self) -> FakeRestoreConsumer:
+    def restore_consumer(self, value_deserializer: Any = None) -> FakeRestoreConsumer:
         return FakeRestoreConsumer(self.cluster)
 
     def transactional_producer(self, partition: int) -> FakeProducer:

@@ -52,7 +52,7 @@ async def run_until(worker: Worker, condition, timeout: float = 10) -> None:
 
 def notices(cluster: FakeCluster, cfg: WorkerConfig) -> list[str]:
     return [model.decode_notice(m.value).notice_id for (tp, log) in cluster.logs.items()
-            if tp.topic == cfg.topics.notices for m in log]
+            if tp.topic == cfg.topics.notices for m in log if not m.control]
 
 
 def drained(cluster: FakeCluster, cfg: WorkerConfig) -> bool:
@@ -163,3 +163,95 @@ async def test_a_commit_never_moves_a_position_backwards(cfg):
     with pytest.raises(TaskCorrupted, match="behind the committed"):
         await task.commit(Outputs(), [], {TopicPartition(cfg.topics.gifts, 0): 1})
     await stop(worker, run)
+
+
+def restores(worker: Worker) -> dict[str, float]:
+    """giftstream_restores by source."""
+    return {s.labels["source"]: s.value for m in worker.metrics.restores.collect() for s in m.samples
+            if s.name.endswith("_total")}
+
+
+def rebalance(worker: Worker) -> None:
+    """As if the group rebalanced: everything revoked, then assigned again (aiokafka's eager protocol)."""
+    worker._consumer.rebalance()
+
+
+async def test_a_partition_handed_back_unchanged_keeps_its_state(cfg):
+    """Keep what comes back: a rebalance that gives the worker its partitions again, with nobody having written
+    their changelog in between, runs on the state it had; no changelog record is read."""
+    cluster = FakeCluster(PARTITIONS)
+    feed(cluster, cfg, 2)
+    worker, _, run = await start(cfg, cluster)
+    await run_until(worker, lambda: drained(cluster, cfg) and worker.ready)
+    engines = {p: t.engine for p, t in worker.tasks.items()}
+    rebalance(worker)
+    await run_until(worker, lambda: worker.ready and sum(restores(worker).values()) == 2 * PARTITIONS)
+    assert restores(worker) == {"changelog": PARTITIONS, "kept": PARTITIONS}
+    assert {p: t.engine for p, t in worker.tasks.items()} == engines  # the very same state
+    assert all(t.progress.changelog_read == 0 for t in worker.tasks.values())
+    feed(cluster, cfg, 2, start=2)
+    await run_until(worker, lambda: drained(cluster, cfg))
+    await stop(worker, run)
+    assert Counter(notices(cluster, cfg)) == Counter(f"pn-{c}-1" for p in range(PARTITIONS)
+                                                     for c in creators_of(p, 4))
+
+
+async def test_a_partition_whose_changelog_moved_while_away_is_restored(cfg):
+    """Another owner wrote the changelog in between: the kept state is stale and the changelog decides."""
+    cluster = FakeCluster(PARTITIONS)
+    feed(cluster, cfg, 2)
+    worker, _, run = await start(cfg, cluster)
+    await run_until(worker, lambda: drained(cluster, cfg) and worker.ready)
+    async with worker._lock:  # between batches: as if another member owned partition 0 for one transaction
+        rebalance(worker)
+        cluster.append(cfg.topics.changelog, 0, b"m", b"\x92\xc0\xc0")
+        cluster.append(cfg.topics.changelog, 0, None, None, control=True)
+    await run_until(worker, lambda: worker.ready and sum(restores(worker).values()) == 2 * PARTITIONS)
+    await stop(worker, run)
+    assert restores(worker) == {"changelog": PARTITIONS + 1, "kept": 1}
+
+
+async def test_a_restart_loads_its_checkpoints_and_reads_only_the_changelogs_tail(cfg, tmp_path):
+    cfg.state_dir = str(tmp_path)
+    cluster = FakeCluster(PARTITIONS)
+    feed(cluster, cfg, 3)
+    worker, _, run = await start(cfg, cluster)
+    await run_until(worker, lambda: drained(cluster, cfg))
+    await stop(worker, run)  # a clean stop writes every partition's checkpoint
+    assert sorted(f.name for f in (tmp_path / "g").iterdir()) == [f"{cfg.topics.changelog}-{p}.checkpoint"
+                                                                 for p in range(PARTITIONS)]
+    feed(cluster, cfg, 2, start=3)
+    worker, _, run = await start(cfg, cluster)
+    await run_until(worker, lambda: drained(cluster, cfg))
+    await stop(worker, run)
+    assert restores(worker) == {"checkpoint": PARTITIONS}
+    assert Counter(notices(cluster, cfg)) == Counter(f"pn-{c}-1" for p in range(PARTITIONS)
+                                                     for c in creators_of(p, 5))  # exactly once across restarts
+
+
+@pytest.mark.parametrize("damage", ["flip a body byte", "cut", "another partition's", "ahead of the changelog"])
+async def test_a_checkpoint_that_cannot_be_trusted_falls_back_to_the_changelog(cfg, tmp_path, damage):
+    cfg.state_dir = str(tmp_path)
+    cluster = FakeCluster(PARTITIONS)
+    feed(cluster, cfg, 3)
+    worker, _, run = await start(cfg, cluster)
+    await run_until(worker, lambda: drained(cluster, cfg))
+    await stop(worker, run)
+    path = tmp_path / "g" / f"{cfg.topics.changelog}-0.checkpoint"
+    data = path.read_bytes()
+    if damage == "flip a body byte":
+        path.write_bytes(data[:-5] + bytes([data[-5] ^ 1]) + data[-4:])
+    elif damage == "cut":
+        path.write_bytes(data[:-10])
+    elif damage == "another partition's":
+        path.write_bytes((tmp_path / "g" / f"{cfg.topics.changelog}-1.checkpoint").read_bytes())
+    else:  # the changelog was made again, shorter: the checkpoint's offset is past its end
+        del cluster.log(cfg.topics.changelog, 0)[5:]
+    feed(cluster, cfg, 2, start=3)
+    worker, _, run = await start(cfg, cluster)
+    await run_until(worker, lambda: drained(cluster, cfg) and worker.ready)
+    await stop(worker, run)
+    assert restores(worker) == {"changelog": 1, "checkpoint": 1}
+    refused = {s.labels["reason"] for m in worker.metrics.checkpoints_refused.collect() for s in m.samples
+               if s.name.endswith("_total")}
+    assert refused == {"outside_changelog" if damage == "ahead of the changelog" else "corrupt"}

@@ -7,6 +7,7 @@
 
 mod batch_builder;
 use batch_builder::RecordBatchBuilder;
+mod changelog;
 mod decode;
 mod engine;
 mod ids;
@@ -16,7 +17,6 @@ mod murmur2;
 mod record_batch;
 
 use std::borrow::Cow;
-use std::fmt::Write as _;
 use std::io::Write as _;
 
 // foldhash: fast on short string keys and seeded per process (ids come from clients: no fixed-seed hash).
@@ -238,6 +238,31 @@ impl Core {
         self.engine = Engine::new(cfg, st, self.engine.track_changes);
     }
 
+    /// Take the state a ChangelogRestore has rebuilt (it is empty afterwards) and run on it. Returns each
+    /// dedupe bucket's chunk starts [(bucket, [start, ...])] for the changelog writer. The rebuilding of the
+    /// derived parts runs without the GIL (the caller runs this in a thread, so the event loop goes on).
+    fn adopt(&mut self, py: Python<'_>, restore: &mut ChangelogRestore) -> PyResult<Vec<(i64, Vec<usize>)>> {
+        let taken = std::mem::take(&mut restore.inner);
+        let cfg = std::mem::replace(&mut self.engine.cfg, empty_settings());
+        let track = self.engine.track_changes;
+        let built = py.detach(move || taken.finish().map(|(st, starts)| (Engine::new(cfg, st, track), starts)));
+        match built {
+            Ok((engine, starts)) => {
+                self.engine = engine;
+                Ok(starts)
+            }
+            Err(e) => Err(pyo3::exceptions::PyValueError::new_err(e)),
+        }
+    }
+
+    /// The whole state as a checkpoint's body (stream.checkpoint): changelog records, the dedupe ids cut at
+    /// `chunks` (the changelog writer's chunk starts per bucket).
+    fn snapshot<'py>(&self, py: Python<'py>, chunks: HashMap<i64, Vec<usize>>) -> PyResult<Bound<'py, PyBytes>> {
+        let body = changelog::snapshot(&self.engine.state, &chunks)
+            .map_err(|_| pyo3::exceptions::PyOverflowError::new_err("a state value does not fit in 64 bits"))?;
+        Ok(PyBytes::new(py, &body))
+    }
+
     /// One creator's (region, balance, credited, paid_out, crossings, above, {pane: [milli, credits]}) or None.
     fn creator(&self, creator_id: &str) -> Option<(CreatorTuple, PaneTallies)> {
         self.engine.state.creators.get(creator_id)
@@ -290,41 +315,21 @@ impl Core {
         let changed = self.engine.take_changed();
         let st = &self.engine.state;
         let too_big = || pyo3::exceptions::PyOverflowError::new_err("a changelog value does not fit in 64 bits");
-        let mut w = msgpack::Writer::new();
-        w.array(2);
-        w.opt_int(st.watermark);
-        w.opt_int(st.close_cursor);
-        put(b"m", Some(&w.0))?;
+        put(b"m", Some(&changelog::cursor_value(st.watermark, st.close_cursor)))?;
         let mut key = Vec::with_capacity(64);
         for cid in &changed.creators {
             key.clear();
             key.extend_from_slice(b"c:");
             key.extend_from_slice(cid.as_bytes());
             match st.creators.get(cid) {
-                Some(c) => {
-                    let mut w = msgpack::Writer::new();
-                    w.array(6);
-                    w.str(&c.region);
-                    for v in [c.balance, c.credited, c.paid_out, c.crossings as i128] {
-                        w.int(v).ok_or_else(too_big)?;
-                    }
-                    w.bool(c.above);
-                    put(&key, Some(&w.0))?;
-                }
+                Some(c) => put(&key, Some(&changelog::creator_value(c).map_err(|_| too_big())?))?,
                 None => put(&key, None)?,
             }
         }
         for (cid, pane) in &changed.panes {
-            key.clear();
-            key.extend_from_slice(format!("w:{cid}\x1e{pane}").as_bytes());
+            let key = changelog::pane_key(cid, *pane);
             match st.creators.get(cid).and_then(|c| c.panes.get(pane)) {
-                Some(t) => {
-                    let mut w = msgpack::Writer::new();
-                    w.array(2);
-                    w.int(t.milli).ok_or_else(too_big)?;
-                    w.int(t.credits as i128).ok_or_else(too_big)?;
-                    put(&key, Some(&w.0))?;
-                }
+                Some(t) => put(&key, Some(&changelog::tally_value(t).map_err(|_| too_big())?))?,
                 None => put(&key, None)?,
             }
         }
@@ -333,25 +338,7 @@ impl Core {
             key.extend_from_slice(b"s:");
             write!(key, "{k}").expect("writing to a Vec");
             match st.streaks.get(k) {
-                Some(s) => {
-                    // A msgspec Struct: a map of its fields in declaration order (stream.state.Streak).
-                    let mut w = msgpack::Writer::new();
-                    w.map(8);
-                    w.str("creator_id");
-                    s.creator_id.with_str(|id| w.str(id));
-                    w.str("region");
-                    w.str(&s.region);
-                    for (name, v) in [("diamond_count", s.diamond_count), ("count", s.count), ("credited", s.credited),
-                                      ("last_ts", s.last_ts)] {
-                        w.str(name);
-                        w.int(v as i128).ok_or_else(too_big)?;
-                    }
-                    w.str("last_event_id");
-                    s.last_event_id.with_str(|id| w.str(id));
-                    w.str("open");
-                    w.bool(s.open);
-                    put(&key, Some(&w.0))?;
-                }
+                Some(s) => put(&key, Some(&changelog::streak_value(s)))?,
                 None => put(&key, None)?,
             }
         }
@@ -359,15 +346,8 @@ impl Core {
         for (bucket, start) in &changed.seen_buckets {
             if let Some(ids) = st.seen_buckets.get(bucket) {
                 if ids.len() > *start {
-                    let mut w = msgpack::Writer::new();
-                    w.array(ids.len() - start);
-                    let mut text = String::new();
-                    for id in ids.iter_from(*start) {
-                        text.clear();
-                        write!(text, "{id}").expect("writing to a String");
-                        w.str(&text);
-                    }
-                    put(format!("d:{bucket}:{start}").as_bytes(), Some(&w.0))?;
+                    let new_ids: Vec<&Id> = ids.iter_from(*start).collect();
+                    put(format!("d:{bucket}:{start}").as_bytes(), Some(&changelog::ids_value(new_ids.into_iter())))?;
                     chunks.push((*bucket, *start));
                 }
             }
@@ -500,23 +480,75 @@ fn process_routed(py: Python<'_>, cores: Vec<Bound<'_, Core>>, hooks: Vec<Bound<
     Ok(())
 }
 
+/// A partition's state rebuilt from changelog records as they are read (stream.changelog's restore steps,
+/// natively: no Python object is kept per record); Core.adopt takes the result.
+#[pyclass(module = "stream._native")]
+#[derive(Default)]
+struct ChangelogRestore {
+    inner: changelog::Restore,
+}
+
+#[pymethods]
+impl ChangelogRestore {
+    #[new]
+    fn new() -> Self {
+        ChangelogRestore::default()
+    }
+
+    /// Apply records oldest first: keys and values (None for a tombstone) side by side.
+    fn apply(&mut self, keys: &Bound<'_, PyList>, values: &Bound<'_, PyList>) -> PyResult<()> {
+        if keys.len() != values.len() {
+            return Err(pyo3::exceptions::PyValueError::new_err("keys and values differ in length"));
+        }
+        for (key, value) in keys.iter().zip(values.iter()) {
+            let key = key.cast::<PyBytes>()?;
+            let value = if value.is_none() { None } else { Some(value.cast_into::<PyBytes>()?) };
+            self.inner.apply(key.as_bytes(), value.as_ref().map(|v| v.as_bytes()))
+                .map_err(pyo3::exceptions::PyValueError::new_err)?;
+        }
+        Ok(())
+    }
+
+    /// Apply a checkpoint's body (stream.checkpoint): length-prefixed records.
+    fn apply_body(&mut self, py: Python<'_>, body: &[u8]) -> PyResult<()> {
+        let inner = &mut self.inner;
+        py.detach(|| inner.apply_body(body)).map_err(pyo3::exceptions::PyValueError::new_err)
+    }
+
+    /// Records applied so far.
+    #[getter]
+    fn records(&self) -> u64 {
+        self.inner.records
+    }
+}
+
 /// The record batches of a fetch response's record set, cut like aiokafka's MemoryRecords: for each, None
-/// (leave it to aiokafka: older format, compressed, malformed) or (offsets, values, timestamps).
+/// (leave it to aiokafka: older format, compressed, malformed) or (offsets, values, timestamps), with the
+/// keys as a fourth list when `keys` (a changelog restore needs them).
 #[pyfunction]
-fn read_record_batches<'py>(py: Python<'py>, buf: &[u8]) -> PyResult<Bound<'py, PyList>> {
+#[pyo3(signature = (buf, keys = false))]
+fn read_record_batches<'py>(py: Python<'py>, buf: &[u8], keys: bool) -> PyResult<Bound<'py, PyList>> {
     let out = PyList::empty(py);
+    let bytes_list = |items: &[Option<&[u8]>]| -> PyResult<Bound<'py, PyList>> {
+        let list = PyList::empty(py);
+        for v in items {
+            match v {
+                Some(v) => list.append(PyBytes::new(py, v))?,
+                None => list.append(py.None())?,
+            }
+        }
+        Ok(list)
+    };
     for batch in record_batch::split_batches(buf) {
         match record_batch::read_batch(batch) {
             None => out.append(py.None())?,
             Some(cols) => {
-                let values = PyList::empty(py);
-                for v in cols.values {
-                    match v {
-                        Some(v) => values.append(PyBytes::new(py, v))?,
-                        None => values.append(py.None())?,
-                    }
+                let values = bytes_list(&cols.values)?;
+                if keys {
+                    out.append((cols.offsets, values, cols.timestamps, bytes_list(&cols.keys)?))?;
+                } else {
+                    out.append((cols.offsets, values, cols.timestamps))?;
                 }
-                out.append((cols.offsets, values, cols.timestamps))?;
             }
         }
     }
@@ -532,6 +564,7 @@ fn partition_for(key: &[u8], partitions: u32) -> u32 {
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Core>()?;
+    m.add_class::<ChangelogRestore>()?;
     m.add_class::<batch_builder::RecordBatchBuilder>()?;
     m.add_function(wrap_pyfunction!(process_routed, m)?)?;
     m.add_function(wrap_pyfunction!(partition_for, m)?)?;

@@ -109,6 +109,114 @@ impl Writer {
     }
 }
 
+/// Reads the same forms back (a changelog restore). Every method is None on bytes it does not expect, so a
+/// corrupt value is an error, never a wrong number.
+pub struct Reader<'a> {
+    b: &'a [u8],
+    i: usize,
+}
+
+impl<'a> Reader<'a> {
+    pub fn new(b: &'a [u8]) -> Self {
+        Reader { b, i: 0 }
+    }
+
+    pub fn done(&self) -> bool {
+        self.i == self.b.len()
+    }
+
+    fn byte(&mut self) -> Option<u8> {
+        let v = *self.b.get(self.i)?;
+        self.i += 1;
+        Some(v)
+    }
+
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        let s = self.b.get(self.i..self.i.checked_add(n)?)?;
+        self.i += n;
+        Some(s)
+    }
+
+    fn be(&mut self, n: usize) -> Option<u64> {
+        Some(self.take(n)?.iter().fold(0u64, |acc, &x| acc << 8 | x as u64))
+    }
+
+    /// Peek: is the next value nil? (consumes it when it is)
+    pub fn nil(&mut self) -> bool {
+        if self.b.get(self.i) == Some(&0xc0) {
+            self.i += 1;
+            return true;
+        }
+        false
+    }
+
+    pub fn bool(&mut self) -> Option<bool> {
+        match self.byte()? {
+            0xc2 => Some(false),
+            0xc3 => Some(true),
+            _ => None,
+        }
+    }
+
+    pub fn int(&mut self) -> Option<i128> {
+        let t = self.byte()?;
+        Some(match t {
+            0x00..=0x7f => t as i128,
+            0xe0..=0xff => t as i8 as i128,
+            0xcc => self.be(1)? as i128,
+            0xcd => self.be(2)? as i128,
+            0xce => self.be(4)? as i128,
+            0xcf => self.be(8)? as i128,
+            0xd0 => self.be(1)? as u8 as i8 as i128,
+            0xd1 => self.be(2)? as u16 as i16 as i128,
+            0xd2 => self.be(4)? as u32 as i32 as i128,
+            0xd3 => self.be(8)? as i64 as i128,
+            _ => return None,
+        })
+    }
+
+    pub fn i64(&mut self) -> Option<i64> {
+        i64::try_from(self.int()?).ok()
+    }
+
+    pub fn opt_i64(&mut self) -> Option<Option<i64>> {
+        if self.nil() {
+            return Some(None);
+        }
+        self.i64().map(Some)
+    }
+
+    pub fn str(&mut self) -> Option<&'a str> {
+        let t = self.byte()?;
+        let n = match t {
+            0xa0..=0xbf => (t & 0x1f) as usize,
+            0xd9 => self.be(1)? as usize,
+            0xda => self.be(2)? as usize,
+            0xdb => self.be(4)? as usize,
+            _ => return None,
+        };
+        std::str::from_utf8(self.take(n)?).ok()
+    }
+
+    fn header(&mut self, fix: u8, b16: u8, b32: u8) -> Option<usize> {
+        let t = self.byte()?;
+        match t {
+            _ if t & 0xf0 == fix => Some((t & 0x0f) as usize),
+            _ if t == b16 => Some(self.be(2)? as usize),
+            _ if t == b32 => Some(self.be(4)? as usize),
+            _ => None,
+        }
+    }
+
+    pub fn array(&mut self) -> Option<usize> {
+        self.header(0x90, 0xdc, 0xdd)
+    }
+
+    pub fn map(&mut self) -> Option<usize> {
+        self.header(0x80, 0xde, 0xdf)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -129,5 +237,29 @@ mod tests {
                    "9bcf7fffffffffffffffffd0dfcc80ccffcd0100ce00010000cf0000000100000000d1ff7fd2ffff7fffd3ffffffff7fffffff");
         assert!(Writer::new().int(1 << 64).is_none());
         assert!(Writer::new().int(-(1 << 63) - 1).is_none());
+    }
+
+    #[test]
+    fn the_reader_reads_what_the_writer_writes() {
+        let vals = [(1i128 << 63) - 1, -1, -33, 128, 255, 256, 65536, 1 << 32, -129, -32769, -(1 << 31) - 1, 0, 127];
+        let mut w = Writer::new();
+        w.array(vals.len() + 3);
+        for &v in &vals {
+            w.int(v).unwrap();
+        }
+        w.str(&"x".repeat(40));
+        w.bool(true);
+        w.nil();
+        let mut r = Reader::new(&w.0);
+        assert_eq!(r.array(), Some(vals.len() + 3));
+        for &v in &vals {
+            assert_eq!(r.int(), Some(v));
+        }
+        assert_eq!(r.str(), Some("x".repeat(40).as_str()));
+        assert_eq!(r.bool(), Some(true));
+        assert_eq!(r.opt_i64(), Some(None));
+        assert!(r.done());
+        assert_eq!(Reader::new(&[0xc1]).int(), None);
+        assert_eq!(Reader::new(&[0xa5, b'a']).str(), None); // cut short
     }
 }

@@ -6,6 +6,7 @@
 
 pub struct Columns<'a> {
     pub offsets: Vec<i64>,
+    pub keys: Vec<Option<&'a [u8]>>,
     pub values: Vec<Option<&'a [u8]>>,
     pub timestamps: Vec<i64>,
 }
@@ -92,7 +93,7 @@ pub fn read_batch(batch: &[u8]) -> Option<Columns<'_>> {
     let count = usize::try_from(count).ok()?;
     let mut r = Reader { b: batch, i: RECORDS_START };
     let cap = count.min(batch.len() / 7); // a record takes at least 7 bytes: never trust the count for memory
-    let mut cols = Columns { offsets: Vec::with_capacity(cap), values: Vec::with_capacity(cap),
+    let mut cols = Columns { offsets: Vec::with_capacity(cap), keys: Vec::with_capacity(cap), values: Vec::with_capacity(cap),
                              timestamps: Vec::with_capacity(cap) };
     for _ in 0..count {
         let length = usize::try_from(r.varlong()?).ok()?;
@@ -103,7 +104,7 @@ pub fn read_batch(batch: &[u8]) -> Option<Columns<'_>> {
         r.bytes(1)?; // record attributes (unused)
         let ts_delta = r.varlong()?;
         let offset_delta = r.varlong()?;
-        r.nullable()?; // key
+        let key = r.nullable()?;
         let value = r.nullable()?;
         let headers = r.varlong()?;
         for _ in 0..headers {
@@ -116,6 +117,7 @@ pub fn read_batch(batch: &[u8]) -> Option<Columns<'_>> {
         }
         cols.offsets.push(base_offset.checked_add(offset_delta)?);
         cols.timestamps.push(if log_append_time { max_timestamp } else { base_timestamp.checked_add(ts_delta)? });
+        cols.keys.push(key);
         cols.values.push(value);
     }
     (r.i == batch.len()).then_some(cols)
