@@ -19,6 +19,7 @@ import yaml
 from stream.config import Topics, WorkerConfig, load_config
 from stream.metrics import Metrics
 from stream.policy import load_policy
+from stream.topics import topic_specs
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
@@ -28,8 +29,10 @@ JSON_FILES = sorted(DEPLOY.rglob("*.json"))
 CONFIG_FIELDS = {f.name for f in fields(WorkerConfig)} - {"topics"}
 TARGET_LABELS = {"job", "instance"}  # added by Prometheus to every scraped series
 PROMETHEUS_BUILTIN = {"up": ()}  # series Prometheus makes itself
-NAMESPACED = {"ConfigMap", "Deployment", "Service", "PodDisruptionBudget", "ScaledObject", "TriggerAuthentication",
+NAMESPACED = {"ConfigMap", "StatefulSet", "Service", "PodDisruptionBudget", "ScaledObject", "TriggerAuthentication",
               "Job", "Secret"}
+STATE_MOUNT = "/var/lib/giftstream"  # where the state volume goes, in the image, compose and the StatefulSet
+KAFKA_DELETE_RETENTION_MS = 86_400_000  # the broker's default delete.retention.ms (stream/topics.py sets none)
 
 
 def load_yaml(path: Path) -> list:
@@ -43,6 +46,13 @@ def k8s_docs() -> list[dict]:
 def k8s_one(kind: str) -> dict:
     docs = [d for d in k8s_docs() if d["kind"] == kind]
     assert len(docs) == 1, f"expected one {kind} in deploy/k8s, found {len(docs)}"
+    return docs[0]
+
+
+def k8s_service(headless: bool) -> dict:
+    """The client Service (ClusterIP) or the headless one the StatefulSet names (clusterIP: None)."""
+    docs = [d for d in k8s_docs() if d["kind"] == "Service" and (d["spec"].get("clusterIP") == "None") == headless]
+    assert len(docs) == 1, f"expected one {'headless' if headless else 'ClusterIP'} Service, found {len(docs)}"
     return docs[0]
 
 
@@ -169,6 +179,12 @@ def test_dockerfile():
     assert "giftstream" in scripts
     assert json.loads(get("CMD")[-1]) == ["worker"]
     assert "8080" in get("EXPOSE")[-1].split()
+    # the directory a state volume is mounted on exists and belongs to the image's user (an empty named
+    # volume takes it over), as the root filesystem may be read-only
+    uid = users[-1].split(":")[0]
+    made = [v for v in get("RUN") if re.search(rf"install -d\b[^&]*-o {uid}\b[^&]*{STATE_MOUNT}\b", v)
+            or re.search(rf"mkdir\b[^&]*{STATE_MOUNT}\b.*chown\b[^&]*\b{uid}\b[^&]*{STATE_MOUNT}\b", v)]
+    assert made, f"the image must create {STATE_MOUNT} owned by uid {uid}"
     healthcheck = get("HEALTHCHECK")[-1]
     assert "/healthz" in healthcheck and "8080" in healthcheck
     assert re.search(r"GIFTSTREAM_HTTP_PORT=8080\b", " ".join(get("ENV")))
@@ -208,6 +224,13 @@ def test_compose_services():
                for p in worker["ports"])
     build = worker["build"]
     assert (DEPLOY / build["context"] / build["dockerfile"]).resolve() == (DEPLOY / "Dockerfile").resolve()
+    # the worker's checkpoints are on a named volume, not in the container (lost with it)
+    assert cfg.state_dir and Path(cfg.state_dir).is_relative_to(STATE_MOUNT), cfg.state_dir
+    volumes = [v.split(":") for v in worker.get("volumes") or []]
+    source = next((src for src, target, *_ in volumes if Path(cfg.state_dir).is_relative_to(target)), None)
+    assert source is not None, f"compose worker: no volume holds state_dir {cfg.state_dir}"
+    assert source in (c.get("volumes") or {}), f"compose worker: {source} is not a named volume"
+    assert dict((t, src) for src, t, *_ in volumes).get(STATE_MOUNT) == source
 
     for name in ("topics", "worker", "replay"):
         if name in services:
@@ -245,18 +268,29 @@ def test_compose_mounts_exist_and_monitoring_is_wired():
 
 # ------------------------------------------------------------------ Kubernetes
 
+def workers() -> dict:
+    return k8s_one("StatefulSet")
+
+
 def pod_spec() -> dict:
-    return k8s_one("Deployment")["spec"]["template"]["spec"]
+    return workers()["spec"]["template"]["spec"]
 
 
 def configmap_files() -> dict[str, str]:
     return k8s_one("ConfigMap")["data"]
 
 
+def configmap_config(tmp_path: Path) -> WorkerConfig:
+    (tmp_path / "worker.toml").write_text(configmap_files()["worker.toml"])
+    return load_config(tmp_path / "worker.toml", env={})
+
+
 def test_k8s_required_fields():
     docs = k8s_docs()
-    assert {"Namespace", "ConfigMap", "Deployment", "Service", "PodDisruptionBudget", "ScaledObject",
-            "TriggerAuthentication", "Job"} <= {d["kind"] for d in docs}
+    kinds = {d["kind"] for d in docs}
+    assert {"Namespace", "ConfigMap", "StatefulSet", "Service", "PodDisruptionBudget", "ScaledObject",
+            "TriggerAuthentication", "Job"} <= kinds
+    assert "Deployment" not in kinds, "the workers are a StatefulSet (a volume per pod for their checkpoints)"
     namespace = k8s_one("Namespace")["metadata"]["name"]
     for d in docs:
         assert d.get("apiVersion") and d.get("kind") and d.get("metadata", {}).get("name"), d
@@ -264,6 +298,16 @@ def test_k8s_required_fields():
             assert d["metadata"].get("namespace") == namespace, f"{d['kind']} {d['metadata']['name']}"
     kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text())
     assert set(kustomization["resources"]) == {p.name for p in K8S.glob("*.yaml")} - {"kustomization.yaml"}
+
+
+def test_k8s_docs_name_files_that_exist():
+    """Every manifest the READMEs and the manifests' comments name is in deploy/k8s (none of deployment.yaml)."""
+    texts = [(K8S / "README.md").read_text(), (DEPLOY / "README.md").read_text(),
+             *(p.read_text() for p in sorted(K8S.glob("*.yaml")))]
+    named = {name for text in texts for name in re.findall(r"\b([a-z][a-z0-9-]*\.yaml)\b", text)}
+    assert "statefulset.yaml" in named
+    missing = {n for n in named if not (K8S / n).is_file()}
+    assert not missing, f"named but not in deploy/k8s: {sorted(missing)}"
 
 
 def test_k8s_configmap_is_a_valid_worker_config_and_policy(tmp_path):
@@ -279,7 +323,7 @@ def test_k8s_configmap_is_a_valid_worker_config_and_policy(tmp_path):
     assert cfg.policy and cfg.policy.startswith("/etc/giftstream/")
 
 
-def test_k8s_deployment_probes_hit_real_routes():
+def test_k8s_worker_probes_hit_real_routes():
     from stream.service import build_app
     from stream.worker import Worker
 
@@ -317,13 +361,15 @@ def test_k8s_deployment_probes_hit_real_routes():
 
 
 def test_k8s_service_pdb_select_the_worker_pods():
-    labels = k8s_one("Deployment")["spec"]["template"]["metadata"]["labels"]
+    sts = workers()
+    labels = sts["spec"]["template"]["metadata"]["labels"]
+    assert sts["spec"]["selector"]["matchLabels"].items() <= labels.items()
     (container,) = pod_spec()["containers"]
     port_names = {p["name"] for p in container["ports"]}
-    service = k8s_one("Service")
-    assert service["spec"]["selector"].items() <= labels.items()
-    assert all(p["targetPort"] in port_names | {8080} for p in service["spec"]["ports"])
-    assert any(p["port"] == 8080 for p in service["spec"]["ports"])
+    for service in (k8s_service(headless=False), k8s_service(headless=True)):
+        assert service["spec"]["selector"].items() <= labels.items()
+        assert all(p["targetPort"] in port_names | {8080} for p in service["spec"]["ports"])
+        assert any(p["port"] == 8080 for p in service["spec"]["ports"])
     pdb = k8s_one("PodDisruptionBudget")
     assert pdb["spec"]["selector"]["matchLabels"].items() <= labels.items()
     assert "maxUnavailable" in pdb["spec"] or "minAvailable" in pdb["spec"]
@@ -333,15 +379,65 @@ def _partitions(args: list[str]) -> int:
     return int(args[args.index("--partitions") + 1])
 
 
+def test_k8s_statefulset_gives_each_worker_a_state_volume(tmp_path):
+    """A StatefulSet as Kafka Streams deployments are: a headless Service, parallel pod management, rolling
+    updates, and a ReadWriteOnce volume per pod, writable by the worker, holding the configmap's state_dir."""
+    sts = workers()
+    spec = sts["spec"]
+    assert spec["serviceName"] == k8s_service(headless=True)["metadata"]["name"]
+    assert spec["podManagementPolicy"] == "Parallel"
+    assert spec["updateStrategy"]["type"] == "RollingUpdate"
+    assert "strategy" not in spec, "a Deployment's field; a StatefulSet has updateStrategy"
+
+    (claim,) = spec["volumeClaimTemplates"]
+    assert claim["metadata"]["name"] == "state"
+    assert claim["spec"]["accessModes"] == ["ReadWriteOnce"]
+    size = claim["spec"]["resources"]["requests"]["storage"]
+    match = re.fullmatch(r"(\d+)(Mi|Gi|Ti)", size)
+    assert match, f"storage {size!r}"
+    assert int(match[1]) * {"Mi": 1 / 1024, "Gi": 1, "Ti": 1024}[match[2]] >= 0.5, \
+        "a checkpoint is about the live changelog of the pod's partitions: ~0.5 GB at ~1M creators"
+    pod = pod_spec()
+    assert not any(v["name"] == claim["metadata"]["name"] for v in pod["volumes"]), "the claim template is the volume"
+
+    (container,) = pod["containers"]
+    mount = next(m for m in container["volumeMounts"] if m["name"] == claim["metadata"]["name"])
+    assert mount["mountPath"] == STATE_MOUNT and not mount.get("readOnly")
+    cfg = configmap_config(tmp_path)
+    assert cfg.state_dir, "state_dir must be set, or the volume holds nothing"
+    state_dir = Path(cfg.state_dir)
+    assert state_dir.is_absolute() and state_dir.is_relative_to(mount["mountPath"]), \
+        f"state_dir {state_dir} is not on the state volume ({mount['mountPath']})"
+    for other in container["volumeMounts"]:
+        if other is not mount:
+            assert not state_dir.is_relative_to(other["mountPath"]), f"state_dir under {other['mountPath']}"
+    # readOnlyRootFilesystem: only the volume is writable, and fsGroup makes it the worker's
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    security = pod["securityContext"]
+    assert security["fsGroup"] == security["runAsGroup"] == 10001 and security["runAsUser"] == 10001
+
+    # checkpoints are taken often enough to matter and used only while the changelog still has the tombstones
+    assert 0 < cfg.checkpoint_interval_ms < cfg.checkpoint_max_age_ms < KAFKA_DELETE_RETENTION_MS
+    changelog = next(t for t in topic_specs(cfg, 6) if t.name == cfg.topics.changelog)
+    assert "delete.retention.ms" not in (changelog.topic_configs or {}), "update KAFKA_DELETE_RETENTION_MS"
+
+    # a stable pod name is the worker's id
+    args = container["args"]
+    assert args[args.index("--worker-id") + 1] == "$(POD_NAME)"
+    pod_name = next(e for e in container["env"] if e["name"] == "POD_NAME")
+    assert pod_name["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+
+
 def test_k8s_keda_scales_on_the_workers_group_and_topic(tmp_path):
     scaled = k8s_one("ScaledObject")
-    deployment = k8s_one("Deployment")
-    assert scaled["spec"]["scaleTargetRef"]["name"] == deployment["metadata"]["name"]
+    target = scaled["spec"]["scaleTargetRef"]
+    sts = workers()
+    assert (target.get("apiVersion"), target.get("kind"), target["name"]) == \
+        (sts["apiVersion"], sts["kind"], sts["metadata"]["name"]) == ("apps/v1", "StatefulSet", "giftstream-worker")
     (trigger,) = scaled["spec"]["triggers"]
     assert trigger["type"] == "kafka"
     meta = trigger["metadata"]
-    (tmp_path / "worker.toml").write_text(configmap_files()["worker.toml"])
-    cfg = load_config(tmp_path / "worker.toml", env={})
+    cfg = configmap_config(tmp_path)
     assert meta["topic"] == cfg.topics.gifts == Topics().gifts
     assert meta["consumerGroup"] == cfg.group_id == "giftstream"
     assert meta["bootstrapServers"] == cfg.bootstrap_servers
