@@ -132,6 +132,8 @@ class ChangelogReader:
                         except Exception as e:  # the sink refused the records (they make no state)
                             read.done.set_exception(e)
                 for read in list(self._reads.values()):
+                    if read.tp.partition not in self._assigned:
+                        continue  # asked for during the poll: placed at the next turn
                     if read.done.done():
                         pass
                     elif await consumer.position(read.tp) >= read.end:

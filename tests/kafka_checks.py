@@ -9,6 +9,7 @@ import uuid
 from collections import Counter
 
 import pytest
+from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 
 from load.generator import TrafficConfig, generate
@@ -30,13 +31,13 @@ def session(events: int, seed: int) -> list[bytes]:
     return list(generate(cfg))
 
 
-async def topics_of_its_own(bootstrap: str) -> WorkerConfig:
-    """A worker config whose group and topics (created, PARTITIONS each) no other test uses."""
+async def topics_of_its_own(bootstrap: str, partitions: int = PARTITIONS) -> WorkerConfig:
+    """A worker config whose group and topics (created, `partitions` each) no other test uses."""
     suffix = uuid.uuid4().hex[:8]
     c = WorkerConfig(bootstrap_servers=bootstrap, group_id=f"giftstream-test-{suffix}",
                      topics=Topics(**{k: f"{v}-{suffix}" for k, v in vars(Topics()).items()}))
     try:
-        await create_topics(c, PARTITIONS)
+        await create_topics(c, partitions)
     except Exception as e:  # a missing broker is a failure, not a skip: `make test` starts it
         pytest.fail(f"no Kafka broker at {bootstrap} ({e!r}); run `make kafka-up`")
     return c
@@ -69,7 +70,9 @@ async def wait_drained(c: WorkerConfig, timeout: float = 120, topic: str | None 
 async def assert_matches_offline(c: WorkerConfig, records: list[bytes]) -> None:
     """Everything committed equals what the offline replay computes from the same records."""
     policy = load_policy()
-    offline = replay(records, policy, partitions=PARTITIONS)
+    async with AIOKafkaProducer(bootstrap_servers=c.bootstrap_servers) as producer:
+        partitions = len(await producer.partitions_for(c.topics.gifts))
+    offline = replay(records, policy, partitions=partitions)
     notices = [m.value for ms in (await read_topic(c, c.topics.notices)).values() for m in ms]
     assert sorted(notices) == sorted(model.encode(n) for n in offline.outputs.notices)  # byte for byte
     assert len({model.decode_notice(n).notice_id for n in notices}) == len(notices)  # each exactly once

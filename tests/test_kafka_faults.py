@@ -31,9 +31,11 @@ from kafka_checks import (
 from private_broker import PrivateBroker
 from proc_helpers import BOOTSTRAP, free_port, http_get, start_worker, write_config
 
+from load.generator import TrafficConfig, generate
 from stream import model
 from stream.changelog import restore_state
 from stream.clients import KafkaClients
+from stream.columnar_fetch import Columns
 from stream.engine import partition_for
 from stream.kafka_io import produce_session, read_topic
 from stream.policy import load_policy
@@ -349,8 +351,10 @@ class SlowRestoreClients(KafkaClients):
     """Its restore consumers take 9 s to start and read the changelog a few records at a time with a pause
     before each fetch: every partition's restore lasts longer than the session timeout, from a small state."""
 
-    def restore_consumer(self):
-        consumer = super().restore_consumer()
+    def restore_consumer(self, value_deserializer=None):
+        if isinstance(value_deserializer, Columns):  # chunks of 10 records, so max_records=10 is 100 records
+            value_deserializer = Columns(10, keys=value_deserializer.keys)
+        consumer = super().restore_consumer(value_deserializer)
         start, getmany = consumer.start, consumer.getmany
 
         async def slow_start():
@@ -378,6 +382,7 @@ async def test_a_restore_longer_than_the_session_timeout_keeps_the_member_in_its
     caplog.set_level(logging.INFO, logger="stream")
     worker = Worker(cfg, load_policy(), clients=SlowRestoreClients(cfg))
     run = asyncio.create_task(worker.run())
+    started = time.monotonic()
     generations: set[int] = set()  # every group generation this member is seen in, from its first join on
 
     async def watch_generation() -> None:
@@ -393,7 +398,6 @@ async def test_a_restore_longer_than_the_session_timeout_keeps_the_member_in_its
                        "the restores to be under way", timeout=30)
         health = worker.health()
         assert not health.ready and all(t["state"] == "restoring" for t in health.partitions.values())
-        started = time.monotonic()
         await wait_for(lambda: worker.ready and len(worker.tasks) == PARTITIONS, "the restores", timeout=120)
         restore_seconds = time.monotonic() - started
         await produce_session(records[4_000:], cfg)
@@ -407,5 +411,70 @@ async def test_a_restore_longer_than_the_session_timeout_keeps_the_member_in_its
     messages = [r.getMessage() for r in caplog.records if r.name.startswith("stream.")]
     assert messages.count("partitions assigned") == 1 and messages.count("partitions revoked") == 1  # first join
     assert "restoring" in messages  # progress is logged while it lasts
+    await assert_matches_offline(cfg, records)
+    await delete_topics(cfg)
+
+
+def wide_session(events: int, seed: int) -> list[bytes]:
+    """Traffic spread over many creators and senders: a big state (many changelog records) from few events."""
+    return list(generate(TrafficConfig(seed=seed, events=events, creators=60_000, senders=200_000,
+                                       creator_zipf=0.3, rate_per_s=20_000)))
+
+
+async def restore_watching_the_generation(cfg) -> tuple[set[int], list[logging.LogRecord]]:
+    """Run a worker until every partition is restored and drained, watching which group generations the member
+    is in: (generations, its "partition restored" log records)."""
+    worker = Worker(cfg, load_policy())
+    run = asyncio.create_task(worker.run())
+    generations: set[int] = set()
+
+    async def watch_generation() -> None:
+        while True:
+            coordinator = worker._consumer._coordinator if worker._consumer is not None else None
+            if coordinator is not None and coordinator.generation >= 0:
+                generations.add(coordinator.generation)
+            await asyncio.sleep(0.05)
+
+    handler = logging.Handler()
+    restored: list[logging.LogRecord] = []
+    handler.emit = lambda r: restored.append(r) if r.getMessage() == "partition restored" else None
+    logging.getLogger("stream.task").addHandler(handler)
+    watching = asyncio.create_task(watch_generation())
+    try:
+        await wait_for(lambda: worker.ready and worker.tasks, "the restores", timeout=180)
+        await wait_drained(cfg)
+    finally:
+        watching.cancel()
+        logging.getLogger("stream.task").removeHandler(handler)
+        worker.stop()
+        await run
+    return generations, restored
+
+
+@pytest.mark.slow
+async def test_a_restore_whose_cpu_work_outlasts_the_session_timeout_keeps_the_member_in_its_group(
+        private_broker, caplog):
+    """Issue 16. Rebuilding a state is CPU work: decoding the changelog, building the tables and the engine.
+    It used to run on the event loop in one piece per partition, so a big enough state stopped the heartbeat
+    for longer than the session timeout and the member was expelled (and restored again, and again). Now the
+    records are applied chunk by chunk as they arrive and the state is built in a thread. With a 1 s session
+    timeout and one partition holding ~0.6 M changelog records (its build held the loop for seconds before):
+    the Python engine's restore takes longer than the session timeout, the native one restores the same state,
+    and in both the member stays in one generation; the run stays exact."""
+    cfg = replace(await topics_of_its_own(private_broker.bootstrap, partitions=1), session_timeout_ms=1_000)
+    records = wide_session(800_000, seed=61)
+    await run_worker_through(cfg, records[:760_000])  # the state to restore
+    changelog = sum(len(m) for m in (await read_topic(cfg, cfg.topics.changelog)).values())
+    caplog.set_level(logging.INFO, logger="stream")
+    for engine, more in (("python", records[760_000:780_000]), ("native", records[780_000:])):
+        await produce_session(more, cfg)
+        generations, restored = await restore_watching_the_generation(replace(cfg, engine=engine))
+        seconds = sorted(r.seconds for r in restored)
+        assert len(generations) == 1, f"{engine}: expelled, generations {sorted(generations)}; {changelog} " \
+                                      f"records, restores {seconds} s"
+        if engine == "python":  # each partition's restore outlasts the session timeout, in CPU work
+            assert seconds[-1] > cfg.session_timeout_ms / 1000, f"{changelog} records, restores {seconds} s"
+    messages = [r.getMessage() for r in caplog.records if r.name.startswith("stream.")]
+    assert messages.count("partitions assigned") == 2  # one per worker: nobody was expelled and came back
     await assert_matches_offline(cfg, records)
     await delete_topics(cfg)

@@ -238,6 +238,8 @@ transaction.state.log.num.partitions=10
 share.coordinator.state.topic.replication.factor=1
 share.coordinator.state.topic.min.isr=1
 group.initial.rebalance.delay.ms=0
+# tests run members with session timeouts down to 1 s (the broker's default floor is 6 s)
+group.min.session.timeout.ms=1000
 
 # keep it light (2-core machine)
 num.network.threads=2
