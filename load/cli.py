@@ -156,7 +156,21 @@ def cmd_state_scale(args: argparse.Namespace) -> int:
                              hold_s=args.hold, out=Path(args.out), bootstrap=args.bootstrap, seed=args.seed,
                              keep_topics=args.keep_topics, prefix=args.prefix or "",
                              worker_args=tuple(args.worker_arg or ()), quiet=args.quiet)
-    report = asyncio.run(run_state_scale(opts, load_policy(args.policy)))
+    policy = load_policy(args.policy)
+
+    async def main() -> dict:
+        # SIGTERM cancels the run like Ctrl-C does: its cleanup stops the workers and deletes the topics.
+        import signal
+
+        task = asyncio.current_task()
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
+        return await run_state_scale(opts, policy)
+
+    try:
+        report = asyncio.run(main())
+    except asyncio.CancelledError:
+        print("giftstream load state-scale: terminated; workers stopped, topics deleted", file=sys.stderr)
+        return 143
     print(table(report))
     print(f"report: {report['files']['markdown']}", file=sys.stderr)
     return 0 if report.get("phases") and all(p["settled"] for p in report["phases"]) else 1

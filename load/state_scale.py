@@ -343,7 +343,6 @@ class WorkerLogScan:
 
     restored: list[dict[str, Any]] = field(default_factory=list)  # "partition restored" lines
     assignments: int = 0  # "partitions assigned": one per generation this member took part in
-    generations: list[int] = field(default_factory=list)  # "Joined group ... (generation N)"
     expulsions: list[str] = field(default_factory=list)  # heartbeats refused, fenced, not the owner any more
     errors: list[str] = field(default_factory=list)
 
@@ -410,9 +409,6 @@ class WorkerProc:
                                                                "attempts", "seconds")})
         elif msg == "partitions assigned":
             self.scan.assignments += 1
-        elif msg.startswith("Joined group") and "(generation " in msg:
-            with contextlib.suppress(ValueError):
-                self.scan.generations.append(int(msg.split("(generation ", 1)[1].split(")", 1)[0]))
         if any(m in msg for m in EXPELLED_MARKS):
             self.scan.expulsions.append(f"{doc.get('ts')} {msg[:200]}")
         if doc.get("level") in ("error", "critical") and len(self.scan.errors) < 50:
@@ -875,7 +871,7 @@ async def run_state_scale(opts: StateScaleOptions, policy: Policy) -> dict[str, 
             await delete_topics(cfg)
     if monitor is not None:
         report["workers"] = [{"name": w.name, "exit_code": w.exit_code, "stop_seconds": w.stop_seconds,
-                              "peak_rss_mb": round(w.peak_kb / 1024, 1), "generations": w.scan.generations,
+                              "peak_rss_mb": round(w.peak_kb / 1024, 1), "assignments": w.scan.assignments,
                               "expulsions": w.scan.expulsions, "errors": w.scan.errors[:20], "log": str(w.log)}
                              for w in monitor.workers]
     (out / "report.json").write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS)
@@ -949,8 +945,9 @@ def markdown(report: dict[str, Any]) -> str:
               "answers 200 on /readyz and together they own every partition once. Time to commits: until every "
               "gifts partition's committed offset has moved after that. Longest commit gap: the longest a gifts "
               "partition with lag saw its committed offset stand still (sampled every 0.5 s). Peak RSS: VmHWM. "
-              "Restore records/s: changelog records the phase's 'partition restored' log lines report / time to "
-              "ready.", ""]
+              "Restore records/s: changelog records the phase's 'partition restored' log lines report (a partition "
+              "restored twice in a phase counts twice) / time to ready. Expelled: a worker's log says its member "
+              "id or generation was refused, its session expired or it was fenced.", ""]
     for p in report.get("phases", []):
         if p.get("workers"):
             lines.append(f"**{p['phase']}**: " + "; ".join(
