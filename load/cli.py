@@ -1,4 +1,5 @@
-"""`giftstream load ...`: generate traffic, drive running workers (run), compare native vs Faust (compare)."""
+"""`giftstream load ...`: generate traffic, drive running workers (run), compare native vs Faust (compare),
+benchmark production-size state (state-scale)."""
 
 from __future__ import annotations
 
@@ -138,6 +139,43 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_state_scale(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from load.state_scale import PHASES, StateScaleOptions, run_state_scale, table
+    from stream.policy import load_policy
+
+    phases = tuple(p for p in args.phases.split(",") if p)
+    unknown = [p for p in phases if p not in PHASES]
+    if unknown:
+        print(f"giftstream load state-scale: unknown phase(s) {', '.join(unknown)} (known: {', '.join(PHASES)})",
+              file=sys.stderr)
+        return 2
+    opts = StateScaleOptions(creators=args.creators, partitions=args.partitions, phases=phases, rate=args.rate,
+                             session_timeout_ms=args.session_timeout_ms, phase_timeout_s=args.phase_timeout,
+                             hold_s=args.hold, out=Path(args.out), bootstrap=args.bootstrap, seed=args.seed,
+                             keep_topics=args.keep_topics, prefix=args.prefix or "",
+                             worker_args=tuple(args.worker_arg or ()), quiet=args.quiet)
+    policy = load_policy(args.policy)
+
+    async def main() -> dict:
+        # SIGTERM cancels the run like Ctrl-C does: its cleanup stops the workers and deletes the topics.
+        import signal
+
+        task = asyncio.current_task()
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
+        return await run_state_scale(opts, policy)
+
+    try:
+        report = asyncio.run(main())
+    except asyncio.CancelledError:
+        print("giftstream load state-scale: terminated; workers stopped, topics deleted", file=sys.stderr)
+        return 143
+    print(table(report))
+    print(f"report: {report['files']['markdown']}", file=sys.stderr)
+    return 0 if report.get("phases") and all(p["settled"] for p in report["phases"]) else 1
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     load = subparsers.add_parser("load", help="traffic generation, load runs and benchmarks",
                                  description="Synthetic traffic, load runs against running workers, and the "
@@ -194,3 +232,28 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--timeout", type=float, default=600.0, help="per-runner drain timeout (s)")
     p.add_argument("--bootstrap", help="Kafka bootstrap servers (default 127.0.0.1:19092)")
     p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("state-scale", help="production-size state: restart, add a worker, remove a worker",
+                       description="Build the state of N creators straight into a fresh changelog topic, then "
+                                   "start `giftstream worker` processes on it (restart, add a second, remove it) "
+                                   "with a trickle of gifts flowing; measures time to ready, the longest commit "
+                                   "gap, RSS and the changelog's size. Its topics and group are its own (ss-<random>) "
+                                   "and deleted afterwards. Exit 1 when a phase did not settle.")
+    p.add_argument("--creators", type=int, default=1_000_000, help="creators of state (default 1,000,000)")
+    p.add_argument("--partitions", type=int, default=6, help="partitions of every topic (default 6)")
+    p.add_argument("--phases", default=",".join(("restart", "add", "remove")),
+                   help="comma-separated phases, in order (default restart,add,remove)")
+    p.add_argument("--rate", type=float, default=2000.0, help="gifts/s to creators of the state during the phases")
+    p.add_argument("--session-timeout-ms", type=int, default=10_000, help="the workers' session_timeout_ms")
+    p.add_argument("--phase-timeout", type=float, default=600.0,
+                   help="seconds a phase may take to settle before it is reported as not settled (default 600)")
+    p.add_argument("--hold", type=float, default=10.0, help="seconds of steady running after a phase settles")
+    p.add_argument("--out", default="out/state-scale", help="report directory; the workers' configs and logs too")
+    p.add_argument("--bootstrap", default="127.0.0.1:19092", help="Kafka bootstrap servers")
+    p.add_argument("--policy", help="policy TOML (default: the built-in policy)")
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--prefix", help="topic/group suffix instead of ss-<random>")
+    p.add_argument("--keep-topics", action="store_true", help="do not delete the run's topics at the end")
+    p.add_argument("--worker-arg", action="append", help="extra `giftstream worker` flag (repeatable)")
+    p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    p.set_defaults(func=cmd_state_scale)
