@@ -217,6 +217,17 @@ fn mark_streak_changed(dirty: &mut Dirty, s: &mut Streak, key: &StreakKey) {
     }
 }
 
+/// The first 16 bytes of `s` as a big-endian number, zero-padded: when two strings' prefixes differ they
+/// order as the strings do (a shorter string pads with zeros, which no byte is below); when they are equal
+/// the strings may still differ, from the 17th byte or in trailing zero bytes, so ties compare the strings.
+fn sort_prefix(s: &str) -> u128 {
+    let b = s.as_bytes();
+    let mut buf = [0u8; 16];
+    let n = b.len().min(16);
+    buf[..n].copy_from_slice(&b[..n]);
+    u128::from_be_bytes(buf)
+}
+
 fn floor_to(x: i64, step: i64) -> i64 {
     x - x.rem_euclid(step)
 }
@@ -635,17 +646,23 @@ impl Engine {
                 continue;
             }
             let start = end - w.size_ms;
-            let mut holders: Vec<&String> = Vec::new();
+            // Each creator once, in creator id order. With a million creators a window has hundreds of
+            // thousands of holders (each listed once per pane it has): sorting them as strings chased a
+            // pointer per comparison, so they are sorted by their first 16 bytes held inline (the same
+            // order; ties go to the whole ids).
+            let mut holders: Vec<(u128, &String)> = Vec::new();
             let mut pane = start;
             while pane < end {
                 if let Some(h) = self.state.pane_creators.get(&pane) {
-                    holders.extend(h.iter());
+                    holders.reserve(h.len());
+                    holders.extend(h.iter().map(|cid| (sort_prefix(cid), cid)));
                 }
                 pane += pane_ms;
             }
-            holders.sort_unstable();
-            holders.dedup();
-            for creator_id in holders {
+            holders.sort_unstable_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.cmp(b.1)));
+            holders.dedup_by(|a, b| a.0 == b.0 && a.1 == b.1);
+            self.outputs.reserve(holders.len());
+            for (_, creator_id) in holders {
                 let panes = &self.state.creators[creator_id.as_str()].panes;
                 let (mut milli, mut credits) = (0i128, 0i64);
                 let mut pane = start;
@@ -744,5 +761,110 @@ impl Engine {
         let fin = wm + longest + self.cfg.grace_ms + self.cfg.pane_ms;
         self.state.watermark = Some(fin);
         self.fire_timers(fin);
+    }
+}
+
+/// The engine without Python: `GIFTSTREAM_BENCH_RECORDS=FILE cargo test --release bench_records -- --ignored
+/// --nocapture` reads a session (JSONL, e.g. one load.bench_state --cache wrote), then times decoding alone
+/// and decoding plus the engine (the default policy's settings, one partition, no change tracking),
+/// batches of 20,000 with the outputs dropped after each: what the engine costs before lib.rs turns its
+/// outputs into Python objects. Records the native decoder leaves to Python are skipped.
+#[cfg(test)]
+mod bench {
+    use super::*;
+    use std::hint::black_box;
+    use std::time::Instant;
+
+    fn default_policy() -> Settings {
+        let region = |name: &str, milli_per_coin, threshold| (name.to_owned(), RegionRule { milli_per_coin, threshold });
+        let regions = vec![region("US", 1000, Some(2_000_000)), region("GB", 1000, Some(2_000_000)),
+                           region("DE", 1000, Some(4_000_000)), region("FR", 1000, Some(4_000_000)),
+                           region("BR", 1000, Some(1_000_000)), region("MX", 1000, Some(1_000_000)),
+                           region("ID", 500, Some(200_000)), region("JP", 1000, Some(10_000_000)),
+                           region("KR", 1000, Some(20_000_000)), region("TR", 1000, None)];
+        Settings { regions: Regions::new(regions),
+                   windows: vec![Window { size_ms: 3_600_000, hop_ms: 3_600_000 },
+                                 Window { size_ms: 86_400_000, hop_ms: 86_400_000 },
+                                 Window { size_ms: 3_600_000, hop_ms: 300_000 }],
+                   pane_ms: 300_000, grace_ms: 300_000, streak_timeout_ms: 30_000, dedupe_horizon_ms: 7_200_000,
+                   max_future_ms: 3_600_000, partition: 0, partitions: 1 }
+    }
+
+    #[test]
+    #[ignore]
+    fn bench_records() {
+        let Ok(path) = std::env::var("GIFTSTREAM_BENCH_RECORDS") else {
+            eprintln!("GIFTSTREAM_BENCH_RECORDS not set: nothing to do");
+            return;
+        };
+        let data = std::fs::read(&path).expect("reading the session");
+        let records: Vec<&[u8]> = data.split(|&b| b == b'\n').filter(|l| !l.is_empty()).collect();
+        let n = records.len() as f64;
+        let (max_bytes, max_depth) = (65_536, 32);
+        let t = Instant::now();
+        let mut decoded = 0usize;
+        for r in &records {
+            if let Some(ev) = crate::decode::decode_fast(r, max_bytes, max_depth) {
+                black_box(&ev);
+                decoded += 1;
+            }
+        }
+        let t_dec = t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        let mut e = Engine::new(default_policy(), State::default(), false);
+        let (mut totals, mut notices, mut late, mut rejects) = (0usize, 0usize, 0usize, 0usize);
+        let mut t_drop = 0.0;
+        for batch in records.chunks(20_000) {
+            for (i, r) in batch.iter().enumerate() {
+                if let Some(ev) = crate::decode::decode_fast(r, max_bytes, max_depth) {
+                    e.process_event(&ev, i);
+                }
+            }
+            let outputs = std::mem::take(&mut e.outputs);
+            for o in &outputs {
+                match o {
+                    Output::WindowTotal { .. } => totals += 1,
+                    Output::Notice { .. } => notices += 1,
+                    Output::Late { .. } => late += 1,
+                    Output::Reject { .. } => rejects += 1,
+                }
+            }
+            let td = Instant::now();
+            drop(outputs);
+            t_drop += td.elapsed().as_secs_f64();
+        }
+        let t_eng = t.elapsed().as_secs_f64();
+        let st = &e.state;
+        println!("{} records, {decoded} decoded natively", records.len());
+        println!("decode alone      {:>10.0} ev/s  {:.2} s", n / t_dec, t_dec);
+        println!("decode + engine   {:>10.0} ev/s  {:.2} s  ({:.2} µs/event beyond decoding; dropping outputs {:.2} s)",
+                 n / t_eng, t_eng, 1e6 * (t_eng - t_dec) / n, t_drop);
+        println!("outputs: {totals} window totals, {notices} notices, {late} late, {rejects} rejects");
+        println!("held: {} creators, {} pane tallies, {} streaks, {} dedupe ids", st.creators.len(),
+                 st.creators.values().map(|c| c.panes.len()).sum::<usize>(), st.streaks.len(), st.seen.len());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefix_then_string_orders_as_strings() {
+        let ids = ["", "\0", "a", "a\0", "a\0\0", "ab", "7000000000000000000", "7000000000000000001",
+                   "700000000000000000", "70000000000000000000", "6999999999999999999", "1234567890123456",
+                   "1234567890123456\0", "12345678901234560", "1234567890123457", "é", "zz", "z\u{1f}"];
+        let mut by_prefix: Vec<&str> = ids.to_vec();
+        by_prefix.sort_unstable_by(|a, b| sort_prefix(a).cmp(&sort_prefix(b)).then_with(|| a.cmp(b)));
+        let mut by_string = ids.to_vec();
+        by_string.sort_unstable();
+        assert_eq!(by_prefix, by_string);
+        for a in ids {
+            for b in ids {
+                if sort_prefix(a) != sort_prefix(b) {
+                    assert_eq!(sort_prefix(a).cmp(&sort_prefix(b)), a.cmp(b), "{a:?} vs {b:?}");
+                }
+            }
+        }
     }
 }
