@@ -4,7 +4,7 @@
 //! are exact far beyond anything the changelog's 64-bit integers can hold.
 
 // foldhash: fast on short string keys and seeded per process (ids come from clients: no fixed-seed hash).
-use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
+use foldhash::{HashMap, HashSet, HashSetExt};
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::sync::Arc;
@@ -80,7 +80,7 @@ pub struct Creator {
     pub paid_out: i128,
     pub crossings: i64,
     pub above: bool,
-    pub panes: HashMap<i64, Tally>, // pane start -> tally
+    pub panes: Panes,                // pane start -> tally
     pub dirty: bool,                 // changed since the last drain (listed in Dirty::creators)
     pub changed_panes: Vec<i64>,     // tallies whose flag is set (a creator holds up to a day of panes)
 }
@@ -95,7 +95,76 @@ pub struct Tally {
 impl Creator {
     pub fn new(region: &str) -> Self {
         Creator { region: region.to_owned(), balance: 0, credited: 0, paid_out: 0, crossings: 0, above: false,
-                  panes: HashMap::new(), dirty: false, changed_panes: Vec::new() }
+                  panes: Panes::default(), dirty: false, changed_panes: Vec::new() }
+    }
+}
+
+/// A creator's pane tallies, ordered by pane start: a handful to a day's worth (288 five-minute panes), so
+/// a sorted Vec inline in the creator beats a hash table (one allocation to reach instead of a control
+/// block and a bucket; a window close reads its panes as one run). Credits go to the newest pane almost
+/// always, so a lookup searches from the end; panes are dropped from the front.
+#[derive(Clone, Debug, Default)]
+pub struct Panes(Vec<(i64, Tally)>);
+
+impl Panes {
+    /// Where `pane` is (Ok) or would go (Err), searching from the newest.
+    fn find(&self, pane: i64) -> Result<usize, usize> {
+        match self.0.last() {
+            Some((p, _)) if *p == pane => Ok(self.0.len() - 1),
+            Some((p, _)) if *p < pane => Err(self.0.len()),
+            _ => self.0.binary_search_by_key(&pane, |(p, _)| *p),
+        }
+    }
+
+    pub fn get(&self, pane: &i64) -> Option<&Tally> {
+        self.find(*pane).ok().map(|i| &self.0[i].1)
+    }
+
+    pub fn get_mut(&mut self, pane: &i64) -> Option<&mut Tally> {
+        self.find(*pane).ok().map(|i| &mut self.0[i].1)
+    }
+
+    pub fn contains_key(&self, pane: &i64) -> bool {
+        self.find(*pane).is_ok()
+    }
+
+    pub fn insert(&mut self, pane: i64, tally: Tally) -> Option<Tally> {
+        match self.find(pane) {
+            Ok(i) => Some(std::mem::replace(&mut self.0[i].1, tally)),
+            Err(i) => {
+                self.0.insert(i, (pane, tally));
+                None
+            }
+        }
+    }
+
+    pub fn remove(&mut self, pane: &i64) -> Option<Tally> {
+        self.find(*pane).ok().map(|i| self.0.remove(i).1)
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// (pane start, tally) in pane order.
+    pub fn iter(&self) -> impl Iterator<Item = (&i64, &Tally)> {
+        self.0.iter().map(|(p, t)| (p, t))
+    }
+
+    /// The tallies of the panes in [start, end), summed: (milli, credits).
+    fn sum(&self, start: i64, end: i64) -> (i128, i64) {
+        let from = self.0.partition_point(|(p, _)| *p < start);
+        self.0[from..].iter().take_while(|(p, _)| *p < end)
+            .fold((0, 0), |(m, n), (_, t)| (m + t.milli, n + t.credits))
+    }
+}
+
+impl FromIterator<(i64, Tally)> for Panes {
+    fn from_iter<I: IntoIterator<Item = (i64, Tally)>>(items: I) -> Self {
+        let mut v: Vec<(i64, Tally)> = items.into_iter().collect();
+        v.sort_by_key(|(p, _)| *p);
+        v.dedup_by_key(|(p, _)| *p); // a map's keys are unique; keep the first of any repeat
+        Panes(v)
     }
 }
 
@@ -663,16 +732,7 @@ impl Engine {
             holders.dedup_by(|a, b| a.0 == b.0 && a.1 == b.1);
             self.outputs.reserve(holders.len());
             for (_, creator_id) in holders {
-                let panes = &self.state.creators[creator_id.as_str()].panes;
-                let (mut milli, mut credits) = (0i128, 0i64);
-                let mut pane = start;
-                while pane < end {
-                    if let Some(t) = panes.get(&pane) {
-                        milli += t.milli;
-                        credits += t.credits;
-                    }
-                    pane += pane_ms;
-                }
+                let (milli, credits) = self.state.creators[creator_id.as_str()].panes.sum(start, end);
                 self.stats.window_totals += 1;
                 self.outputs.push(Output::WindowTotal { creator_id: creator_id.clone(), window: wi, start, end,
                                                         milli, credits });
@@ -848,6 +908,31 @@ mod bench {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn panes_behave_like_an_ordered_map() {
+        let mut panes = Panes::default();
+        let mut reference = std::collections::BTreeMap::new();
+        let tally = |m: i128| Tally { milli: m, credits: 1, dirty: false };
+        for i in 0..2_000i64 {
+            let p = (i * 7_919) % 97 * 300 - 3_000; // in and out of order, negative too
+            assert_eq!(panes.insert(p, tally(i.into())).map(|t| t.milli), reference.insert(p, i).map(i128::from));
+            if i % 5 == 0 {
+                let q = (i * 31) % 97 * 300 - 3_000;
+                assert_eq!(panes.remove(&q).map(|t| t.milli), reference.remove(&q).map(i128::from));
+            }
+            assert_eq!(panes.len(), reference.len());
+        }
+        assert!(panes.iter().map(|(p, t)| (*p, t.milli)).eq(reference.iter().map(|(p, m)| (*p, i128::from(*m)))));
+        for q in [-3_300, -3_000, 0, 150, 300, 28_800, 30_000] {
+            assert_eq!(panes.contains_key(&q), reference.contains_key(&q));
+            assert_eq!(panes.get(&q).map(|t| t.milli), reference.get(&q).map(|m| i128::from(*m)));
+            let want: i128 = reference.range(q..q + 3_600).map(|(_, m)| i128::from(*m)).sum();
+            assert_eq!(panes.sum(q, q + 3_600).0, want);
+        }
+        let rebuilt: Panes = reference.iter().rev().map(|(p, m)| (*p, tally((*m).into()))).collect();
+        assert!(rebuilt.iter().map(|(p, _)| *p).eq(reference.keys().copied()));
+    }
 
     #[test]
     fn prefix_then_string_orders_as_strings() {
