@@ -4,7 +4,7 @@
 //! are exact far beyond anything the changelog's 64-bit integers can hold.
 
 // foldhash: fast on short string keys and seeded per process (ids come from clients: no fixed-seed hash).
-use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
+use foldhash::{HashMap, HashSet, HashSetExt};
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::sync::Arc;
@@ -80,7 +80,7 @@ pub struct Creator {
     pub paid_out: i128,
     pub crossings: i64,
     pub above: bool,
-    pub panes: HashMap<i64, Tally>, // pane start -> tally
+    pub panes: Panes,                // pane start -> tally
     pub dirty: bool,                 // changed since the last drain (listed in Dirty::creators)
     pub changed_panes: Vec<i64>,     // tallies whose flag is set (a creator holds up to a day of panes)
 }
@@ -95,7 +95,76 @@ pub struct Tally {
 impl Creator {
     pub fn new(region: &str) -> Self {
         Creator { region: region.to_owned(), balance: 0, credited: 0, paid_out: 0, crossings: 0, above: false,
-                  panes: HashMap::new(), dirty: false, changed_panes: Vec::new() }
+                  panes: Panes::default(), dirty: false, changed_panes: Vec::new() }
+    }
+}
+
+/// A creator's pane tallies, ordered by pane start: a handful to a day's worth (288 five-minute panes), so
+/// a sorted Vec inline in the creator beats a hash table (one allocation to reach instead of a control
+/// block and a bucket; a window close reads its panes as one run). Credits go to the newest pane almost
+/// always, so a lookup searches from the end; panes are dropped from the front.
+#[derive(Clone, Debug, Default)]
+pub struct Panes(Vec<(i64, Tally)>);
+
+impl Panes {
+    /// Where `pane` is (Ok) or would go (Err), searching from the newest.
+    fn find(&self, pane: i64) -> Result<usize, usize> {
+        match self.0.last() {
+            Some((p, _)) if *p == pane => Ok(self.0.len() - 1),
+            Some((p, _)) if *p < pane => Err(self.0.len()),
+            _ => self.0.binary_search_by_key(&pane, |(p, _)| *p),
+        }
+    }
+
+    pub fn get(&self, pane: &i64) -> Option<&Tally> {
+        self.find(*pane).ok().map(|i| &self.0[i].1)
+    }
+
+    pub fn get_mut(&mut self, pane: &i64) -> Option<&mut Tally> {
+        self.find(*pane).ok().map(|i| &mut self.0[i].1)
+    }
+
+    pub fn contains_key(&self, pane: &i64) -> bool {
+        self.find(*pane).is_ok()
+    }
+
+    pub fn insert(&mut self, pane: i64, tally: Tally) -> Option<Tally> {
+        match self.find(pane) {
+            Ok(i) => Some(std::mem::replace(&mut self.0[i].1, tally)),
+            Err(i) => {
+                self.0.insert(i, (pane, tally));
+                None
+            }
+        }
+    }
+
+    pub fn remove(&mut self, pane: &i64) -> Option<Tally> {
+        self.find(*pane).ok().map(|i| self.0.remove(i).1)
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// (pane start, tally) in pane order.
+    pub fn iter(&self) -> impl Iterator<Item = (&i64, &Tally)> {
+        self.0.iter().map(|(p, t)| (p, t))
+    }
+
+    /// The tallies of the panes in [start, end), summed: (milli, credits).
+    fn sum(&self, start: i64, end: i64) -> (i128, i64) {
+        let from = self.0.partition_point(|(p, _)| *p < start);
+        self.0[from..].iter().take_while(|(p, _)| *p < end)
+            .fold((0, 0), |(m, n), (_, t)| (m + t.milli, n + t.credits))
+    }
+}
+
+impl FromIterator<(i64, Tally)> for Panes {
+    fn from_iter<I: IntoIterator<Item = (i64, Tally)>>(items: I) -> Self {
+        let mut v: Vec<(i64, Tally)> = items.into_iter().collect();
+        v.sort_by_key(|(p, _)| *p);
+        v.dedup_by_key(|(p, _)| *p); // a map's keys are unique; keep the first of any repeat
+        Panes(v)
     }
 }
 
@@ -215,6 +284,17 @@ fn mark_streak_changed(dirty: &mut Dirty, s: &mut Streak, key: &StreakKey) {
         s.dirty = true;
         dirty.streaks.push(key.clone());
     }
+}
+
+/// The first 16 bytes of `s` as a big-endian number, zero-padded: when two strings' prefixes differ they
+/// order as the strings do (a shorter string pads with zeros, which no byte is below); when they are equal
+/// the strings may still differ, from the 17th byte or in trailing zero bytes, so ties compare the strings.
+fn sort_prefix(s: &str) -> u128 {
+    let b = s.as_bytes();
+    let mut buf = [0u8; 16];
+    let n = b.len().min(16);
+    buf[..n].copy_from_slice(&b[..n]);
+    u128::from_be_bytes(buf)
 }
 
 fn floor_to(x: i64, step: i64) -> i64 {
@@ -635,27 +715,24 @@ impl Engine {
                 continue;
             }
             let start = end - w.size_ms;
-            let mut holders: Vec<&String> = Vec::new();
+            // Each creator once, in creator id order. With a million creators a window has hundreds of
+            // thousands of holders (each listed once per pane it has): sorting them as strings chased a
+            // pointer per comparison, so they are sorted by their first 16 bytes held inline (the same
+            // order; ties go to the whole ids).
+            let mut holders: Vec<(u128, &String)> = Vec::new();
             let mut pane = start;
             while pane < end {
                 if let Some(h) = self.state.pane_creators.get(&pane) {
-                    holders.extend(h.iter());
+                    holders.reserve(h.len());
+                    holders.extend(h.iter().map(|cid| (sort_prefix(cid), cid)));
                 }
                 pane += pane_ms;
             }
-            holders.sort_unstable();
-            holders.dedup();
-            for creator_id in holders {
-                let panes = &self.state.creators[creator_id.as_str()].panes;
-                let (mut milli, mut credits) = (0i128, 0i64);
-                let mut pane = start;
-                while pane < end {
-                    if let Some(t) = panes.get(&pane) {
-                        milli += t.milli;
-                        credits += t.credits;
-                    }
-                    pane += pane_ms;
-                }
+            holders.sort_unstable_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.cmp(b.1)));
+            holders.dedup_by(|a, b| a.0 == b.0 && a.1 == b.1);
+            self.outputs.reserve(holders.len());
+            for (_, creator_id) in holders {
+                let (milli, credits) = self.state.creators[creator_id.as_str()].panes.sum(start, end);
                 self.stats.window_totals += 1;
                 self.outputs.push(Output::WindowTotal { creator_id: creator_id.clone(), window: wi, start, end,
                                                         milli, credits });
@@ -744,5 +821,135 @@ impl Engine {
         let fin = wm + longest + self.cfg.grace_ms + self.cfg.pane_ms;
         self.state.watermark = Some(fin);
         self.fire_timers(fin);
+    }
+}
+
+/// The engine without Python: `GIFTSTREAM_BENCH_RECORDS=FILE cargo test --release bench_records -- --ignored
+/// --nocapture` reads a session (JSONL, e.g. one load.bench_state --cache wrote), then times decoding alone
+/// and decoding plus the engine (the default policy's settings, one partition, no change tracking),
+/// batches of 20,000 with the outputs dropped after each: what the engine costs before lib.rs turns its
+/// outputs into Python objects. Records the native decoder leaves to Python are skipped.
+#[cfg(test)]
+mod bench {
+    use super::*;
+    use std::hint::black_box;
+    use std::time::Instant;
+
+    fn default_policy() -> Settings {
+        let region = |name: &str, milli_per_coin, threshold| (name.to_owned(), RegionRule { milli_per_coin, threshold });
+        let regions = vec![region("US", 1000, Some(2_000_000)), region("GB", 1000, Some(2_000_000)),
+                           region("DE", 1000, Some(4_000_000)), region("FR", 1000, Some(4_000_000)),
+                           region("BR", 1000, Some(1_000_000)), region("MX", 1000, Some(1_000_000)),
+                           region("ID", 500, Some(200_000)), region("JP", 1000, Some(10_000_000)),
+                           region("KR", 1000, Some(20_000_000)), region("TR", 1000, None)];
+        Settings { regions: Regions::new(regions),
+                   windows: vec![Window { size_ms: 3_600_000, hop_ms: 3_600_000 },
+                                 Window { size_ms: 86_400_000, hop_ms: 86_400_000 },
+                                 Window { size_ms: 3_600_000, hop_ms: 300_000 }],
+                   pane_ms: 300_000, grace_ms: 300_000, streak_timeout_ms: 30_000, dedupe_horizon_ms: 7_200_000,
+                   max_future_ms: 3_600_000, partition: 0, partitions: 1 }
+    }
+
+    #[test]
+    #[ignore]
+    fn bench_records() {
+        let Ok(path) = std::env::var("GIFTSTREAM_BENCH_RECORDS") else {
+            eprintln!("GIFTSTREAM_BENCH_RECORDS not set: nothing to do");
+            return;
+        };
+        let data = std::fs::read(&path).expect("reading the session");
+        let records: Vec<&[u8]> = data.split(|&b| b == b'\n').filter(|l| !l.is_empty()).collect();
+        let n = records.len() as f64;
+        let (max_bytes, max_depth) = (65_536, 32);
+        let t = Instant::now();
+        let mut decoded = 0usize;
+        for r in &records {
+            if let Some(ev) = crate::decode::decode_fast(r, max_bytes, max_depth) {
+                black_box(&ev);
+                decoded += 1;
+            }
+        }
+        let t_dec = t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        let mut e = Engine::new(default_policy(), State::default(), false);
+        let (mut totals, mut notices, mut late, mut rejects) = (0usize, 0usize, 0usize, 0usize);
+        let mut t_drop = 0.0;
+        for batch in records.chunks(20_000) {
+            for (i, r) in batch.iter().enumerate() {
+                if let Some(ev) = crate::decode::decode_fast(r, max_bytes, max_depth) {
+                    e.process_event(&ev, i);
+                }
+            }
+            let outputs = std::mem::take(&mut e.outputs);
+            for o in &outputs {
+                match o {
+                    Output::WindowTotal { .. } => totals += 1,
+                    Output::Notice { .. } => notices += 1,
+                    Output::Late { .. } => late += 1,
+                    Output::Reject { .. } => rejects += 1,
+                }
+            }
+            let td = Instant::now();
+            drop(outputs);
+            t_drop += td.elapsed().as_secs_f64();
+        }
+        let t_eng = t.elapsed().as_secs_f64();
+        let st = &e.state;
+        println!("{} records, {decoded} decoded natively", records.len());
+        println!("decode alone      {:>10.0} ev/s  {:.2} s", n / t_dec, t_dec);
+        println!("decode + engine   {:>10.0} ev/s  {:.2} s  ({:.2} µs/event beyond decoding; dropping outputs {:.2} s)",
+                 n / t_eng, t_eng, 1e6 * (t_eng - t_dec) / n, t_drop);
+        println!("outputs: {totals} window totals, {notices} notices, {late} late, {rejects} rejects");
+        println!("held: {} creators, {} pane tallies, {} streaks, {} dedupe ids", st.creators.len(),
+                 st.creators.values().map(|c| c.panes.len()).sum::<usize>(), st.streaks.len(), st.seen.len());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn panes_behave_like_an_ordered_map() {
+        let mut panes = Panes::default();
+        let mut reference = std::collections::BTreeMap::new();
+        let tally = |m: i128| Tally { milli: m, credits: 1, dirty: false };
+        for i in 0..2_000i64 {
+            let p = (i * 7_919) % 97 * 300 - 3_000; // in and out of order, negative too
+            assert_eq!(panes.insert(p, tally(i.into())).map(|t| t.milli), reference.insert(p, i).map(i128::from));
+            if i % 5 == 0 {
+                let q = (i * 31) % 97 * 300 - 3_000;
+                assert_eq!(panes.remove(&q).map(|t| t.milli), reference.remove(&q).map(i128::from));
+            }
+            assert_eq!(panes.len(), reference.len());
+        }
+        assert!(panes.iter().map(|(p, t)| (*p, t.milli)).eq(reference.iter().map(|(p, m)| (*p, i128::from(*m)))));
+        for q in [-3_300, -3_000, 0, 150, 300, 28_800, 30_000] {
+            assert_eq!(panes.contains_key(&q), reference.contains_key(&q));
+            assert_eq!(panes.get(&q).map(|t| t.milli), reference.get(&q).map(|m| i128::from(*m)));
+            let want: i128 = reference.range(q..q + 3_600).map(|(_, m)| i128::from(*m)).sum();
+            assert_eq!(panes.sum(q, q + 3_600).0, want);
+        }
+        let rebuilt: Panes = reference.iter().rev().map(|(p, m)| (*p, tally((*m).into()))).collect();
+        assert!(rebuilt.iter().map(|(p, _)| *p).eq(reference.keys().copied()));
+    }
+
+    #[test]
+    fn prefix_then_string_orders_as_strings() {
+        let ids = ["", "\0", "a", "a\0", "a\0\0", "ab", "7000000000000000000", "7000000000000000001",
+                   "700000000000000000", "70000000000000000000", "6999999999999999999", "1234567890123456",
+                   "1234567890123456\0", "12345678901234560", "1234567890123457", "é", "zz", "z\u{1f}"];
+        let mut by_prefix: Vec<&str> = ids.to_vec();
+        by_prefix.sort_unstable_by(|a, b| sort_prefix(a).cmp(&sort_prefix(b)).then_with(|| a.cmp(b)));
+        let mut by_string = ids.to_vec();
+        by_string.sort_unstable();
+        assert_eq!(by_prefix, by_string);
+        for a in ids {
+            for b in ids {
+                if sort_prefix(a) != sort_prefix(b) {
+                    assert_eq!(sort_prefix(a).cmp(&sort_prefix(b)), a.cmp(b), "{a:?} vs {b:?}");
+                }
+            }
+        }
     }
 }
