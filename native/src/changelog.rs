@@ -288,7 +288,7 @@ impl Restore {
                              ..Default::default() };
         let mut pane_creators: HashMap<i64, HashSet<String>> = HashMap::new();
         for (cid, c) in &st.creators {
-            for pane in c.panes.keys() {
+            for (pane, _) in c.panes.iter() {
                 pane_creators.entry(*pane).or_default().insert(cid.clone());
             }
         }
@@ -334,7 +334,7 @@ pub fn snapshot(st: &State, chunks: &HashMap<i64, Vec<usize>>) -> Result<Vec<u8>
         key.extend_from_slice(b"c:");
         key.extend_from_slice(cid.as_bytes());
         put(&key, &creator_value(c)?);
-        for (pane, t) in &c.panes {
+        for (pane, t) in c.panes.iter() {
             put(&pane_key(cid, *pane), &tally_value(t)?);
         }
     }

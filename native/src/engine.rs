@@ -142,6 +142,10 @@ impl Panes {
         self.find(*pane).ok().map(|i| self.0.remove(i).1)
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
     pub fn len(&self) -> usize {
         self.0.len()
     }

@@ -49,6 +49,7 @@ struct Core {
 }
 
 type RegionArg = (String, i128, Option<i128>);
+const OUTPUTS_KEPT: usize = 1 << 16; // outputs a batch's buffer keeps room for between batches
 type WindowArg = (String, i64, i64);
 
 enum Decoded<'a> {
@@ -362,12 +363,13 @@ impl Core {
     /// Turn the collected outputs into Python records (in emission order) and add the counters to out.stats.
     fn flush(&mut self, py: Python<'_>, raws: Option<&Bound<'_, PyList>>, offsets: Option<&Bound<'_, PyAny>>,
              out: &Bound<'_, PyAny>, hooks: &Bound<'_, PyAny>, batch: bool) -> PyResult<()> {
-        let outputs = std::mem::take(&mut self.engine.outputs);
+        // Taken and given back, so the next batch starts with room (up to OUTPUTS_KEPT) instead of growing anew.
+        let mut outputs = std::mem::take(&mut self.engine.outputs);
         if !outputs.is_empty() {
             let window_totals = out.getattr("window_totals")?;
             let late = out.getattr("late")?;
             let cfg = &self.engine.cfg;
-            for o in outputs {
+            for o in outputs.drain(..) {
                 match o {
                     Output::Reject { index, reject } => {
                         let (reason, detail) = match reject {
@@ -415,6 +417,8 @@ impl Core {
                 }
             }
         }
+        outputs.shrink_to(OUTPUTS_KEPT); // a window close over a million creators must not stay allocated
+        self.engine.outputs = outputs;
         let s = std::mem::take(&mut self.engine.stats);
         let stats = out.getattr("stats")?;
         let add = |key: &str, v: i128, always: bool| -> PyResult<()> {
