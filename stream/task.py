@@ -286,7 +286,8 @@ class PartitionTask:
             return None
         if not (begin <= checkpoint.changelog_offset and checkpoint.changelog_end <= end):
             await self._refuse_checkpoint("outside_changelog", f"offsets [{checkpoint.changelog_offset}, "
-                                          f"{checkpoint.changelog_end}] are not within the changelog's [{begin}, {end}]")
+                                          f"{checkpoint.changelog_end}] are not within the changelog's "
+                                          f"[{begin}, {end}]")
             return None
         return checkpoint
 
