@@ -155,7 +155,8 @@ def cmd_state_scale(args: argparse.Namespace) -> int:
                              session_timeout_ms=args.session_timeout_ms, phase_timeout_s=args.phase_timeout,
                              hold_s=args.hold, out=Path(args.out), bootstrap=args.bootstrap, seed=args.seed,
                              keep_topics=args.keep_topics, prefix=args.prefix or "",
-                             worker_args=tuple(args.worker_arg or ()), quiet=args.quiet)
+                             worker_args=tuple(args.worker_arg or ()), checkpoints=args.checkpoints,
+                             quiet=args.quiet)
     policy = load_policy(args.policy)
 
     async def main() -> dict:
@@ -255,5 +256,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--prefix", help="topic/group suffix instead of ss-<random>")
     p.add_argument("--keep-topics", action="store_true", help="do not delete the run's topics at the end")
     p.add_argument("--worker-arg", action="append", help="extra `giftstream worker` flag (repeatable)")
+    p.add_argument("--checkpoints", action="store_true",
+                   help="give each worker a state_dir (<out>/state-<name>): a phase list like restart,add,remove,"
+                        "restart then measures a restart from local checkpoints")
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     p.set_defaults(func=cmd_state_scale)

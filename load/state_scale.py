@@ -76,6 +76,7 @@ class StateScaleOptions:
     keep_topics: bool = False
     prefix: str = ""  # topic and group suffix; default ss-<random>
     worker_args: tuple[str, ...] = ()  # extra `giftstream worker` flags
+    checkpoints: bool = False  # each worker keeps local checkpoints in <out>/state-<name> (a restart reuses them)
     quiet: bool = False
 
 
@@ -354,12 +355,18 @@ EXPELLED_MARKS = ("local member_id was not recognized", "generation id is not  c
 class WorkerProc:
     """A `giftstream worker` process with its own config TOML and log file; RSS sampled while it runs."""
 
-    def __init__(self, name: str, cfg: WorkerConfig, out: Path, extra: tuple[str, ...] = ()) -> None:
+    def __init__(self, name: str, cfg: WorkerConfig, out: Path, extra: tuple[str, ...] = (),
+                 checkpoints: bool = False) -> None:
         self.name = name
         self.port = free_port()
         self.config = out / f"{name}.toml"
         self.log = out / f"{name}.log"
-        wcfg = replace(cfg, http_port=self.port)
+        for n in range(2, 100):  # a worker started again (a second restart phase) keeps the first one's log
+            if not self.log.exists():
+                break
+            self.log = out / f"{name}-{n}.log"
+        # Checkpoints by worker name: the same worker started again finds its own.
+        wcfg = replace(cfg, http_port=self.port, state_dir=str(out / f"state-{name}") if checkpoints else "")
         self.config.write_text(dump_config(wcfg))
         self._out = open(self.log, "wb")  # noqa: SIM115 (closed in stop)
         self.started = time.monotonic()
@@ -800,7 +807,7 @@ async def run_state_scale(opts: StateScaleOptions, policy: Policy) -> dict[str, 
                     workers.clear()
 
                     async def start_one() -> list[WorkerProc]:
-                        w = WorkerProc("w1", cfg, out, opts.worker_args)
+                        w = WorkerProc("w1", cfg, out, opts.worker_args, opts.checkpoints)
                         workers.append(w)
                         monitor.workers.append(w)
                         return list(workers)
@@ -808,7 +815,7 @@ async def run_state_scale(opts: StateScaleOptions, policy: Policy) -> dict[str, 
                     action = start_one
                 elif name == "add":
                     async def add_one() -> list[WorkerProc]:
-                        w = WorkerProc(f"w{len(monitor.workers) + 1}", cfg, out, opts.worker_args)
+                        w = WorkerProc(f"w{len(workers) + 1}", cfg, out, opts.worker_args, opts.checkpoints)
                         workers.append(w)
                         monitor.workers.append(w)
                         return list(workers)

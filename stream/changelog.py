@@ -38,6 +38,30 @@ from stream.state import RETENTION_BUCKET_MS, CreatorState, PartitionState, Stre
 _enc = msgspec.msgpack.Encoder()
 _dec_any = msgspec.msgpack.Decoder()
 _dec_streak = msgspec.msgpack.Decoder(Streak)
+
+
+class _StreakAsMap(msgspec.Struct):
+    """Streak records as changelogs before the array form hold them: a map of the same fields."""
+
+    creator_id: str
+    region: str
+    diamond_count: int
+    count: int
+    credited: int
+    last_ts: int
+    last_event_id: str
+    open: bool = True
+
+
+_dec_streak_map = msgspec.msgpack.Decoder(_StreakAsMap)
+
+
+def _decode_streak(value: bytes) -> Streak:
+    if value[:1] and (0x80 <= value[0] <= 0x8f or value[0] in (0xde, 0xdf)):  # a msgpack map: the older form
+        old = _dec_streak_map.decode(value)
+        return Streak(old.creator_id, old.region, old.diamond_count, old.count, old.credited, old.last_ts,
+                      old.last_event_id, old.open)
+    return _dec_streak.decode(value)
 _dec_ids = msgspec.msgpack.Decoder(list[str])
 _SEP = "\x1e"  # creator ids never contain it (schema: printable ids)
 
@@ -119,7 +143,7 @@ def restore_state(records: Iterable[Record]) -> tuple[PartitionState, ChangelogW
             cid, pane = name.rsplit(_SEP, 1)
             panes.append((cid, int(pane), _dec_any.decode(value)))
         elif kind == b"s":
-            st.streaks[name] = _dec_streak.decode(value)
+            st.streaks[name] = _decode_streak(value)
         elif kind == b"d":
             bucket, start = name.split(":")
             chunks.setdefault(int(bucket), []).append((int(start), _dec_ids.decode(value)))

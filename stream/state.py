@@ -23,9 +23,11 @@ class CreatorState(Struct, gc=False):
     panes: dict[int, list[int]] = {}  # pane start ms -> [milli_diamonds, credits] for open windows
 
 
-class Streak(Struct, gc=False):
+class Streak(Struct, gc=False, array_like=True):
     """A streak of a streakable gift: (room, sender, gift, group). Credited once with its highest
-    cumulative count; kept after closing (for groups with an id) so stragglers are not counted again."""
+    cumulative count; kept after closing (for groups with an id) so stragglers are not counted again.
+    Encoded as an array of its fields in this order (most of the state is closed streaks: field names would
+    be half of each record); stream.changelog still reads the older map form."""
 
     creator_id: str
     region: str

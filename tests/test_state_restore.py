@@ -118,3 +118,25 @@ def test_a_cut_checkpoint_body_fails_the_restore(policy, kind):
     body = engine_body(engine, writer)
     with pytest.raises(ValueError):
         restore(kind, policy, [], 1, body[:-3])
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_streak_records_of_the_older_map_form_restore_the_same(policy, kind):
+    """Changelogs written before streaks were arrays hold them as maps of field names: both forms restore
+    the same state."""
+    engine = engine_of("python", policy)
+    engine.process([gift(event_id=f"e{i}", creator_id="c1", gift_type=1, repeat_count=i + 1, repeat_end=i == 2,
+                         group_id="g1", ts=T0 + i) for i in range(3)]
+                   + [gift(event_id="e9", creator_id="c2", gift_type=1, group_id="g2", ts=T0 + 9)], [0, 1, 2, 3],
+                   Outputs())
+    log = ChangelogWriter().drain(engine)
+    streaks = [(k, v) for k, v in log if k.startswith(b"s:")]
+    assert len(streaks) == 2 and all(v[0] == 0x98 for _, v in streaks)  # arrays of 8 fields
+
+    def as_map(value: bytes) -> bytes:
+        fields = msgspec.msgpack.decode(value)
+        names = ["creator_id", "region", "diamond_count", "count", "credited", "last_ts", "last_event_id", "open"]
+        return msgspec.msgpack.encode(dict(zip(names, fields, strict=True)))
+
+    older = [(k, as_map(v) if k.startswith(b"s:") else v) for k, v in log]
+    assert restore(kind, policy, older, 5)[0].state == restore(kind, policy, log, 5)[0].state == engine.state

@@ -52,21 +52,16 @@ pub fn tally_value(t: &Tally) -> Result<Vec<u8>, TooBig> {
 const STREAK_FIELDS: [&str; 8] =
     ["creator_id", "region", "diamond_count", "count", "credited", "last_ts", "last_event_id", "open"];
 
-/// A msgspec Struct: a map of its fields in declaration order (stream.state.Streak).
+/// An array_like msgspec Struct: its fields in declaration order (stream.state.Streak).
 pub fn streak_value(s: &Streak) -> Vec<u8> {
     let mut w = Writer::new();
-    w.map(8);
-    w.str(STREAK_FIELDS[0]);
+    w.array(8);
     s.creator_id.with_str(|id| w.str(id));
-    w.str(STREAK_FIELDS[1]);
     w.str(&s.region);
-    for (name, v) in STREAK_FIELDS[2..6].iter().zip([s.diamond_count, s.count, s.credited, s.last_ts]) {
-        w.str(name);
+    for v in [s.diamond_count, s.count, s.credited, s.last_ts] {
         w.int(v as i128).expect("an i64 fits");
     }
-    w.str(STREAK_FIELDS[6]);
     s.last_event_id.with_str(|id| w.str(id));
-    w.str(STREAK_FIELDS[7]);
     w.bool(s.open);
     w.0
 }
@@ -195,25 +190,37 @@ impl Restore {
         Some(())
     }
 
-    fn streak(&mut self, name: &str, value: Option<&[u8]>) -> Option<()> {
+    fn streak<'v>(&mut self, name: &str, value: Option<&'v [u8]>) -> Option<()> {
         let key = StreakKey::parse(name);
         let Some(v) = value else {
             self.streaks.remove(&key);
             return Some(());
         };
         let mut r = Reader::new(v);
-        let n = r.map()?;
         let (mut creator_id, mut region, mut last_event_id) = (None, None, None);
         let mut nums = [None::<i64>; 4];
         let mut open = true; // the field's default
-        for _ in 0..n {
-            let field = r.str()?;
-            match STREAK_FIELDS.iter().position(|f| *f == field)? {
+        let mut field = |r: &mut Reader<'v>, i: usize| -> Option<()> {
+            match i {
                 0 => creator_id = Some(Id::new(r.str()?)),
                 1 => region = Some(r.str()?),
-                i @ 2..=5 => nums[i - 2] = Some(r.i64()?),
+                2..=5 => nums[i - 2] = Some(r.i64()?),
                 6 => last_event_id = Some(Id::new(r.str()?)),
                 _ => open = r.bool()?,
+            }
+            Some(())
+        };
+        if r.is_map() {
+            // The older form (changelogs written before streaks were arrays): a map of field names.
+            for _ in 0..r.map()? {
+                let name = r.str()?;
+                field(&mut r, STREAK_FIELDS.iter().position(|f| *f == name)?)?;
+            }
+        } else {
+            let n = r.array()?;
+            (n == 7 || n == 8).then_some(())?; // msgspec reads a trailing default (open) as optional
+            for i in 0..n {
+                field(&mut r, i)?;
             }
         }
         r.done().then_some(())?;

@@ -103,10 +103,6 @@ impl Writer {
     pub fn array(&mut self, n: usize) {
         self.header(n, 0x90, 0xdc, 0xdd);
     }
-
-    pub fn map(&mut self, n: usize) {
-        self.header(n, 0x80, 0xde, 0xdf);
-    }
 }
 
 /// Reads the same forms back (a changelog restore). Every method is None on bytes it does not expect, so a
@@ -148,6 +144,11 @@ impl<'a> Reader<'a> {
             return true;
         }
         false
+    }
+
+    /// Is the next value a map (without consuming it)?
+    pub fn is_map(&self) -> bool {
+        matches!(self.b.get(self.i), Some(0x80..=0x8f | 0xde | 0xdf))
     }
 
     pub fn bool(&mut self) -> Option<bool> {
