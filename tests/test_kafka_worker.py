@@ -214,7 +214,14 @@ async def test_payouts_rearm_the_threshold_and_bad_payouts_are_dead_lettered(cfg
     assert [(d.reason, d.source_topic) for d in dlq] == [("not_json", cfg.topics.payouts)]
 
 
+def restored_from(worker: Worker, source: str) -> float:
+    """How many partitions the worker restored from `source` (kept, checkpoint, changelog)."""
+    return worker.metrics.registry.get_sample_value("giftstream_restores_total", {"source": source}) or 0
+
+
 async def test_two_workers_share_partitions_with_a_rebalance_mid_stream(cfg):
+    """A joins, B joins (every partition is revoked; A gets some of its own back and keeps their state, the
+    rest B restores), A leaves (B keeps its own and restores A's): exact throughout."""
     records = session(40_000, seed=23)
     half = len(records) // 2
     await produce_session(records[:half], cfg)
@@ -240,6 +247,8 @@ async def test_two_workers_share_partitions_with_a_rebalance_mid_stream(cfg):
     await wait_drained(cfg)
     b.stop()
     await run_b
+    assert restored_from(a, "kept") >= 1 and restored_from(b, "kept") >= 1  # handed back unchanged: kept
+    assert restored_from(b, "changelog") >= PARTITIONS  # its first share, then a's partitions
     await assert_matches_offline(cfg, records + extra)
 
 

@@ -303,12 +303,16 @@ impl Restore {
         let mut starts = Vec::with_capacity(self.chunks.len());
         for (bucket, chunks) in self.chunks {
             let mut ids = ChunkedVec::default();
-            for id in chunks.values().flatten() {
-                st.seen.insert_new(id.clone());
-                ids.push(id.clone());
+            let mut bucket_starts = Vec::with_capacity(chunks.len());
+            for (start, part) in chunks {
+                bucket_starts.push(start);
+                for id in part {
+                    st.seen.insert_new(id.clone());
+                    ids.push(id);
+                }
             }
             st.seen_buckets.insert(bucket, ids);
-            starts.push((bucket, chunks.into_keys().collect()));
+            starts.push((bucket, bucket_starts));
         }
         starts.sort_unstable();
         // Keys order as their texts: written once each, not at every comparison.
