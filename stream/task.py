@@ -164,6 +164,7 @@ class PartitionTask:
         self.changelog_end: int | None = None
         self.checkpoint_offset: int | None = None
         self.checkpointed_at = time.monotonic()
+        self.snapshotting: asyncio.Future | None = None  # a checkpoint body being taken in a thread
         self._logged_at = 0.0
 
     # ------------------------------------------------------------------ restore
@@ -469,14 +470,19 @@ class PartitionTask:
                 and (now - self.checkpointed_at) * 1000 >= self.cfg.checkpoint_interval_ms)
 
     async def write_checkpoint(self) -> None:
-        """Write the state of the last commit to the local checkpoint. The body is taken at once, on the event
-        loop, between batches (the engine must not change under it); the file is written in a thread."""
+        """Write the state of the last commit to the local checkpoint, in a thread: first its body (the worker
+        waits for `snapshotting` before it runs this partition's engine again, so the state does not change under
+        it; the other partitions go on), then the file."""
         if self.checkpoints is None or self.state is not TaskState.RUNNING or self.checkpoint_offset is None:
             return
         started = time.perf_counter()
-        checkpoint = Checkpoint(self.cfg.topics.changelog, self.partition, self.checkpoint_offset,
-                                self.changelog_end or self.checkpoint_offset, int(time.time() * 1000),
-                                engine_body(self.engine, self.writer))
+        offset, end = self.checkpoint_offset, self.changelog_end or self.checkpoint_offset
+        self.snapshotting = asyncio.ensure_future(asyncio.to_thread(engine_body, self.engine, self.writer))
+        try:
+            body = await self.snapshotting
+        finally:
+            self.snapshotting = None
+        checkpoint = Checkpoint(self.cfg.topics.changelog, self.partition, offset, end, int(time.time() * 1000), body)
         self.checkpointed_at = time.monotonic()
         taken = time.perf_counter() - started
         try:
@@ -501,6 +507,8 @@ class PartitionTask:
         if self.restoring is not None and not self.restoring.done():
             self.restoring.cancel()
             await asyncio.gather(self.restoring, return_exceptions=True)
+        if self.snapshotting is not None:  # the thread reads the engine: let it finish before it is dropped
+            await asyncio.gather(self.snapshotting, return_exceptions=True)
         self.state = TaskState.CLOSED
         self.engine = self.writer = None
         await self._close_producer()

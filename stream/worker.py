@@ -351,6 +351,8 @@ class Worker:
                 task = self.tasks.get(p)
                 if task is None or task.state is not TaskState.RUNNING:
                     continue  # not ours (any more) or not restored: it is read again from its committed position
+                if task.snapshotting is not None:  # a checkpoint body is being taken from its engine
+                    await asyncio.gather(task.snapshotting, return_exceptions=True)
                 started = time.perf_counter()
                 out = Outputs()
                 positions, changelog, count, stamps = task.process(gifts, payouts, out)

@@ -255,3 +255,24 @@ async def test_a_checkpoint_that_cannot_be_trusted_falls_back_to_the_changelog(c
     refused = {s.labels["reason"] for m in worker.metrics.checkpoints_refused.collect() for s in m.samples
                if s.name.endswith("_total")}
     assert refused == {"outside_changelog" if damage == "ahead of the changelog" else "corrupt"}
+
+
+async def test_checkpoints_taken_while_batches_flow_never_race_the_engine(cfg, tmp_path):
+    """A checkpoint body is taken in a thread; the partition's next batch waits for it (the other partitions
+    do not). With a checkpoint due at every turn, every batch still commits once and a restart from the last
+    checkpoints is exact."""
+    cfg.state_dir, cfg.checkpoint_interval_ms = str(tmp_path), 0
+    cluster = FakeCluster(PARTITIONS)
+    worker, _, run = await start(cfg, cluster)
+    for batch in range(6):
+        feed(cluster, cfg, 2, start=2 * batch)
+        await run_until(worker, lambda: drained(cluster, cfg))
+    await stop(worker, run)
+    assert worker.metrics.checkpoints_written._value.get() >= PARTITIONS * 3
+    feed(cluster, cfg, 2, start=12)
+    worker, _, run = await start(cfg, cluster)
+    await run_until(worker, lambda: drained(cluster, cfg))
+    await stop(worker, run)
+    assert restores(worker) == {"checkpoint": PARTITIONS}
+    assert Counter(notices(cluster, cfg)) == Counter(f"pn-{c}-1" for p in range(PARTITIONS)
+                                                     for c in creators_of(p, 14))

@@ -257,9 +257,11 @@ impl Core {
     }
 
     /// The whole state as a checkpoint's body (stream.checkpoint): changelog records, the dedupe ids cut at
-    /// `chunks` (the changelog writer's chunk starts per bucket).
+    /// `chunks` (the changelog writer's chunk starts per bucket). Written without the GIL: the caller runs it in
+    /// a thread and does not run this engine meanwhile.
     fn snapshot<'py>(&self, py: Python<'py>, chunks: HashMap<i64, Vec<usize>>) -> PyResult<Bound<'py, PyBytes>> {
-        let body = changelog::snapshot(&self.engine.state, &chunks)
+        let state = &self.engine.state;
+        let body = py.detach(|| changelog::snapshot(state, &chunks))
             .map_err(|_| pyo3::exceptions::PyOverflowError::new_err("a state value does not fit in 64 bits"))?;
         Ok(PyBytes::new(py, &body))
     }
