@@ -165,6 +165,10 @@ class PartitionTask:
         self.checkpoint_offset: int | None = None
         self.checkpointed_at = time.monotonic()
         self.snapshotting: asyncio.Future | None = None  # a checkpoint body being taken in a thread
+        # The engine holds exactly the state of the last commit: no batch processed since (a failed commit
+        # leaves it ahead; a task whose commit was fenced stays RUNNING until the worker rejoins). Only a clean
+        # state is kept across a rebalance or written to a checkpoint.
+        self.clean = False
         self._logged_at = 0.0
 
     # ------------------------------------------------------------------ restore
@@ -204,6 +208,7 @@ class PartitionTask:
         for tp in self.inputs:
             self.consumer.seek(tp, positions[tp])
         self.committed = positions
+        self.clean = True
         self.state = TaskState.RUNNING
         self.progressed_at = self.checkpointed_at = time.monotonic()
         seconds = time.perf_counter() - started
@@ -335,6 +340,7 @@ class PartitionTask:
         positions after the batch, the changelog of what changed, the record count and the gifts' timestamps."""
         t = self.cfg.topics
         engine = self.engine
+        self.clean = False  # until this batch commits
         positions: dict[TopicPartition, int] = {}
         count = 0
         if payouts:
@@ -398,6 +404,7 @@ class PartitionTask:
             raise outcome_of(e) from e
         self.committed.update(positions)
         self.progressed_at = time.monotonic()
+        self.clean = True
         if last_changelog is not None:
             self._note_changelog_written(last_changelog[0].result(), last_changelog[1])
 
@@ -457,23 +464,26 @@ class PartitionTask:
         return delivered, last
 
     def keep(self) -> KeptState | None:
-        """The state to keep across a rebalance (before close): a running task's, whose last commit went
-        through (a failed commit replaces the task, so a running one is clean) and whose changelog end is known."""
-        if self.state is not TaskState.RUNNING or self.changelog_end is None or self.checkpoint_offset is None:
+        """The state to keep across a rebalance (before close): a running task's whose engine holds exactly its
+        last commit (`clean`) and whose changelog end after that commit is known."""
+        if not self._clean_running() or self.changelog_end is None:
             return None
         return KeptState(self.engine, self.writer, self.changelog_end, self.checkpoint_offset)
 
     # ------------------------------------------------------------------ checkpoints
 
+    def _clean_running(self) -> bool:
+        return self.state is TaskState.RUNNING and self.clean and self.checkpoint_offset is not None
+
     def checkpoint_due(self, now: float) -> bool:
-        return (self.checkpoints is not None and self.state is TaskState.RUNNING and self.checkpoint_offset is not None
+        return (self.checkpoints is not None and self._clean_running()
                 and (now - self.checkpointed_at) * 1000 >= self.cfg.checkpoint_interval_ms)
 
     async def write_checkpoint(self) -> None:
         """Write the state of the last commit to the local checkpoint, in a thread: first its body (the worker
         waits for `snapshotting` before it runs this partition's engine again, so the state does not change under
         it; the other partitions go on), then the file."""
-        if self.checkpoints is None or self.state is not TaskState.RUNNING or self.checkpoint_offset is None:
+        if self.checkpoints is None or not self._clean_running():
             return
         started = time.perf_counter()
         offset, end = self.checkpoint_offset, self.changelog_end or self.checkpoint_offset

@@ -276,3 +276,27 @@ async def test_checkpoints_taken_while_batches_flow_never_race_the_engine(cfg, t
     assert restores(worker) == {"checkpoint": PARTITIONS}
     assert Counter(notices(cluster, cfg)) == Counter(f"pn-{c}-1" for p in range(PARTITIONS)
                                                      for c in creators_of(p, 14))
+
+
+async def test_a_fenced_batch_revoked_before_the_rejoin_is_not_kept(cfg, tmp_path):
+    """A fenced commit leaves the task RUNNING with its engine ahead of the commit until the worker rejoins.
+    If the group's revocation takes the lock first (it waits on the batch's lock too), that engine must not be
+    kept, nor checkpointed: the batch is read again and its notices come out exactly once."""
+    cfg.state_dir, cfg.checkpoint_interval_ms = str(tmp_path), 0
+    cluster = FakeCluster(PARTITIONS)
+    feed(cluster, cfg, 2)
+    worker, clients, run = await start(cfg, cluster)
+    await run_until(worker, lambda: drained(cluster, cfg) and worker.ready)
+    rejoin = worker._rejoin
+
+    async def revoked_first() -> None:  # the revocation wins the lock, then the worker rejoins
+        await worker._on_revoked(worker._consumer.assignment())
+        await rejoin()
+
+    worker._rejoin = revoked_first
+    cluster.fail_commits.append(Errors.ProducerFenced())
+    feed(cluster, cfg, 2, start=2)
+    await run_until(worker, lambda: drained(cluster, cfg) and worker.ready and "unsubscribe" in cluster.events)
+    await stop(worker, run)
+    assert Counter(notices(cluster, cfg)) == Counter(f"pn-{c}-1" for p in range(PARTITIONS)
+                                                     for c in creators_of(p, 4))
