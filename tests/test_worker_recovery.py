@@ -285,7 +285,7 @@ async def test_a_fenced_batch_revoked_before_the_rejoin_is_not_kept(cfg, tmp_pat
     cfg.state_dir, cfg.checkpoint_interval_ms = str(tmp_path), 0
     cluster = FakeCluster(PARTITIONS)
     feed(cluster, cfg, 2)
-    worker, clients, run = await start(cfg, cluster)
+    worker, _, run = await start(cfg, cluster)
     await run_until(worker, lambda: drained(cluster, cfg) and worker.ready)
     rejoin = worker._rejoin
 
