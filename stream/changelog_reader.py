@@ -15,6 +15,7 @@ starts a new consumer.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import logging
 import time
 from collections.abc import Callable
@@ -40,7 +41,8 @@ class _Read:
     sink: Sink
     on_progress: Callable[[int], None]  # records read so far
     done: asyncio.Future
-    position: int = -1  # next offset to read (-1: not placed yet)
+    position: int = -1  # next offset to read
+    placed: bool = False  # the consumer has been put at `position` for this read (not for an earlier one)
     records: int = 0
     quiet_since: float = field(default_factory=time.monotonic)
 
@@ -126,14 +128,16 @@ class ChangelogReader:
                 now = time.monotonic()
                 for tp, msgs in data.items():
                     read = self._reads.get(tp.partition)
-                    if read is not None and msgs and not read.done.done():
+                    # A read asked for during the poll is not placed yet: these records were fetched for an
+                    # earlier read of the partition (one that was cancelled), from its position, not this one's.
+                    if read is not None and read.placed and msgs and not read.done.done():
                         try:
                             self._deliver(read, msgs, now)
                         except Exception as e:  # the sink refused the records (they make no state)
                             read.done.set_exception(e)
                 for read in list(self._reads.values()):
-                    if read.tp.partition not in self._assigned:
-                        continue  # asked for during the poll: placed at the next turn
+                    if not read.placed:
+                        continue  # placed at the next turn
                     if read.done.done():
                         pass
                     elif await consumer.position(read.tp) >= read.end:
@@ -155,26 +159,33 @@ class ChangelogReader:
             await self._discard_consumer()
 
     def _place(self, consumer: AIOKafkaConsumer) -> None:
-        """Assign exactly the partitions being read and put each at its next offset. assign() forgets the
-        positions of everything, so each partition is placed again from what the reader tracks."""
+        """Assign exactly the partitions being read and put each new read at its start. assign() forgets the
+        positions of everything, so after one every partition is placed again from what the reader tracks."""
         wanted = frozenset(self._reads)
-        if wanted != self._assigned:
+        reassigned = wanted != self._assigned
+        if reassigned:
             consumer.assign([r.tp for r in self._reads.values()])
             self._assigned = wanted
-            for read in self._reads.values():
-                read.position = read.start if read.position < 0 else read.position
-                consumer.seek(read.tp, read.position)
+        for read in self._reads.values():
+            if not read.placed:
+                read.position, read.placed = read.start, True
+            elif not reassigned:
+                continue
+            consumer.seek(read.tp, read.position)
 
     def _deliver(self, read: _Read, msgs: list, now: float) -> None:
+        """Hand the records at or after the read's position to its sink, in order: a record before it is one
+        fetched before the last seek, and applying it again after later records of its key would undo them."""
         keys: list[bytes] = []
         values: list[bytes | None] = []
         last = read.position - 1
         for m in msgs:
             if type(m) is columnar_fetch.RecordChunk:
-                keys += m.keys
-                values += m.values
-                last = m.offsets[-1]
-            else:
+                first = bisect.bisect_left(m.offsets, last + 1)
+                keys += m.keys[first:]
+                values += m.values[first:]
+                last = max(last, m.offsets[-1])
+            elif m.offset > last:
                 keys.append(m.key)
                 values.append(m.value)
                 last = m.offset

@@ -163,9 +163,10 @@ class FakeProducer:
 
 
 class FakeRestoreConsumer:
-    def __init__(self, cluster: FakeCluster) -> None:
+    def __init__(self, cluster: FakeCluster, poll_records: int | None = None) -> None:
         self.cluster = cluster
         self.positions: dict[TopicPartition, int] = {}
+        self.poll_records = poll_records  # records a poll hands out per partition (None: all there are)
 
     async def start(self) -> None:
         pass
@@ -192,8 +193,9 @@ class FakeRestoreConsumer:
         out = {}
         for tp in tps or list(self.positions):
             log = self.cluster.log(tp.topic, tp.partition)
-            msgs = [m for m in log[self.positions[tp]:] if not m.control]
-            self.positions[tp] = len(log)
+            upto = len(log) if self.poll_records is None else min(len(log), self.positions[tp] + self.poll_records)
+            msgs = [m for m in log[self.positions[tp]:upto] if not m.control]
+            self.positions[tp] = upto
             if msgs:
                 out[tp] = msgs
         if not out:
@@ -294,13 +296,14 @@ class FakeClients(KafkaClients):
         super().__init__(cfg)
         self.cluster = cluster
         self.consumer: FakeGroupConsumer | None = None
+        self.restore_poll_records: int | None = None  # FakeRestoreConsumer.poll_records of the next one made
 
     def group_consumer(self, worker_id: str, value_deserializer: Any) -> FakeGroupConsumer:
         self.consumer = FakeGroupConsumer(self.cluster)
         return self.consumer
 
     def restore_consumer(self, value_deserializer: Any = None) -> FakeRestoreConsumer:
-        return FakeRestoreConsumer(self.cluster)
+        return FakeRestoreConsumer(self.cluster, self.restore_poll_records)
 
     def transactional_producer(self, partition: int) -> FakeProducer:
         return FakeProducer(self.cluster, self.transactional_id(partition))

@@ -74,7 +74,10 @@ async def assert_matches_offline(c: WorkerConfig, records: list[bytes]) -> None:
         partitions = len(await producer.partitions_for(c.topics.gifts))
     offline = replay(records, policy, partitions=partitions)
     notices = [m.value for ms in (await read_topic(c, c.topics.notices)).values() for m in ms]
-    assert sorted(notices) == sorted(model.encode(n) for n in offline.outputs.notices)  # byte for byte
+    expected_notices = [model.encode(n) for n in offline.outputs.notices]
+    assert sorted(notices) == sorted(expected_notices), (  # byte for byte
+        f"live only: {sorted((Counter(notices) - Counter(expected_notices)).elements())[:5]}; offline only: "
+        f"{sorted((Counter(expected_notices) - Counter(notices)).elements())[:5]}")
     assert len({model.decode_notice(n).notice_id for n in notices}) == len(notices)  # each exactly once
     totals = [m.value for ms in (await read_topic(c, c.topics.window_totals)).values() for m in ms]
     assert Counter(totals) == Counter(model.encode(w) for w in offline.outputs.window_totals)

@@ -1,0 +1,63 @@
+"""The one restore consumer (stream.changelog_reader.ChangelogReader) over fake clients: each read gets every
+record of its partition from its start, in order, once, even when an earlier read of the same partition was
+cancelled midway (a task closed during its restore, then made again)."""
+
+from __future__ import annotations
+
+import asyncio
+
+from fake_kafka import FakeClients, FakeCluster
+
+from stream.changelog_reader import ChangelogReader
+from stream.config import WorkerConfig
+
+TOPIC = "changelog"
+
+
+def cluster_with(records: int, partitions: int = 2) -> FakeCluster:
+    cluster = FakeCluster(partitions)
+    for p in range(partitions):
+        for i in range(records):
+            cluster.append(TOPIC, p, f"k{p}-{i}".encode(), f"v{i}".encode())
+    return cluster
+
+
+async def test_a_read_after_a_cancelled_read_of_its_partition_starts_from_its_own_start():
+    cluster = cluster_with(30)
+    clients = FakeClients(WorkerConfig(), cluster)
+    clients.restore_poll_records = 3
+    reader = ChangelogReader(clients, TOPIC, stall_s=5)
+    first: list[bytes] = []
+
+    def first_sink(keys, values):
+        first.extend(keys)
+        if len(first) >= 6:
+            reading.cancel()  # the task is closed midway
+
+    reading = asyncio.ensure_future(reader.read(0, 0, 30, first_sink))
+    await asyncio.gather(reading, return_exceptions=True)
+    assert reading.cancelled() and 6 <= len(first) < 30
+    again: list[bytes] = []
+    got = await asyncio.wait_for(reader.read(0, 0, 30, lambda keys, values: again.extend(keys)), 10)
+    assert again == [f"k0-{i}".encode() for i in range(30)] and got == 30  # all of it, in order, once
+    both: dict[int, list[bytes]] = {0: [], 1: []}
+    got = await asyncio.wait_for(asyncio.gather(
+        reader.read(0, 25, 30, lambda keys, values: both[0].extend(keys)),
+        reader.read(1, 10, 30, lambda keys, values: both[1].extend(keys))), 10)
+    await reader.close()
+    assert both == {0: [f"k0-{i}".encode() for i in range(25, 30)], 1: [f"k1-{i}".encode() for i in range(10, 30)]}
+    assert got == [5, 20]
+
+
+async def test_a_read_that_gets_no_records_fails_after_the_stall_time():
+    cluster = cluster_with(3)
+    clients = FakeClients(WorkerConfig(), cluster)
+    reader = ChangelogReader(clients, TOPIC, stall_s=0.3)
+    try:
+        await asyncio.wait_for(reader.read(0, 0, 10, lambda keys, values: None), 5)  # the end is never reached
+    except TimeoutError as e:
+        assert "no records" in str(e)
+    else:
+        raise AssertionError("a read short of its end must fail")
+    finally:
+        await reader.close()
