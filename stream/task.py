@@ -88,23 +88,38 @@ class MissingTopics(Exception):
 
 
 class OutputTopics:
-    """The partition counts of the output topics, learned once per worker and checked at every restore."""
+    """The partition counts of the output topics: checked to exist with one whole-cluster metadata fetch,
+    shared by the restores that start together (each one made its own: 96 of them at 96 partitions, most of
+    the worker's start-up CPU on a cluster with many topics), and again only when a fetch is older than
+    CHECK_EVERY_S or failed."""
+
+    CHECK_EVERY_S = 30.0
 
     def __init__(self, cfg: WorkerConfig) -> None:
         t = cfg.topics
         self.names = (t.changelog, t.notices, t.window_totals, t.late, t.dlq)
         self.partitions: dict[str, int] = {}
+        self._checked: asyncio.Future | None = None
+        self._checked_at = 0.0
 
     async def learn(self, producer: AIOKafkaProducer) -> None:
-        """Fetch the output topics' metadata now (a producer otherwise asks on its first send to a topic, in
-        the middle of a transaction); MissingTopics names the ones that do not exist."""
+        """Make sure the output topics exist (MissingTopics names the ones that do not), and fetch their
+        metadata into this producer now (it otherwise asks on its first send to each topic, in the middle of a
+        transaction)."""
+        stale = time.monotonic() - self._checked_at > self.CHECK_EVERY_S
+        if self._checked is None or (self._checked.done() and (stale or self._checked.exception())):
+            self._checked_at = time.monotonic()
+            self._checked = asyncio.ensure_future(self._check(producer))
+        await asyncio.shield(self._checked)
+        for topic in self.names:
+            self.partitions[topic] = len(await producer.partitions_for(topic))
+
+    async def _check(self, producer: AIOKafkaProducer) -> None:
         cluster = await producer.client.fetch_all_metadata()
         missing = [t for t in self.names if not cluster.partitions_for_topic(t)]
         if missing:
             raise MissingTopics(f"output topics do not exist: {', '.join(missing)} (create them with "
                                 "`giftstream topics create`)")
-        for topic in self.names:
-            self.partitions[topic] = len(await producer.partitions_for(topic))
 
 
 @dataclass
