@@ -65,6 +65,38 @@ def worker_config_file(cfg: WorkerConfig, path: Path, **settings: object) -> Pat
     return path
 
 
+async def wait_committed(name: str, admin: AIOKafkaAdminClient, cfg: WorkerConfig, ends: dict[int, int],
+                         events: int, proc: subprocess.Popen, log, started: float,
+                         timeout: float) -> tuple[float, int, float]:
+    """Wait until the runner's group has committed `events`: (time of its first commit, records committed then,
+    time it finished). Raises when the runner exits or the timeout passes."""
+    first: float | None = None
+    first_done = 0
+    while True:
+        done = await group_committed(admin, cfg.group_id, cfg.topics.gifts, ends)
+        now = time.perf_counter()
+        if first is None and done > 0:
+            first, first_done = now, done
+        if done >= events:
+            return first, first_done, time.perf_counter()
+        if proc.poll() is not None:
+            log.seek(0)
+            raise RuntimeError(f"{name} exited with {proc.returncode}: {log.read()[-2000:]!r}")
+        if now - started > timeout:
+            raise TimeoutError(f"{name} committed {done}/{events} in {timeout}s")
+        await asyncio.sleep(0.25)
+
+
+def stop_process(proc: subprocess.Popen, log) -> None:
+    """SIGTERM the runner, SIGKILL it after 30 s, close its log file."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    log.close()
+
+
 async def drain_with_process(name: str, cfg: WorkerConfig, argv: list[str], events: int,
                              timeout: float = 600) -> DrainResult:
     """Start a runner process that commits offsets for cfg.group_id; time it through the backlog."""
@@ -76,32 +108,12 @@ async def drain_with_process(name: str, cfg: WorkerConfig, argv: list[str], even
     log = tempfile.TemporaryFile()  # noqa: SIM115 (closed in the finally below, after the process ends)
     proc = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=log,
                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    first = None
-    first_done = 0
     try:
-        while True:
-            done = await group_committed(admin, cfg.group_id, cfg.topics.gifts, ends)
-            now = time.perf_counter()
-            if first is None and done > 0:
-                first, first_done = now, done
-            if done >= events:
-                break
-            if proc.poll() is not None:
-                log.seek(0)
-                raise RuntimeError(f"{name} exited with {proc.returncode}: {log.read()[-2000:]!r}")
-            if now - started > timeout:
-                raise TimeoutError(f"{name} committed {done}/{events} in {timeout}s")
-            await asyncio.sleep(0.25)
-        finished = time.perf_counter()
+        first, first_done, finished = await wait_committed(name, admin, cfg, ends, events, proc, log, started,
+                                                           timeout)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
+        stop_process(proc, log)
         await admin.close()
-    assert first is not None
     # Steady state: events committed after the first commit over the time they took.
     return DrainResult(name, events - first_done, finished - first, finished - started)
 

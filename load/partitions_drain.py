@@ -32,10 +32,11 @@ from aiokafka.admin import AIOKafkaAdminClient
 from load.drain import (
     ROOT,
     bare_consumer_argv,
-    group_committed,
     preload,
     realistic_session,
+    stop_process,
     unique_config,
+    wait_committed,
     with_group,
     worker_config_file,
 )
@@ -128,34 +129,14 @@ async def drain(name: str, cfg: WorkerConfig, argv: list[str], events: int, time
                 await asyncio.wait_for(stop.wait(), 1.0)
 
     sampling = asyncio.create_task(sampler())
-    first = None
-    first_done = 0
     try:
-        while True:
-            done = await group_committed(admin, cfg.group_id, cfg.topics.gifts, ends)
-            now = time.perf_counter()
-            if first is None and done > 0:
-                first, first_done = now, done
-            if done >= events:
-                break
-            if proc.poll() is not None:
-                log.seek(0)
-                raise RuntimeError(f"{name} exited with {proc.returncode}: {log.read()[-2000:]!r}")
-            if now - started > timeout:
-                raise TimeoutError(f"{name} committed {done}/{events} in {timeout}s")
-            await asyncio.sleep(0.25)
-        finished = time.perf_counter()
+        first, first_done, finished = await wait_committed(name, admin, cfg, ends, events, proc, log, started,
+                                                           timeout)
     finally:
         stop.set()
         await sampling
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
+        stop_process(proc, log)
         await admin.close()
-    assert first is not None
     seconds = finished - first
     steady = [s for s in samples if first <= s["t"] <= finished]
     res = {"runner": name, "events": events - first_done, "seconds": round(seconds, 3),

@@ -347,6 +347,15 @@ async def test_a_record_on_a_partition_that_does_not_own_its_creator_is_a_dead_l
     await delete_topics(cfg)
 
 
+async def watch_generations(worker: Worker, generations: set[int]) -> None:
+    """Add every group generation the worker's member is seen in to `generations`, until cancelled."""
+    while True:
+        coordinator = worker._consumer._coordinator if worker._consumer is not None else None
+        if coordinator is not None and coordinator.generation >= 0:
+            generations.add(coordinator.generation)
+        await asyncio.sleep(0.05)
+
+
 class SlowRestoreClients(KafkaClients):
     """Its restore consumers take 9 s to start and read the changelog a few records at a time with a pause
     before each fetch: every partition's restore lasts longer than the session timeout, from a small state."""
@@ -384,15 +393,7 @@ async def test_a_restore_longer_than_the_session_timeout_keeps_the_member_in_its
     run = asyncio.create_task(worker.run())
     started = time.monotonic()
     generations: set[int] = set()  # every group generation this member is seen in, from its first join on
-
-    async def watch_generation() -> None:
-        while True:
-            coordinator = worker._consumer._coordinator if worker._consumer is not None else None
-            if coordinator is not None and coordinator.generation >= 0:
-                generations.add(coordinator.generation)
-            await asyncio.sleep(0.05)
-
-    watching = asyncio.create_task(watch_generation())
+    watching = asyncio.create_task(watch_generations(worker, generations))
     try:
         await wait_for(lambda: worker.tasks and worker.metrics.restore_remaining._value.get() > 0,
                        "the restores to be under way", timeout=30)
@@ -427,19 +428,11 @@ async def restore_watching_the_generation(cfg) -> tuple[set[int], list[logging.L
     worker = Worker(cfg, load_policy())
     run = asyncio.create_task(worker.run())
     generations: set[int] = set()
-
-    async def watch_generation() -> None:
-        while True:
-            coordinator = worker._consumer._coordinator if worker._consumer is not None else None
-            if coordinator is not None and coordinator.generation >= 0:
-                generations.add(coordinator.generation)
-            await asyncio.sleep(0.05)
-
     handler = logging.Handler()
     restored: list[logging.LogRecord] = []
     handler.emit = lambda r: restored.append(r) if r.getMessage() == "partition restored" else None
     logging.getLogger("stream.task").addHandler(handler)
-    watching = asyncio.create_task(watch_generation())
+    watching = asyncio.create_task(watch_generations(worker, generations))
     try:
         await wait_for(lambda: worker.ready and worker.tasks, "the restores", timeout=180)
         await wait_drained(cfg)

@@ -76,6 +76,20 @@ async def stop(worker: Worker, run: asyncio.Task) -> None:
     await asyncio.wait_for(run, 10)
 
 
+async def drain_once(cfg: WorkerConfig, cluster: FakeCluster) -> Worker:
+    """Start a worker, run it until every gift is committed, stop it."""
+    worker, _, run = await start(cfg, cluster)
+    await run_until(worker, lambda: drained(cluster, cfg))
+    await stop(worker, run)
+    return worker
+
+
+def assert_each_notice_once(cluster: FakeCluster, cfg: WorkerConfig, per_partition: int) -> None:
+    """Every creator fed (feed()) has its one notice, exactly once."""
+    assert Counter(notices(cluster, cfg)) == Counter(f"pn-{c}-1" for p in range(PARTITIONS)
+                                                     for c in creators_of(p, per_partition))
+
+
 async def test_batches_commit_outputs_and_positions_together(cfg):
     cluster = FakeCluster(PARTITIONS)
     feed(cluster, cfg, 3)
@@ -192,8 +206,7 @@ async def test_a_partition_handed_back_unchanged_keeps_its_state(cfg):
     feed(cluster, cfg, 2, start=2)
     await run_until(worker, lambda: drained(cluster, cfg))
     await stop(worker, run)
-    assert Counter(notices(cluster, cfg)) == Counter(f"pn-{c}-1" for p in range(PARTITIONS)
-                                                     for c in creators_of(p, 4))
+    assert_each_notice_once(cluster, cfg, 4)
 
 
 async def test_a_partition_whose_changelog_moved_while_away_is_restored(cfg):
@@ -215,18 +228,13 @@ async def test_a_restart_loads_its_checkpoints_and_reads_only_the_changelogs_tai
     cfg.state_dir = str(tmp_path)
     cluster = FakeCluster(PARTITIONS)
     feed(cluster, cfg, 3)
-    worker, _, run = await start(cfg, cluster)
-    await run_until(worker, lambda: drained(cluster, cfg))
-    await stop(worker, run)  # a clean stop writes every partition's checkpoint
+    await drain_once(cfg, cluster)  # a clean stop writes every partition's checkpoint
     assert sorted(f.name for f in (tmp_path / "g").iterdir()) == [f"{cfg.topics.changelog}-{p}.checkpoint"
                                                                  for p in range(PARTITIONS)]
     feed(cluster, cfg, 2, start=3)
-    worker, _, run = await start(cfg, cluster)
-    await run_until(worker, lambda: drained(cluster, cfg))
-    await stop(worker, run)
+    worker = await drain_once(cfg, cluster)
     assert restores(worker) == {"checkpoint": PARTITIONS}
-    assert Counter(notices(cluster, cfg)) == Counter(f"pn-{c}-1" for p in range(PARTITIONS)
-                                                     for c in creators_of(p, 5))  # exactly once across restarts
+    assert_each_notice_once(cluster, cfg, 5)  # exactly once across restarts
 
 
 @pytest.mark.parametrize("damage", ["flip a body byte", "cut", "another partition's", "ahead of the changelog"])
@@ -234,9 +242,7 @@ async def test_a_checkpoint_that_cannot_be_trusted_falls_back_to_the_changelog(c
     cfg.state_dir = str(tmp_path)
     cluster = FakeCluster(PARTITIONS)
     feed(cluster, cfg, 3)
-    worker, _, run = await start(cfg, cluster)
-    await run_until(worker, lambda: drained(cluster, cfg))
-    await stop(worker, run)
+    worker = await drain_once(cfg, cluster)
     path = tmp_path / "g" / f"{cfg.topics.changelog}-0.checkpoint"
     data = path.read_bytes()
     if damage == "flip a body byte":
@@ -270,12 +276,9 @@ async def test_checkpoints_taken_while_batches_flow_never_race_the_engine(cfg, t
     await stop(worker, run)
     assert worker.metrics.checkpoints_written._value.get() >= PARTITIONS * 3
     feed(cluster, cfg, 2, start=12)
-    worker, _, run = await start(cfg, cluster)
-    await run_until(worker, lambda: drained(cluster, cfg))
-    await stop(worker, run)
+    worker = await drain_once(cfg, cluster)
     assert restores(worker) == {"checkpoint": PARTITIONS}
-    assert Counter(notices(cluster, cfg)) == Counter(f"pn-{c}-1" for p in range(PARTITIONS)
-                                                     for c in creators_of(p, 14))
+    assert_each_notice_once(cluster, cfg, 14)
 
 
 async def test_a_fenced_batch_revoked_before_the_rejoin_is_not_kept(cfg, tmp_path):
@@ -298,5 +301,4 @@ async def test_a_fenced_batch_revoked_before_the_rejoin_is_not_kept(cfg, tmp_pat
     feed(cluster, cfg, 2, start=2)
     await run_until(worker, lambda: drained(cluster, cfg) and worker.ready and "unsubscribe" in cluster.events)
     await stop(worker, run)
-    assert Counter(notices(cluster, cfg)) == Counter(f"pn-{c}-1" for p in range(PARTITIONS)
-                                                     for c in creators_of(p, 4))
+    assert_each_notice_once(cluster, cfg, 4)
