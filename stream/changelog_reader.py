@@ -126,15 +126,18 @@ class ChangelogReader:
                 self._place(consumer)
                 data = await consumer.getmany(*[r.tp for r in self._reads.values()], timeout_ms=POLL_MS)
                 now = time.monotonic()
-                for tp, msgs in data.items():
-                    read = self._reads.get(tp.partition)
-                    # A read asked for during the poll is not placed yet: these records were fetched for an
-                    # earlier read of the partition (one that was cancelled), from its position, not this one's.
-                    if read is not None and read.placed and msgs and not read.done.done():
-                        try:
-                            self._deliver(read, msgs, now)
-                        except Exception as e:  # the sink refused the records (they make no state)
-                            read.done.set_exception(e)
+                # A read asked for during the poll is not placed yet: records for its partition were fetched for
+                # an earlier read of it (one that was cancelled), from that one's position, not this one's.
+                deliveries = [(read, msgs) for tp, msgs in data.items()
+                              if (read := self._reads.get(tp.partition)) is not None and read.placed and msgs
+                              and not read.done.done()]
+                # Each read's records go to its sink in a thread, side by side (the native restore applies them
+                # without the GIL); all are done before the next poll, so each partition's stay in order.
+                results = await asyncio.gather(*(asyncio.to_thread(self._deliver, read, msgs, now)
+                                                 for read, msgs in deliveries), return_exceptions=True)
+                for (read, _), result in zip(deliveries, results, strict=True):
+                    if isinstance(result, BaseException) and not read.done.done():
+                        read.done.set_exception(result)  # the sink refused the records (they make no state)
                 for read in list(self._reads.values()):
                     if not read.placed:
                         continue  # placed at the next turn
@@ -175,7 +178,8 @@ class ChangelogReader:
 
     def _deliver(self, read: _Read, msgs: list, now: float) -> None:
         """Hand the records at or after the read's position to its sink, in order: a record before it is one
-        fetched before the last seek, and applying it again after later records of its key would undo them."""
+        fetched before the last seek, and applying it again after later records of its key would undo them.
+        Runs in a thread (one per read at a time)."""
         keys: list[bytes] = []
         values: list[bytes | None] = []
         last = read.position - 1

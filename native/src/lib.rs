@@ -501,18 +501,24 @@ impl ChangelogRestore {
         ChangelogRestore::default()
     }
 
-    /// Apply records oldest first: keys and values (None for a tombstone) side by side.
-    fn apply(&mut self, keys: &Bound<'_, PyList>, values: &Bound<'_, PyList>) -> PyResult<()> {
+    /// Apply records oldest first: keys and values (None for a tombstone) side by side. The records are applied
+    /// without the GIL (bytes objects are immutable, and the lists hold them while this runs), so restores of
+    /// several partitions can run in threads side by side.
+    fn apply(&mut self, py: Python<'_>, keys: &Bound<'_, PyList>, values: &Bound<'_, PyList>) -> PyResult<()> {
         if keys.len() != values.len() {
             return Err(pyo3::exceptions::PyValueError::new_err("keys and values differ in length"));
         }
+        let mut held = Vec::with_capacity(keys.len());
         for (key, value) in keys.iter().zip(values.iter()) {
-            let key = key.cast::<PyBytes>()?;
+            let key = key.cast_into::<PyBytes>()?;
             let value = if value.is_none() { None } else { Some(value.cast_into::<PyBytes>()?) };
-            self.inner.apply(key.as_bytes(), value.as_ref().map(|v| v.as_bytes()))
-                .map_err(pyo3::exceptions::PyValueError::new_err)?;
+            held.push((key, value));
         }
-        Ok(())
+        let records: Vec<(&[u8], Option<&[u8]>)> =
+            held.iter().map(|(k, v)| (k.as_bytes(), v.as_ref().map(|v| v.as_bytes()))).collect();
+        let inner = &mut self.inner;
+        py.detach(|| records.iter().try_for_each(|(k, v)| inner.apply(k, *v)))
+            .map_err(pyo3::exceptions::PyValueError::new_err)
     }
 
     /// Apply a checkpoint's body (stream.checkpoint): length-prefixed records.
