@@ -33,7 +33,7 @@ try:
     from stream._native import ChangelogRestore, RecordBatchBuilder
 except ImportError:  # not built: drain_batches is unavailable (the worker sends drain()'s records)
     ChangelogRestore = RecordBatchBuilder = None
-from stream.state import RETENTION_BUCKET_MS, CreatorState, PartitionState, Streak
+from stream.state import RETENTION_BUCKET_MS, CreatorState, PartitionState, Streak, creator_fields
 
 _enc = msgspec.msgpack.Encoder()
 _dec_any = msgspec.msgpack.Decoder()
@@ -181,7 +181,7 @@ def state_body(st: PartitionState, chunks: dict[int, list[int]]) -> bytes:
 
     put(*cursor_record(st.watermark, st.close_cursor))
     for cid, c in st.creators.items():
-        put(f"c:{cid}".encode(), _enc.encode((c.region, c.balance, c.credited, c.paid_out, c.crossings, c.above)))
+        put(f"c:{cid}".encode(), _enc.encode(creator_fields(c)))
         for pane, tally in c.panes.items():
             put(f"w:{cid}{_SEP}{pane}".encode(), _enc.encode(tally))
     for key, streak in st.streaks.items():

@@ -32,7 +32,7 @@ from stream.model import (
     WindowTotal,
 )
 from stream.policy import Policy
-from stream.state import RETENTION_BUCKET_MS, CreatorState, PartitionState, Streak
+from stream.state import RETENTION_BUCKET_MS, CreatorState, PartitionState, Streak, creator_fields
 
 STREAKABLE = 1  # gift_type of gifts sent as streaks with cumulative repeat_count
 
@@ -623,8 +623,7 @@ class PartitionEngine(EngineEdges):
         changed = []
         for cid in dirty.creators:
             c = creators.get(cid)
-            changed.append((cid, None if c is None else
-                            (c.region, c.balance, c.credited, c.paid_out, c.crossings, c.above)))
+            changed.append((cid, None if c is None else creator_fields(c)))
         panes = []
         for cid, pane in dirty.panes:
             c = creators.get(cid)

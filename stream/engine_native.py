@@ -26,7 +26,7 @@ from stream.engine import (
 )
 from stream.model import LateGift, MissedWindow, Payout, WindowTotal
 from stream.policy import Policy
-from stream.state import CreatorState, PartitionState, Streak
+from stream.state import CreatorState, PartitionState, Streak, creator_fields
 
 try:
     from stream import _native
@@ -154,7 +154,7 @@ class NativePartitionEngine(EngineEdges):
     def _load(self, st: PartitionState) -> None:
         self._core.load_state(
             st.watermark, st.close_cursor,
-            [(cid, (c.region, c.balance, c.credited, c.paid_out, c.crossings, c.above),
+            [(cid, creator_fields(c),
               [(p, t[0], t[1]) for p, t in c.panes.items()]) for cid, c in st.creators.items()],
             [(k, (s.creator_id, s.region, s.diamond_count, s.count, s.credited, s.last_ts, s.last_event_id, s.open))
              for k, s in st.streaks.items()],

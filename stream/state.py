@@ -23,6 +23,14 @@ class CreatorState(Struct, gc=False):
     panes: dict[int, list[int]] = {}  # pane start ms -> [milli_diamonds, credits] for open windows
 
 
+CreatorFields = tuple[str, int, int, int, int, bool]
+
+
+def creator_fields(c: CreatorState) -> CreatorFields:
+    """A creator without its panes, in the order its changelog record (`c:`) and the native engine hold it."""
+    return c.region, c.balance, c.credited, c.paid_out, c.crossings, c.above
+
+
 class Streak(Struct, gc=False, array_like=True):
     """A streak of a streakable gift: (room, sender, gift, group). Credited once with its highest
     cumulative count; kept after closing (for groups with an id) so stragglers are not counted again.

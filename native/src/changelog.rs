@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use foldhash::{HashMap, HashMapExt, HashSet};
 
-use crate::engine::{Creator, State, Streak, Tally, RETENTION_BUCKET_MS};
+use crate::engine::{intern_region, Creator, State, Streak, Tally, RETENTION_BUCKET_MS};
 use crate::ids::{Id, StreakKey};
 use crate::msgpack::{Reader, Writer};
 use crate::sharded::{ChunkedVec, ShardedMap};
@@ -224,7 +224,7 @@ impl Restore {
             }
         }
         r.done().then_some(())?;
-        let region = self.region_name(region?);
+        let region = intern_region(&mut self.region_names, region?);
         let [diamond_count, count, credited, last_ts] = nums;
         self.streaks.insert(key, Streak { creator_id: creator_id?, region, diamond_count: diamond_count?,
                                           count: count?, credited: credited?, last_ts: last_ts?,
@@ -253,15 +253,6 @@ impl Restore {
         r.done().then_some(())?;
         self.chunks.entry(bucket).or_default().insert(start, ids);
         Some(())
-    }
-
-    fn region_name(&mut self, name: &str) -> Arc<str> {
-        if let Some(r) = self.region_names.iter().find(|r| r.as_ref() == name) {
-            return r.clone();
-        }
-        let r: Arc<str> = Arc::from(name);
-        self.region_names.push(r.clone());
-        r
     }
 
     /// Apply a checkpoint's body: records as [u32 key length][key][u32 value length][value], big-endian.

@@ -205,13 +205,18 @@ pub struct State {
 impl State {
     /// The shared copy of a region's name (a handful of regions, so a scan).
     pub fn region_name(&mut self, name: &str) -> Arc<str> {
-        if let Some(r) = self.region_names.iter().find(|r| r.as_ref() == name) {
-            return r.clone();
-        }
-        let r: Arc<str> = Arc::from(name);
-        self.region_names.push(r.clone());
-        r
+        intern_region(&mut self.region_names, name)
     }
+}
+
+/// The shared copy of a region's name in `names` (a handful of regions, so a scan), added when new.
+pub fn intern_region(names: &mut Vec<Arc<str>>, name: &str) -> Arc<str> {
+    if let Some(r) = names.iter().find(|r| r.as_ref() == name) {
+        return r.clone();
+    }
+    let r: Arc<str> = Arc::from(name);
+    names.push(r.clone());
+    r
 }
 
 /// Keys changed since the last changelog drain (stream.engine.Dirty). Creators, tallies and streaks carry a
