@@ -7,9 +7,9 @@ burst, streaks, and the dirt rates of ``load.make_demo_session``: 0.5% duplicate
 0.2% malformed, 2% of streaks missing their end) and kept as a list of bytes, as if pre-read from a file.
 Then, each measured as the best of R fresh repeats (new engines, nothing cached between repeats):
 
-  (a) decode only: ``stream.model.decode_events`` (msgspec) over all records in batches of 20,000: the
+  (a) decode only: ``stream.engine.model.decode_events`` (msgspec) over all records in batches of 20,000: the
       Python decoder, the floor of any engine written in Python;
-  (b) the engine: ``stream.replay.replay(records, policy, partitions=P)`` (decode + route + engine), with
+  (b) the engine: ``stream.runtime.replay.replay(records, policy, partitions=P)`` (decode + route + engine), with
       the compiled engine (the default; it decodes natively, so it can beat (a));
   (c) the engine with ``partitions=1`` (no routing);
   (d) the Python reference engine, ``partitions=1``, once (it is several times slower): the ratio of (c)
@@ -34,10 +34,10 @@ from itertools import islice
 from typing import Any
 
 from load.generator import REALISTIC_DIRT, TrafficConfig, generate
-from stream import model
-from stream.policy import load_policy
-from stream.replay import DEFAULT_PARTITIONS, replay
-from stream.state import PartitionState, snapshot
+from stream.engine import model
+from stream.engine.policy import load_policy
+from stream.runtime.replay import DEFAULT_PARTITIONS, replay
+from stream.state.tables import PartitionState, snapshot
 
 DEFAULT_EVENTS = 1_000_000
 DEFAULT_SEED = 20251124
@@ -58,7 +58,7 @@ def bench_config(events: int, seed: int = DEFAULT_SEED) -> TrafficConfig:
 
 
 def pre_read(generated: Iterable[bytes]) -> list[bytes]:
-    """The records as `stream.replay.read_session` returns them from the session file (newline-joined,
+    """The records as `stream.runtime.replay.read_session` returns them from the session file (newline-joined,
     split again, blank lines dropped), done a chunk at a time so the blob never exists whole. Besides
     matching the file path exactly, this copies the records into exact-size bytes objects: the
     generator's orjson output carries ~4 KiB of buffer per record."""

@@ -11,9 +11,9 @@ default 1.2 sends most gifts to a few), 1,000,000 senders, ``--rate`` records pe
 the end; hourly and 5-minute-hop windows close all along). Then, ``--repeat`` times, interleaved (the
 machine is shared: a slow spell hits every variant, not one):
 
-  decode   ``stream.model.decode_events`` (msgspec) over all records in batches of 20,000: "decode alone",
+  decode   ``stream.engine.model.decode_events`` (msgspec) over all records in batches of 20,000: "decode alone",
            the baseline the issue's ratios are to;
-  engine   ``stream.replay.replay(records, policy, partitions=P)`` with each compiled engine given by
+  engine   ``stream.runtime.replay.replay(records, policy, partitions=P)`` with each compiled engine given by
            ``--engine NAME=PATH`` (a stream/_native*.so, e.g. one built from an older commit: A/B in one
            process), or the installed one;
   floor    building the window totals the engine produced, as Python objects, from their fields
@@ -42,10 +42,10 @@ from typing import Any
 
 from load.bench_engine import current_rss_mib, decode_all, machine, peak_rss_mib, pre_read
 from load.generator import REALISTIC_DIRT, TrafficConfig, generate
-from stream import engine_native
-from stream.model import WindowTotal
-from stream.policy import load_policy
-from stream.replay import replay
+from stream.engine import native as engine_native
+from stream.engine.model import WindowTotal
+from stream.engine.policy import load_policy
+from stream.runtime.replay import replay
 
 DEFAULT_SEED = 20251124
 

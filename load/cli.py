@@ -71,7 +71,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
               mininterval=0.25) as bar:
         if args.to_kafka:
             cfg = _cfg(args)
-            from stream.topics import create_topics
+            from stream.kafka.topics import create_topics
 
             asyncio.run(create_topics(cfg, args.partitions))  # missing topics only
             n, seconds = asyncio.run(produce_to_kafka(cfg, generate(traffic), rate, progress=bar.update))
@@ -92,7 +92,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     from load.generator import generate
     from load.harness import RunOptions, run_load, traffic_config
-    from stream.policy import load_policy
+    from stream.engine.policy import load_policy
 
     cfg = _cfg(args)
     policy = load_policy(args.policy or cfg.policy)
@@ -143,7 +143,7 @@ def cmd_state_scale(args: argparse.Namespace) -> int:
     import asyncio
 
     from load.state_scale import PHASES, StateScaleOptions, run_state_scale, table
-    from stream.policy import load_policy
+    from stream.engine.policy import load_policy
 
     phases = tuple(p for p in args.phases.split(",") if p)
     unknown = [p for p in phases if p not in PHASES]

@@ -17,8 +17,8 @@ from aiokafka.admin import AIOKafkaAdminClient
 
 from load.generator import TrafficConfig, generate
 from stream.config import Topics, WorkerConfig, dump_config
-from stream.kafka_io import committed_offsets, end_offsets, produce_session
-from stream.topics import create_topics, delete_topics
+from stream.kafka.session_io import committed_offsets, end_offsets, produce_session
+from stream.kafka.topics import create_topics, delete_topics
 
 ROOT = Path(__file__).resolve().parents[1]
 

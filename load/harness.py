@@ -1,7 +1,7 @@
 """Load harness: drive RUNNING workers at a target rate, measure, verify against ground truth, report.
 
 `giftstream load run` produces seeded synthetic traffic (load/generator.py) into the gifts topic at a target
-rate (paced by the wall clock, batches per partition keyed by creator_id like stream.kafka_io.produce_session)
+rate (paced by the wall clock, batches per partition keyed by creator_id like stream.kafka.session_io.produce_session)
 for a duration. The records are generated and packed into producer batches before the clock starts
 (--generate-live: while producing): generating costs ~10 µs of CPU per record and packing ~1.5 µs, which
 would be taken from the workers and the broker on the same machine (a real load comes from other machines).
@@ -17,7 +17,7 @@ Measurements:
     committed outputs. Resolution: one poll interval (a record is stamped at the first poll that sees it
     committed, so latencies are overstated by up to one interval, half of it on average).
 Verification (after the group has caught up), against what an independent computation says:
-  * the offline replay (stream.replay.replay, same partition count) of the topic's records, read back
+  * the offline replay (stream.runtime.replay.replay, same partition count) of the topic's records, read back
     partition by partition: live notices byte-identical to the replay's, notice ids unique (no duplicate
     notice), per-creator balances restored from the changelog equal to the replay's;
   * the naive ground truth (load/ground_truth.py, shares no code with the engine): the changelog state with
@@ -46,7 +46,7 @@ from typing import Any
 
 import orjson
 
-from stream.engine import PartitionCache
+from stream.kafka.routing import PartitionCache
 
 # ---------------------------------------------------------------------------------------------- latency
 
@@ -287,7 +287,7 @@ Addressed = tuple[bytes | None, int, bytes]
 def address(records: Iterable[bytes], partitions: int | PartitionCache) -> Iterator[Addressed]:
     """Each record with its key (creator_id; None for a record without one) and the partition Kafka's default
     partitioner gives that key (keyless records go to partition 0), lazily."""
-    from stream.kafka_io import key_of
+    from stream.kafka.session_io import key_of
 
     partition_of = partitions if isinstance(partitions, PartitionCache) else PartitionCache(partitions)
     for raw in records:
@@ -414,7 +414,7 @@ def traffic_config(args: Any, rate: float | None = None) -> Any:
 async def produce_to_kafka(cfg: Any, records: Iterator[bytes], rate: float | None, topic: str | None = None,
                            progress: Callable[[int], None] | None = None) -> tuple[int, float]:
     """`load generate --to-kafka`: paced production, no measuring. Returns (records, seconds)."""
-    from stream.kafka_io import bulk_producer
+    from stream.kafka.session_io import bulk_producer
 
     topic = topic or cfg.topics.gifts
     producer = bulk_producer(cfg, linger_ms=5)
@@ -459,11 +459,11 @@ class Check:
 async def verify(cfg: Any, policy: Any) -> dict[str, Any]:
     """Compare what the group committed with the offline replay and the independent ground truth."""
     from load.ground_truth import expected
-    from stream import model
-    from stream.changelog import restore_state
-    from stream.engine import Outputs, PartitionEngine
-    from stream.kafka_io import read_topic
-    from stream.replay import replay
+    from stream.engine import model
+    from stream.engine.reference import Outputs, PartitionEngine
+    from stream.kafka.session_io import read_topic
+    from stream.runtime.replay import replay
+    from stream.state.changelog import restore_state
 
     started = time.monotonic()
     t = cfg.topics
@@ -492,7 +492,7 @@ async def verify(cfg: Any, policy: Any) -> dict[str, Any]:
     for p, msgs in changelog.items():
         state, _ = restore_state((m.key, m.value) for m in msgs)
         live_state.update({cid: s.balance for cid, s in state.creators.items()})
-        engine = PartitionEngine(policy, p, state, t.gifts, partitions=partitions)
+        engine = PartitionEngine(policy, p, state, t.gifts, partitions=partitions, owners=PartitionCache(partitions))
         engine.end_of_stream(Outputs())  # time out open streaks, as the ground truth counts them
         closed_balances.update({cid: s.balance for cid, s in engine.state.creators.items()})
     want_balances = {cid: s.balance for e in offline.engines.values() for cid, s in e.state.creators.items()}
@@ -562,8 +562,8 @@ async def run_load(cfg: Any, policy: Any, records: Iterator[bytes], opts: RunOpt
     from aiokafka.admin import AIOKafkaAdminClient
     from aiokafka.errors import KafkaError
 
-    from stream.kafka_io import bulk_producer
-    from stream.topics import create_topics
+    from stream.kafka.session_io import bulk_producer
+    from stream.kafka.topics import create_topics
 
     await create_topics(cfg, opts.partitions)  # missing ones only
     topic = cfg.topics.gifts

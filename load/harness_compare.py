@@ -6,9 +6,9 @@ committed). Runners:
   bare          bare aiokafka getmany + commit loop, no processing (the ceiling)
   native-eos    `giftstream worker`, exactly-once (transactions, read_committed, changelog)
   native-alo    `giftstream worker --at-least-once` settings (no transactions; still writes the changelog)
-  faust-events  stream/faust_app.py, Faust's normal per-event path (stream.events(), one engine call each)
-  faust-take    stream/faust_app.py with stream.take_events(N, within=0.2) batches
-Faust runs at-least-once with no changelog (see stream/faust_app.py), i.e. it does LESS work than
+  faust-events  stream/runtime/faust_app.py, Faust's normal per-event path (stream.events(), one engine call each)
+  faust-take    stream/runtime/faust_app.py with stream.take_events(N, within=0.2) batches
+Faust runs at-least-once with no changelog (see stream/runtime/faust_app.py), i.e. it does LESS work than
 native-eos; the ratios are reported against both native modes. Peak RSS of each runner process (VmHWM) is
 read from /proc while it runs.
 """
@@ -35,7 +35,7 @@ from load.drain import (
     worker_config_file,
 )
 from stream.config import Topics, WorkerConfig
-from stream.topics import create_topics
+from stream.kafka.topics import create_topics
 
 RUNNERS = ("bare", "native-eos", "native-alo", "faust-events", "faust-take")
 NAMES = {"bare": "bare aiokafka consume (ceiling)", "native-eos": "native worker, exactly-once",
@@ -44,7 +44,8 @@ NAMES = {"bare": "bare aiokafka consume (ceiling)", "native-eos": "native worker
 
 
 def faust_argv(config: Path, cfg: WorkerConfig, mode: str, take: int) -> list[str]:
-    return [sys.executable, "-m", "stream.faust_app", "worker", "--config", str(config), "--group", cfg.group_id,
+    return [sys.executable, "-m", "stream.runtime.faust_app", "worker", "--config", str(config),
+            "--group", cfg.group_id,
             "--mode", mode, "--take", str(take), "--log-level", "warning"]
 
 

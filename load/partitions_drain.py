@@ -41,8 +41,8 @@ from load.drain import (
     worker_config_file,
 )
 from stream.config import Topics, WorkerConfig
-from stream.kafka_io import end_offsets
-from stream.topics import create_topics, delete_topics, topic_specs
+from stream.kafka.session_io import end_offsets
+from stream.kafka.topics import create_topics, delete_topics, topic_specs
 
 BROKER_PORT = 19092
 TICK = 1.0 / os.sysconf("SC_CLK_TCK")

@@ -10,10 +10,10 @@ import time
 from collections import defaultdict
 
 from load.state_scale import build_partition
-from stream.changelog import ChangelogWriter, engine_body
-from stream.changelog import restore_state as python_restore
-from stream.engine_native import make_engine
-from stream.policy import load_policy
+from stream.engine.native import make_engine
+from stream.engine.policy import load_policy
+from stream.state.changelog import ChangelogWriter, engine_body
+from stream.state.changelog import restore_state as python_restore
 
 KINDS = {b"c": "creator balance (c:)", b"w": "pane tally (w:)", b"s": "streak (s:)", b"d": "dedupe chunk (d:)",
          b"p": "payout id (p:)", b"m": "cursor (m)"}

@@ -44,8 +44,8 @@ from aiokafka.protocol.api import Request, RequestStruct, Response
 from aiokafka.protocol.types import Array, Boolean, Int16, Int32, Int64, Schema, String
 
 from stream.config import Topics, WorkerConfig, dump_config
-from stream.engine import partition_for
-from stream.policy import Policy
+from stream.engine.policy import Policy
+from stream.kafka.routing import PartitionCache, partition_for
 
 PHASES = ("restart", "add", "remove")
 REGIONS = ("US", "US", "US", "GB", "DE", "FR", "BR", "MX", "ID", "JP", "KR")  # US-heavy, every one eligible
@@ -161,16 +161,17 @@ def creator_events(i: int, rng: random.Random, start_ts: int, span_ms: int = SPA
 def build_partition(policy: Policy, partition: int, partitions: int, creators: list[int], seed: int,
                     start_ts: int, gifts_topic: str) -> tuple[list[tuple[bytes, bytes | None]], PartitionBuild]:
     """The changelog records of one partition's state, built by the offline engine from generated gifts."""
-    from stream.changelog import ChangelogWriter
-    from stream.engine import Outputs
-    from stream.engine_native import make_engine
+    from stream.engine.native import make_engine
+    from stream.engine.reference import Outputs
+    from stream.state.changelog import ChangelogWriter
 
     rng = random.Random(seed * 1_000_003 + partition)
     events: list[tuple[int, bytes]] = []
     for i in creators:
         events.extend(creator_events(i, rng, start_ts))
     events.sort(key=lambda e: e[0])  # arrival in event-time order, as a live feed would have them
-    engine = make_engine(policy, partition, None, gifts_topic, track_changes=True, partitions=partitions)
+    engine = make_engine(policy, partition, None, gifts_topic, track_changes=True, partitions=partitions,
+                         owners=PartitionCache(partitions))
     writer = ChangelogWriter()
     records: list[tuple[bytes, bytes | None]] = []
     rejected = 0
@@ -213,7 +214,7 @@ async def write_records(producer: Any, topic: str, partition: int,
 
 async def build_state(cfg: WorkerConfig, policy: Policy, opts: StateScaleOptions, log: Any) -> BuildResult:
     """Build the state of opts.creators creators into cfg's changelog topic, partition by partition."""
-    from stream.kafka_io import bulk_producer
+    from stream.kafka.session_io import bulk_producer
 
     started = time.monotonic()
     end_ts = int(time.time() * 1000)
@@ -576,7 +577,7 @@ class Trickle:
         self._partition_of: dict[int, int] = {}
 
     async def start(self) -> None:
-        from stream.kafka_io import bulk_producer
+        from stream.kafka.session_io import bulk_producer
 
         self.producer = bulk_producer(self.cfg, linger_ms=5)
         await self.producer.start()
@@ -770,7 +771,7 @@ async def run_state_scale(opts: StateScaleOptions, policy: Policy) -> dict[str, 
     deleted (unless keep_topics), whatever happens."""
     import aiohttp
 
-    from stream.topics import create_topics, delete_topics
+    from stream.kafka.topics import create_topics, delete_topics
 
     out = Path(opts.out)
     out.mkdir(parents=True, exist_ok=True)

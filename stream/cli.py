@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 from stream.config import settings_help
-from stream.policy import PolicyError, load_policy
+from stream.engine.policy import PolicyError, load_policy
 
 DEMO_SESSION = "demo-session.jsonl.gz"
 
@@ -28,7 +30,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
     from tqdm import tqdm
 
-    from stream.replay import read_session, replay, write_outputs
+    from stream.runtime.replay import read_session, replay, write_outputs
 
     policy = load_policy(args.policy)
     path = Path(args.file) if args.file else _default_session()
@@ -68,7 +70,7 @@ def _check_kafka(cfg, log_json: bool = False) -> None:
     advertised broker) instead of aiokafka's "Unable to bootstrap" or endless metadata retries: exit code 3."""
     import asyncio
 
-    from stream.connect import ConnectionCheckError, check_connection
+    from stream.kafka.connect import ConnectionCheckError, check_connection
 
     try:
         asyncio.run(check_connection(cfg))
@@ -87,8 +89,8 @@ def cmd_replay_to_kafka(args: argparse.Namespace) -> int:
 
     from tqdm import tqdm
 
-    from stream.kafka_io import produce_session
-    from stream.replay import read_session
+    from stream.kafka.session_io import produce_session
+    from stream.runtime.replay import read_session
 
     cfg = _worker_config(args)
     _check_kafka(cfg)
@@ -105,8 +107,8 @@ def cmd_replay_to_kafka(args: argparse.Namespace) -> int:
 def cmd_record(args: argparse.Namespace) -> int:
     import asyncio
 
-    from stream.kafka_io import record_topic
-    from stream.replay import write_session
+    from stream.kafka.session_io import record_topic
+    from stream.runtime.replay import write_session
 
     cfg = _worker_config(args)
     _check_kafka(cfg)
@@ -119,7 +121,7 @@ def cmd_record(args: argparse.Namespace) -> int:
 def cmd_topics(args: argparse.Namespace) -> int:
     import asyncio
 
-    from stream.topics import create_topics, delete_topics, parse_retention
+    from stream.kafka.topics import create_topics, delete_topics, parse_retention
 
     cfg = _worker_config(args)
     _check_kafka(cfg)
@@ -136,8 +138,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
     import asyncio
     import signal
 
-    from stream.logs import setup_logging
-    from stream.service import serve_worker
+    from stream.service.http import serve_worker
+    from stream.service.logs import setup_logging
 
     setup_logging(args.log_level)
     cfg = _worker_config(args)
@@ -227,9 +229,22 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("policy", help="validate a policy file")
     p.add_argument("policy", nargs="?", help="policy TOML file (default: the built-in policy)")
     p.set_defaults(func=cmd_policy_check)
-    from load.cli import register as register_load
-    register_load(sub)
+    register_load = load_kit()
+    if register_load is not None:
+        register_load(sub)
     return parser
+
+
+def load_kit() -> Callable[[Any], None] | None:
+    """The load kit's command registration; None without it: load/ comes with a checkout (pip install -e .),
+    not with the runtime image's wheel. Only the kit's absence is tolerated, not an error inside it."""
+    try:
+        from load.cli import register
+    except ModuleNotFoundError as e:
+        if e.name != "load":
+            raise
+        return None
+    return register
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -45,7 +45,7 @@ class WorkerConfig:
     checkpoint_interval_ms: int = 60_000  # least time between two checkpoints of a partition
     checkpoint_max_age_ms: int = 43_200_000  # older checkpoints are not used (under the changelog's tombstone life)
     engine: str = "auto"  # native (compiled), python (reference) or auto (native when built)
-    columnar_fetch: bool = True  # polls return chunks of columns (stream/columnar_fetch.py) when available
+    columnar_fetch: bool = True  # polls return chunks of columns (stream/kafka/columnar_fetch.py) when available
     topics: Topics = field(default_factory=Topics)
 
     def kafka_security(self) -> dict[str, Any]:

@@ -26,7 +26,7 @@ def gift(**fields) -> bytes:
 @pytest.fixture(params=["python", "native"])
 def both_engines(request, monkeypatch):
     """Run the test once with each engine: make_engine (and so replay) picks the one GIFTSTREAM_ENGINE names."""
-    from stream.engine_native import native_available
+    from stream.engine.native import native_available
 
     if request.param == "native" and not native_available():
         pytest.fail("the native engine is not built (make install builds it)")
@@ -36,6 +36,6 @@ def both_engines(request, monkeypatch):
 
 @pytest.fixture(scope="session")
 def policy():
-    from stream.policy import load_policy
+    from stream.engine.policy import load_policy
 
     return load_policy()

@@ -1,4 +1,4 @@
-"""Kafka clients without a broker, for the worker's commit and recovery paths (stream.clients.KafkaClients
+"""Kafka clients without a broker, for the worker's commit and recovery paths (stream.kafka.clients.KafkaClients
 is the seam). FakeCluster keeps what a broker would: committed records per partition, the group's committed
 offsets, each transactional id's producer epoch; and lets a test inject a fence or a failed commit. Only what
 the worker and its tasks call is here; the real-broker tests (test_kafka_*.py) cover the rest."""
@@ -14,9 +14,9 @@ from aiokafka import TopicPartition
 from aiokafka import errors as Errors
 from aiokafka.record.default_records import DefaultRecordBatch
 
-from stream.aiokafka_fixes import NotAMember
-from stream.clients import KafkaClients
 from stream.config import WorkerConfig
+from stream.kafka.aiokafka_patches import NotAMember
+from stream.kafka.clients import KafkaClients
 
 
 @dataclass

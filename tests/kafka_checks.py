@@ -13,14 +13,14 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 
 from load.generator import TrafficConfig, generate
-from stream import model
-from stream.changelog import restore_state
 from stream.config import Topics, WorkerConfig
-from stream.kafka_io import committed_offsets, end_offsets, produce_session, read_topic
-from stream.policy import load_policy
-from stream.replay import replay
-from stream.topics import create_topics
-from stream.worker import Worker
+from stream.engine import model
+from stream.engine.policy import load_policy
+from stream.kafka.session_io import committed_offsets, end_offsets, produce_session, read_topic
+from stream.kafka.topics import create_topics
+from stream.runtime.replay import replay
+from stream.runtime.worker import Worker
+from stream.state.changelog import restore_state
 
 PARTITIONS = 4
 

@@ -1,4 +1,4 @@
-"""The one restore consumer (stream.changelog_reader.ChangelogReader) over fake clients: each read gets every
+"""The one restore consumer (stream.runtime.restore.ChangelogReader) over fake clients: each read gets every
 record of its partition from its start, in order, once, even when an earlier read of the same partition was
 cancelled midway (a task closed during its restore, then made again)."""
 
@@ -8,8 +8,8 @@ import asyncio
 
 from fake_kafka import FakeClients, FakeCluster
 
-from stream.changelog_reader import ChangelogReader
 from stream.config import WorkerConfig
+from stream.runtime.restore import ChangelogReader
 
 TOPIC = "changelog"
 

@@ -1,4 +1,4 @@
-"""Columnar fetching (stream/columnar_fetch.py): the native record-batch reader against aiokafka's reader on
+"""Columnar fetching (stream/kafka/columnar_fetch.py): the native record-batch reader against aiokafka's reader on
 the same bytes, and (on the local broker) a columnar consumer against a plain one on the same topic,
 aborted transactions, compressed batches and null values included."""
 
@@ -15,7 +15,7 @@ from aiokafka.record.util import calc_crc32c
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stream import columnar_fetch
+from stream.kafka import columnar_fetch
 
 pytestmark = pytest.mark.skipif(not columnar_fetch.available(), reason="native engine not built")
 
@@ -121,7 +121,7 @@ async def test_columnar_consumer_sees_exactly_what_a_plain_consumer_sees():
     from proc_helpers import BOOTSTRAP
 
     from stream.config import Topics, WorkerConfig
-    from stream.topics import create_topics, delete_topics
+    from stream.kafka.topics import create_topics, delete_topics
 
     assert columnar_fetch.install()
     topic = f"columnar-{uuid.uuid4().hex[:8]}"

@@ -1,4 +1,4 @@
-"""stream.connect without a broker: settings judged up front, unreachable addresses explained quickly."""
+"""stream.kafka.connect without a broker: settings judged up front, unreachable addresses explained quickly."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import time
 import pytest
 
 from stream.config import WorkerConfig
-from stream.connect import ConnectionCheckError, _check_advertised, check_connection, validate_security
+from stream.kafka.connect import ConnectionCheckError, _check_advertised, check_connection, validate_security
 
 
 def closed_port() -> int:

@@ -1,5 +1,5 @@
 """The deployment files agree with the code: config keys are WorkerConfig fields, probes hit real routes,
-dashboard and alert queries use metrics that stream.metrics.Metrics registers, and promtool accepts the
+dashboard and alert queries use metrics that stream.service.metrics.Metrics registers, and promtool accepts the
 Prometheus files. No Docker or Kubernetes needed; promtool comes from deploy/install-test-tools.sh."""
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ import pytest
 import yaml
 
 from stream.config import Topics, WorkerConfig, load_config
-from stream.metrics import Metrics
-from stream.policy import load_policy
-from stream.topics import topic_specs
+from stream.engine.policy import load_policy
+from stream.kafka.topics import topic_specs
+from stream.service.metrics import Metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
@@ -32,7 +32,7 @@ PROMETHEUS_BUILTIN = {"up": ()}  # series Prometheus makes itself
 NAMESPACED = {"ConfigMap", "StatefulSet", "Service", "PodDisruptionBudget", "ScaledObject", "TriggerAuthentication",
               "Job", "Secret"}
 STATE_MOUNT = "/var/lib/giftstream"  # where the state volume goes, in the image, compose and the StatefulSet
-KAFKA_DELETE_RETENTION_MS = 86_400_000  # the broker's default delete.retention.ms (stream/topics.py sets none)
+KAFKA_DELETE_RETENTION_MS = 86_400_000  # the broker's default delete.retention.ms (stream/kafka/topics.py sets none)
 
 
 def load_yaml(path: Path) -> list:
@@ -101,7 +101,7 @@ def check_promql(expr: str, where: str) -> set[str]:
     assert used, f"{where}: no giftstream metric in {expr!r}"
     known = METRICS | {k: set(v) for k, v in PROMETHEUS_BUILTIN.items()}
     unknown = used - set(known)
-    assert not unknown, f"{where}: {sorted(unknown)} not registered by stream.metrics.Metrics (expr {expr!r})"
+    assert not unknown, f"{where}: {sorted(unknown)} not registered by stream.service.metrics.Metrics (expr {expr!r})"
     labels = set().union(*(known[n] for n in used)) | TARGET_LABELS
     for name, body in _SELECTOR.findall(expr):
         for label in _MATCHER.findall(body):
@@ -171,7 +171,8 @@ def test_dockerfile():
     assert any("rustup" in v for v in get("RUN")) and any("pip wheel" in v for v in get("RUN"))
     assert any("pip install /wheels/" in v and "import stream._native" in v for v in get("RUN"))
     copied = {v.split()[0] for v in get("COPY") if not v.startswith("--from")}
-    assert {"native", "stream", "load", "pyproject.toml"} <= copied, "the build stage needs every source dir"
+    assert {"native", "stream", "pyproject.toml"} <= copied, "the build stage needs every source dir"
+    assert "load" not in copied, "the load-test kit is not part of the runtime image"
     users = get("USER")
     assert users and users[-1].split(":")[0] not in ("root", "0"), "the image must run as a non-root user"
     assert json.loads(get("ENTRYPOINT")[-1]) == ["giftstream"]
@@ -324,8 +325,8 @@ def test_k8s_configmap_is_a_valid_worker_config_and_policy(tmp_path):
 
 
 def test_k8s_worker_probes_hit_real_routes():
-    from stream.service import build_app
-    from stream.worker import Worker
+    from stream.runtime.worker import Worker
+    from stream.service.http import build_app
 
     app = build_app(Worker(WorkerConfig(), load_policy()))
     routes = {r.canonical for r in app.router.resources()}
@@ -337,7 +338,7 @@ def test_k8s_worker_probes_hit_real_routes():
     for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
         if probe in container:
             get = container[probe]["httpGet"]
-            assert get["path"] in routes, f"{probe} {get['path']} is not a route of stream/service.py"
+            assert get["path"] in routes, f"{probe} {get['path']} is not a route of stream/service/http.py"
             assert ports.get(get["port"], get["port"]) == 8080
     assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"

@@ -7,9 +7,9 @@ import base64
 import pytest
 from conftest import T0, gift
 
-from stream.engine import Outputs
-from stream.engine_native import Engine, make_engine
-from stream.state import restore, snapshot
+from stream.engine.native import Engine, make_engine
+from stream.engine.reference import Outputs
+from stream.state.tables import restore, snapshot
 
 pytestmark = pytest.mark.usefixtures("both_engines")  # every test runs on both engines
 
@@ -160,7 +160,7 @@ def test_notice_on_crossing_with_exact_money(policy):
 
 
 def test_payout_rearms_threshold_and_is_idempotent(policy):
-    from stream.model import decode_payout
+    from stream.engine.model import decode_payout
 
     eng, out = run(policy, [gift(diamond_count=3000)])
     raw = b'{"payout_id": "p1", "creator_id": "c1", "milli_diamonds": 2500000, "ts": 1}'

@@ -1,4 +1,4 @@
-"""The compiled engine (stream.engine_native, Rust) against the Python reference engine (stream.engine):
+"""The compiled engine (stream.engine.native, Rust) against the Python reference engine (stream.engine.reference):
 on the same input, record for record, the same outputs, counters, changelog records and state."""
 
 from __future__ import annotations
@@ -13,11 +13,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_engine_properties import sessions
 
-from stream import model
-from stream.changelog import ChangelogWriter, restore_state
-from stream.engine import Outputs, PartitionEngine, partition_for
-from stream.engine_native import NativePartitionEngine, native_available
-from stream.replay import replay
+from stream.engine import model
+from stream.engine.native import NativePartitionEngine, native_available
+from stream.engine.reference import Outputs, PartitionEngine
+from stream.kafka.routing import partition_for
+from stream.runtime.replay import replay
+from stream.state.changelog import ChangelogWriter, restore_state
 
 pytestmark = pytest.mark.skipif(not native_available(), reason="native engine not built")
 
@@ -192,7 +193,7 @@ def test_state_moves_between_engines(policy, records, cut, first):
 
 
 def test_replay_routes_and_orders_outputs_like_the_reference(policy):
-    from stream.replay import read_session
+    from stream.runtime.replay import read_session
 
     records = read_session("stream/data/demo-session.jsonl.gz")[:8000]
     ref = replay(records, policy, partitions=4, batch_size=1000, final=True, engine="python")
@@ -206,7 +207,6 @@ def test_replay_routes_and_orders_outputs_like_the_reference(policy):
 @given(key=st.binary(max_size=40), partitions=st.integers(1, 64))
 def test_native_murmur2_partitions_like_kafka(key, partitions):
     from stream import _native
-
     assert _native.partition_for(key, partitions) == partition_for(key, partitions)
 
 

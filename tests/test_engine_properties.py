@@ -12,10 +12,10 @@ from conftest import T0, gift
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from stream.engine import Outputs
-from stream.engine_native import Engine, make_engine
-from stream.replay import replay
-from stream.state import restore, snapshot
+from stream.engine.native import Engine, make_engine
+from stream.engine.reference import Outputs
+from stream.runtime.replay import replay
+from stream.state.tables import restore, snapshot
 
 pytestmark = pytest.mark.usefixtures("both_engines")  # every test runs on both engines
 
@@ -126,7 +126,7 @@ def test_reference_agrees_with_a_hand_count():
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(records=sessions(), cuts=st.lists(st.integers(0, 200), max_size=4))
 def test_changelog_restore_equals_an_uninterrupted_run(policy, records, cuts):
-    from stream.changelog import ChangelogWriter, restore_state
+    from stream.state.changelog import ChangelogWriter, restore_state
 
     whole, expected = uninterrupted(policy, records)
     changelog: list = []

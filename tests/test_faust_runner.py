@@ -1,4 +1,5 @@
-"""The Faust runner (stream/faust_app.py) on the local broker: same engine, same notices as the offline replay."""
+"""The Faust runner (stream/runtime/faust_app.py) on the local broker: same engine, same notices as the offline
+replay."""
 
 from __future__ import annotations
 
@@ -12,12 +13,12 @@ from aiokafka.admin import AIOKafkaAdminClient
 from proc_helpers import BOOTSTRAP, Proc, unique_topics, write_config
 
 from load.generator import TrafficConfig, generate
-from stream import model
 from stream.config import WorkerConfig
-from stream.kafka_io import committed_offsets, produce_session, read_topic
-from stream.policy import load_policy
-from stream.replay import replay
-from stream.topics import create_topics, delete_topics
+from stream.engine import model
+from stream.engine.policy import load_policy
+from stream.kafka.session_io import committed_offsets, produce_session, read_topic
+from stream.kafka.topics import create_topics, delete_topics
+from stream.runtime.replay import replay
 
 pytest.importorskip("faust")
 pytestmark = pytest.mark.kafka
@@ -44,7 +45,7 @@ async def test_faust_runner_notices_equal_the_offline_replay(tmp_path, mode):
     proc = None
     try:
         await produce_session(records, cfg)
-        proc = Proc([sys.executable, "-m", "stream.faust_app", "worker", "--config", str(config), "--group",
+        proc = Proc([sys.executable, "-m", "stream.runtime.faust_app", "worker", "--config", str(config), "--group",
                      cfg.group_id, "--mode", mode, "--take", "500"], tmp_path / "faust.log")
         deadline = time.monotonic() + 45
         # The app id is the consumer group: its committed offsets show when everything has been processed.

@@ -11,8 +11,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_engine_native import run_side_by_side
 
-from stream import model
-from stream.engine_native import native_available
+from stream.engine import model
+from stream.engine.native import native_available
 
 pytestmark = pytest.mark.skipif(not native_available(), reason="native engine not built")
 

@@ -8,10 +8,10 @@ import orjson
 import pytest
 from conftest import T0, gift
 
-from stream import model
-from stream.engine import partition_for
-from stream.engine_native import make_engine
-from stream.replay import replay
+from stream.engine import model
+from stream.engine.native import make_engine
+from stream.kafka.routing import PartitionCache, partition_for
+from stream.runtime.replay import replay
 
 pytestmark = pytest.mark.usefixtures("both_engines")  # every test runs on both engines
 
@@ -134,7 +134,7 @@ def test_nothing_is_credited_or_paid_on_a_partition_that_does_not_own_the_creato
     mine, theirs = owned_by(0, 4), owned_by(1, 4)
     records = [gift(creator_id=mine), gift(creator_id=theirs, diamond_count=5_000),  # would cross the threshold
                gift(creator_id=theirs, gift_type=1, group_id="g", repeat_end=True)]
-    eng, out = run(policy, records, partition=0, partitions=4)
+    eng, out = run(policy, records, partition=0, partitions=4, owners=PartitionCache(4))
     assert [(d.reason, d.offset) for d in out.dead_letters] == [("wrong_partition", 1), ("wrong_partition", 2)]
     assert out.dead_letters[0].detail == f"creator {theirs} belongs to partition 1 of 4, not 0"
     assert balance(eng, mine) == 5_000 and eng.creator(theirs) is None and not out.notices
@@ -146,7 +146,7 @@ def test_nothing_is_credited_or_paid_on_a_partition_that_does_not_own_the_creato
 
 
 def test_an_engine_knows_how_many_partitions_there_are(policy):
-    assert make_engine(policy, 3, partitions=4).partitions == 4
+    assert make_engine(policy, 3, partitions=4, owners=PartitionCache(4)).partitions == 4
     for partition, partitions in ((4, 4), (-1, 4), (1, 1), (0, 0)):
         with pytest.raises(ValueError):
-            make_engine(policy, partition, partitions=partitions)
+            make_engine(policy, partition, partitions=partitions, owners=PartitionCache(max(partitions, 1)))

@@ -32,16 +32,16 @@ from private_broker import PrivateBroker
 from proc_helpers import BOOTSTRAP, free_port, http_get, start_worker, write_config
 
 from load.generator import TrafficConfig, generate
-from stream import model
-from stream.changelog import restore_state
-from stream.clients import KafkaClients
-from stream.columnar_fetch import Columns
-from stream.engine import partition_for
-from stream.kafka_io import produce_session, read_topic
-from stream.policy import load_policy
-from stream.task import TaskState
-from stream.topics import create_topics, delete_topics
-from stream.worker import Worker
+from stream.engine import model
+from stream.engine.policy import load_policy
+from stream.kafka.clients import KafkaClients
+from stream.kafka.columnar_fetch import Columns
+from stream.kafka.routing import partition_for
+from stream.kafka.session_io import produce_session, read_topic
+from stream.kafka.topics import create_topics, delete_topics
+from stream.runtime.task import TaskState
+from stream.runtime.worker import Worker
+from stream.state.changelog import restore_state
 
 pytestmark = pytest.mark.kafka
 PRIVATE_BROKER_PORT = 19192  # and the two after it (controller, SASL)
@@ -93,7 +93,7 @@ async def test_right_after_a_broker_restart_a_commit_is_never_read_as_none(priva
     group coordinator; their first OffsetFetch after the restart meets a broker that does not lead the
     offsets partition yet, and it answers with a top-level NOT_COORDINATOR and no partitions. aiokafka 0.14
     read that as "never committed" (on this machine: 87 of 3,065 answers in the first seconds were None).
-    With stream.aiokafka_fixes every answer is the commit."""
+    With stream.kafka.aiokafka_patches every answer is the commit."""
     cfg = await topics_of_its_own(private_broker.bootstrap)
     tp = TopicPartition(cfg.topics.gifts, 0)
     consumers = [AIOKafkaConsumer(bootstrap_servers=private_broker.bootstrap, group_id=f"{cfg.group_id}-{i}",
@@ -431,14 +431,14 @@ async def restore_watching_the_generation(cfg) -> tuple[set[int], list[logging.L
     handler = logging.Handler()
     restored: list[logging.LogRecord] = []
     handler.emit = lambda r: restored.append(r) if r.getMessage() == "partition restored" else None
-    logging.getLogger("stream.task").addHandler(handler)
+    logging.getLogger("stream.runtime.task").addHandler(handler)
     watching = asyncio.create_task(watch_generations(worker, generations))
     try:
         await wait_for(lambda: worker.ready and worker.tasks, "the restores", timeout=180)
         await wait_drained(cfg)
     finally:
         watching.cancel()
-        logging.getLogger("stream.task").removeHandler(handler)
+        logging.getLogger("stream.runtime.task").removeHandler(handler)
         worker.stop()
         await run
     return generations, restored

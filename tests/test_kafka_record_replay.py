@@ -9,12 +9,12 @@ import time
 import pytest
 from proc_helpers import BOOTSTRAP, run_cli, unique_topics, write_config
 
-from stream import model
 from stream.cli import _default_session
 from stream.config import WorkerConfig
-from stream.policy import load_policy
-from stream.replay import read_session, replay, write_session
-from stream.topics import delete_topics
+from stream.engine import model
+from stream.engine.policy import load_policy
+from stream.kafka.topics import delete_topics
+from stream.runtime.replay import read_session, replay, write_session
 
 pytestmark = pytest.mark.kafka
 

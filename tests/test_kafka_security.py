@@ -31,12 +31,12 @@ from proc_helpers import (
 )
 
 from stream.config import WorkerConfig, load_config
-from stream.connect import ConnectionCheckError, check_connection
-from stream.kafka_io import read_topic
-from stream.logs import JsonFormatter
-from stream.policy import load_policy
-from stream.replay import replay
-from stream.topics import create_topics, delete_topics
+from stream.engine.policy import load_policy
+from stream.kafka.connect import ConnectionCheckError, check_connection
+from stream.kafka.session_io import read_topic
+from stream.kafka.topics import create_topics, delete_topics
+from stream.runtime.replay import replay
+from stream.service.logs import JsonFormatter
 
 pytestmark = [pytest.mark.kafka, pytest.mark.timeout(90)]
 WRONG_PASSWORD = "not-the-password-0451"

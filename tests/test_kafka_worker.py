@@ -29,14 +29,14 @@ from kafka_checks import (
     wait_for,
 )
 
-from stream import model
-from stream.changelog import restore_state
-from stream.clients import KafkaClients
 from stream.config import WorkerConfig, dump_config
-from stream.kafka_io import produce_session, read_topic
-from stream.policy import load_policy
-from stream.topics import delete_topics
-from stream.worker import Worker
+from stream.engine import model
+from stream.engine.policy import load_policy
+from stream.kafka.clients import KafkaClients
+from stream.kafka.session_io import produce_session, read_topic
+from stream.kafka.topics import delete_topics
+from stream.runtime.worker import Worker
+from stream.state.changelog import restore_state
 
 pytestmark = pytest.mark.kafka
 BOOTSTRAP = os.environ.get("GIFTSTREAM_TEST_BOOTSTRAP", "127.0.0.1:19092")

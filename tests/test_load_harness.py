@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from load.harness import LatencySample, LatencyTracker, PacedProducer, Point, percentiles, series, write_report
-from stream.engine_native import native_available
+from stream.engine.native import native_available
 
 ROOT = Path(__file__).resolve().parents[1]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -113,7 +113,7 @@ class _FakeProducer:
 
 
 async def test_paced_producer_keys_by_creator_and_reports_every_batch():
-    from stream.engine import partition_for
+    from stream.kafka.routing import partition_for
 
     records = [json.dumps({"creator_id": f"c{i % 5}", "ts": i}).encode() for i in range(40)] + [b"junk"]
     prod = _FakeProducer()
@@ -163,7 +163,7 @@ class _BuildingProducer(_FakeProducer):
 
 @pytest.mark.skipif(not native_available(), reason="native engine not built")
 async def test_batches_packed_ahead_carry_every_record_in_order_stamped_when_sent():
-    from stream.engine import partition_for
+    from stream.kafka.routing import partition_for
 
     records = [json.dumps({"creator_id": f"c{i % 7}", "ts": i}).encode() for i in range(3_000)]
     prod = _BuildingProducer()

@@ -9,7 +9,7 @@ import pytest
 from proc_helpers import BOOTSTRAP, free_port, run_cli, start_worker, unique_topics, wait_ready, write_config
 
 from stream.config import WorkerConfig
-from stream.topics import delete_topics
+from stream.kafka.topics import delete_topics
 
 pytestmark = pytest.mark.kafka
 PARTITIONS = 3
@@ -59,8 +59,8 @@ def test_load_run_measures_latency_and_verifies_against_ground_truth(tmp_path):
 
 def test_generate_to_kafka_paces_and_keys_records_like_produce_session(tmp_path):
     from load.generator import TrafficConfig, generate
-    from stream.engine import partition_for
-    from stream.kafka_io import key_of, read_topic
+    from stream.kafka.routing import partition_for
+    from stream.kafka.session_io import key_of, read_topic
 
     _suffix, topics = unique_topics("gen")
     cfg = WorkerConfig(bootstrap_servers=BOOTSTRAP, topics=topics)

@@ -1,4 +1,4 @@
-"""stream.logs: JSON lines, and repeated warnings held back with a count (a client's retry storm)."""
+"""stream.service.logs: JSON lines, and repeated warnings held back with a count (a client's retry storm)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import logging
 
 import orjson
 
-from stream.logs import JsonFormatter, RepeatFilter
+from stream.service.logs import JsonFormatter, RepeatFilter
 
 
 def _logger(clock) -> tuple[logging.Logger, io.StringIO]:

@@ -7,9 +7,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from stream import metrics as metrics_module
-from stream.engine import StateSizes
-from stream.metrics import Metrics
+from stream.engine.reference import StateSizes
+from stream.service import metrics as metrics_module
+from stream.service.metrics import Metrics
 
 
 class CountingEngine:

@@ -9,9 +9,9 @@ import orjson
 import pytest
 from jsonschema import Draft202012Validator
 
-from stream import model
 from stream.cli import _default_session
-from stream.replay import read_session, replay
+from stream.engine import model
+from stream.runtime.replay import read_session, replay
 
 SCHEMAS = Path(__file__).resolve().parents[1] / "schemas"
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from stream.policy import PolicyError, load_policy, parse_policy
+from stream.engine.policy import PolicyError, load_policy, parse_policy
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -27,9 +27,9 @@ from proc_helpers import (
 )
 
 from stream.cli import _default_session
-from stream.engine import partition_for
-from stream.policy import load_policy
-from stream.replay import read_session, replay
+from stream.engine.policy import load_policy
+from stream.kafka.routing import partition_for
+from stream.runtime.replay import read_session, replay
 
 pytestmark = [pytest.mark.kafka, pytest.mark.timeout(120)]
 PARTITIONS = 2

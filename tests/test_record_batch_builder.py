@@ -7,7 +7,7 @@ from aiokafka.record.default_records import DefaultRecordBatch, DefaultRecordBat
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stream.engine_native import native_available
+from stream.engine.native import native_available
 
 pytestmark = pytest.mark.skipif(not native_available(), reason="native engine not built")
 

@@ -111,10 +111,10 @@ def test_invalid_example_fails_for_exactly_one_reason(name: str, path: Path) -> 
 
 
 def test_gift_event_schema_lists_all_known_fields() -> None:
-    """The schema and the decoder (stream.model.GiftEvent) name the same fields and the same required ones."""
+    """The schema and the decoder (stream.engine.model.GiftEvent) name the same fields and the same required ones."""
     import msgspec
 
-    from stream.model import GiftEvent
+    from stream.engine.model import GiftEvent
 
     schema = _schema("gift-event")
     fields = msgspec.structs.fields(GiftEvent)
@@ -201,6 +201,6 @@ def test_dead_letter_examples_carry_decodable_raw_bytes() -> None:
 
 def test_dead_letter_reasons_are_the_engines_reject_reasons():
     """Every reason a dead letter can carry is in the schema's enum and has its metric label, and no other."""
-    from stream.model import REJECT_REASONS
+    from stream.engine.model import REJECT_REASONS
 
     assert _schema("dead-letter")["properties"]["reason"]["enum"] == list(REJECT_REASONS)

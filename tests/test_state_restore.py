@@ -1,4 +1,4 @@
-"""Restoring a partition from its changelog as records arrive (stream.changelog.StateRestore), natively and
+"""Restoring a partition from its changelog as records arrive (stream.state.changelog.StateRestore), natively and
 in Python, and from a checkpoint body plus the changelog's tail: always the state restore_state gives from
 the whole log, so the restored engine continues exactly like an uninterrupted one."""
 
@@ -14,9 +14,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_engine_properties import sessions
 
-from stream.changelog import ChangelogWriter, StateRestore, body_records, engine_body, restore_state, state_body
-from stream.engine import Outputs, PartitionEngine
-from stream.engine_native import NativePartitionEngine, native_available
+from stream.engine.native import NativePartitionEngine, native_available
+from stream.engine.reference import Outputs, PartitionEngine
+from stream.state.changelog import ChangelogWriter, StateRestore, body_records, engine_body, restore_state, state_body
 
 KINDS = ["python", "native"] if native_available() else ["python"]
 

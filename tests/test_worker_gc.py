@@ -7,7 +7,7 @@ import gc
 
 import pytest
 
-from stream.worker import GcPacer
+from stream.runtime.worker import GcPacer
 
 
 @pytest.fixture

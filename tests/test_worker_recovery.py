@@ -1,4 +1,4 @@
-"""The worker's commit and recovery paths without a broker (tests/fake_kafka.py behind stream.clients): what a
+"""The worker's commit and recovery paths without a broker (tests/fake_kafka.py behind stream.kafka.clients): what a
 failed commit, a fence, a failing restore and a backwards position lead to. The same paths run against the
 real broker in test_kafka_worker.py and test_kafka_faults.py."""
 
@@ -14,12 +14,13 @@ from aiokafka import errors as Errors
 from conftest import T0, gift
 from fake_kafka import FakeClients, FakeCluster
 
-from stream import model
 from stream.config import WorkerConfig
-from stream.engine import Outputs, partition_for
-from stream.policy import load_policy
-from stream.task import TaskCorrupted, TaskState
-from stream.worker import Worker
+from stream.engine import model
+from stream.engine.policy import load_policy
+from stream.engine.reference import Outputs
+from stream.kafka.routing import partition_for
+from stream.runtime.task import TaskCorrupted, TaskState
+from stream.runtime.worker import Worker
 
 PARTITIONS = 2
 

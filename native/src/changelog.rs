@@ -1,8 +1,8 @@
-//! The changelog's records, natively: the value encodings (the same bytes as stream/changelog.py's
+//! The changelog's records, natively: the value encodings (the same bytes as stream/state/changelog.py's
 //! msgspec encodings), a partition's state rebuilt from its records (`Restore`, the steps of
-//! stream.changelog.restore_state), and a whole state written as records (`snapshot`, a checkpoint's body).
+//! stream.state.changelog.restore_state), and a whole state written as records (`snapshot`, a checkpoint's body).
 //!
-//! Keys, as in stream/changelog.py: `m`, `c:<creator>`, `w:<creator>\x1e<pane>`, `s:<streak key>`,
+//! Keys, as in stream/state/changelog.py: `m`, `c:<creator>`, `w:<creator>\x1e<pane>`, `s:<streak key>`,
 //! `d:<bucket>:<start>`, `p:<payout id>`. A restore applies records oldest first, each replacing its key's
 //! value (a tombstone removes it), so any suffix of the log applied again over a state that already holds it
 //! gives the same state: a checkpoint plus the changelog from an offset at or before the checkpoint's.
@@ -52,7 +52,7 @@ pub fn tally_value(t: &Tally) -> Result<Vec<u8>, TooBig> {
 const STREAK_FIELDS: [&str; 8] =
     ["creator_id", "region", "diamond_count", "count", "credited", "last_ts", "last_event_id", "open"];
 
-/// An array_like msgspec Struct: its fields in declaration order (stream.state.Streak).
+/// An array_like msgspec Struct: its fields in declaration order (stream.state.tables.Streak).
 pub fn streak_value(s: &Streak) -> Vec<u8> {
     let mut w = Writer::new();
     w.array(8);

@@ -1,5 +1,5 @@
 //! Fast decoding of one gift event. It accepts only records that are certainly valid (every field
-//! present with the right JSON type and inside the bounds of stream/model.py); anything else is left to
+//! present with the right JSON type and inside the bounds of stream/engine/model.py); anything else is left to
 //! the Python decoder, which stays the single authority on reject reasons and their wording.
 
 use foldhash::HashSet;
@@ -12,7 +12,7 @@ const MAX_UNITS: i64 = 1_000_000;
 const MAX_EPOCH_MS: i64 = 100_000_000_000_000;
 const MAX_ID_CHARS: usize = 64;
 
-/// A gift event (stream.model.GiftEvent); strings borrow from the record unless they hold escapes.
+/// A gift event (stream.engine.model.GiftEvent); strings borrow from the record unless they hold escapes.
 #[derive(Deserialize, Debug, Clone)]
 pub struct Event<'a> {
     #[serde(borrow)]
@@ -35,12 +35,12 @@ pub struct Event<'a> {
     pub group_id: Cow<'a, str>,
 }
 
-/// An id within stream.model.ID_PATTERN: 1 to 64 of [0-9A-Za-z_-] (ASCII, so bytes are characters).
+/// An id within stream.engine.model.ID_PATTERN: 1 to 64 of [0-9A-Za-z_-] (ASCII, so bytes are characters).
 fn id_ok(s: &str) -> bool {
     !s.is_empty() && group_ok(s)
 }
 
-/// A group id within stream.model.GROUP_ID_PATTERN: id_ok, or empty.
+/// A group id within stream.engine.model.GROUP_ID_PATTERN: id_ok, or empty.
 fn group_ok(s: &str) -> bool {
     s.len() <= MAX_ID_CHARS && s.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'_' || c == b'-')
 }
@@ -61,7 +61,7 @@ impl Event<'_> {
 }
 
 /// The event when the record is certainly valid, not longer than `max_bytes` and nested at most
-/// `max_depth` deep (stream.model.MAX_JSON_DEPTH); None otherwise (then the Python decoder decides).
+/// `max_depth` deep (stream.engine.model.MAX_JSON_DEPTH); None otherwise (then the Python decoder decides).
 pub fn decode_fast(raw: &[u8], max_bytes: usize, max_depth: usize) -> Option<Event<'_>> {
     if raw.len() > max_bytes {
         return None;
@@ -82,7 +82,7 @@ pub fn decode_fast(raw: &[u8], max_bytes: usize, max_depth: usize) -> Option<Eve
     ev.valid().then_some(ev)
 }
 
-/// A structural rule a record breaks (stream.model.scan_structure words it; the native decoder only
+/// A structural rule a record breaks (stream.engine.model.scan_structure words it; the native decoder only
 /// declines such records, so the reason and detail come from Python).
 #[derive(Debug, PartialEq, Eq)]
 pub enum Violation {

@@ -1,4 +1,4 @@
-//! The engine's core in Rust: the same steps as stream/engine.py (read its docstring first), event by
+//! The engine's core in Rust: the same steps as stream/engine/reference.py (read its docstring first), event by
 //! event, with the partition state held natively. It has no Python in it: outputs are collected as
 //! `Output` values and the caller (lib.rs) turns them into the Python records. Money is i128, so sums
 //! are exact far beyond anything the changelog's 64-bit integers can hold.
@@ -172,7 +172,7 @@ impl FromIterator<(i64, Tally)> for Panes {
     }
 }
 
-/// A streak (stream.state.Streak). Kept for the dedupe horizon after it closes, so there are many: the ids
+/// A streak (stream.state.tables.Streak). Kept for the dedupe horizon after it closes, so there are many: the ids
 /// are compact and the region is shared, and a streak allocates nothing besides its table slot.
 #[derive(Clone, Debug)]
 pub struct Streak {
@@ -219,7 +219,7 @@ pub fn intern_region(names: &mut Vec<Arc<str>>, name: &str) -> Arc<str> {
     r
 }
 
-/// Keys changed since the last changelog drain (stream.engine.Dirty). Creators, tallies and streaks carry a
+/// Keys changed since the last changelog drain (stream.engine.reference.Dirty). Creators, tallies and streaks carry a
 /// `dirty` flag so marking them costs no hashing; these lists say where to look.
 #[derive(Default)]
 pub struct Dirty {

@@ -66,7 +66,7 @@ impl fmt::Display for Id {
 }
 
 /// A streak's key: (room, sender, gift, group), whose text is the four joined by U+001F as in
-/// stream/engine.py. When room, sender and group (or its absence) are canonical numbers the key is held as
+/// stream/engine/reference.py. When room, sender and group (or its absence) are canonical numbers the key is held as
 /// numbers; otherwise as the joined text. Like `Id`, equal keys have equal texts and vice versa: a text key
 /// is only made when some part is not a canonical number, and then its text cannot be split into four
 /// canonical parts (a part holding U+001F adds separators; any other part stays non-canonical). Keys order

@@ -1,4 +1,4 @@
-//! stream._native: the compiled engine behind stream.engine_native.NativePartitionEngine.
+//! stream._native: the compiled engine behind stream.engine.native.NativePartitionEngine.
 //!
 //! This file is the Python edge only: it reads the batch (bytes objects, no copies), decodes each record
 //! with decode.rs (records it is not sure about go to the Python decoder, the single authority on reject
@@ -34,13 +34,13 @@ use sharded::ChunkedVec;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use engine::{Creator, Engine, Output, PayoutResult, Regions, Reject, RegionRule, Settings, State, Streak, Tally, Window};
 
-/// A partition engine. Built by stream.engine_native from the policy; `hooks` passed to each call is the
+/// A partition engine. Built by stream.engine.native from the policy; `hooks` passed to each call is the
 /// Python wrapper (decode fallback, dead letters, notices).
 #[pyclass(module = "stream._native")]
 struct Core {
     engine: Engine,
     max_record_bytes: usize,
-    max_json_depth: usize, // stream.model.MAX_JSON_DEPTH
+    max_json_depth: usize, // stream.engine.model.MAX_JSON_DEPTH
     window_names: Vec<Py<PyAny>>,
     version: Py<PyAny>,
     window_total_cls: Py<PyAny>,
@@ -146,7 +146,7 @@ impl Core {
     }
 
     /// The changelog records of the keys changed since the last call (and forget them), encoded like
-    /// stream.changelog.encode_changes: (records, new dedupe chunks [(bucket, start)], expired buckets).
+    /// stream.state.changelog.encode_changes: (records, new dedupe chunks [(bucket, start)], expired buckets).
     fn take_changelog<'py>(&mut self, py: Python<'py>) -> PyResult<Bound<'py, PyTuple>> {
         let records = PyList::empty(py);
         let (chunks, expired) = self.encode_changelog(&mut |key, value| {
@@ -179,7 +179,7 @@ impl Core {
         self.engine.take_changed();
     }
 
-    /// The whole state as plain values (see stream.engine_native for the layout).
+    /// The whole state as plain values (see stream.engine.native for the layout).
     fn export_state<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyTuple>> {
         let st = &self.engine.state;
         let creators = PyList::empty(py);
@@ -256,7 +256,7 @@ impl Core {
         }
     }
 
-    /// The whole state as a checkpoint's body (stream.checkpoint): changelog records, the dedupe ids cut at
+    /// The whole state as a checkpoint's body (stream.state.checkpoint): changelog records, the dedupe ids cut at
     /// `chunks` (the changelog writer's chunk starts per bucket). Written without the GIL: the caller runs it in
     /// a thread and does not run this engine meanwhile.
     fn snapshot<'py>(&self, py: Python<'py>, chunks: HashMap<i64, Vec<usize>>) -> PyResult<Bound<'py, PyBytes>> {
@@ -449,7 +449,7 @@ impl Core {
 }
 
 /// One batch for several partitions' engines (an offline replay): each record goes to the engine of its
-/// creator's partition (Kafka's murmur2, like stream.replay.PartitionRouter; a record the Python decoder
+/// creator's partition (Kafka's murmur2, like stream.runtime.replay.PartitionRouter; a record the Python decoder
 /// rejects goes to partition 0), decoded once. Outputs are emitted partition by partition, as when each
 /// engine processes its own share of the batch.
 #[pyfunction]
@@ -486,7 +486,7 @@ fn process_routed(py: Python<'_>, cores: Vec<Bound<'_, Core>>, hooks: Vec<Bound<
     Ok(())
 }
 
-/// A partition's state rebuilt from changelog records as they are read (stream.changelog's restore steps,
+/// A partition's state rebuilt from changelog records as they are read (stream.state.changelog's restore steps,
 /// natively: no Python object is kept per record); Core.adopt takes the result.
 #[pyclass(module = "stream._native")]
 #[derive(Default)]
@@ -521,7 +521,7 @@ impl ChangelogRestore {
             .map_err(pyo3::exceptions::PyValueError::new_err)
     }
 
-    /// Apply a checkpoint's body (stream.checkpoint): length-prefixed records.
+    /// Apply a checkpoint's body (stream.state.checkpoint): length-prefixed records.
     fn apply_body(&mut self, py: Python<'_>, body: &[u8]) -> PyResult<()> {
         let inner = &mut self.inner;
         py.detach(|| inner.apply_body(body)).map_err(pyo3::exceptions::PyValueError::new_err)

@@ -12,8 +12,8 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 
-from stream import aiokafka_fixes
 from stream.config import WorkerConfig
+from stream.kafka import aiokafka_patches
 
 log = logging.getLogger(__name__)
 
@@ -50,12 +50,12 @@ class KafkaClients:
         )
 
     async def confirm_membership(self, consumer: AIOKafkaConsumer) -> None:
-        """Raise aiokafka_fixes.NotAMember unless the group still knows this consumer at its generation."""
-        await aiokafka_fixes.confirm_membership(consumer)
+        """Raise aiokafka_patches.NotAMember unless the group still knows this consumer at its generation."""
+        await aiokafka_patches.confirm_membership(consumer)
 
     def restore_consumer(self, value_deserializer: Callable[[bytes], Any] | None = None) -> AIOKafkaConsumer:
         """The group-less consumer that reads changelog partitions for restores, read_committed
-        (stream.changelog_reader; value_deserializer: columnar_fetch.Columns, or None for ConsumerRecords)."""
+        (stream.runtime.restore; value_deserializer: columnar_fetch.Columns, or None for ConsumerRecords)."""
         return AIOKafkaConsumer(bootstrap_servers=self.cfg.bootstrap_servers, enable_auto_commit=False,
                                 isolation_level="read_committed", max_partition_fetch_bytes=16 << 20,
                                 fetch_max_bytes=64 << 20, value_deserializer=value_deserializer,

@@ -16,13 +16,12 @@ from __future__ import annotations
 import base64
 import heapq
 from collections import Counter
+from collections.abc import MutableMapping
 from dataclasses import dataclass, field
 from heapq import heappush
 
-from aiokafka.partitioner import murmur2
-
-from stream import model
-from stream.model import (
+from stream.engine import model
+from stream.engine.model import (
     DeadLetter,
     GiftEvent,
     LateGift,
@@ -31,8 +30,8 @@ from stream.model import (
     PayoutNotice,
     WindowTotal,
 )
-from stream.policy import Policy
-from stream.state import RETENTION_BUCKET_MS, CreatorState, PartitionState, Streak, creator_fields
+from stream.engine.policy import Policy
+from stream.state.tables import RETENTION_BUCKET_MS, CreatorState, PartitionState, Streak, creator_fields
 
 STREAKABLE = 1  # gift_type of gifts sent as streaks with cumulative repeat_count
 
@@ -62,7 +61,7 @@ class Dirty:
 
 @dataclass
 class Changes:
-    """What changed since the last changelog drain, as values (both engines produce it; stream.changelog
+    """What changed since the last changelog drain, as values (both engines produce it; stream.state.changelog
     turns it into records). None marks a deleted key."""
 
     watermark: int | None
@@ -123,7 +122,7 @@ class EngineEdges:
         partitioner on the creator_id key), else None."""
         if self.partitions == 1:
             return None
-        owner = partition_for(creator_id.encode(), self.partitions)
+        owner = self._owners[creator_id]
         return owner if owner != self.partition else None
 
     def _reject(self, reason: str, detail: str, raw: bytes, offset: int | None, out: Outputs,
@@ -158,17 +157,21 @@ class EngineEdges:
 
 class PartitionEngine(EngineEdges):
     """Processes the event sequence of one input partition. This is the reference engine, in Python; the
-    compiled one (stream.engine_native) makes the same decisions and the tests hold it to this one."""
+    compiled one (stream.engine.native) makes the same decisions and the tests hold it to this one."""
 
     def __init__(self, policy: Policy, partition: int = 0, state: PartitionState | None = None,
-                 source_topic: str = "gifts", *, partitions: int = 1) -> None:
+                 source_topic: str = "gifts", *, partitions: int = 1, owners: MutableMapping[str, int] | None = None
+                 ) -> None:
+        """owners: creator_id -> owning partition (stream.kafka.routing.PartitionCache), asked for creators
+        with no state here yet (those with state were credited here, so they are ours); needed when
+        partitions > 1. Routing is Kafka's partitioner, not the engine's: the caller brings it."""
         self._check_partition(partition, partitions)
+        if partitions > 1 and owners is None:
+            raise ValueError(f"an engine for one of {partitions} partitions needs owners (creator_id -> partition)")
         self.policy = policy
         self.partition = partition
         self.partitions = partitions
-        # creator_id -> owning partition, for creators with no state here yet (those with state were credited
-        # here, so they are ours): murmur2 in Python costs microseconds. Cleared when it grows large.
-        self._owners = PartitionCache(partitions)
+        self._owners: MutableMapping[str, int] = owners if owners is not None else {}
         self.source_topic = source_topic
         self.state = state if state is not None else PartitionState()
         self.dirty = Dirty()
@@ -635,8 +638,8 @@ class PartitionEngine(EngineEdges):
                        [c for c in chunks if c[2]], list(dirty.expired_buckets), dirty.payouts)
 
     def take_changelog(self) -> tuple[list, list[tuple[int, int]], list[int]]:
-        """take_changes() as changelog records (see stream.changelog.encode_changes)."""
-        from stream.changelog import encode_changes  # the changelog module builds on this one
+        """take_changes() as changelog records (see stream.state.changelog.encode_changes)."""
+        from stream.state.changelog import encode_changes  # the changelog module builds on this one
 
         return encode_changes(self.take_changes())
 
@@ -670,20 +673,3 @@ class StateSizes:
     pane_tallies: int
     open_streaks: int
     balance_milli_diamonds: int  # summed over the creators
-
-
-def partition_for(key: bytes, partitions: int) -> int:
-    """The partition Kafka's default partitioner (Java client and aiokafka alike) picks for a keyed record."""
-    return (murmur2(key) & 0x7FFFFFFF) % partitions
-
-
-class PartitionCache(dict):
-    """Key (str or bytes) -> partition, computed on first use: creators repeat a lot, murmur2 in Python is slow."""
-
-    def __init__(self, partitions: int) -> None:
-        super().__init__()
-        self.partitions = partitions
-
-    def __missing__(self, key: str | bytes) -> int:
-        p = self[key] = partition_for(key.encode() if isinstance(key, str) else key, self.partitions)
-        return p

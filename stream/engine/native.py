@@ -1,10 +1,10 @@
-"""The compiled engine (Rust, native/ -> stream._native) behind the same interface as stream.engine's.
+"""The compiled engine (Rust, native/ -> stream._native) behind the same interface as stream.engine.reference's.
 
 The core keeps the partition state natively and decodes, dedupes, windows and credits each record in one
-pass; the Python reference engine (stream.engine.PartitionEngine) stays the specification, and the tests
+pass; the Python reference engine (stream.engine.reference.PartitionEngine) stays the specification, and the tests
 run both on the same input and require the same outputs, changes and state. The core calls back here only
 for what must exist once: the Python decoder for records it is not certain about (so reject reasons and
-their wording are msgspec's), dead letters and notice money (stream.engine.dead_letter / payout_notice).
+their wording are msgspec's), dead letters and notice money (stream.engine.reference.dead_letter / payout_notice).
 
 `make_engine` picks the engine: "native" (the default when the extension is built, as `make install`
 does), "python", or "auto" (native if importable, else Python).
@@ -14,19 +14,20 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import MutableMapping
 
-from stream import model
 from stream.config import ENGINES
-from stream.engine import (
+from stream.engine import model
+from stream.engine.model import LateGift, MissedWindow, Payout, WindowTotal
+from stream.engine.policy import Policy
+from stream.engine.reference import (
     EngineEdges,
     Outputs,
     PartitionEngine,
     StateSizes,
     payout_notice,
 )
-from stream.model import LateGift, MissedWindow, Payout, WindowTotal
-from stream.policy import Policy
-from stream.state import CreatorState, PartitionState, Streak, creator_fields
+from stream.state.tables import CreatorState, PartitionState, Streak, creator_fields
 
 try:
     from stream import _native
@@ -38,6 +39,17 @@ log = logging.getLogger(__name__)
 
 def native_available() -> bool:
     return _native is not None
+
+
+class _NativeOwners(dict):
+    """creator_id -> owning partition, by the compiled core's murmur2 (the payout loop asks it in Python)."""
+
+    def __init__(self, partitions: int) -> None:
+        super().__init__()
+        self.partitions = partitions
+
+    def __missing__(self, creator_id: str) -> int:
+        return _native.partition_for(creator_id.encode(), self.partitions)
 
 
 class NativePartitionEngine(EngineEdges):
@@ -57,6 +69,7 @@ class NativePartitionEngine(EngineEdges):
         self.policy = policy
         self.partition = partition
         self.partitions = partitions
+        self._owners = _NativeOwners(partitions)
         self.source_topic = source_topic
         self._max_bytes = policy.max_record_bytes
         self._core = _native.Core(
@@ -97,7 +110,7 @@ class NativePartitionEngine(EngineEdges):
     # ---------------------------------------------------------------- state
 
     def take_changelog(self) -> tuple[list, list[tuple[int, int]], list[int]]:
-        """The changelog records of the changed keys, encoded natively (see stream.changelog.encode_changes)."""
+        """The changelog records of the changed keys, encoded natively (see stream.state.changelog.encode_changes)."""
         return self._core.take_changelog()
 
     def take_changelog_batches(self, max_bytes: int, transactional: bool,
@@ -109,12 +122,12 @@ class NativePartitionEngine(EngineEdges):
         self._core.clear_changes()
 
     def adopt(self, restore: object) -> list[tuple[int, list[int]]]:
-        """Run on the state a stream._native.ChangelogRestore rebuilt (stream.changelog.StateRestore); returns
+        """Run on the state a stream._native.ChangelogRestore rebuilt (stream.state.changelog.StateRestore); returns
         each dedupe bucket's chunk starts for the changelog writer. Releases the GIL while it builds."""
         return self._core.adopt(restore)
 
     def snapshot_body(self, chunks: dict[int, list[int]]) -> bytes:
-        """The whole state as a checkpoint body (stream.changelog.state_body's format)."""
+        """The whole state as a checkpoint body (stream.state.changelog.state_body's format)."""
         return self._core.snapshot(chunks)
 
     @property
@@ -168,7 +181,7 @@ Engine = PartitionEngine | NativePartitionEngine
 def process_routed(engines: list[NativePartitionEngine], raws: list[bytes], offsets: list[int] | int | None,
                    out: Outputs) -> None:
     """One batch for all partitions' engines (offline replay): each record goes to its creator's partition
-    like stream.replay.PartitionRouter, decoded once; outputs come partition by partition, as if each engine
+    like stream.runtime.replay.PartitionRouter, decoded once; outputs come partition by partition, as if each engine
     had processed its share of the batch."""
     _native.process_routed([e._core for e in engines], engines, raws, offsets, out)
 
@@ -188,10 +201,11 @@ def resolve_kind(kind: str | None = None) -> str:
 
 def make_engine(policy: Policy, partition: int = 0, state: PartitionState | None = None,
                 source_topic: str = "gifts", kind: str | None = None, track_changes: bool = True, *,
-                partitions: int = 1) -> Engine:
+                partitions: int = 1, owners: MutableMapping[str, int] | None = None) -> Engine:
     """An engine of the kind asked for, for `partition` of `partitions` (the input topics' partition count).
     track_changes=False lets the native engine skip the changelog bookkeeping (offline replays); the Python
-    engine always keeps it (clear_changes drops it)."""
+    engine always keeps it (clear_changes drops it). owners: the Python engine's routing (see PartitionEngine);
+    the compiled engine routes by its own murmur2."""
     if resolve_kind(kind) == "native":
         return NativePartitionEngine(policy, partition, state, source_topic, track_changes, partitions=partitions)
-    return PartitionEngine(policy, partition, state, source_topic, partitions=partitions)
+    return PartitionEngine(policy, partition, state, source_topic, partitions=partitions, owners=owners)

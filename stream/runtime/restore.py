@@ -23,8 +23,8 @@ from dataclasses import dataclass, field
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from stream import columnar_fetch
-from stream.clients import KafkaClients, close_within
+from stream.kafka import columnar_fetch
+from stream.kafka.clients import KafkaClients, close_within
 
 log = logging.getLogger(__name__)
 

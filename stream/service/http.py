@@ -8,12 +8,13 @@ import logging
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from stream import model
 from stream.config import WorkerConfig
-from stream.engine import partition_for
-from stream.policy import Policy
-from stream.task import TaskState
-from stream.worker import Worker
+from stream.engine import model
+from stream.engine.creator_view import creator_view
+from stream.engine.policy import Policy
+from stream.kafka.routing import partition_for
+from stream.runtime.task import TaskState
+from stream.runtime.worker import Worker
 
 log = logging.getLogger(__name__)
 
@@ -51,26 +52,8 @@ def build_app(worker: Worker) -> web.Application:
         c = task.engine.creator(cid)
         if c is None:
             return web.json_response({"error": "unknown creator", "creator_id": cid}, status=404)
-        policy = task.engine.policy
-        cursor = task.engine.close_cursor or 0
-        windows = []
-        for w in policy.windows:
-            starts = sorted({pane - pane % w.hop_ms - k * w.hop_ms for pane in c.panes
-                             for k in range(w.size_ms // w.hop_ms)})
-            for start in starts:
-                if start + w.size_ms <= cursor:
-                    continue
-                tallies = [c.panes[p] for p in c.panes if start <= p < start + w.size_ms]
-                if tallies:
-                    windows.append({"window": w.name, "window_start": start, "window_end": start + w.size_ms,
-                                    "milli_diamonds": sum(t[0] for t in tallies),
-                                    "credits": sum(t[1] for t in tallies), "final": False})
-        region = policy.regions[c.region]
-        body = {"creator_id": cid, "partition": p, "region": c.region, "balance_milli_diamonds": c.balance,
-                "balance_cents": region.value_cents(c.balance), "credited_milli_diamonds": c.credited,
-                "paid_out_milli_diamonds": c.paid_out, "notices": c.crossings,
-                "above_threshold": c.above, "watermark": task.engine.watermark, "open_windows": windows}
-        return web.Response(body=model.encode(body), content_type="application/json")
+        view = creator_view(cid, p, c, task.engine.policy, task.engine.watermark, task.engine.close_cursor)
+        return web.Response(body=model.encode(view), content_type="application/json")
 
     app = web.Application()
     app.add_routes([web.get("/metrics", metrics), web.get("/healthz", healthz), web.get("/readyz", readyz),

@@ -12,7 +12,7 @@ Everything else in PartitionState (which ids sit in which bucket, which creators
 closed streaks expire when) is derived again on restore.
 
 A restore applies records oldest first, each replacing its key's value, so a state plus any suffix of the log
-read again gives the same state: that is what lets a checkpoint (stream.checkpoint, whose body is these records
+read again gives the same state: that is what lets a checkpoint (stream.state.checkpoint, whose body is these records
 too) be topped up with the changelog's tail. `StateRestore` rebuilds a partition for either engine kind as the
 records are read; the native one keeps no Python object per record (native/src/changelog.rs).
 """
@@ -26,14 +26,14 @@ from collections.abc import Callable, Iterable
 
 import msgspec
 
-from stream.engine import Changes
-from stream.engine_native import Engine, NativePartitionEngine
+from stream.engine.native import Engine, NativePartitionEngine
+from stream.engine.reference import Changes
 
 try:
     from stream._native import ChangelogRestore, RecordBatchBuilder
 except ImportError:  # not built: drain_batches is unavailable (the worker sends drain()'s records)
     ChangelogRestore = RecordBatchBuilder = None
-from stream.state import RETENTION_BUCKET_MS, CreatorState, PartitionState, Streak, creator_fields
+from stream.state.tables import RETENTION_BUCKET_MS, CreatorState, PartitionState, Streak, creator_fields
 
 _enc = msgspec.msgpack.Encoder()
 _dec_any = msgspec.msgpack.Decoder()

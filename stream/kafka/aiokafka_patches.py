@@ -67,7 +67,7 @@ async def _do_fetch_commit_offsets(self: GroupCoordinator, partitions) -> dict[T
 def install() -> None:
     """Patch aiokafka (once). Refuses another aiokafka version: the patched method is version-specific."""
     if aiokafka.__version__ != SUPPORTED_AIOKAFKA:
-        raise RuntimeError(f"stream.aiokafka_fixes is written for aiokafka {SUPPORTED_AIOKAFKA}, found "
+        raise RuntimeError(f"stream.kafka.aiokafka_patches is written for aiokafka {SUPPORTED_AIOKAFKA}, found "
                            f"{aiokafka.__version__}: check that the OffsetFetch top-level error is handled, then "
                            "update the fix")
     GroupCoordinator._do_fetch_commit_offsets = _do_fetch_commit_offsets

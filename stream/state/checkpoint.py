@@ -2,7 +2,7 @@
 worker loads it and reads only the changelog's tail (after Kafka Streams' .checkpoint files).
 
 A checkpoint file holds a header line and a body. The body is the state as changelog records
-(stream.changelog.state_body), so loading it is the same restore as reading the changelog, and reading the
+(stream.state.changelog.state_body), so loading it is the same restore as reading the changelog, and reading the
 log again from `changelog_offset` on top of it gives the state of the whole log: records read twice are
 harmless, as each one sets its key. The offset is at or before the end of the last committed transaction the
 state holds, never after it.
@@ -15,7 +15,7 @@ state holds, never after it.
 Written atomically (a temporary file, fsync, rename, fsync of the directory), only from committed state, and
 verified on load (the header, the size, the CRC). What the task does with one that is missing, corrupt or stale
 (its offset outside the changelog's bounds, or older than the changelog keeps tombstones) is always the full
-restore, never wrong state: see stream.task.PartitionTask.restore. A changelog shorter than the checkpoint's
+restore, never wrong state: see stream.runtime.task.PartitionTask.restore. A changelog shorter than the checkpoint's
 `changelog_end` is not the one it was taken from (deleted and made again, or truncated).
 """
 

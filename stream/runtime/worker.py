@@ -1,6 +1,6 @@
 """The streaming worker: an aiokafka consumer group in, one Kafka transaction per partition batch out.
 
-The worker manages one PartitionTask (stream.task) per assigned input partition; the task owns its engine,
+The worker manages one PartitionTask (stream.runtime.task) per assigned input partition; the task owns its engine,
 changelog writer and transactional producer, its restore and its commit order. The worker's poll loop does,
 over and over:
 1. start the restores that are due (new tasks, and failed ones after their backoff), as background work:
@@ -10,7 +10,7 @@ over and over:
 4. act on the typed outcomes: TaskCorrupted -> a new task restores from the last commit (with backoff),
    TaskMigrated -> close every task and rejoin the group;
 5. note progress (commits, caught-up partitions) for /readyz and /healthz (`health()`);
-6. write the local checkpoint of a running partition when one is due (stream.checkpoint), one at a time.
+6. write the local checkpoint of a running partition when one is due (stream.state.checkpoint), one at a time.
 The rebalance callback only records what changed (new tasks, paused; revoked tasks, closed): it does no
 broker I/O for restores, so its exceptions (which aiokafka logs and swallows) cannot leave a partition
 polled without a task.
@@ -34,15 +34,13 @@ from dataclasses import dataclass
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 
-from stream import aiokafka_fixes, columnar_fetch
-from stream.changelog_reader import ChangelogReader
-from stream.checkpoint import CheckpointStore
-from stream.clients import KafkaClients, close_within
 from stream.config import WorkerConfig
-from stream.engine import Outputs
-from stream.metrics import Metrics
-from stream.policy import Policy
-from stream.task import (
+from stream.engine.policy import Policy
+from stream.engine.reference import Outputs
+from stream.kafka import aiokafka_patches, columnar_fetch
+from stream.kafka.clients import KafkaClients, close_within
+from stream.runtime.restore import ChangelogReader
+from stream.runtime.task import (
     RESTORE_STALL_S,
     KeptState,
     OutputTopics,
@@ -52,8 +50,10 @@ from stream.task import (
     TaskState,
     outcome_of,
 )
+from stream.service.metrics import Metrics
+from stream.state.checkpoint import CheckpointStore
 
-aiokafka_fixes.install()
+aiokafka_patches.install()
 log = logging.getLogger(__name__)
 
 STATE_SIZE_EVERY_S = 1.0  # state-size gauges after a batch at most this often (sizes() walks the tables)
@@ -159,7 +159,7 @@ class Worker:
 
     async def run(self) -> None:
         cfg = self.cfg
-        # Columnar fetching (stream/columnar_fetch.py): a poll returns chunks of columns, not one object per
+        # Columnar fetching (stream/kafka/columnar_fetch.py): a poll returns chunks of columns, not one object per
         # record. getmany's max_records then counts chunks.
         chunk = min(1000, cfg.batch_max_records)
         columnar = cfg.columnar_fetch and columnar_fetch.install()

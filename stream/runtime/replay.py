@@ -16,11 +16,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from stream import model
-from stream.engine import Outputs, PartitionCache, PartitionEngine
-from stream.engine_native import Engine, make_engine, process_routed
-from stream.model import GiftEvent
-from stream.policy import Policy
+from stream.engine import model
+from stream.engine.model import GiftEvent
+from stream.engine.native import Engine, make_engine, process_routed
+from stream.engine.policy import Policy
+from stream.engine.reference import Outputs, PartitionEngine
+from stream.kafka.routing import PartitionCache
 
 DEFAULT_PARTITIONS = 6
 
@@ -79,7 +80,7 @@ class PartitionRouter:
 def replay(records: list[bytes], policy: Policy, partitions: int = DEFAULT_PARTITIONS,
            batch_size: int = 20_000, final: bool = False, source: str = "replay",
            progress: Callable[[int], None] | None = None, engine: str | None = None) -> ReplayResult:
-    """Run records through one engine per partition (`engine`: see stream.engine_native.make_engine)."""
+    """Run records through one engine per partition (`engine`: see stream.engine.native.make_engine)."""
     with _cyclic_gc_paused():
         return _replay(records, policy, partitions, batch_size, final, source, progress, engine)
 
@@ -100,7 +101,9 @@ def _cyclic_gc_paused() -> Iterator[None]:
 def _replay(records: list[bytes], policy: Policy, partitions: int, batch_size: int, final: bool, source: str,
             progress: Callable[[int], None] | None, engine: str | None) -> ReplayResult:
     started = time.perf_counter()
-    engines = {p: make_engine(policy, p, source_topic=source, kind=engine, track_changes=False, partitions=partitions)
+    owners = PartitionCache(partitions)
+    engines = {p: make_engine(policy, p, source_topic=source, kind=engine, track_changes=False, partitions=partitions,
+                              owners=owners)
                for p in range(partitions)}
     reference = isinstance(engines[0], PartitionEngine)
     router = PartitionRouter(partitions)

@@ -62,6 +62,6 @@ async def delete_topics(cfg: WorkerConfig) -> None:
 
 
 def parse_retention(text: str) -> int:
-    from stream.policy import parse_duration
+    from stream.engine.policy import parse_duration
 
     return parse_duration(text)

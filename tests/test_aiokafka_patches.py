@@ -1,4 +1,5 @@
-"""stream.aiokafka_fixes, as the worker runs with it: OffsetFetch's top-level error is never read as "no commit".
+"""stream.kafka.aiokafka_patches, as the worker runs with it: OffsetFetch's top-level error is never read as
+"no commit".
 (tests/test_kafka_faults.py shows the same on the real broker across a kill -9 and restart.)"""
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from aiokafka.consumer.group_coordinator import GroupCoordinator
 from aiokafka.protocol.commit import OffsetFetchResponse_v2
 from aiokafka.structs import OffsetAndMetadata, TopicPartition
 
-import stream.worker  # noqa: F401  (the worker installs the fixes on import)
+import stream.runtime.worker  # noqa: F401  (the worker installs the fixes on import)
 
 
 class FakeCoordinator:

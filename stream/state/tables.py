@@ -35,7 +35,7 @@ class Streak(Struct, gc=False, array_like=True):
     """A streak of a streakable gift: (room, sender, gift, group). Credited once with its highest
     cumulative count; kept after closing (for groups with an id) so stragglers are not counted again.
     Encoded as an array of its fields in this order (most of the state is closed streaks: field names would
-    be half of each record); stream.changelog still reads the older map form."""
+    be half of each record); stream.state.changelog still reads the older map form."""
 
     creator_id: str
     region: str

@@ -18,7 +18,7 @@ Two ways to consume, both documented Faust paths:
   --mode take    batches: `async for events in stream.take_events(N, within=S)`, one engine call per
                  partition per batch
 
-  python -m stream.faust_app worker --bootstrap 127.0.0.1:19092 --group G --topic gifts [--config TOML]
+  python -m stream.runtime.faust_app worker --bootstrap 127.0.0.1:19092 --group G --topic gifts [--config TOML]
       [--mode events|take] [--take 10000] [--within 0.2] [--log-level warning]
 """
 
@@ -31,11 +31,12 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from stream import model
 from stream.config import Topics, WorkerConfig, load_config
-from stream.engine import Outputs
-from stream.engine_native import Engine, make_engine
-from stream.policy import Policy, load_policy
+from stream.engine import model
+from stream.engine.native import Engine, make_engine
+from stream.engine.policy import Policy, load_policy
+from stream.engine.reference import Outputs
+from stream.kafka.routing import PartitionCache
 
 
 class FaustRunner:
@@ -82,7 +83,8 @@ class FaustRunner:
             if not partitions:
                 raise RuntimeError(f"no partition count for topic {self.cfg.topics.gifts} in the metadata")
             e = self.engines[partition] = make_engine(self.policy, partition, source_topic=self.cfg.topics.gifts,
-                                                      kind=self.cfg.engine, partitions=partitions)
+                                                      kind=self.cfg.engine, partitions=partitions,
+                                                      owners=PartitionCache(partitions))
         return e
 
     async def _per_event(self, stream: Any) -> None:
@@ -125,7 +127,7 @@ class FaustRunner:
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m stream.faust_app", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m stream.runtime.faust_app", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("command", choices=["worker"])
     p.add_argument("--config", help="worker config TOML (topics, group, bootstrap), as for `giftstream worker`")

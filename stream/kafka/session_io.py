@@ -10,9 +10,9 @@ import msgspec
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
-from stream import model
 from stream.config import WorkerConfig
-from stream.engine import PartitionCache
+from stream.engine import model
+from stream.kafka.routing import PartitionCache
 
 MAX_PACE_JUMP_MS = 60_000
 

@@ -1,5 +1,5 @@
 """One input partition's lifecycle in the worker: restore, process, commit, close (after Kafka Streams'
-StreamTask). The worker (stream.worker) creates, drives and closes tasks; a task owns everything of its
+StreamTask). The worker (stream.runtime.worker) creates, drives and closes tasks; a task owns everything of its
 partition: the engine and its state, the changelog writer and the transactional producer.
 
     CREATED --restore()--> RESTORING --> RUNNING --close()--> CLOSED
@@ -30,18 +30,19 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka import errors as Errors
 from aiokafka.structs import OffsetAndMetadata
 
-from stream import model
-from stream.aiokafka_fixes import NotAMember
-from stream.changelog import ChangelogWriter, Record, RecordBatchBuilder, StateRestore, cursor_record, engine_body
-from stream.changelog_reader import ChangelogReader
-from stream.checkpoint import Checkpoint, CheckpointInvalid, CheckpointStore
-from stream.clients import CLOSE_TIMEOUT_S, PRODUCER_BATCH_BYTES, KafkaClients, close_within
-from stream.columnar_fetch import columns_of
 from stream.config import WorkerConfig
-from stream.engine import Outputs, partition_for
-from stream.engine_native import Engine, make_engine, resolve_kind
-from stream.metrics import Metrics
-from stream.policy import Policy
+from stream.engine import model
+from stream.engine.native import Engine, make_engine, resolve_kind
+from stream.engine.policy import Policy
+from stream.engine.reference import Outputs
+from stream.kafka.aiokafka_patches import NotAMember
+from stream.kafka.clients import CLOSE_TIMEOUT_S, PRODUCER_BATCH_BYTES, KafkaClients, close_within
+from stream.kafka.columnar_fetch import columns_of
+from stream.kafka.routing import PartitionCache, partition_for
+from stream.runtime.restore import ChangelogReader
+from stream.service.metrics import Metrics
+from stream.state.changelog import ChangelogWriter, Record, RecordBatchBuilder, StateRestore, cursor_record, engine_body
+from stream.state.checkpoint import Checkpoint, CheckpointInvalid, CheckpointStore
 
 log = logging.getLogger(__name__)
 
@@ -271,9 +272,11 @@ class PartitionTask:
         # The engine dead-letters records of creators that hash to another partition (wrong key).
         partitions = len(self.consumer.partitions_for_topic(self.cfg.topics.gifts) or ())
 
+        owners = PartitionCache(partitions)
+
         def engine_for(state):
             return make_engine(self.policy, self.partition, state, self.cfg.topics.gifts, self.cfg.engine,
-                               partitions=partitions)
+                               partitions=partitions, owners=owners)
 
         return StateRestore(engine_for, native=resolve_kind(self.cfg.engine) == "native")
 
@@ -320,7 +323,7 @@ class PartitionTask:
 
     async def _committed_positions(self) -> dict[TopicPartition, int]:
         """Where the group's last commit left gifts-p and payouts-p; the log start where it never committed.
-        consumer.committed returns None only when the broker says "no commit" (stream.aiokafka_fixes)."""
+        consumer.committed returns None only when the broker says "no commit" (stream.kafka.aiokafka_patches)."""
         positions: dict[TopicPartition, int] = {}
         for tp in self.inputs:
             committed = await self.consumer.committed(tp)

@@ -1,0 +1,58 @@
+"""What `/creators/<id>` answers: a creator's balance and the tallies of the windows still open, computed
+from the state one engine holds (pure: the HTTP handler only finds the engine that owns the creator)."""
+
+from __future__ import annotations
+
+from msgspec import Struct
+
+from stream.engine.policy import Policy
+from stream.state.tables import CreatorState
+
+
+class OpenWindow(Struct):
+    window: str
+    window_start: int
+    window_end: int
+    milli_diamonds: int
+    credits: int
+    final: bool = False  # open windows are never final: the window-totals topic carries the final tallies
+
+
+class CreatorView(Struct):
+    creator_id: str
+    partition: int
+    region: str
+    balance_milli_diamonds: int
+    balance_cents: int
+    credited_milli_diamonds: int
+    paid_out_milli_diamonds: int
+    notices: int
+    above_threshold: bool
+    watermark: int | None
+    open_windows: list[OpenWindow]
+
+
+def open_windows(c: CreatorState, policy: Policy, close_cursor: int) -> list[OpenWindow]:
+    """Every window instance holding one of the creator's panes and not closed yet (ends after the cursor),
+    by window in policy order, then by start."""
+    out = []
+    for w in policy.windows:
+        starts = sorted({pane - pane % w.hop_ms - k * w.hop_ms for pane in c.panes
+                         for k in range(w.size_ms // w.hop_ms)})
+        for start in starts:
+            if start + w.size_ms <= close_cursor:
+                continue
+            tallies = [t for pane, t in c.panes.items() if start <= pane < start + w.size_ms]
+            if tallies:
+                out.append(OpenWindow(w.name, start, start + w.size_ms, sum(t[0] for t in tallies),
+                                      sum(t[1] for t in tallies)))
+    return out
+
+
+def creator_view(creator_id: str, partition: int, c: CreatorState, policy: Policy, watermark: int | None,
+                 close_cursor: int | None) -> CreatorView:
+    return CreatorView(
+        creator_id=creator_id, partition=partition, region=c.region, balance_milli_diamonds=c.balance,
+        balance_cents=policy.regions[c.region].value_cents(c.balance), credited_milli_diamonds=c.credited,
+        paid_out_milli_diamonds=c.paid_out, notices=c.crossings, above_threshold=c.above, watermark=watermark,
+        open_windows=open_windows(c, policy, close_cursor or 0))

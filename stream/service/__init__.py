@@ -1,0 +1,1 @@
+"""The service layer: the process around the worker: HTTP (http), Prometheus metrics (metrics), JSON logs (logs)."""
