@@ -34,7 +34,7 @@ test: install lint kafka-up
 	bash deploy/install-test-tools.sh
 	$(BIN)/python -m pytest -q
 
-kafka-up:
+kafka-up: install
 	bash deploy/kafka/kafka-up.sh
 
 kafka-down:

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install the command-line tools the test suite needs besides Python and Kafka:
-#   promtool    (tests/test_deploy_files.py: `promtool check config`, `check rules`, `test rules`)
-#   prometheus  (tests/test_prometheus_scrape.py: a real server scraping a real worker)
+#   promtool    (tests/contract/test_deploy_files.py: `promtool check config`, `check rules`, `test rules`)
+#   prometheus  (tests/integration/test_prometheus_scrape.py: a real server scraping a real worker)
 # Both come from Debian's `prometheus` package. Idempotent and quiet: does nothing when both are on PATH.
 #
 # Usage: deploy/install-test-tools.sh

@@ -1,8 +1,8 @@
 """An independent, deliberately naive computation of what the engine must produce.
 
 It reads the same records but shares no code with stream.engine.reference: plain dicts, whole-input passes, no
-windows machinery, no timers. Used as the ground truth by the engine tests (tests/reference.py re-exports
-it) and by the load harness (`giftstream load run`).
+windows machinery, no timers. Used as the ground truth by the engine tests
+and by the load harness (`giftstream load run`).
 """
 
 from __future__ import annotations

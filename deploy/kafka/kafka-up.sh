@@ -18,6 +18,8 @@
 #   GIFTSTREAM_KAFKA_HEAP_OPTS        JVM heap options (default "-Xms1g -Xmx1g")
 #   GIFTSTREAM_KAFKA_START_TIMEOUT    seconds to wait for the broker (default 60)
 #   GIFTSTREAM_KAFKA_FRESH=1          same as --fresh
+#   GIFTSTREAM_PYTHON                 the Python with aiokafka that asks the broker whether it is ready
+#                                     (default: <repo>/.venv/bin/python, which `make install` makes)
 set -euo pipefail
 
 SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -35,6 +37,7 @@ SCRAM_PASSWORD="${GIFTSTREAM_KAFKA_SCRAM_PASSWORD:-giftstream-test-secret}"
 HEAP_OPTS="${GIFTSTREAM_KAFKA_HEAP_OPTS:--Xms1g -Xmx1g}"
 START_TIMEOUT="${GIFTSTREAM_KAFKA_START_TIMEOUT:-60}"
 FRESH="${GIFTSTREAM_KAFKA_FRESH:-0}"
+PYTHON="${GIFTSTREAM_PYTHON:-${REPO_ROOT}/.venv/bin/python}"
 # Fixed cluster id: base64url of the 16 bytes "giftstream-kafka".
 CLUSTER_ID="Z2lmdHN0cmVhbS1rYWZrYQ"
 
@@ -107,39 +110,13 @@ broker_pid() {
   return 1
 }
 
-# Minimal Kafka protocol client in pure bash (no JVM / Python needed):
-# kafka_request HEX N [PORT] -> sends a size-prefixed request (HEX = header+body, hex)
-# to a plaintext-framed listener (PLAINTEXT by default; ApiVersions also works on
-# SASL_PLAINTEXT before authentication) and prints the first N response bytes as hex.
-CORR_HEX="47495354"                      # correlation id
-CLIENT_HEX="00086b61666b612d7570"        # client_id "kafka-up" (int16 length + bytes)
-str_hex() { printf '%04x' "${#1}"; printf '%s' "$1" | od -An -tx1 | tr -d ' \n'; }
-kafka_request() {
-  local req="$1" n="$2" port="${3:-$PORT}" frame
-  frame="$(printf '%08x%s' "$(( ${#req} / 2 ))" "$req" | sed 's/../\\x&/g')"
-  (
-    exec 3<>"/dev/tcp/127.0.0.1/${port}" || exit 1
-    printf '%b' "$frame" >&3
-    timeout 3 head -c "$n" <&3 | od -An -tx1 | tr -d ' \n'
-  ) 2>/dev/null
-}
-
-# ApiVersions v0 -> response: size(4) correlation_id(4) error_code(2)
-probe() {
-  local hex
-  hex="$(kafka_request "00120000${CORR_HEX}${CLIENT_HEX}" 10 "${1:-$PORT}")" || return 1
-  [[ "${hex:8:8}" == "$CORR_HEX" && "${hex:16:4}" == "0000" ]]
-}
-
-# FindCoordinator v1 (key_type 0=group, 1=transaction). The broker creates
-# __consumer_offsets / __transaction_state on first lookup; doing it here means
-# clients don't see COORDINATOR_NOT_AVAILABLE retries on a fresh broker.
-# Response: size(4) correlation_id(4) throttle_time_ms(4) error_code(2)
-coordinator_ready() {
-  local hex
-  hex="$(kafka_request "000a0001${CORR_HEX}${CLIENT_HEX}$(str_hex giftstream-warmup)0$1" 14)" || return 1
-  [[ "${hex:8:8}" == "$CORR_HEX" && "${hex:24:4}" == "0000" ]]
-}
+# The broker's readiness, asked by deploy/kafka/smoke.py (aiokafka's protocol classes, one request on a raw
+# connection): ApiVersions answers on PLAINTEXT and, before authentication, on SASL_PLAINTEXT.
+SMOKE="${SCRIPT_DIR}/smoke.py"
+probe() { "$PYTHON" "$SMOKE" --probe "${1:-$PORT}" 2>/dev/null; }
+# FindCoordinator (0 = group, 1 = transaction): the broker creates __consumer_offsets / __transaction_state on
+# the first lookup; doing it here means clients don't see COORDINATOR_NOT_AVAILABLE retries on a fresh broker.
+coordinator_ready() { "$PYTHON" "$SMOKE" --coordinator "$1" "$PORT" 2>/dev/null; }
 
 port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
@@ -271,6 +248,7 @@ scram_config_args() {  # SCRAM-SHA-256=[name=u,password=p] per mechanism (format
 }
 
 # ---------------------------------------------------------------- already running?
+[[ -x "$PYTHON" ]] || die "no ${PYTHON} (it asks the broker whether it is ready): run \`make install\` first, or set GIFTSTREAM_PYTHON"
 mkdir -p "$LOG_DIR"
 ensure_tls_material
 if pid="$(broker_pid)"; then

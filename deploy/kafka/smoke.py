@@ -16,13 +16,24 @@ Checks, against a real broker:
 Usage: .venv/bin/python deploy/kafka/smoke.py --bootstrap 127.0.0.1:19092 [-v]
 Exit status 0 only if every check passes. Topics/groups get a unique suffix per
 run, and are deleted at the end unless --keep is given.
+
+kafka-up.sh also asks it two questions while a broker starts, each one request
+on a raw connection (no authentication, so they work on the SASL listener too):
+  smoke.py --probe PORT               does the broker answer ApiVersions?
+  smoke.py --coordinator KIND PORT    is the group (0) or transaction (1)
+                                      coordinator ready? (the first lookup
+                                      creates __consumer_offsets /
+                                      __transaction_state)
+Exit status 0 for yes.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import io
 import logging
+import struct
 import sys
 import time
 import uuid
@@ -30,6 +41,9 @@ import uuid
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+from aiokafka.protocol.admin import ApiVersionRequest_v0
+from aiokafka.protocol.api import RequestHeader_v1
+from aiokafka.protocol.coordination import FindCoordinatorRequest_v1
 from aiokafka.structs import OffsetAndMetadata
 
 STEP_TIMEOUT = 30.0
@@ -58,6 +72,37 @@ async def consume_all(consumer: AIOKafkaConsumer, want: int, idle_s: float = 3.0
         elif len(records) >= want and time.monotonic() - last_new >= idle_s:
             break
     return records
+
+
+async def ask(port: int, request, timeout_s: float = 3.0):
+    """One request on a fresh connection to 127.0.0.1:port; the decoded response (None if no answer)."""
+    correlation_id = 0x47495354
+    payload = RequestHeader_v1(request, correlation_id, "kafka-up").encode() + request.encode()
+    try:
+        reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), timeout_s)
+    except (TimeoutError, OSError):
+        return None
+    try:
+        writer.write(struct.pack(">i", len(payload)) + payload)
+        size = struct.unpack(">i", await asyncio.wait_for(reader.readexactly(4), timeout_s))[0]
+        body = await asyncio.wait_for(reader.readexactly(size), timeout_s)
+    except (TimeoutError, OSError, asyncio.IncompleteReadError):
+        return None
+    finally:
+        writer.close()
+    if struct.unpack(">i", body[:4])[0] != correlation_id:
+        return None
+    return request.RESPONSE_TYPE.decode(io.BytesIO(body[4:]))
+
+
+async def broker_answers(port: int) -> bool:
+    response = await ask(port, ApiVersionRequest_v0())
+    return response is not None and response.error_code == 0
+
+
+async def coordinator_ready(kind: int, port: int) -> bool:
+    response = await ask(port, FindCoordinatorRequest_v1("giftstream-warmup", kind))
+    return response is not None and response.error_code == 0
 
 
 async def main(bootstrap: str, keep: bool) -> int:
@@ -264,7 +309,14 @@ if __name__ == "__main__":
     ap.add_argument("--bootstrap", default="127.0.0.1:19092")
     ap.add_argument("--keep", action="store_true", help="don't delete the topics")
     ap.add_argument("-v", "--verbose", action="store_true")
+    ap.add_argument("--probe", type=int, metavar="PORT", help="only: does the broker on PORT answer ApiVersions?")
+    ap.add_argument("--coordinator", type=int, nargs=2, metavar=("KIND", "PORT"),
+                    help="only: is the group (KIND 0) or transaction (KIND 1) coordinator ready?")
     args = ap.parse_args()
+    if args.probe is not None:
+        sys.exit(0 if asyncio.run(broker_answers(args.probe)) else 1)
+    if args.coordinator is not None:
+        sys.exit(0 if asyncio.run(coordinator_ready(*args.coordinator)) else 1)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -1,5 +1,5 @@
 """Every Kafka client the worker uses is made here, with its settings in one place. The worker and its tasks
-only ask this factory, so tests can hand them other clients (tests/fake_kafka.py) and drive the commit and
+only ask this factory, so tests can hand them other clients (tests/support/fake_kafka.py) and drive the commit and
 recovery paths without a broker, as well as with one."""
 
 from __future__ import annotations

@@ -11,8 +11,9 @@ PartitionRecords (a subclass). Only a consumer created with value_deserializer=C
 every other consumer in the process is untouched. Per batch, the subclass still uses aiokafka's own batch
 object for everything that decides what a reader may see: the CRC check, aborted transactions under
 read_committed, control batches and the fetch position. Only the per-record loop is replaced, and only for
-uncompressed v2 batches (others go through aiokafka's record iterator, as before). tests/test_columnar_fetch.py
-compares the two paths on the same fetches, aborted transactions and compressed batches included.
+uncompressed v2 batches (others go through aiokafka's record iterator, as before).
+tests/integration/test_columnar_fetch.py compares the two paths on the same fetches, aborted transactions and
+compressed batches included.
 
 Consequence for getmany(max_records=N): N counts chunks (each at most Columns.chunk_records records).
 """

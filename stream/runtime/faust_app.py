@@ -2,7 +2,8 @@
 native worker (one per input partition) with the same policy, and sends the notices, window totals, late
 gifts and dead letters to the same output topics as raw bytes.
 
-It exists to compare the native worker with Faust on the same input (see load/bench_faust.py), not to
+It exists to compare the native worker with Faust on the same input (`giftstream load compare`,
+load/harness_compare.py), not to
 replace the worker. What it does NOT do, on purpose and unlike the native worker:
   * processing guarantee at_least_once (Faust's default): outputs are sent, events acked, and Faust
     commits the acked offsets every broker_commit_interval / broker_commit_every; a crash between a send

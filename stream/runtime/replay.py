@@ -70,8 +70,8 @@ class PartitionRouter:
         cache = self._cache
         groups: list[list[int]] = [[] for _ in range(self.partitions)]
         appends = [g.append for g in groups]
-        # One pass, bound methods, a dict lookup per record (a method call per record here used to cost
-        # about as much as decoding the record).
+        # One pass, bound methods, a dict lookup per record: a method call per record would cost about as much
+        # as decoding the record.
         for i, ev in enumerate(decoded):
             appends[cache[ev.creator_id] if type(ev) is GiftEvent else 0](i)
         return groups

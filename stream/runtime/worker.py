@@ -122,6 +122,11 @@ class _Rebalance(ConsumerRebalanceListener):
 
 
 class Worker:
+    """One member of the consumer group `cfg.group_id`: its poll loop (the module docstring numbers it), one
+    PartitionTask per assigned partition, and the health /healthz and /readyz report. `clients` is the
+    factory of every Kafka client it makes (tests hand it fakes). Run it with `await worker.run()`; `stop()`
+    makes run() finish the batch in hand, commit it and leave the group."""
+
     def __init__(self, cfg: WorkerConfig, policy: Policy, metrics: Metrics | None = None,
                  worker_id: str = "worker", clients: KafkaClients | None = None) -> None:
         self.cfg = cfg
@@ -158,6 +163,10 @@ class Worker:
         return self._assigned and all(task.state is TaskState.RUNNING for task in self.tasks.values())
 
     async def run(self) -> None:
+        """Join the group and run the poll loop until stop(); then close every task (committing what is
+        committed, writing final checkpoints) and the clients, each bounded by the close timeout. Returns
+        normally after stop(); an error the loop cannot recover from (stream.runtime.task's typed outcomes
+        cover the recoverable ones) propagates after the same shutdown."""
         cfg = self.cfg
         # Columnar fetching (stream/kafka/columnar_fetch.py): a poll returns chunks of columns, not one object per
         # record. getmany's max_records then counts chunks.

@@ -7,15 +7,15 @@ import itertools
 from fractions import Fraction
 
 import pytest
-import reference
-from conftest import T0, gift
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from load import ground_truth
 from stream.engine.native import Engine, make_engine
 from stream.engine.reference import Outputs
 from stream.runtime.replay import replay
 from stream.state.tables import restore, snapshot
+from tests.support.events import gift, sessions
 
 pytestmark = pytest.mark.usefixtures("both_engines")  # every test runs on both engines
 
@@ -23,44 +23,9 @@ MIN = 60_000
 REGIONS = ["US", "ID", "KR", "TR"]
 
 
-@st.composite
-def sessions(draw, in_order: bool = False):
-    """A session of plain gifts, streaks (some missing their end), duplicates, disorder and bad records."""
-    n = draw(st.integers(1, 80))
-    ts = T0
-    records: list[bytes] = []
-    for i in range(n):
-        ts += draw(st.integers(0, 9 * MIN))
-        kind = draw(st.sampled_from(["plain", "plain", "streak", "dup", "late", "bad"] if not in_order
-                                    else ["plain", "plain", "streak"]))
-        creator = draw(st.sampled_from(["c0", "c1", "c2", "c3", "c4"]))
-        region = REGIONS[int(creator[1]) % len(REGIONS)]
-        if kind == "plain":
-            records.append(gift(event_id=f"e{i}", creator_id=creator, region=region, room_id=f"r{creator}",
-                                diamond_count=draw(st.sampled_from([1, 5, 99, 500, 29_999])),
-                                repeat_count=draw(st.integers(1, 3)), ts=ts))
-        elif kind == "streak":
-            counts = sorted(draw(st.lists(st.integers(1, 30), min_size=1, max_size=5, unique=True)))
-            has_end = draw(st.booleans())
-            for j, c in enumerate(counts):
-                records.append(gift(event_id=f"e{i}.{j}", creator_id=creator, region=region,
-                                    room_id=f"r{creator}", gift_type=1, diamond_count=1, repeat_count=c,
-                                    group_id=f"g{i}", repeat_end=has_end and j == len(counts) - 1,
-                                    ts=ts + j * 200))
-        elif kind == "dup" and records:
-            records.append(draw(st.sampled_from(records)))
-        elif kind == "late":
-            records.append(gift(event_id=f"e{i}", creator_id=creator, region=region,
-                                ts=ts - draw(st.integers(0, 180 * MIN))))
-        elif kind == "bad":
-            records.append(draw(st.sampled_from([b"{oops", gift(diamond_count=0), gift(region="ZZ"),
-                                                 gift(ts=ts + 10**9)])))
-    return records
-
-
 def _reference(policy, records, partitions):
     rates = {r: p.diamonds_per_coin for r, p in policy.regions.items()}
-    return reference.expected(records, rates, partitions, policy.max_future_ms, policy.dedupe_horizon_ms,
+    return ground_truth.expected(records, rates, partitions, policy.max_future_ms, policy.dedupe_horizon_ms,
                               policy.max_record_bytes)
 
 
@@ -81,7 +46,7 @@ def test_window_totals_match_the_reference_when_nothing_is_late(policy, records)
     result = replay(records, policy, partitions=2, final=True)
     ref = _reference(policy, records, 2)
     windows = [(w.name, w.size_ms, w.hop_ms) for w in policy.windows]
-    expected = {k: v for k, v in reference.window_totals(ref["credits"], windows).items() if v}
+    expected = {k: v for k, v in ground_truth.window_totals(ref["credits"], windows).items() if v}
     got = {(w.creator_id, w.window, w.window_start): w.milli_diamonds for w in result.outputs.window_totals}
     assert got == expected
     assert not result.outputs.late
@@ -119,7 +84,7 @@ def test_snapshot_restore_and_batching_equal_an_uninterrupted_run(policy, record
 def test_reference_agrees_with_a_hand_count():
     recs = [gift(diamond_count=5, repeat_count=2), gift(gift_type=1, group_id="g", repeat_count=3),
             gift(gift_type=1, group_id="g", repeat_count=9, repeat_end=True)]
-    ref = reference.expected(recs, {"US": Fraction(1)}, 1, 3_600_000, 7_200_000)
+    ref = ground_truth.expected(recs, {"US": Fraction(1)}, 1, 3_600_000, 7_200_000)
     assert ref["balances"] == {"c1": (10 + 45) * 1000}
 
 

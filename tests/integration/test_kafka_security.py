@@ -13,8 +13,16 @@ from dataclasses import replace
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from conftest import gift
-from proc_helpers import (
+
+from stream.config import WorkerConfig, load_config
+from stream.engine.policy import load_policy
+from stream.kafka.connect import ConnectionCheckError, check_connection
+from stream.kafka.session_io import read_topic
+from stream.kafka.topics import create_topics, delete_topics
+from stream.runtime.replay import replay
+from stream.service.logs import JsonFormatter
+from tests.support.events import gift
+from tests.support.processes import (
     KAFKA_CA,
     SASL_BOOTSTRAP,
     SCRAM_PASSWORD,
@@ -29,14 +37,6 @@ from proc_helpers import (
     wait_until,
     write_config,
 )
-
-from stream.config import WorkerConfig, load_config
-from stream.engine.policy import load_policy
-from stream.kafka.connect import ConnectionCheckError, check_connection
-from stream.kafka.session_io import read_topic
-from stream.kafka.topics import create_topics, delete_topics
-from stream.runtime.replay import replay
-from stream.service.logs import JsonFormatter
 
 pytestmark = [pytest.mark.kafka, pytest.mark.timeout(90)]
 WRONG_PASSWORD = "not-the-password-0451"

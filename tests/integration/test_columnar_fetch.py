@@ -118,10 +118,10 @@ def test_columns_of_accepts_both_shapes():
 @pytest.mark.kafka
 async def test_columnar_consumer_sees_exactly_what_a_plain_consumer_sees():
     from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-    from proc_helpers import BOOTSTRAP
 
     from stream.config import Topics, WorkerConfig
     from stream.kafka.topics import create_topics, delete_topics
+    from tests.support.processes import BOOTSTRAP
 
     assert columnar_fetch.install()
     topic = f"columnar-{uuid.uuid4().hex[:8]}"

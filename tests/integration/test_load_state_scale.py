@@ -6,9 +6,9 @@ from __future__ import annotations
 import json
 
 import pytest
-from proc_helpers import BOOTSTRAP, run_cli
 
 from load.state_scale import GapTracker
+from tests.support.processes import BOOTSTRAP, run_cli
 
 pytestmark = pytest.mark.kafka
 

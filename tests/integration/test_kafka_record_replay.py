@@ -7,7 +7,6 @@ import asyncio
 import time
 
 import pytest
-from proc_helpers import BOOTSTRAP, run_cli, unique_topics, write_config
 
 from stream.cli import _default_session
 from stream.config import WorkerConfig
@@ -15,6 +14,7 @@ from stream.engine import model
 from stream.engine.policy import load_policy
 from stream.kafka.topics import delete_topics
 from stream.runtime.replay import read_session, replay, write_session
+from tests.support.processes import BOOTSTRAP, run_cli, unique_topics, write_config
 
 pytestmark = pytest.mark.kafka
 

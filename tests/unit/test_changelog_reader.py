@@ -6,10 +6,9 @@ from __future__ import annotations
 
 import asyncio
 
-from fake_kafka import FakeClients, FakeCluster
-
 from stream.config import WorkerConfig
 from stream.runtime.restore import ChangelogReader
+from tests.support.fake_kafka import FakeClients, FakeCluster
 
 TOPIC = "changelog"
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 import base64
 
 import pytest
-from conftest import T0, gift
 
 from stream.engine.native import Engine, make_engine
 from stream.engine.reference import Outputs
 from stream.state.tables import restore, snapshot
+from tests.support.events import T0, gift
 
 pytestmark = pytest.mark.usefixtures("both_engines")  # every test runs on both engines
 

@@ -6,13 +6,13 @@ from __future__ import annotations
 import msgspec
 import orjson
 import pytest
-from conftest import T0, gift
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_engine_native import run_side_by_side
 
 from stream.engine import model
 from stream.engine.native import native_available
+from tests.support.differential import run_side_by_side
+from tests.support.events import T0, gift
 
 pytestmark = pytest.mark.skipif(not native_available(), reason="native engine not built")
 

@@ -13,7 +13,7 @@ from stream.cli import _default_session
 from stream.engine import model
 from stream.runtime.replay import read_session, replay
 
-SCHEMAS = Path(__file__).resolve().parents[1] / "schemas"
+SCHEMAS = Path(__file__).resolve().parents[2] / "schemas"
 
 
 def validator(name: str) -> Draft202012Validator:

@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import orjson
 import pytest
-from conftest import T0, gift
 
 from stream.engine import model
 from stream.engine.native import make_engine
 from stream.kafka.routing import PartitionCache, partition_for
 from stream.runtime.replay import replay
+from tests.support.events import T0, gift
 
 pytestmark = pytest.mark.usefixtures("both_engines")  # every test runs on both engines
 
@@ -118,7 +118,8 @@ def test_the_schemas_hold_every_id_to_the_models_pattern():
     import json
     from pathlib import Path
 
-    props = json.loads((Path(__file__).parents[1] / "schemas/gift-event.schema.json").read_text())["properties"]
+    schema = Path(__file__).resolve().parents[2] / "schemas/gift-event.schema.json"
+    props = json.loads(schema.read_text())["properties"]
     for field in ("event_id", "room_id", "creator_id", "sender_id"):
         assert props[field]["pattern"] == model.ID_PATTERN, field
     assert props["group_id"]["pattern"] == model.GROUP_ID_PATTERN

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from stream.config import Topics, WorkerConfig, dump_config
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 KAFKA_HOME = Path(os.environ.get("GIFTSTREAM_KAFKA_HOME", ROOT / ".local" / "kafka"))
 BOOTSTRAP = os.environ.get("GIFTSTREAM_TEST_BOOTSTRAP", "127.0.0.1:19092")
 SASL_BOOTSTRAP = os.environ.get("GIFTSTREAM_TEST_SASL_BOOTSTRAP", "127.0.0.1:19094")

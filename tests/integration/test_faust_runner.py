@@ -10,7 +10,6 @@ from collections import Counter
 
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
-from proc_helpers import BOOTSTRAP, Proc, unique_topics, write_config
 
 from load.generator import TrafficConfig, generate
 from stream.config import WorkerConfig
@@ -19,6 +18,7 @@ from stream.engine.policy import load_policy
 from stream.kafka.session_io import committed_offsets, produce_session, read_topic
 from stream.kafka.topics import create_topics, delete_topics
 from stream.runtime.replay import replay
+from tests.support.processes import BOOTSTRAP, Proc, unique_topics, write_config
 
 pytest.importorskip("faust")
 pytestmark = pytest.mark.kafka

@@ -1,5 +1,5 @@
 """Faults an outside test found, reproduced on real brokers: a broker killed (-9) and restarted (a broker of
-this module's own, tests/private_broker.py), an output topic that does not exist, a zombie worker (SIGSTOP
+this module's own, tests/support/private_broker.py), an output topic that does not exist, a zombie worker (SIGSTOP
 past the session timeout, then SIGCONT), and what /readyz, /healthz, SIGTERM and the logs do while the
 broker is away."""
 
@@ -18,18 +18,6 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.structs import OffsetAndMetadata
-from kafka_checks import (
-    PARTITIONS,
-    assert_matches_offline,
-    group_committed,
-    run_worker_through,
-    session,
-    topics_of_its_own,
-    wait_drained,
-    wait_for,
-)
-from private_broker import PrivateBroker
-from proc_helpers import BOOTSTRAP, free_port, http_get, start_worker, write_config
 
 from load.generator import TrafficConfig, generate
 from stream.engine import model
@@ -42,6 +30,18 @@ from stream.kafka.topics import create_topics, delete_topics
 from stream.runtime.task import TaskState
 from stream.runtime.worker import Worker
 from stream.state.changelog import restore_state
+from tests.support.kafka_checks import (
+    PARTITIONS,
+    assert_matches_offline,
+    group_committed,
+    run_worker_through,
+    session,
+    topics_of_its_own,
+    wait_drained,
+    wait_for,
+)
+from tests.support.private_broker import PrivateBroker
+from tests.support.processes import BOOTSTRAP, free_port, http_get, start_worker, write_config
 
 pytestmark = pytest.mark.kafka
 PRIVATE_BROKER_PORT = 19192  # and the two after it (controller, SASL)

@@ -1,6 +1,6 @@
 """stream.kafka.aiokafka_patches, as the worker runs with it: OffsetFetch's top-level error is never read as
 "no commit".
-(tests/test_kafka_faults.py shows the same on the real broker across a kill -9 and restart.)"""
+(tests/integration/test_kafka_faults.py shows the same on the real broker across a kill -9 and restart.)"""
 
 from __future__ import annotations
 

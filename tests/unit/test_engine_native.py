@@ -3,64 +3,25 @@ on the same input, record for record, the same outputs, counters, changelog reco
 
 from __future__ import annotations
 
-import itertools
 import json
 
 import orjson
 import pytest
-from conftest import T0, gift
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_engine_properties import sessions
 
-from stream.engine import model
 from stream.engine.native import NativePartitionEngine, native_available
-from stream.engine.reference import Outputs, PartitionEngine
+from stream.engine.reference import PartitionEngine
 from stream.kafka.routing import partition_for
 from stream.runtime.replay import replay
 from stream.state.changelog import ChangelogWriter, restore_state
+from tests.support.differential import assert_same_outputs, run_side_by_side
+from tests.support.events import T0, gift, payout, sessions
 
 pytestmark = pytest.mark.skipif(not native_available(), reason="native engine not built")
 
 FIELDS = ["event_id", "room_id", "creator_id", "sender_id", "gift_id", "gift_type", "diamond_count",
           "repeat_count", "repeat_end", "ts", "region", "group_id"]
-
-
-def assert_same_outputs(a: Outputs, b: Outputs) -> None:
-    assert a.notices == b.notices
-    assert a.window_totals == b.window_totals
-    assert a.late == b.late
-    assert a.dead_letters == b.dead_letters  # reasons, details and raw bytes
-    assert a.stats == b.stats
-
-
-def payout(pid: str, creator: str, milli: int) -> bytes:
-    return orjson.dumps({"payout_id": pid, "creator_id": creator, "milli_diamonds": milli, "ts": T0})
-
-
-def run_side_by_side(policy, records: list[bytes], cuts: list[int], payouts: list[bytes] = ()) -> None:
-    """Both engines over the same batches (payouts applied between batches), checking after every batch."""
-    py, native = PartitionEngine(policy), NativePartitionEngine(policy)
-    py_log, native_log = ChangelogWriter(), ChangelogWriter()
-    bounds = sorted({min(c, len(records)) for c in cuts} | {0, len(records)})
-    for n, (lo, hi) in enumerate(itertools.pairwise(bounds)):
-        outs = []
-        for eng in (py, native):
-            out = eng.process(records[lo:hi], list(range(lo, hi)))
-            if n < len(payouts):
-                raw = payouts[n]
-                eng.apply_payouts([model.decode_payout(raw)], [raw], [n], out)
-            outs.append(out)
-        assert_same_outputs(*outs)
-        py_records, native_records = py_log.drain(py), native_log.drain(native)
-        assert len(py_records) == len(native_records)  # one record per changed key, no more
-        assert dict(py_records) == dict(native_records)
-    outs = [Outputs(), Outputs()]
-    py.end_of_stream(outs[0])
-    native.end_of_stream(outs[1])
-    assert_same_outputs(*outs)
-    assert py.state == native.state
-    assert py.sizes() == native.sizes()
 
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])

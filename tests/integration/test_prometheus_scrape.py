@@ -12,7 +12,12 @@ from pathlib import Path
 
 import pytest
 import yaml
-from proc_helpers import (
+
+from stream.cli import _default_session
+from stream.engine.policy import load_policy
+from stream.kafka.routing import partition_for
+from stream.runtime.replay import read_session, replay
+from tests.support.processes import (
     BOOTSTRAP,
     ROOT,
     Proc,
@@ -25,11 +30,6 @@ from proc_helpers import (
     wait_until,
     write_config,
 )
-
-from stream.cli import _default_session
-from stream.engine.policy import load_policy
-from stream.kafka.routing import partition_for
-from stream.runtime.replay import read_session, replay
 
 pytestmark = [pytest.mark.kafka, pytest.mark.timeout(120)]
 PARTITIONS = 2

@@ -15,7 +15,7 @@ import pytest
 from load.harness import LatencySample, LatencyTracker, PacedProducer, Point, percentiles, series, write_report
 from stream.engine.native import native_available
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 

@@ -6,10 +6,10 @@ import asyncio
 import json
 
 import pytest
-from proc_helpers import BOOTSTRAP, free_port, run_cli, start_worker, unique_topics, wait_ready, write_config
 
 from stream.config import WorkerConfig
 from stream.kafka.topics import delete_topics
+from tests.support.processes import BOOTSTRAP, free_port, run_cli, start_worker, unique_topics, wait_ready, write_config
 
 pytestmark = pytest.mark.kafka
 PARTITIONS = 3

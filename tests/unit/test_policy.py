@@ -10,7 +10,7 @@ import pytest
 
 from stream.engine.policy import PolicyError, load_policy, parse_policy
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_builtin_and_example_policies_load():

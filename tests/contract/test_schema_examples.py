@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from jsonschema import Draft202012Validator
 
-SCHEMA_DIR = Path(__file__).resolve().parents[1] / "schemas"
+SCHEMA_DIR = Path(__file__).resolve().parents[2] / "schemas"
 EXAMPLE_DIR = SCHEMA_DIR / "examples"
 POLICY_TOML = EXAMPLE_DIR / "policy.example.toml"
 DRAFT_2020_12 = "https://json-schema.org/draft/2020-12/schema"

@@ -1,6 +1,6 @@
-"""The worker's commit and recovery paths without a broker (tests/fake_kafka.py behind stream.kafka.clients): what a
-failed commit, a fence, a failing restore and a backwards position lead to. The same paths run against the
-real broker in test_kafka_worker.py and test_kafka_faults.py."""
+"""The worker's commit and recovery paths without a broker (tests/support/fake_kafka.py behind
+stream.kafka.clients): what a failed commit, a fence, a failing restore and a backwards position lead to. The
+same paths run against the real broker in tests/integration/test_kafka_worker.py and test_kafka_faults.py."""
 
 from __future__ import annotations
 
@@ -11,8 +11,6 @@ from collections import Counter
 import pytest
 from aiokafka import TopicPartition
 from aiokafka import errors as Errors
-from conftest import T0, gift
-from fake_kafka import FakeClients, FakeCluster
 
 from stream.config import WorkerConfig
 from stream.engine import model
@@ -21,6 +19,8 @@ from stream.engine.reference import Outputs
 from stream.kafka.routing import partition_for
 from stream.runtime.task import TaskCorrupted, TaskState
 from stream.runtime.worker import Worker
+from tests.support.events import T0, gift
+from tests.support.fake_kafka import FakeClients, FakeCluster
 
 PARTITIONS = 2
 

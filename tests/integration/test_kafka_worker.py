@@ -16,8 +16,17 @@ from pathlib import Path
 
 import orjson
 import pytest
-from conftest import gift
-from kafka_checks import (
+
+from stream.config import WorkerConfig, dump_config
+from stream.engine import model
+from stream.engine.policy import load_policy
+from stream.kafka.clients import KafkaClients
+from stream.kafka.session_io import produce_session, read_topic
+from stream.kafka.topics import delete_topics
+from stream.runtime.worker import Worker
+from stream.state.changelog import restore_state
+from tests.support.events import gift
+from tests.support.kafka_checks import (
     PARTITIONS,
     assert_matches_offline,
     committed_lag,
@@ -29,18 +38,9 @@ from kafka_checks import (
     wait_for,
 )
 
-from stream.config import WorkerConfig, dump_config
-from stream.engine import model
-from stream.engine.policy import load_policy
-from stream.kafka.clients import KafkaClients
-from stream.kafka.session_io import produce_session, read_topic
-from stream.kafka.topics import delete_topics
-from stream.runtime.worker import Worker
-from stream.state.changelog import restore_state
-
 pytestmark = pytest.mark.kafka
 BOOTSTRAP = os.environ.get("GIFTSTREAM_TEST_BOOTSTRAP", "127.0.0.1:19092")
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture

@@ -9,14 +9,13 @@ import itertools
 
 import msgspec
 import pytest
-from conftest import T0, gift
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_engine_properties import sessions
 
 from stream.engine.native import NativePartitionEngine, native_available
 from stream.engine.reference import Outputs, PartitionEngine
 from stream.state.changelog import ChangelogWriter, StateRestore, body_records, engine_body, restore_state, state_body
+from tests.support.events import T0, gift, sessions
 
 KINDS = ["python", "native"] if native_available() else ["python"]
 

@@ -10,7 +10,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from proc_helpers import KAFKA_HOME, ROOT
+from tests.support.processes import KAFKA_HOME, ROOT
 
 UP = ROOT / "deploy" / "kafka" / "kafka-up.sh"
 DOWN = ROOT / "deploy" / "kafka" / "kafka-down.sh"

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import orjson
 import pytest
-from conftest import T0, gift
 
 from stream.engine import model
 from stream.engine.creator_view import creator_view
 from stream.engine.native import make_engine
+from tests.support.events import T0, gift
 
 pytestmark = pytest.mark.usefixtures("both_engines")
 
