@@ -22,7 +22,7 @@ use std::io::Write as _;
 // foldhash: fast on short string keys and seeded per process (ids come from clients: no fixed-seed hash).
 use foldhash::{HashMap, HashSet};
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyList, PyTuple};
+use pyo3::types::{PyBytes, PyDict, PyList, PyTuple};
 
 use decode::{decode_fast, Event};
 use ids::{Id, StreakKey};
@@ -318,12 +318,10 @@ impl Core {
         let changed = self.engine.take_changed();
         let st = &self.engine.state;
         let too_big = || pyo3::exceptions::PyOverflowError::new_err("a changelog value does not fit in 64 bits");
-        put(b"m", Some(&changelog::cursor_value(st.watermark, st.close_cursor)))?;
+        put(changelog::CURSOR_KEY, Some(&changelog::cursor_value(st.watermark, st.close_cursor)))?;
         let mut key = Vec::with_capacity(64);
         for cid in &changed.creators {
-            key.clear();
-            key.extend_from_slice(b"c:");
-            key.extend_from_slice(cid.as_bytes());
+            changelog::key_start(&mut key, changelog::CREATOR).extend_from_slice(cid.as_bytes());
             match st.creators.get(cid) {
                 Some(c) => put(&key, Some(&changelog::creator_value(c).map_err(|_| too_big())?))?,
                 None => put(&key, None)?,
@@ -337,9 +335,7 @@ impl Core {
             }
         }
         for k in &changed.streaks {
-            key.clear();
-            key.extend_from_slice(b"s:");
-            write!(key, "{k}").expect("writing to a Vec");
+            write!(changelog::key_start(&mut key, changelog::STREAK), "{k}").expect("writing to a Vec");
             match st.streaks.get(k) {
                 Some(s) => put(&key, Some(&changelog::streak_value(s)))?,
                 None => put(&key, None)?,
@@ -350,13 +346,15 @@ impl Core {
             if let Some(ids) = st.seen_buckets.get(bucket) {
                 if ids.len() > *start {
                     let new_ids: Vec<&Id> = ids.iter_from(*start).collect();
-                    put(format!("d:{bucket}:{start}").as_bytes(), Some(&changelog::ids_value(new_ids.into_iter())))?;
+                    changelog::dedupe_key(&mut key, *bucket, *start);
+                    put(&key, Some(&changelog::ids_value(new_ids.into_iter())))?;
                     chunks.push((*bucket, *start));
                 }
             }
         }
         for pid in &changed.payouts {
-            put(format!("p:{pid}").as_bytes(), Some(b"1"))?;
+            changelog::key_start(&mut key, changelog::PAYOUT).extend_from_slice(pid.as_bytes());
+            put(&key, Some(changelog::PAYOUT_VALUE))?;
         }
         let expired: Vec<i64> = changed.expired_buckets.iter().copied().collect();
         Ok((chunks, expired))
@@ -567,6 +565,50 @@ fn read_record_batches<'py>(py: Python<'py>, buf: &[u8], keys: bool) -> PyResult
     Ok(out)
 }
 
+/// The changelog schema this build writes and reads (native/src/changelog.rs), in the shape of
+/// stream.state.changelog_schema.SCHEMA.
+#[pyfunction]
+fn changelog_schema(py: Python<'_>) -> PyResult<Bound<'_, PyAny>> {
+    fn to_py<'py>(py: Python<'py>, d: &changelog::Described) -> PyResult<Bound<'py, PyAny>> {
+        Ok(match d {
+            changelog::Described::Text(t) => t.into_pyobject(py)?.into_any(),
+            changelog::Described::Bool(b) => pyo3::types::PyBool::new(py, *b).to_owned().into_any(),
+            changelog::Described::Names(names) => PyTuple::new(py, names)?.into_any(),
+            changelog::Described::Table(entries) => {
+                let table = PyDict::new(py);
+                for (name, value) in entries {
+                    table.set_item(name, to_py(py, value)?)?;
+                }
+                table.into_any()
+            }
+        })
+    }
+    to_py(py, &changelog::describe())
+}
+
+/// The entries of two schemas that differ, a line each.
+fn schema_differences(ours: &Bound<'_, PyDict>, theirs: &Bound<'_, PyDict>) -> PyResult<String> {
+    let names = ours.keys();
+    for name in theirs.keys() {
+        if !ours.contains(&name)? {
+            names.append(name)?;
+        }
+    }
+    let mut out = String::new();
+    for name in names.iter() {
+        let (a, b) = (ours.get_item(&name)?, theirs.get_item(&name)?);
+        let same = match (&a, &b) {
+            (Some(a), Some(b)) => a.eq(b)?,
+            _ => false,
+        };
+        if !same {
+            let show = |v: Option<Bound<'_, PyAny>>| v.map_or("missing".to_owned(), |v| format!("{v:?}"));
+            out.push_str(&format!("\n  {name}: native {}, python {}", show(a), show(b)));
+        }
+    }
+    Ok(out)
+}
+
 /// murmur2 partition of a key (for tests against aiokafka's).
 #[pyfunction]
 fn partition_for(key: &[u8], partitions: u32) -> u32 {
@@ -575,6 +617,20 @@ fn partition_for(key: &[u8], partitions: u32) -> u32 {
 
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    // The changelog schema has one home, stream.state.changelog_schema; this build's compiled-in copy must be it.
+    let py = m.py();
+    let expected = py.import("stream.state.changelog_schema")?.getattr("SCHEMA")?;
+    let built = changelog_schema(py)?;
+    if !built.eq(&expected)? {
+        let differ = match (built.cast::<PyDict>(), expected.cast::<PyDict>()) {
+            (Ok(ours), Ok(theirs)) => schema_differences(ours, theirs)?,
+            _ => format!("\n  python: {expected}"),
+        };
+        return Err(pyo3::exceptions::PyRuntimeError::new_err(format!(
+            "stream._native was built for another changelog schema than stream.state.changelog_schema's: rebuild it \
+             (make install), or make native/src/changelog.rs write the Python one{differ}")));
+    }
+    m.add_function(wrap_pyfunction!(changelog_schema, m)?)?;
     m.add_class::<Core>()?;
     m.add_class::<ChangelogRestore>()?;
     m.add_class::<batch_builder::RecordBatchBuilder>()?;
