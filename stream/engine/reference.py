@@ -31,6 +31,7 @@ from stream.engine.model import (
     WindowTotal,
 )
 from stream.engine.policy import Policy
+from stream.state.changelog_schema import STREAK_KEY_SEP
 from stream.state.tables import RETENTION_BUCKET_MS, CreatorState, PartitionState, Streak, creator_fields
 
 STREAKABLE = 1  # gift_type of gifts sent as streaks with cumulative repeat_count
@@ -249,6 +250,7 @@ class PartitionEngine(EngineEdges):
         dirty_panes_add = self.dirty.panes.add
         thresholds = self._thresholds
         pane_ms = self._pane
+        ks = STREAK_KEY_SEP
         stats["events_in"] += len(decoded)
         creators = st.creators
         owners = self._owners
@@ -335,9 +337,9 @@ class PartitionEngine(EngineEdges):
             # of a streak and a further event (or the end) of an open one, are inlined here with the same
             # steps as in _streak_event; single-event streaks, restarts and stragglers go there.
             # The joined text, not a tuple: ids are held to model.ID_PATTERN (no U+001F), so the join is
-            # unambiguous, and it is the changelog's key (s:<key>), the native core's StreakKey text and the
-            # timer heap's tie order; a tuple would change all three for no gain.
-            key = f"{ev.room_id}\x1f{ev.sender_id}\x1f{ev.gift_id}\x1f{ev.group_id}"
+            # unambiguous, and it is the changelog's key (s:<key>, changelog_schema.STREAK_KEY_SEP), the native
+            # core's StreakKey text and the timer heap's tie order; a tuple would change all three for no gain.
+            key = f"{ev.room_id}{ks}{ev.sender_id}{ks}{ev.gift_id}{ks}{ev.group_id}"
             s = streaks_get(key)
             if s is None:
                 if ev.repeat_end:
@@ -429,7 +431,7 @@ class PartitionEngine(EngineEdges):
         self.dirty.streaks.add(key)
         if delta:
             self._credit(s.creator_id, s.region, s.diamond_count * delta * rate, ts, event_id, out)
-        if key.endswith("\x1f"):  # no group id: nothing can tell a straggler from a new streak
+        if key.endswith(STREAK_KEY_SEP):  # no group id: nothing can tell a straggler from a new streak
             del st.streaks[key]
         else:
             bucket = s.last_ts - s.last_ts % RETENTION_BUCKET_MS
