@@ -142,14 +142,14 @@ class EngineEdges:
                 continue
             owner = self._not_ours(p.creator_id)
             if owner is not None:  # the balance it would lower lives on the owner's partition
-                self._reject(model.WRONG_PARTITION, f"payout {p.payout_id} is for creator {p.creator_id}, who "
-                             f"belongs to partition {owner} of {self.partitions}, not {self.partition}", raws[i],
-                             offset, out, source_topic)
+                self._reject(*model.PAYOUT_WRONG_PARTITION.of(
+                    payout_id=p.payout_id, creator_id=p.creator_id, owner=owner, partitions=self.partitions,
+                    partition=self.partition), raws[i], offset, out, source_topic)
                 continue
             balance = self._apply_payout(p, out)
             if balance is not None:
-                self._reject(model.INVALID_VALUE, f"payout {p.payout_id} of {p.milli_diamonds} exceeds the "
-                             f"balance {balance}", raws[i], offset, out, source_topic)
+                self._reject(*model.PAYOUT_OVER_BALANCE.of(payout_id=p.payout_id, milli_diamonds=p.milli_diamonds,
+                                                           balance=balance), raws[i], offset, out, source_topic)
 
     def _apply_payout(self, p: Payout, out: Outputs) -> int | None:
         """Apply one payout (a repeated one only counts); the balance it exceeds when it cannot apply."""
@@ -251,6 +251,7 @@ class PartitionEngine(EngineEdges):
         thresholds = self._thresholds
         pane_ms = self._pane
         ks = STREAK_KEY_SEP
+        rejections = model.EVENT_REJECTIONS
         stats["events_in"] += len(decoded)
         creators = st.creators
         owners = self._owners
@@ -266,25 +267,24 @@ class PartitionEngine(EngineEdges):
                 self._reject(ev[0], ev[1], raws[i], offsets[i] if offsets else None, out)
                 continue
             if partition is not None and ev.creator_id not in creators and owners[ev.creator_id] != partition:
-                self._reject(model.WRONG_PARTITION, f"creator {ev.creator_id} belongs to partition "
-                             f"{owners[ev.creator_id]} of {self.partitions}, not {partition}", raws[i],
-                             offsets[i] if offsets else None, out)
+                self._reject(*rejections.wrong_partition.of(
+                    creator_id=ev.creator_id, owner=owners[ev.creator_id], partitions=self.partitions,
+                    partition=partition), raws[i], offsets[i] if offsets else None, out)
                 continue
             ts = ev.ts
             rate = rates.get(ev.region)
             if rate is None:
-                self._reject(model.UNKNOWN_REGION, f"region {ev.region!r} is not in policy "
-                             f"{self.policy.version}", raws[i], offsets[i] if offsets else None, out)
+                self._reject(*rejections.unknown_region.of(region=ev.region, policy_version=self.policy.version),
+                             raws[i], offsets[i] if offsets else None, out)
                 continue
             if wm is not None:
                 if ts > wm + future:
-                    self._reject(model.TS_TOO_FAR_FUTURE, f"ts {ts} is more than {future} ms after the "
-                                 f"watermark {wm}", raws[i], offsets[i] if offsets else None, out)
+                    self._reject(*rejections.too_far_future.of(ts=ts, max_future_ms=future, watermark=wm),
+                                 raws[i], offsets[i] if offsets else None, out)
                     continue
                 if ts < wm - horizon:
-                    self._reject(model.TS_TOO_OLD, f"ts {ts} is older than the dedupe horizon "
-                                 f"({horizon} ms before the watermark {wm})", raws[i],
-                                 offsets[i] if offsets else None, out)
+                    self._reject(*rejections.too_old.of(ts=ts, dedupe_horizon_ms=horizon, watermark=wm),
+                                 raws[i], offsets[i] if offsets else None, out)
                     continue
             eid = ev.event_id
             if eid in seen:
