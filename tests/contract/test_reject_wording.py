@@ -4,6 +4,9 @@ place their wording is written; the compiled core hands back only the parameters
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import orjson
 import pytest
 from conftest import T0, gift
@@ -65,3 +68,31 @@ def test_every_reason_is_worded_alike_by_both_engines(both):
     assert native.dead_letters == py.dead_letters
     assert {k: v for k, v in native.stats.items() if k.startswith("rejected.")} == \
         {k: v for k, v in py.stats.items() if k.startswith("rejected.")}
+
+
+def test_the_rejects_the_engines_decide_are_worded_by_model(both, policy):
+    """The engines' own rejects (the decoder's are msgspec's) are model.py's templates, filled in."""
+    r, us = model.EVENT_REJECTIONS, policy.regions["US"].milli_diamonds_per_coin
+    expected = [
+        r.wrong_partition.of(creator_id=THEIRS, owner=1, partitions=PARTITIONS, partition=0),
+        *(r.unknown_region.of(region=region, policy_version=policy.version) for region in ["ZZ", "it's", 'a"b\u00e9']),
+        r.too_far_future.of(ts=T0 + policy.max_future_ms + 1, max_future_ms=policy.max_future_ms, watermark=T0),
+        r.too_old.of(ts=T0 - policy.dedupe_horizon_ms - 1, dedupe_horizon_ms=policy.dedupe_horizon_ms, watermark=T0),
+        model.PAYOUT_WRONG_PARTITION.of(payout_id="p1", creator_id=THEIRS, owner=1, partitions=PARTITIONS,
+                                        partition=0),
+        model.PAYOUT_OVER_BALANCE.of(payout_id="p2", milli_diamonds=10**15, balance=5 * us),
+    ]
+    for out in both:
+        got = [(d.reason, d.detail) for d in out.dead_letters]
+        assert sorted(g for g in got if g in expected) == sorted(expected)
+
+
+def test_the_compiled_core_words_no_reject_itself():
+    """No reason code or engine reject wording is written in native/src: they come from model.py."""
+    source = "".join(p.read_text() for p in (Path(__file__).resolve().parents[2] / "native" / "src").glob("*.rs"))
+    for reason in model.REJECT_REASONS:
+        assert f'"{reason}"' not in source
+    rejections = [*model.EVENT_REJECTIONS, model.PAYOUT_WRONG_PARTITION, model.PAYOUT_OVER_BALANCE]
+    for rejection in rejections:
+        for fragment in re.split(r"\{[^}]*\}", rejection.template):
+            assert len(fragment.strip()) < 12 or fragment.strip() not in source, fragment
