@@ -12,11 +12,16 @@ from collections import defaultdict
 from load.state_scale import build_partition
 from stream.engine.native import make_engine
 from stream.engine.policy import load_policy
+from stream.state import changelog_schema as schema
 from stream.state.changelog import ChangelogWriter, engine_body
 from stream.state.changelog import restore_state as python_restore
 
-KINDS = {b"c": "creator balance (c:)", b"w": "pane tally (w:)", b"s": "streak (s:)", b"d": "dedupe chunk (d:)",
-         b"p": "payout id (p:)", b"m": "cursor (m)"}
+KINDS = {schema.CREATOR: f"creator balance ({schema.CREATOR_PREFIX.decode()})",
+         schema.PANE: f"pane tally ({schema.PANE_PREFIX.decode()})",
+         schema.STREAK: f"streak ({schema.STREAK_PREFIX.decode()})",
+         schema.DEDUPE: f"dedupe chunk ({schema.DEDUPE_PREFIX.decode()})",
+         schema.PAYOUT: f"payout id ({schema.PAYOUT_PREFIX.decode()})",
+         schema.CURSOR: f"cursor ({schema.CURSOR_KEY.decode()})"}
 
 
 def main() -> None:
@@ -49,9 +54,9 @@ def main() -> None:
     print("|---|---:|---:|---:|")
     for kind, (count, size) in sorted(by_kind.items()):
         print(f"| {KINDS.get(kind, kind.decode())} | {count:,} | {size:,} | {size / count:,.1f} |")
-    ids_bytes = by_kind[b"d"][1]
-    per_streak = by_kind[b"s"][1] / max(1, n_streaks)
-    per_creator = (by_kind[b"c"][1] + by_kind[b"w"][1]) / built.creators
+    ids_bytes = by_kind[schema.DEDUPE][1]
+    per_streak = by_kind[schema.STREAK][1] / max(1, n_streaks)
+    per_creator = (by_kind[schema.CREATOR][1] + by_kind[schema.PANE][1]) / built.creators
     print(f"per dedupe id: {ids_bytes / max(1, n_ids):.1f} bytes; per streak: {per_streak:.1f}; "
           f"per creator (balance + its tallies): {per_creator:.1f}")
 

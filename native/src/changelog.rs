@@ -2,67 +2,167 @@
 //! msgspec encodings), a partition's state rebuilt from its records (`Restore`, the steps of
 //! stream.state.changelog.restore_state), and a whole state written as records (`snapshot`, a checkpoint's body).
 //!
-//! Keys, as in stream/state/changelog.py: `m`, `c:<creator>`, `w:<creator>\x1e<pane>`, `s:<streak key>`,
-//! `d:<bucket>:<start>`, `p:<payout id>`. A restore applies records oldest first, each replacing its key's
-//! value (a tombstone removes it), so any suffix of the log applied again over a state that already holds it
-//! gives the same state: a checkpoint plus the changelog from an offset at or before the checkpoint's.
+//! The schema (keys and value layouts) is stream/state/changelog_schema.py's, its one home: it is compiled in
+//! here as the constants below, which every encoder and decoder of this file goes through, and `describe`
+//! lists them back; stream._native does not load when that is not the Python module's SCHEMA (lib.rs).
+//!
+//! A restore applies records oldest first, each replacing its key's value (a tombstone removes it), so any
+//! suffix of the log applied again over a state that already holds it gives the same state: a checkpoint plus
+//! the changelog from an offset at or before the checkpoint's.
 
 use std::collections::BTreeMap;
+use std::io::Write as _;
 use std::sync::Arc;
 
 use foldhash::{HashMap, HashMapExt, HashSet};
 
 use crate::engine::{intern_region, Creator, State, Streak, Tally, RETENTION_BUCKET_MS};
-use crate::ids::{Id, StreakKey};
+use crate::ids::{Id, StreakKey, STREAK_KEY_SEP};
 use crate::msgpack::{Reader, Writer};
 use crate::sharded::{ChunkedVec, ShardedMap};
 
-pub const PANE_SEP: char = '\x1e'; // between creator id and pane start in a `w:` key
+// ------------------------------------------------------------------------------------ the schema
+
+/// Kind bytes: the first byte of a key (then NAME_SEP and the name; the cursor's key is its kind alone).
+pub const CURSOR: u8 = b'm';
+pub const CREATOR: u8 = b'c';
+pub const PANE: u8 = b'w';
+pub const STREAK: u8 = b's';
+pub const DEDUPE: u8 = b'd';
+pub const PAYOUT: u8 = b'p';
+pub const NAME_SEP: u8 = b':';
+pub const CURSOR_KEY: &[u8] = &[CURSOR];
+pub const PANE_SEP: char = '\x1e'; // between creator id and pane start in a pane key
+pub const DEDUPE_SEP: char = ':'; // between bucket and chunk start in a dedupe key
+pub const PAYOUT_VALUE: &[u8] = b"1";
+pub const STREAK_OPEN_DEFAULT: bool = true; // a streak record may leave its trailing `open` out
+
+/// The fields of a record's value: an enum whose declaration order is the layout (`ALL`), with their names.
+macro_rules! layout {
+    ($(#[$doc:meta])* $name:ident { $($field:ident = $text:literal),+ $(,)? }) => {
+        $(#[$doc])*
+        #[derive(Clone, Copy, PartialEq, Eq, Debug)]
+        pub enum $name { $($field),+ }
+        impl $name {
+            pub const ALL: &'static [$name] = &[$($name::$field),+];
+            pub fn name(self) -> &'static str {
+                match self { $($name::$field => $text),+ }
+            }
+        }
+    };
+}
+
+layout!(/// The cursor record's value (CURSOR_FIELDS).
+    CursorField { Watermark = "watermark", CloseCursor = "close_cursor" });
+layout!(/// A creator's value (CREATOR_FIELDS): CreatorState's fields but its panes.
+    CreatorField { Region = "region", Balance = "balance", Credited = "credited", PaidOut = "paid_out",
+                   Crossings = "crossings", Above = "above" });
+layout!(/// A pane tally's value (PANE_FIELDS).
+    PaneField { MilliDiamonds = "milli_diamonds", Credits = "credits" });
+layout!(/// A streak's value (STREAK_FIELDS): stream.state.tables.Streak's fields in declaration order.
+    StreakField { CreatorId = "creator_id", Region = "region", DiamondCount = "diamond_count", Count = "count",
+                  Credited = "credited", LastTs = "last_ts", LastEventId = "last_event_id", Open = "open" });
+
+/// `key` emptied and started as the key of a record with a name: its kind byte and NAME_SEP (the name follows).
+pub fn key_start(key: &mut Vec<u8>, kind: u8) -> &mut Vec<u8> {
+    key.clear();
+    key.push(kind);
+    key.push(NAME_SEP);
+    key
+}
+
+/// A described schema: (the entry's name, its value), as stream.state.changelog_schema.SCHEMA holds it.
+pub enum Described {
+    Text(String),
+    Bool(bool),
+    Names(Vec<&'static str>),
+    Table(Vec<(&'static str, Described)>),
+}
+
+/// The schema this build writes and reads, in the shape of stream.state.changelog_schema.SCHEMA.
+pub fn describe() -> Described {
+    use Described::*;
+    let ch = |b: u8| Text((b as char).to_string());
+    let names = |all: &[&'static str]| Names(all.to_vec());
+    Table(vec![
+        ("kinds", Table(vec![("cursor", ch(CURSOR)), ("creator", ch(CREATOR)), ("pane", ch(PANE)),
+                             ("streak", ch(STREAK)), ("dedupe", ch(DEDUPE)), ("payout", ch(PAYOUT))])),
+        ("name_sep", ch(NAME_SEP)),
+        ("pane_sep", Text(PANE_SEP.to_string())),
+        ("dedupe_sep", Text(DEDUPE_SEP.to_string())),
+        ("streak_key_sep", Text(STREAK_KEY_SEP.to_string())),
+        ("fields", Table(vec![
+            ("cursor", names(&CursorField::ALL.iter().map(|f| f.name()).collect::<Vec<_>>())),
+            ("creator", names(&CreatorField::ALL.iter().map(|f| f.name()).collect::<Vec<_>>())),
+            ("pane", names(&PaneField::ALL.iter().map(|f| f.name()).collect::<Vec<_>>())),
+            ("streak", names(&StreakField::ALL.iter().map(|f| f.name()).collect::<Vec<_>>())),
+        ])),
+        ("defaults", Table(vec![("streak", Table(vec![(StreakField::Open.name(), Bool(STREAK_OPEN_DEFAULT))]))])),
+        ("payout_value", Text(String::from_utf8(PAYOUT_VALUE.to_vec()).expect("ASCII"))),
+    ])
+}
+
+// ------------------------------------------------------------------------------------ values
 
 /// A value does not fit the changelog's 64-bit integers (msgspec raises then too).
 pub struct TooBig;
 
 pub fn cursor_value(watermark: Option<i64>, close_cursor: Option<i64>) -> Vec<u8> {
     let mut w = Writer::new();
-    w.array(2);
-    w.opt_int(watermark);
-    w.opt_int(close_cursor);
+    w.array(CursorField::ALL.len());
+    for f in CursorField::ALL {
+        w.opt_int(match f {
+            CursorField::Watermark => watermark,
+            CursorField::CloseCursor => close_cursor,
+        });
+    }
     w.0
 }
 
 pub fn creator_value(c: &Creator) -> Result<Vec<u8>, TooBig> {
     let mut w = Writer::new();
-    w.array(6);
-    w.str(&c.region);
-    for v in [c.balance, c.credited, c.paid_out, c.crossings as i128] {
-        w.int(v).ok_or(TooBig)?;
+    w.array(CreatorField::ALL.len());
+    for f in CreatorField::ALL {
+        match f {
+            CreatorField::Region => w.str(&c.region),
+            CreatorField::Balance => w.int(c.balance).ok_or(TooBig)?,
+            CreatorField::Credited => w.int(c.credited).ok_or(TooBig)?,
+            CreatorField::PaidOut => w.int(c.paid_out).ok_or(TooBig)?,
+            CreatorField::Crossings => w.int(c.crossings as i128).ok_or(TooBig)?,
+            CreatorField::Above => w.bool(c.above),
+        }
     }
-    w.bool(c.above);
     Ok(w.0)
 }
 
 pub fn tally_value(t: &Tally) -> Result<Vec<u8>, TooBig> {
     let mut w = Writer::new();
-    w.array(2);
-    w.int(t.milli).ok_or(TooBig)?;
-    w.int(t.credits as i128).ok_or(TooBig)?;
+    w.array(PaneField::ALL.len());
+    for f in PaneField::ALL {
+        match f {
+            PaneField::MilliDiamonds => w.int(t.milli).ok_or(TooBig)?,
+            PaneField::Credits => w.int(t.credits as i128).ok_or(TooBig)?,
+        }
+    }
     Ok(w.0)
 }
-
-const STREAK_FIELDS: [&str; 8] =
-    ["creator_id", "region", "diamond_count", "count", "credited", "last_ts", "last_event_id", "open"];
 
 /// An array_like msgspec Struct: its fields in declaration order (stream.state.tables.Streak).
 pub fn streak_value(s: &Streak) -> Vec<u8> {
     let mut w = Writer::new();
-    w.array(8);
-    s.creator_id.with_str(|id| w.str(id));
-    w.str(&s.region);
-    for v in [s.diamond_count, s.count, s.credited, s.last_ts] {
-        w.int(v as i128).expect("an i64 fits");
+    w.array(StreakField::ALL.len());
+    for f in StreakField::ALL {
+        match f {
+            StreakField::CreatorId => s.creator_id.with_str(|id| w.str(id)),
+            StreakField::Region => w.str(&s.region),
+            StreakField::DiamondCount => w.int(s.diamond_count as i128).expect("an i64 fits"),
+            StreakField::Count => w.int(s.count as i128).expect("an i64 fits"),
+            StreakField::Credited => w.int(s.credited as i128).expect("an i64 fits"),
+            StreakField::LastTs => w.int(s.last_ts as i128).expect("an i64 fits"),
+            StreakField::LastEventId => s.last_event_id.with_str(|id| w.str(id)),
+            StreakField::Open => w.bool(s.open),
+        }
     }
-    s.last_event_id.with_str(|id| w.str(id));
-    w.bool(s.open);
     w.0
 }
 
@@ -79,7 +179,13 @@ pub fn ids_value<'a>(ids: impl ExactSizeIterator<Item = &'a Id>) -> Vec<u8> {
 }
 
 pub fn pane_key(creator_id: &str, pane: i64) -> Vec<u8> {
-    format!("w:{creator_id}{PANE_SEP}{pane}").into_bytes()
+    let mut key = Vec::with_capacity(creator_id.len() + 24);
+    write!(key_start(&mut key, PANE), "{creator_id}{PANE_SEP}{pane}").expect("writing to a Vec");
+    key
+}
+
+pub fn dedupe_key(key: &mut Vec<u8>, bucket: i64, start: usize) {
+    write!(key_start(key, DEDUPE), "{bucket}{DEDUPE_SEP}{start}").expect("writing to a Vec");
 }
 
 /// Each dedupe bucket's chunk starts, as the changelog holds them: [(bucket, [start, ...])].
@@ -108,27 +214,35 @@ impl Restore {
     pub fn apply(&mut self, key: &[u8], value: Option<&[u8]>) -> Result<(), String> {
         self.records += 1;
         let kind = key.first().copied();
-        if kind == Some(b'm') {
+        if kind == Some(CURSOR) {
             if let Some(v) = value {
                 let mut r = Reader::new(v);
                 let ok = (|| {
-                    (r.array()? == 2).then_some(())?;
-                    Some((r.opt_i64()?, r.opt_i64()?))
+                    (r.array()? == CursorField::ALL.len()).then_some(())?;
+                    let (mut watermark, mut close_cursor) = (None, None);
+                    for f in CursorField::ALL {
+                        let v = Some(r.opt_i64()?);
+                        match f {
+                            CursorField::Watermark => watermark = v,
+                            CursorField::CloseCursor => close_cursor = v,
+                        }
+                    }
+                    Some((watermark?, close_cursor?))
                 })();
                 (self.watermark, self.close_cursor) = ok.filter(|_| r.done()).ok_or_else(|| bad(key))?;
             }
             return Ok(());
         }
-        let name = key.get(2..).filter(|_| key.get(1) == Some(&b':'));
+        let name = key.get(2..).filter(|_| key.get(1) == Some(&NAME_SEP));
         let Some(name) = name.and_then(|n| std::str::from_utf8(n).ok()) else {
-            return if matches!(kind, Some(b'c' | b'w' | b's' | b'd' | b'p')) { Err(bad(key)) } else { Ok(()) };
+            return if matches!(kind, Some(CREATOR | PANE | STREAK | DEDUPE | PAYOUT)) { Err(bad(key)) } else { Ok(()) };
         };
         match kind {
-            Some(b'c') => self.creator(name, value).ok_or_else(|| bad(key)),
-            Some(b'w') => self.pane(name, value).ok_or_else(|| bad(key)),
-            Some(b's') => self.streak(name, value).ok_or_else(|| bad(key)),
-            Some(b'd') => self.dedupe_chunk(name, value).ok_or_else(|| bad(key)),
-            Some(b'p') => {
+            Some(CREATOR) => self.creator(name, value).ok_or_else(|| bad(key)),
+            Some(PANE) => self.pane(name, value).ok_or_else(|| bad(key)),
+            Some(STREAK) => self.streak(name, value).ok_or_else(|| bad(key)),
+            Some(DEDUPE) => self.dedupe_chunk(name, value).ok_or_else(|| bad(key)),
+            Some(PAYOUT) => {
                 match value {
                     Some(_) => self.payouts.insert(name.to_owned()),
                     None => self.payouts.remove(name),
@@ -150,11 +264,22 @@ impl Restore {
             return Some(());
         };
         let mut r = Reader::new(v);
-        (r.array()? == 6).then_some(())?;
-        let region = r.str()?;
-        let (balance, credited, paid_out, crossings) = (r.int()?, r.int()?, r.int()?, r.i64()?);
-        let above = r.bool()?;
+        (r.array()? == CreatorField::ALL.len()).then_some(())?;
+        let (mut region, mut balance, mut credited, mut paid_out, mut crossings, mut above) =
+            (None, None, None, None, None, None);
+        for f in CreatorField::ALL {
+            match f {
+                CreatorField::Region => region = Some(r.str()?),
+                CreatorField::Balance => balance = Some(r.int()?),
+                CreatorField::Credited => credited = Some(r.int()?),
+                CreatorField::PaidOut => paid_out = Some(r.int()?),
+                CreatorField::Crossings => crossings = Some(r.i64()?),
+                CreatorField::Above => above = Some(r.bool()?),
+            }
+        }
         r.done().then_some(())?;
+        let (region, balance, credited, paid_out, crossings, above) =
+            (region?, balance?, credited?, paid_out?, crossings?, above?);
         let c = match self.creators.get_mut(cid) {
             Some(c) => c,
             None => self.creators.entry(cid.to_owned()).or_insert_with(|| Creator::new(region)),
@@ -179,9 +304,16 @@ impl Restore {
             return Some(());
         };
         let mut r = Reader::new(v);
-        (r.array()? == 2).then_some(())?;
-        let tally = Tally { milli: r.int()?, credits: r.i64()?, dirty: false };
+        (r.array()? == PaneField::ALL.len()).then_some(())?;
+        let (mut milli, mut credits) = (None, None);
+        for f in PaneField::ALL {
+            match f {
+                PaneField::MilliDiamonds => milli = Some(r.int()?),
+                PaneField::Credits => credits = Some(r.i64()?),
+            }
+        }
         r.done().then_some(())?;
+        let tally = Tally { milli: milli?, credits: credits?, dirty: false };
         if !self.creators.contains_key(cid) {
             self.creators.insert(cid.to_owned(), Creator::new(""));
             self.unknown.insert(cid.to_owned());
@@ -199,14 +331,17 @@ impl Restore {
         let mut r = Reader::new(v);
         let (mut creator_id, mut region, mut last_event_id) = (None, None, None);
         let mut nums = [None::<i64>; 4];
-        let mut open = true; // the field's default
-        let mut field = |r: &mut Reader<'v>, i: usize| -> Option<()> {
-            match i {
-                0 => creator_id = Some(Id::new(r.str()?)),
-                1 => region = Some(r.str()?),
-                2..=5 => nums[i - 2] = Some(r.i64()?),
-                6 => last_event_id = Some(Id::new(r.str()?)),
-                _ => open = r.bool()?,
+        let mut open = STREAK_OPEN_DEFAULT;
+        let mut field = |r: &mut Reader<'v>, f: StreakField| -> Option<()> {
+            match f {
+                StreakField::CreatorId => creator_id = Some(Id::new(r.str()?)),
+                StreakField::Region => region = Some(r.str()?),
+                StreakField::DiamondCount => nums[0] = Some(r.i64()?),
+                StreakField::Count => nums[1] = Some(r.i64()?),
+                StreakField::Credited => nums[2] = Some(r.i64()?),
+                StreakField::LastTs => nums[3] = Some(r.i64()?),
+                StreakField::LastEventId => last_event_id = Some(Id::new(r.str()?)),
+                StreakField::Open => open = r.bool()?,
             }
             Some(())
         };
@@ -214,13 +349,15 @@ impl Restore {
             // The older form (changelogs written before streaks were arrays): a map of field names.
             for _ in 0..r.map()? {
                 let name = r.str()?;
-                field(&mut r, STREAK_FIELDS.iter().position(|f| *f == name)?)?;
+                field(&mut r, *StreakField::ALL.iter().find(|f| f.name() == name)?)?;
             }
         } else {
             let n = r.array()?;
-            (n == 7 || n == 8).then_some(())?; // msgspec reads a trailing default (open) as optional
-            for i in 0..n {
-                field(&mut r, i)?;
+            let all = StreakField::ALL;
+            // msgspec reads a trailing field with a default (open, the last) as optional
+            (n == all.len() || n + 1 == all.len() && all[n] == StreakField::Open).then_some(())?;
+            for f in &all[..n] {
+                field(&mut r, *f)?;
             }
         }
         r.done().then_some(())?;
@@ -329,19 +466,18 @@ pub fn snapshot(st: &State, chunks: &HashMap<i64, Vec<usize>>) -> Result<Vec<u8>
         out.extend_from_slice(&(value.len() as u32).to_be_bytes());
         out.extend_from_slice(value);
     };
-    put(b"m", &cursor_value(st.watermark, st.close_cursor));
+    put(CURSOR_KEY, &cursor_value(st.watermark, st.close_cursor));
     let mut key = Vec::with_capacity(64);
     for (cid, c) in &st.creators {
-        key.clear();
-        key.extend_from_slice(b"c:");
-        key.extend_from_slice(cid.as_bytes());
+        key_start(&mut key, CREATOR).extend_from_slice(cid.as_bytes());
         put(&key, &creator_value(c)?);
         for (pane, t) in c.panes.iter() {
             put(&pane_key(cid, *pane), &tally_value(t)?);
         }
     }
     for (k, s) in st.streaks.iter() {
-        put(format!("s:{k}").as_bytes(), &streak_value(s));
+        write!(key_start(&mut key, STREAK), "{k}").expect("writing to a Vec");
+        put(&key, &streak_value(s));
     }
     for (bucket, ids) in &st.seen_buckets {
         let all: Vec<&Id> = ids.iter().collect();
@@ -352,11 +488,13 @@ pub fn snapshot(st: &State, chunks: &HashMap<i64, Vec<usize>>) -> Result<Vec<u8>
         }
         for (i, &start) in bounds.iter().enumerate() {
             let end = bounds.get(i + 1).copied().unwrap_or(all.len());
-            put(format!("d:{bucket}:{start}").as_bytes(), &ids_value(all[start..end].iter().copied()));
+            dedupe_key(&mut key, *bucket, start);
+            put(&key, &ids_value(all[start..end].iter().copied()));
         }
     }
     for pid in &st.payouts_seen {
-        put(format!("p:{pid}").as_bytes(), b"1");
+        key_start(&mut key, PAYOUT).extend_from_slice(pid.as_bytes());
+        put(&key, PAYOUT_VALUE);
     }
     Ok(out)
 }

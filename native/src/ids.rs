@@ -7,7 +7,10 @@
 //! it is written out (changelog, snapshots). Holding numbers saves an allocation per id and hashes and
 //! compares 8 bytes instead of a string.
 
-use std::fmt;
+use std::fmt::{self, Write as _};
+
+/// Between the parts of a streak key's text (stream.state.changelog_schema.STREAK_KEY_SEP).
+pub const STREAK_KEY_SEP: char = '\x1f';
 
 /// Numbers below this have at most 19 digits; it also marks "no group" in a streak key.
 const NO_GROUP: u64 = u64::MAX;
@@ -82,13 +85,14 @@ impl StreakKey {
         let group_num = if group.is_empty() { Some(NO_GROUP) } else { canonical_number(group) };
         match (canonical_number(room), canonical_number(sender), group_num) {
             (Some(room), Some(sender), Some(group)) => StreakKey::Num { room, sender, gift, group },
-            _ => StreakKey::Text(format!("{room}\x1f{sender}\x1f{gift}\x1f{group}").into()),
+            _ => StreakKey::Text(format!("{room}{STREAK_KEY_SEP}{sender}{STREAK_KEY_SEP}{gift}{STREAK_KEY_SEP}{group}")
+                .into()),
         }
     }
 
     /// The key of a joined text (a snapshot's or changelog's key): numbers when `new` would have made them.
     pub fn parse(text: &str) -> StreakKey {
-        let parts: Vec<&str> = text.split('\x1f').collect();
+        let parts: Vec<&str> = text.split(STREAK_KEY_SEP).collect();
         if let [room, sender, gift, group] = parts[..] {
             if let Ok(g) = gift.parse::<i64>() {
                 let key = StreakKey::new(room, sender, g, group);
@@ -104,7 +108,7 @@ impl StreakKey {
     pub fn has_group(&self) -> bool {
         match self {
             StreakKey::Num { group, .. } => *group != NO_GROUP,
-            StreakKey::Text(s) => !s.ends_with('\x1f'),
+            StreakKey::Text(s) => !s.ends_with(STREAK_KEY_SEP),
         }
     }
 }
@@ -146,11 +150,11 @@ impl fmt::Display for StreakKey {
             StreakKey::Num { room, sender, gift, group } => {
                 let mut b = itoa::Buffer::new();
                 f.write_str(b.format(*room))?;
-                f.write_str("\x1f")?;
+                f.write_char(STREAK_KEY_SEP)?;
                 f.write_str(b.format(*sender))?;
-                f.write_str("\x1f")?;
+                f.write_char(STREAK_KEY_SEP)?;
                 f.write_str(b.format(*gift))?;
-                f.write_str("\x1f")?;
+                f.write_char(STREAK_KEY_SEP)?;
                 if *group != NO_GROUP {
                     f.write_str(b.format(*group))?;
                 }

@@ -3,7 +3,8 @@
 //! This file is the Python edge only: it reads the batch (bytes objects, no copies), decodes each record
 //! with decode.rs (records it is not sure about go to the Python decoder, the single authority on reject
 //! reasons), runs engine.rs, and turns the outputs, changes and state into plain Python values. Reject
-//! details and notice money are produced by Python hooks so their wording and arithmetic exist once.
+//! reasons and details and notice money come from Python so their wording and arithmetic exist once: the
+//! engine's own rejects are stream.engine.model's templates (`RejectTexts`), filled with parameters here.
 
 mod batch_builder;
 use batch_builder::RecordBatchBuilder;
@@ -22,7 +23,7 @@ use std::io::Write as _;
 // foldhash: fast on short string keys and seeded per process (ids come from clients: no fixed-seed hash).
 use foldhash::{HashMap, HashSet};
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyList, PyTuple};
+use pyo3::types::{PyBytes, PyDict, PyList, PyTuple};
 
 use decode::{decode_fast, Event};
 use ids::{Id, StreakKey};
@@ -46,6 +47,16 @@ struct Core {
     window_total_cls: Py<PyAny>,
     late_cls: Py<PyAny>,
     missed_cls: Py<PyAny>,
+    reject_texts: RejectTexts,
+}
+
+/// The wording of the engine's rejects: stream.engine.model.EVENT_REJECTIONS, in its order (model.Rejection
+/// objects: `of(**parameters)` gives the dead letter's reason and detail). Called only for a rejected record.
+struct RejectTexts {
+    wrong_partition: Py<PyAny>,
+    unknown_region: Py<PyAny>,
+    too_far_future: Py<PyAny>,
+    too_old: Py<PyAny>,
 }
 
 type RegionArg = (String, i128, Option<i128>);
@@ -89,11 +100,12 @@ impl Core {
     #[allow(clippy::too_many_arguments)]
     #[pyo3(signature = (regions, windows, pane_ms, grace_ms, streak_timeout_ms, dedupe_horizon_ms, max_future_ms,
                         max_record_bytes, version, classes, track_changes=true, *, max_json_depth, partition,
-                        partitions))]
+                        partitions, rejects))]
     fn new(py: Python<'_>, regions: Vec<RegionArg>, windows: Vec<WindowArg>, pane_ms: i64, grace_ms: i64,
            streak_timeout_ms: i64, dedupe_horizon_ms: i64, max_future_ms: i64, max_record_bytes: usize,
            version: String, classes: (Py<PyAny>, Py<PyAny>, Py<PyAny>), track_changes: bool,
-           max_json_depth: usize, partition: u32, partitions: u32) -> PyResult<Self> {
+           max_json_depth: usize, partition: u32, partitions: u32,
+           rejects: (Py<PyAny>, Py<PyAny>, Py<PyAny>, Py<PyAny>)) -> PyResult<Self> {
         if pane_ms <= 0 || windows.iter().any(|w| w.1 <= 0 || w.2 <= 0) {
             return Err(pyo3::exceptions::PyValueError::new_err("pane and window sizes must be positive"));
         }
@@ -109,7 +121,9 @@ impl Core {
         };
         Ok(Core { engine: Engine::new(cfg, State::default(), track_changes), max_record_bytes, max_json_depth, window_names,
                   version: version.into_pyobject(py)?.into_any().unbind(), window_total_cls: classes.0,
-                  late_cls: classes.1, missed_cls: classes.2 })
+                  late_cls: classes.1, missed_cls: classes.2,
+                  reject_texts: RejectTexts { wrong_partition: rejects.0, unknown_region: rejects.1,
+                                              too_far_future: rejects.2, too_old: rejects.3 } })
     }
 
     /// One batch of raw records of this partition, in offset order.
@@ -303,6 +317,11 @@ fn streak_tuple(s: &Streak) -> StreakTuple {
      s.open)
 }
 
+/// (reason, detail) of one of the engine's rejects: its model.Rejection filled with the parameters.
+fn reject_text<'py>(rejection: &Py<PyAny>, params: &Bound<'py, PyDict>) -> PyResult<Bound<'py, PyTuple>> {
+    Ok(rejection.bind(params.py()).call_method("of", (), Some(params))?.cast_into::<PyTuple>()?)
+}
+
 fn empty_settings() -> Settings {
     Settings { regions: Regions::default(), windows: Vec::new(), pane_ms: 1, grace_ms: 0, streak_timeout_ms: 0,
                dedupe_horizon_ms: 0, max_future_ms: 0, partition: 0, partitions: 1 }
@@ -318,12 +337,10 @@ impl Core {
         let changed = self.engine.take_changed();
         let st = &self.engine.state;
         let too_big = || pyo3::exceptions::PyOverflowError::new_err("a changelog value does not fit in 64 bits");
-        put(b"m", Some(&changelog::cursor_value(st.watermark, st.close_cursor)))?;
+        put(changelog::CURSOR_KEY, Some(&changelog::cursor_value(st.watermark, st.close_cursor)))?;
         let mut key = Vec::with_capacity(64);
         for cid in &changed.creators {
-            key.clear();
-            key.extend_from_slice(b"c:");
-            key.extend_from_slice(cid.as_bytes());
+            changelog::key_start(&mut key, changelog::CREATOR).extend_from_slice(cid.as_bytes());
             match st.creators.get(cid) {
                 Some(c) => put(&key, Some(&changelog::creator_value(c).map_err(|_| too_big())?))?,
                 None => put(&key, None)?,
@@ -337,9 +354,7 @@ impl Core {
             }
         }
         for k in &changed.streaks {
-            key.clear();
-            key.extend_from_slice(b"s:");
-            write!(key, "{k}").expect("writing to a Vec");
+            write!(changelog::key_start(&mut key, changelog::STREAK), "{k}").expect("writing to a Vec");
             match st.streaks.get(k) {
                 Some(s) => put(&key, Some(&changelog::streak_value(s)))?,
                 None => put(&key, None)?,
@@ -350,13 +365,15 @@ impl Core {
             if let Some(ids) = st.seen_buckets.get(bucket) {
                 if ids.len() > *start {
                     let new_ids: Vec<&Id> = ids.iter_from(*start).collect();
-                    put(format!("d:{bucket}:{start}").as_bytes(), Some(&changelog::ids_value(new_ids.into_iter())))?;
+                    changelog::dedupe_key(&mut key, *bucket, *start);
+                    put(&key, Some(&changelog::ids_value(new_ids.into_iter())))?;
                     chunks.push((*bucket, *start));
                 }
             }
         }
         for pid in &changed.payouts {
-            put(format!("p:{pid}").as_bytes(), Some(b"1"))?;
+            changelog::key_start(&mut key, changelog::PAYOUT).extend_from_slice(pid.as_bytes());
+            put(&key, Some(changelog::PAYOUT_VALUE))?;
         }
         let expired: Vec<i64> = changed.expired_buckets.iter().copied().collect();
         Ok((chunks, expired))
@@ -374,21 +391,36 @@ impl Core {
             for o in outputs.drain(..) {
                 match o {
                     Output::Reject { index, reject } => {
-                        let (reason, detail) = match reject {
-                            Reject::Decode { reason, detail } => (reason, detail),
+                        // The parameters of the engine's rejects, for their model.Rejection (dead letters are rare).
+                        let (texts, p) = (&self.reject_texts, PyDict::new(py));
+                        let text = match reject {
+                            Reject::Decode { reason, detail } => (reason, detail).into_pyobject(py)?,
                             Reject::UnknownRegion(region) => {
-                                let repr = region.into_pyobject(py)?.repr()?.to_string();
-                                ("unknown_region".to_owned(), format!("region {repr} is not in policy {}", self.version))
+                                p.set_item("region", region)?;
+                                p.set_item("policy_version", self.version.bind(py))?;
+                                reject_text(&texts.unknown_region, &p)?
                             }
-                            Reject::WrongPartition { creator_id, owner } => ("wrong_partition".to_owned(), format!(
-                                "creator {creator_id} belongs to partition {owner} of {}, not {}", cfg.partitions,
-                                cfg.partition)),
-                            Reject::TooFarFuture { ts, watermark } => ("ts_too_far_future".to_owned(), format!(
-                                "ts {ts} is more than {} ms after the watermark {watermark}", cfg.max_future_ms)),
-                            Reject::TooOld { ts, watermark } => ("ts_too_old".to_owned(), format!(
-                                "ts {ts} is older than the dedupe horizon ({} ms before the watermark {watermark})",
-                                cfg.dedupe_horizon_ms)),
+                            Reject::WrongPartition { creator_id, owner } => {
+                                p.set_item("creator_id", creator_id)?;
+                                p.set_item("owner", owner)?;
+                                p.set_item("partitions", cfg.partitions)?;
+                                p.set_item("partition", cfg.partition)?;
+                                reject_text(&texts.wrong_partition, &p)?
+                            }
+                            Reject::TooFarFuture { ts, watermark } => {
+                                p.set_item("ts", ts)?;
+                                p.set_item("max_future_ms", cfg.max_future_ms)?;
+                                p.set_item("watermark", watermark)?;
+                                reject_text(&texts.too_far_future, &p)?
+                            }
+                            Reject::TooOld { ts, watermark } => {
+                                p.set_item("ts", ts)?;
+                                p.set_item("dedupe_horizon_ms", cfg.dedupe_horizon_ms)?;
+                                p.set_item("watermark", watermark)?;
+                                reject_text(&texts.too_old, &p)?
+                            }
                         };
+                        let (reason, detail) = (text.get_item(0)?, text.get_item(1)?);
                         let raw = raws.expect("rejects come from a batch").get_item(index)?;
                         // offsets: a list (one per record), or the offset of the first of consecutive records
                         let offset = match offsets {
@@ -567,6 +599,50 @@ fn read_record_batches<'py>(py: Python<'py>, buf: &[u8], keys: bool) -> PyResult
     Ok(out)
 }
 
+/// The changelog schema this build writes and reads (native/src/changelog.rs), in the shape of
+/// stream.state.changelog_schema.SCHEMA.
+#[pyfunction]
+fn changelog_schema(py: Python<'_>) -> PyResult<Bound<'_, PyAny>> {
+    fn to_py<'py>(py: Python<'py>, d: &changelog::Described) -> PyResult<Bound<'py, PyAny>> {
+        Ok(match d {
+            changelog::Described::Text(t) => t.into_pyobject(py)?.into_any(),
+            changelog::Described::Bool(b) => pyo3::types::PyBool::new(py, *b).to_owned().into_any(),
+            changelog::Described::Names(names) => PyTuple::new(py, names)?.into_any(),
+            changelog::Described::Table(entries) => {
+                let table = PyDict::new(py);
+                for (name, value) in entries {
+                    table.set_item(name, to_py(py, value)?)?;
+                }
+                table.into_any()
+            }
+        })
+    }
+    to_py(py, &changelog::describe())
+}
+
+/// The entries of two schemas that differ, a line each.
+fn schema_differences(ours: &Bound<'_, PyDict>, theirs: &Bound<'_, PyDict>) -> PyResult<String> {
+    let names = ours.keys();
+    for name in theirs.keys() {
+        if !ours.contains(&name)? {
+            names.append(name)?;
+        }
+    }
+    let mut out = String::new();
+    for name in names.iter() {
+        let (a, b) = (ours.get_item(&name)?, theirs.get_item(&name)?);
+        let same = match (&a, &b) {
+            (Some(a), Some(b)) => a.eq(b)?,
+            _ => false,
+        };
+        if !same {
+            let show = |v: Option<Bound<'_, PyAny>>| v.map_or("missing".to_owned(), |v| format!("{v:?}"));
+            out.push_str(&format!("\n  {name}: native {}, python {}", show(a), show(b)));
+        }
+    }
+    Ok(out)
+}
+
 /// murmur2 partition of a key (for tests against aiokafka's).
 #[pyfunction]
 fn partition_for(key: &[u8], partitions: u32) -> u32 {
@@ -575,6 +651,20 @@ fn partition_for(key: &[u8], partitions: u32) -> u32 {
 
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    // The changelog schema has one home, stream.state.changelog_schema; this build's compiled-in copy must be it.
+    let py = m.py();
+    let expected = py.import("stream.state.changelog_schema")?.getattr("SCHEMA")?;
+    let built = changelog_schema(py)?;
+    if !built.eq(&expected)? {
+        let differ = match (built.cast::<PyDict>(), expected.cast::<PyDict>()) {
+            (Ok(ours), Ok(theirs)) => schema_differences(ours, theirs)?,
+            _ => format!("\n  python: {expected}"),
+        };
+        return Err(pyo3::exceptions::PyRuntimeError::new_err(format!(
+            "stream._native was built for another changelog schema than stream.state.changelog_schema's: rebuild it \
+             (make install), or make native/src/changelog.rs write the Python one{differ}")));
+    }
+    m.add_function(wrap_pyfunction!(changelog_schema, m)?)?;
     m.add_class::<Core>()?;
     m.add_class::<ChangelogRestore>()?;
     m.add_class::<batch_builder::RecordBatchBuilder>()?;

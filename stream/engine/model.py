@@ -7,7 +7,8 @@ declaration order), which is what makes offline and live notices byte-identical.
 from __future__ import annotations
 
 import re
-from typing import Annotated
+from dataclasses import dataclass
+from typing import Annotated, NamedTuple
 
 import msgspec
 from msgspec import Meta, Struct
@@ -135,6 +136,46 @@ REJECT_REASONS = (
     NOT_JSON, NOT_OBJECT, MISSING_FIELD, WRONG_TYPE, INVALID_VALUE, NON_POSITIVE_COUNT,
     UNKNOWN_REGION, TS_TOO_FAR_FUTURE, TS_TOO_OLD, OVERSIZE, TOO_DEEP, DUPLICATE_KEY, WRONG_PARTITION,
 )
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """A reject an engine decides about a record it decoded: the dead letter's reason code and the wording of
+    its detail, a str.format template of named parameters. Written here only: the reference engine formats it
+    when it rejects, the compiled core is handed these (EVENT_REJECTIONS) and calls `of` with the parameters,
+    only for a record it rejects. (The decoder's rejects are worded by msgspec and scan_structure, below.)"""
+
+    reason: str
+    template: str
+
+    def of(self, **params: object) -> tuple[str, str]:
+        """(reason, detail)."""
+        return self.reason, self.template.format(**params)
+
+
+class EventRejections(NamedTuple):
+    """The rejects of a decoded gift event, in the order the compiled core takes them (native/src/lib.rs
+    RejectTexts)."""
+
+    wrong_partition: Rejection  # creator_id, owner, partitions, partition
+    unknown_region: Rejection  # region, policy_version
+    too_far_future: Rejection  # ts, max_future_ms, watermark
+    too_old: Rejection  # ts, dedupe_horizon_ms, watermark
+
+
+EVENT_REJECTIONS = EventRejections(
+    wrong_partition=Rejection(WRONG_PARTITION, "creator {creator_id} belongs to partition {owner} of {partitions}, "
+                                               "not {partition}"),
+    unknown_region=Rejection(UNKNOWN_REGION, "region {region!r} is not in policy {policy_version}"),
+    too_far_future=Rejection(TS_TOO_FAR_FUTURE, "ts {ts} is more than {max_future_ms} ms after the watermark "
+                                                "{watermark}"),
+    too_old=Rejection(TS_TOO_OLD, "ts {ts} is older than the dedupe horizon ({dedupe_horizon_ms} ms before the "
+                                  "watermark {watermark})"),
+)
+# The rejects of a decoded payout (both engines' payout loop is Python: stream.engine.reference.EngineEdges).
+PAYOUT_WRONG_PARTITION = Rejection(WRONG_PARTITION, "payout {payout_id} is for creator {creator_id}, who belongs to "
+                                                    "partition {owner} of {partitions}, not {partition}")
+PAYOUT_OVER_BALANCE = Rejection(INVALID_VALUE, "payout {payout_id} of {milli_diamonds} exceeds the balance {balance}")
 
 # The deepest nesting a record may have (the top-level object is depth 1; each array or object inside adds
 # one). Real records are flat; the bound keeps every decoder far from its recursion limit (msgspec raised

@@ -5,6 +5,8 @@ pass; the Python reference engine (stream.engine.reference.PartitionEngine) stay
 run both on the same input and require the same outputs, changes and state. The core calls back here only
 for what must exist once: the Python decoder for records it is not certain about (so reject reasons and
 their wording are msgspec's), dead letters and notice money (stream.engine.reference.dead_letter / payout_notice).
+The wording of the rejects the core decides itself is stream.engine.model's (EVENT_REJECTIONS, handed to it here):
+it gives back only their parameters.
 
 `make_engine` picks the engine: "native" (the default when the extension is built, as `make install`
 does), "python", or "auto" (native if importable, else Python).
@@ -77,7 +79,8 @@ class NativePartitionEngine(EngineEdges):
             [(w.name, w.size_ms, w.hop_ms) for w in policy.windows],
             policy.pane_ms, policy.grace_ms, policy.streak_timeout_ms, policy.dedupe_horizon_ms,
             policy.max_future_ms, policy.max_record_bytes, policy.version, (WindowTotal, LateGift, MissedWindow),
-            track_changes, max_json_depth=model.MAX_JSON_DEPTH, partition=partition, partitions=partitions)
+            track_changes, max_json_depth=model.MAX_JSON_DEPTH, partition=partition, partitions=partitions,
+            rejects=model.EVENT_REJECTIONS)
         if state is not None:
             self._load(state)
 

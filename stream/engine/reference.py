@@ -31,6 +31,7 @@ from stream.engine.model import (
     WindowTotal,
 )
 from stream.engine.policy import Policy
+from stream.state.changelog_schema import STREAK_KEY_SEP
 from stream.state.tables import RETENTION_BUCKET_MS, CreatorState, PartitionState, Streak, creator_fields
 
 STREAKABLE = 1  # gift_type of gifts sent as streaks with cumulative repeat_count
@@ -141,14 +142,14 @@ class EngineEdges:
                 continue
             owner = self._not_ours(p.creator_id)
             if owner is not None:  # the balance it would lower lives on the owner's partition
-                self._reject(model.WRONG_PARTITION, f"payout {p.payout_id} is for creator {p.creator_id}, who "
-                             f"belongs to partition {owner} of {self.partitions}, not {self.partition}", raws[i],
-                             offset, out, source_topic)
+                self._reject(*model.PAYOUT_WRONG_PARTITION.of(
+                    payout_id=p.payout_id, creator_id=p.creator_id, owner=owner, partitions=self.partitions,
+                    partition=self.partition), raws[i], offset, out, source_topic)
                 continue
             balance = self._apply_payout(p, out)
             if balance is not None:
-                self._reject(model.INVALID_VALUE, f"payout {p.payout_id} of {p.milli_diamonds} exceeds the "
-                             f"balance {balance}", raws[i], offset, out, source_topic)
+                self._reject(*model.PAYOUT_OVER_BALANCE.of(payout_id=p.payout_id, milli_diamonds=p.milli_diamonds,
+                                                           balance=balance), raws[i], offset, out, source_topic)
 
     def _apply_payout(self, p: Payout, out: Outputs) -> int | None:
         """Apply one payout (a repeated one only counts); the balance it exceeds when it cannot apply."""
@@ -249,6 +250,8 @@ class PartitionEngine(EngineEdges):
         dirty_panes_add = self.dirty.panes.add
         thresholds = self._thresholds
         pane_ms = self._pane
+        ks = STREAK_KEY_SEP
+        rejections = model.EVENT_REJECTIONS
         stats["events_in"] += len(decoded)
         creators = st.creators
         owners = self._owners
@@ -264,25 +267,24 @@ class PartitionEngine(EngineEdges):
                 self._reject(ev[0], ev[1], raws[i], offsets[i] if offsets else None, out)
                 continue
             if partition is not None and ev.creator_id not in creators and owners[ev.creator_id] != partition:
-                self._reject(model.WRONG_PARTITION, f"creator {ev.creator_id} belongs to partition "
-                             f"{owners[ev.creator_id]} of {self.partitions}, not {partition}", raws[i],
-                             offsets[i] if offsets else None, out)
+                self._reject(*rejections.wrong_partition.of(
+                    creator_id=ev.creator_id, owner=owners[ev.creator_id], partitions=self.partitions,
+                    partition=partition), raws[i], offsets[i] if offsets else None, out)
                 continue
             ts = ev.ts
             rate = rates.get(ev.region)
             if rate is None:
-                self._reject(model.UNKNOWN_REGION, f"region {ev.region!r} is not in policy "
-                             f"{self.policy.version}", raws[i], offsets[i] if offsets else None, out)
+                self._reject(*rejections.unknown_region.of(region=ev.region, policy_version=self.policy.version),
+                             raws[i], offsets[i] if offsets else None, out)
                 continue
             if wm is not None:
                 if ts > wm + future:
-                    self._reject(model.TS_TOO_FAR_FUTURE, f"ts {ts} is more than {future} ms after the "
-                                 f"watermark {wm}", raws[i], offsets[i] if offsets else None, out)
+                    self._reject(*rejections.too_far_future.of(ts=ts, max_future_ms=future, watermark=wm),
+                                 raws[i], offsets[i] if offsets else None, out)
                     continue
                 if ts < wm - horizon:
-                    self._reject(model.TS_TOO_OLD, f"ts {ts} is older than the dedupe horizon "
-                                 f"({horizon} ms before the watermark {wm})", raws[i],
-                                 offsets[i] if offsets else None, out)
+                    self._reject(*rejections.too_old.of(ts=ts, dedupe_horizon_ms=horizon, watermark=wm),
+                                 raws[i], offsets[i] if offsets else None, out)
                     continue
             eid = ev.event_id
             if eid in seen:
@@ -335,9 +337,9 @@ class PartitionEngine(EngineEdges):
             # of a streak and a further event (or the end) of an open one, are inlined here with the same
             # steps as in _streak_event; single-event streaks, restarts and stragglers go there.
             # The joined text, not a tuple: ids are held to model.ID_PATTERN (no U+001F), so the join is
-            # unambiguous, and it is the changelog's key (s:<key>), the native core's StreakKey text and the
-            # timer heap's tie order; a tuple would change all three for no gain.
-            key = f"{ev.room_id}\x1f{ev.sender_id}\x1f{ev.gift_id}\x1f{ev.group_id}"
+            # unambiguous, and it is the changelog's key (s:<key>, changelog_schema.STREAK_KEY_SEP), the native
+            # core's StreakKey text and the timer heap's tie order; a tuple would change all three for no gain.
+            key = f"{ev.room_id}{ks}{ev.sender_id}{ks}{ev.gift_id}{ks}{ev.group_id}"
             s = streaks_get(key)
             if s is None:
                 if ev.repeat_end:
@@ -429,7 +431,7 @@ class PartitionEngine(EngineEdges):
         self.dirty.streaks.add(key)
         if delta:
             self._credit(s.creator_id, s.region, s.diamond_count * delta * rate, ts, event_id, out)
-        if key.endswith("\x1f"):  # no group id: nothing can tell a straggler from a new streak
+        if key.endswith(STREAK_KEY_SEP):  # no group id: nothing can tell a straggler from a new streak
             del st.streaks[key]
         else:
             bucket = s.last_ts - s.last_ts % RETENTION_BUCKET_MS

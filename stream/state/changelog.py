@@ -1,15 +1,11 @@
 """Partition state <-> compacted changelog records.
 
-One record per changed key per batch, never per event. Keys (bytes, per input partition, written to the
-changelog partition with the same number):
-  m                  watermark and window close cursor
-  c:<creator>        balance, lifetime credited / paid out, crossings, above-threshold flag, region
-  w:<creator>:<pane> one pane tally [milli_diamonds, credits]      (tombstone when the pane is dropped)
-  s:<streak key>     a streak                                      (tombstone when it expires)
-  d:<bucket>:<start> a chunk of event ids seen (dedupe), appended per batch (tombstones on expiry)
-  p:<payout id>      a payout already applied
-Everything else in PartitionState (which ids sit in which bucket, which creators hold a pane, which
-closed streaks expire when) is derived again on restore.
+One record per changed key per batch, never per event, per input partition (written to the changelog partition
+with the same number): the cursor (watermark and window close cursor), each creator, pane tally, streak, chunk
+of dedupe ids and payout applied. Their keys and values are stream.state.changelog_schema's (the schema's one
+home; its table lists them), the encoders and decoders here are built from its names. Everything else in
+PartitionState (which ids sit in which bucket, which creators hold a pane, which closed streaks expire when)
+is derived again on restore.
 
 A restore applies records oldest first, each replacing its key's value, so a state plus any suffix of the log
 read again gives the same state: that is what lets a checkpoint (stream.state.checkpoint, whose body is these records
@@ -33,37 +29,54 @@ try:
     from stream._native import ChangelogRestore, RecordBatchBuilder
 except ImportError:  # not built: drain_batches is unavailable (the worker sends drain()'s records)
     ChangelogRestore = RecordBatchBuilder = None
-from stream.state.tables import RETENTION_BUCKET_MS, CreatorState, PartitionState, Streak, creator_fields
+from stream.state.changelog_schema import (
+    BODY_LENGTH,
+    CREATOR,
+    CREATOR_PREFIX,
+    CURSOR,
+    CURSOR_KEY,
+    DEDUPE,
+    DEDUPE_PREFIX,
+    DEDUPE_SEP,
+    NAME_AT,
+    PANE,
+    PANE_PREFIX,
+    PANE_SEP,
+    PAYOUT,
+    PAYOUT_PREFIX,
+    PAYOUT_VALUE,
+    STREAK,
+    STREAK_PREFIX,
+)
+from stream.state.tables import (
+    CREATOR_FIELDS,
+    RETENTION_BUCKET_MS,
+    CreatorState,
+    PartitionState,
+    Streak,
+    creator_fields,
+)
 
 _enc = msgspec.msgpack.Encoder()
 _dec_any = msgspec.msgpack.Decoder()
 _dec_streak = msgspec.msgpack.Decoder(Streak)
 
 
-class _StreakAsMap(msgspec.Struct):
-    """Streak records as changelogs before the array form hold them: a map of the same fields."""
-
-    creator_id: str
-    region: str
-    diamond_count: int
-    count: int
-    credited: int
-    last_ts: int
-    last_event_id: str
-    open: bool = True
-
-
+# Streak records as changelogs before the array form hold them: a map of the same fields.
+_StreakAsMap = msgspec.defstruct("_StreakAsMap", [(f.name, f.type) if f.required else (f.name, f.type, f.default)
+                                                  for f in msgspec.structs.fields(Streak)])
 _dec_streak_map = msgspec.msgpack.Decoder(_StreakAsMap)
 
 
 def _decode_streak(value: bytes) -> Streak:
     if value[:1] and (0x80 <= value[0] <= 0x8f or value[0] in (0xde, 0xdf)):  # a msgpack map: the older form
-        old = _dec_streak_map.decode(value)
-        return Streak(old.creator_id, old.region, old.diamond_count, old.count, old.credited, old.last_ts,
-                      old.last_event_id, old.open)
+        return Streak(*msgspec.structs.astuple(_dec_streak_map.decode(value)))
     return _dec_streak.decode(value)
+
+
 _dec_ids = msgspec.msgpack.Decoder(list[str])
-_SEP = "\x1e"  # creator ids never contain it (schema: printable ids)
+# The key prefixes as text, for the f-strings that write keys.
+_C, _W, _S, _D, _P = (p.decode() for p in (CREATOR_PREFIX, PANE_PREFIX, STREAK_PREFIX, DEDUPE_PREFIX, PAYOUT_PREFIX))
 
 Record = tuple[bytes, bytes | None]
 
@@ -98,27 +111,28 @@ class ChangelogWriter:
         """Remember the new dedupe chunks; the tombstones of every chunk of the expired buckets."""
         for bucket, start in chunks:
             self.chunks.setdefault(bucket, []).append(start)
-        return [(f"d:{bucket}:{start}".encode(), None) for bucket in expired for start in self.chunks.pop(bucket, ())]
+        return [(f"{_D}{bucket}{DEDUPE_SEP}{start}".encode(), None)
+                for bucket in expired for start in self.chunks.pop(bucket, ())]
 
 
 Changelog = tuple[list[Record], list[tuple[int, int]], list[int]]
 
 
 def cursor_record(watermark: int | None, close_cursor: int | None) -> Record:
-    """The `m` record: the partition's watermark and window close cursor."""
-    return b"m", _enc.encode((watermark, close_cursor))
+    """The cursor record: the partition's watermark and window close cursor (CURSOR_FIELDS)."""
+    return CURSOR_KEY, _enc.encode((watermark, close_cursor))
 
 
 def encode_changes(ch: Changes) -> Changelog:
     """Changed keys -> (records, the dedupe chunks they start [(bucket, start)], expired buckets). The native
-    engine writes the same bytes itself (native/src/msgpack.rs)."""
+    engine writes the same bytes itself (native/src/changelog.rs)."""
     out: list[Record] = [cursor_record(ch.watermark, ch.close_cursor)]
-    out.extend((f"c:{cid}".encode(), None if v is None else _enc.encode(v)) for cid, v in ch.creators)
-    out.extend((f"w:{cid}{_SEP}{pane}".encode(), None if tally is None else _enc.encode(tally))
+    out.extend((f"{_C}{cid}".encode(), None if v is None else _enc.encode(v)) for cid, v in ch.creators)
+    out.extend((f"{_W}{cid}{PANE_SEP}{pane}".encode(), None if tally is None else _enc.encode(tally))
                for cid, pane, tally in ch.panes)
-    out.extend((f"s:{key}".encode(), None if s is None else _enc.encode(s)) for key, s in ch.streaks)
-    out.extend((f"d:{bucket}:{start}".encode(), _enc.encode(ids)) for bucket, start, ids in ch.seen_chunks)
-    out.extend((f"p:{pid}".encode(), b"1") for pid in ch.payouts)
+    out.extend((f"{_S}{key}".encode(), None if s is None else _enc.encode(s)) for key, s in ch.streaks)
+    out.extend((f"{_D}{bucket}{DEDUPE_SEP}{start}".encode(), _enc.encode(ids)) for bucket, start, ids in ch.seen_chunks)
+    out.extend((f"{_P}{pid}".encode(), PAYOUT_VALUE) for pid in ch.payouts)
     return out, [(bucket, start) for bucket, start, _ in ch.seen_chunks], ch.expired_buckets
 
 
@@ -133,21 +147,23 @@ def restore_state(records: Iterable[Record]) -> tuple[PartitionState, ChangelogW
     for key, value in latest.items():
         if value is None:
             continue
-        kind, name = key[:1], key[2:].decode()
-        if kind == b"m":
+        kind, name = key[:1], key[NAME_AT:].decode()
+        if kind == CURSOR:
             st.watermark, st.close_cursor = _dec_any.decode(value)
-        elif kind == b"c":
-            region, balance, credited, paid_out, crossings, above = _dec_any.decode(value)
-            st.creators[name] = CreatorState(region, balance, credited, paid_out, crossings, above)
-        elif kind == b"w":
-            cid, pane = name.rsplit(_SEP, 1)
+        elif kind == CREATOR:
+            fields = _dec_any.decode(value)
+            if len(fields) != len(CREATOR_FIELDS):
+                raise ValueError(f"creator record {key!r} holds {len(fields)} fields")
+            st.creators[name] = CreatorState(*fields)
+        elif kind == PANE:
+            cid, pane = name.rsplit(PANE_SEP, 1)
             panes.append((cid, int(pane), _dec_any.decode(value)))
-        elif kind == b"s":
+        elif kind == STREAK:
             st.streaks[name] = _decode_streak(value)
-        elif kind == b"d":
-            bucket, start = name.split(":")
+        elif kind == DEDUPE:
+            bucket, start = name.split(DEDUPE_SEP)
             chunks.setdefault(int(bucket), []).append((int(start), _dec_ids.decode(value)))
-        elif kind == b"p":
+        elif kind == PAYOUT:
             st.payouts_seen.add(name)
     for cid, pane, tally in sorted(panes):
         st.creators[cid].panes[pane] = tally
@@ -166,50 +182,49 @@ def restore_state(records: Iterable[Record]) -> tuple[PartitionState, ChangelogW
 
 # ---------------------------------------------------------------- whole states (checkpoint bodies)
 
-_LEN = struct.Struct(">I")
-
 
 def state_body(st: PartitionState, chunks: dict[int, list[int]]) -> bytes:
-    """The whole state as changelog records, each [u32 key length][key][u32 value length][value] (big-endian):
-    a checkpoint's body. The dedupe ids are cut at the chunk starts the changelog holds (`chunks`, the writer's),
-    so expiring a bucket later tombstones the same keys. native/src/changelog.rs `snapshot` writes the same."""
+    """The whole state as changelog records, each framed [u32 key length][key][u32 value length][value]
+    (big-endian, changelog_schema.BODY_LENGTH): a checkpoint's body. The dedupe ids are cut at the chunk
+    starts the changelog holds (`chunks`, the writer's), so expiring a bucket later tombstones the same keys.
+    native/src/changelog.rs `snapshot` writes the same."""
     parts: list[bytes] = []
-    pack = _LEN.pack
+    pack = BODY_LENGTH.pack
 
     def put(key: bytes, value: bytes) -> None:
         parts.extend((pack(len(key)), key, pack(len(value)), value))
 
     put(*cursor_record(st.watermark, st.close_cursor))
     for cid, c in st.creators.items():
-        put(f"c:{cid}".encode(), _enc.encode(creator_fields(c)))
+        put(f"{_C}{cid}".encode(), _enc.encode(creator_fields(c)))
         for pane, tally in c.panes.items():
-            put(f"w:{cid}{_SEP}{pane}".encode(), _enc.encode(tally))
+            put(f"{_W}{cid}{PANE_SEP}{pane}".encode(), _enc.encode(tally))
     for key, streak in st.streaks.items():
-        put(f"s:{key}".encode(), _enc.encode(streak))
+        put(f"{_S}{key}".encode(), _enc.encode(streak))
     for bucket, ids in st.seen_buckets.items():
         bounds = [b for b in chunks.get(bucket, []) if b < len(ids)]
         if not bounds or bounds[0] != 0:
             bounds.insert(0, 0)
         for i, start in enumerate(bounds):
             end = bounds[i + 1] if i + 1 < len(bounds) else len(ids)
-            put(f"d:{bucket}:{start}".encode(), _enc.encode(ids[start:end]))
+            put(f"{_D}{bucket}{DEDUPE_SEP}{start}".encode(), _enc.encode(ids[start:end]))
     for pid in st.payouts_seen:
-        put(f"p:{pid}".encode(), b"1")
+        put(f"{_P}{pid}".encode(), PAYOUT_VALUE)
     return b"".join(parts)
 
 
 def body_records(body: bytes) -> list[Record]:
     """state_body's records back (ValueError when the body is cut short)."""
     records: list[Record] = []
-    pos, end, unpack = 0, len(body), _LEN.unpack_from
+    pos, end, unpack, w = 0, len(body), BODY_LENGTH.unpack_from, BODY_LENGTH.size
     try:
         while pos < end:
             (n,) = unpack(body, pos)
-            key = body[pos + 4:pos + 4 + n]
-            pos += 4 + n
+            key = body[pos + w:pos + w + n]
+            pos += w + n
             (n,) = unpack(body, pos)
-            records.append((key, body[pos + 4:pos + 4 + n]))
-            pos += 4 + n
+            records.append((key, body[pos + w:pos + w + n]))
+            pos += w + n
     except struct.error as e:
         raise ValueError("the checkpoint's body is cut short") from e
     if pos != end:

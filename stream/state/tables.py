@@ -7,6 +7,9 @@ relied on for outputs (a changelog restore inserts keys in another order), only 
 
 from __future__ import annotations
 
+import operator
+from collections.abc import Callable
+
 import msgspec
 from msgspec import Struct
 
@@ -24,11 +27,12 @@ class CreatorState(Struct, gc=False):
 
 
 CreatorFields = tuple[str, int, int, int, int, bool]
+# A creator without its panes, in declaration order: its changelog record (`c:`, stream.state.changelog_schema)
+# and what the native engine is handed. The panes come last, so CreatorState(*fields) rebuilds one.
+CREATOR_FIELDS: tuple[str, ...] = tuple(f for f in CreatorState.__struct_fields__ if f != "panes")
+assert CreatorState.__struct_fields__ == (*CREATOR_FIELDS, "panes")
 
-
-def creator_fields(c: CreatorState) -> CreatorFields:
-    """A creator without its panes, in the order its changelog record (`c:`) and the native engine hold it."""
-    return c.region, c.balance, c.credited, c.paid_out, c.crossings, c.above
+creator_fields: Callable[[CreatorState], CreatorFields] = operator.attrgetter(*CREATOR_FIELDS)  # c -> its fields
 
 
 class Streak(Struct, gc=False, array_like=True):
