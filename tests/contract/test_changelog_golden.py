@@ -13,7 +13,7 @@ and the engines list changed keys in hash order): records are compared sorted by
 The fixture is made from the encoders of the day, on purpose only (a format change is a compatibility decision:
 old changelogs and checkpoints must still be read):
 
-    PYTHONPATH=. python tests/contract/test_changelog_golden.py --write
+    python -m tests.contract.test_changelog_golden --write
 """
 
 from __future__ import annotations
@@ -178,7 +178,7 @@ def generate() -> dict:
                                      "credited": 3, "last_ts": T0, "last_event_id": "e9", "open": False})
     return {
         "about": "The changelog's exact bytes for a fixed session: see tests/contract/test_changelog_golden.py.",
-        "regenerate": "PYTHONPATH=. python tests/contract/test_changelog_golden.py --write",
+        "regenerate": "python -m tests.contract.test_changelog_golden --write",
         "policy": POLICY,
         "steps": [{**step, "records": _to_json(_sorted(d))} for step, d in zip(session, drains, strict=True)],
         "chunks": {str(b): starts for b, starts in sorted(writer.chunks.items())},

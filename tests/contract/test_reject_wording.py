@@ -9,7 +9,7 @@ from pathlib import Path
 
 import orjson
 import pytest
-from conftest import T0, gift
+from tests.support.events import T0, gift
 
 from stream.engine import model
 from stream.engine.native import NativePartitionEngine, native_available
