@@ -15,8 +15,7 @@ from __future__ import annotations
 
 import base64
 import heapq
-from collections import Counter
-from collections.abc import MutableMapping
+from collections.abc import MutableMapping, Sequence
 from dataclasses import dataclass, field
 from heapq import heappush
 
@@ -31,20 +30,11 @@ from stream.engine.model import (
     WindowTotal,
 )
 from stream.engine.policy import Policy
+from stream.engine.protocol import Changelog, Changes, ChunkStarts, Outputs, StateSizes
+from stream.state.changelog import RecordsRestore, encode_changes, record_batches, state_body
 from stream.state.tables import RETENTION_BUCKET_MS, CreatorState, PartitionState, Streak, creator_fields
 
 STREAKABLE = 1  # gift_type of gifts sent as streaks with cumulative repeat_count
-
-
-@dataclass
-class Outputs:
-    """What one or more batches produced, in emission order."""
-
-    notices: list[PayoutNotice] = field(default_factory=list)
-    window_totals: list[WindowTotal] = field(default_factory=list)
-    late: list[LateGift] = field(default_factory=list)
-    dead_letters: list[DeadLetter] = field(default_factory=list)
-    stats: Counter[str] = field(default_factory=Counter)
 
 
 @dataclass
@@ -57,21 +47,6 @@ class Dirty:
     seen_buckets: dict[int, int] = field(default_factory=dict)  # bucket -> its length before this batch
     expired_buckets: set[int] = field(default_factory=set)
     payouts: list[str] = field(default_factory=list)
-
-
-@dataclass
-class Changes:
-    """What changed since the last changelog drain, as values (both engines produce it; stream.state.changelog
-    turns it into records). None marks a deleted key."""
-
-    watermark: int | None
-    close_cursor: int | None
-    creators: list[tuple[str, tuple | None]]  # (region, balance, credited, paid_out, crossings, above)
-    panes: list[tuple[str, int, list[int] | None]]  # (creator, pane start, [milli_diamonds, credits])
-    streaks: list[tuple[str, Streak | None]]
-    seen_chunks: list[tuple[int, int, list[str]]]  # (bucket, index of the first new id, the new ids)
-    expired_buckets: list[int]
-    payouts: list[str]
 
 
 def dead_letter(policy: Policy, partition: int, source_topic: str, reason: str, detail: str, raw: bytes,
@@ -103,19 +78,57 @@ def payout_notice(policy: Policy, creator_id: str, region: str, crossing_seq: in
     )
 
 
+class EngineHooks:
+    """Dead letters, notices and the decoder's verdict on one record, in Python, for both engines: the compiled
+    core calls these back by name (stream._native.Core checks, when it is built, that each is callable) and the
+    reference engine calls them itself, so the wording of rejects, the dead letters and the notices' money
+    exist once."""
+
+    def __init__(self, policy: Policy, partition: int, source_topic: str) -> None:
+        self.policy = policy
+        self.partition = partition
+        self.source_topic = source_topic
+
+    def decode_one(self, raw: bytes) -> GiftEvent | tuple[str, str]:
+        """A record the native decoder is not certain about: msgspec's event, or its (reason, detail)."""
+        return model.decode_events([raw], self.policy.max_record_bytes)[0]
+
+    def reject(self, reason: str, detail: str, raw: bytes, offset: int | None, out: Outputs,
+               source_topic: str | None = None) -> None:
+        """A dead letter for `raw` (of `source_topic`, by default the gifts topic), and its counter."""
+        out.stats[f"rejected.{reason}"] += 1
+        out.dead_letters.append(dead_letter(self.policy, self.partition, source_topic or self.source_topic,
+                                            reason, detail, raw, offset))
+
+    def emit_notice(self, out: Outputs, creator_id: str, region: str, crossing_seq: int, balance: int,
+                    event_id: str, ts: int) -> None:
+        """The notice of a creator's `crossing_seq`-th threshold crossing (the engine counts it)."""
+        out.notices.append(payout_notice(self.policy, creator_id, region, crossing_seq, balance, event_id, ts))
+
+
 class EngineEdges:
-    """What both engines do the same way, in Python: dead letters, and the payout loop around each engine's
+    """What both engines do the same way, in Python: partition checks, and the payout loop around each engine's
     own `_apply_payout`."""
 
     policy: Policy
     partition: int
     partitions: int  # of the input topics (co-partitioned): a record belongs where its creator_id hashes
-    source_topic: str
+    hooks: EngineHooks
+
+    @property
+    def source_topic(self) -> str:
+        return self.hooks.source_topic
 
     @staticmethod
     def _check_partition(partition: int, partitions: int) -> None:
         if not 0 <= partition < partitions:
             raise ValueError(f"partition must be in [0, {partitions}) (partitions = {partitions}), not {partition}")
+
+    @staticmethod
+    def _check_routed(engines: Sequence[EngineEdges]) -> None:
+        """process_routed's engines: one per partition, in partition order."""
+        if not engines or any(e.partition != p or e.partitions != len(engines) for p, e in enumerate(engines)):
+            raise ValueError("process_routed needs one engine per partition, engines[p] for partition p")
 
     def _not_ours(self, creator_id: str) -> int | None:
         """The partition that owns creator_id when it is not this one (murmur2, like Kafka's default
@@ -125,30 +138,24 @@ class EngineEdges:
         owner = self._owners[creator_id]
         return owner if owner != self.partition else None
 
-    def _reject(self, reason: str, detail: str, raw: bytes, offset: int | None, out: Outputs,
-                source_topic: str | None = None) -> None:
-        out.stats[f"rejected.{reason}"] += 1
-        out.dead_letters.append(dead_letter(self.policy, self.partition, source_topic or self.source_topic,
-                                            reason, detail, raw, offset))
-
     def apply_payouts(self, payouts: list[Payout | tuple[str, str]], raws: list[bytes],
                       offsets: list[int] | None, out: Outputs, source_topic: str = "payouts") -> None:
         """Payouts made by the payment system: idempotent by payout_id; re-arm the threshold."""
         for i, p in enumerate(payouts):
             offset = offsets[i] if offsets else None
             if type(p) is tuple:
-                self._reject(p[0], p[1], raws[i], offset, out, source_topic)
+                self.hooks.reject(p[0], p[1], raws[i], offset, out, source_topic)
                 continue
             owner = self._not_ours(p.creator_id)
             if owner is not None:  # the balance it would lower lives on the owner's partition
-                self._reject(model.WRONG_PARTITION, f"payout {p.payout_id} is for creator {p.creator_id}, who "
-                             f"belongs to partition {owner} of {self.partitions}, not {self.partition}", raws[i],
-                             offset, out, source_topic)
+                self.hooks.reject(model.WRONG_PARTITION, f"payout {p.payout_id} is for creator {p.creator_id}, "
+                                  f"who belongs to partition {owner} of {self.partitions}, not {self.partition}",
+                                  raws[i], offset, out, source_topic)
                 continue
             balance = self._apply_payout(p, out)
             if balance is not None:
-                self._reject(model.INVALID_VALUE, f"payout {p.payout_id} of {p.milli_diamonds} exceeds the "
-                             f"balance {balance}", raws[i], offset, out, source_topic)
+                self.hooks.reject(model.INVALID_VALUE, f"payout {p.payout_id} of {p.milli_diamonds} exceeds the "
+                                  f"balance {balance}", raws[i], offset, out, source_topic)
 
     def _apply_payout(self, p: Payout, out: Outputs) -> int | None:
         """Apply one payout (a repeated one only counts); the balance it exceeds when it cannot apply."""
@@ -172,7 +179,7 @@ class PartitionEngine(EngineEdges):
         self.partition = partition
         self.partitions = partitions
         self._owners: MutableMapping[str, int] = owners if owners is not None else {}
-        self.source_topic = source_topic
+        self.hooks = EngineHooks(policy, partition, source_topic)
         self.state = state if state is not None else PartitionState()
         self.dirty = Dirty()
         self._rates = {r: p.milli_diamonds_per_coin for r, p in policy.regions.items()}
@@ -217,12 +224,33 @@ class PartitionEngine(EngineEdges):
 
     # ---------------------------------------------------------------- gifts
 
-    def process(self, raws: list[bytes], offsets: list[int] | None = None,
+    def process(self, raws: list[bytes], offsets: list[int] | int | None = None,
                 out: Outputs | None = None) -> Outputs:
-        """Process one batch of raw records of this partition (in offset order)."""
+        """Process one batch of raw records of this partition (in offset order). offsets: one per record,
+        or the offset of the first of consecutive records."""
         out = out if out is not None else Outputs()
+        if isinstance(offsets, int):
+            offsets = list(range(offsets, offsets + len(raws)))
         self.process_decoded(model.decode_events(raws, self.policy.max_record_bytes), raws, offsets, out)
         return out
+
+    @staticmethod
+    def process_routed(engines: Sequence[PartitionEngine], raws: list[bytes], offsets: list[int] | int | None,
+                       out: Outputs) -> None:
+        """One batch for every partition's engine (see stream.engine.protocol.Engine.process_routed): decoded
+        once, split by the creators' partitions (the engines' owners), each share processed in batch order."""
+        EngineEdges._check_routed(engines)
+        decoded = model.decode_events(raws, engines[0].policy.max_record_bytes)
+        owners = engines[0]._owners
+        shares: list[list[int]] = [[] for _ in engines]
+        for i, ev in enumerate(decoded):
+            shares[owners[ev.creator_id] if type(ev) is GiftEvent and len(engines) > 1 else 0].append(i)
+        if isinstance(offsets, int):
+            offsets = list(range(offsets, offsets + len(raws)))
+        for engine, idx in zip(engines, shares, strict=True):
+            if idx:
+                engine.process_decoded([decoded[i] for i in idx], [raws[i] for i in idx],
+                                       [offsets[i] for i in idx] if offsets else None, out)
 
     def process_decoded(self, decoded: list[GiftEvent | tuple[str, str]], raws: list[bytes],
                         offsets: list[int] | None, out: Outputs) -> None:
@@ -261,26 +289,26 @@ class PartitionEngine(EngineEdges):
         last_bucket = ids = None
         for i, ev in enumerate(decoded):
             if type(ev) is tuple:
-                self._reject(ev[0], ev[1], raws[i], offsets[i] if offsets else None, out)
+                self.hooks.reject(ev[0], ev[1], raws[i], offsets[i] if offsets else None, out)
                 continue
             if partition is not None and ev.creator_id not in creators and owners[ev.creator_id] != partition:
-                self._reject(model.WRONG_PARTITION, f"creator {ev.creator_id} belongs to partition "
+                self.hooks.reject(model.WRONG_PARTITION, f"creator {ev.creator_id} belongs to partition "
                              f"{owners[ev.creator_id]} of {self.partitions}, not {partition}", raws[i],
                              offsets[i] if offsets else None, out)
                 continue
             ts = ev.ts
             rate = rates.get(ev.region)
             if rate is None:
-                self._reject(model.UNKNOWN_REGION, f"region {ev.region!r} is not in policy "
+                self.hooks.reject(model.UNKNOWN_REGION, f"region {ev.region!r} is not in policy "
                              f"{self.policy.version}", raws[i], offsets[i] if offsets else None, out)
                 continue
             if wm is not None:
                 if ts > wm + future:
-                    self._reject(model.TS_TOO_FAR_FUTURE, f"ts {ts} is more than {future} ms after the "
+                    self.hooks.reject(model.TS_TOO_FAR_FUTURE, f"ts {ts} is more than {future} ms after the "
                                  f"watermark {wm}", raws[i], offsets[i] if offsets else None, out)
                     continue
                 if ts < wm - horizon:
-                    self._reject(model.TS_TOO_OLD, f"ts {ts} is older than the dedupe horizon "
+                    self.hooks.reject(model.TS_TOO_OLD, f"ts {ts} is older than the dedupe horizon "
                                  f"({horizon} ms before the watermark {wm})", raws[i],
                                  offsets[i] if offsets else None, out)
                     continue
@@ -511,7 +539,7 @@ class PartitionEngine(EngineEdges):
         c.crossings += 1
         c.above = True
         out.stats["notices"] += 1
-        out.notices.append(payout_notice(self.policy, creator_id, c.region, c.crossings, c.balance, event_id, ts))
+        self.hooks.emit_notice(out, creator_id, c.region, c.crossings, c.balance, event_id, ts)
 
     # ---------------------------------------------------------------- timers
 
@@ -637,15 +665,31 @@ class PartitionEngine(EngineEdges):
                        [(key, st.streaks.get(key)) for key in dirty.streaks],
                        [c for c in chunks if c[2]], list(dirty.expired_buckets), dirty.payouts)
 
-    def take_changelog(self) -> tuple[list, list[tuple[int, int]], list[int]]:
-        """take_changes() as changelog records (see stream.state.changelog.encode_changes)."""
-        from stream.state.changelog import encode_changes  # the changelog module builds on this one
-
+    def take_changelog(self) -> Changelog:
+        """take_changes() as changelog records (stream.state.changelog.encode_changes)."""
         return encode_changes(self.take_changes())
+
+    def take_changelog_batches(self, max_bytes: int, transactional: bool,
+                               timestamp_ms: int) -> tuple[list, list[tuple[int, int]], list[int]]:
+        """take_changelog()'s records in Kafka record batches (stream.state.changelog.record_batches)."""
+        records, chunks, expired = self.take_changelog()
+        return record_batches(records, max_bytes, transactional, timestamp_ms), chunks, expired
 
     def clear_changes(self) -> None:
         """Forget the changed keys (an offline replay has no changelog to write them to)."""
         self.dirty = Dirty()
+
+    def snapshot_body(self, chunks: dict[int, list[int]]) -> bytes:
+        """The whole state as a checkpoint body (stream.state.changelog.state_body)."""
+        return state_body(self.state, chunks)
+
+    def adopt(self, restore: RecordsRestore) -> ChunkStarts:
+        """Run on the state the records `restore` gathered rebuild (stream.state.changelog.restore_state)."""
+        state, starts = restore.take_state()
+        self.state = state
+        self.dirty = Dirty()
+        self._rebuild_timers()
+        return starts
 
     @property
     def watermark(self) -> int | None:
@@ -663,13 +707,3 @@ class PartitionEngine(EngineEdges):
         return StateSizes(len(st.creators), len(st.streaks), len(st.seen),
                           sum(len(c.panes) for c in st.creators.values()),
                           sum(s.open for s in st.streaks.values()), sum(c.balance for c in st.creators.values()))
-
-
-@dataclass(frozen=True)
-class StateSizes:
-    creators: int
-    streaks: int
-    dedupe_ids: int
-    pane_tallies: int
-    open_streaks: int
-    balance_milli_diamonds: int  # summed over the creators
