@@ -17,7 +17,6 @@ import base64
 import heapq
 from collections.abc import MutableMapping, Sequence
 from dataclasses import dataclass, field
-from heapq import heappush
 
 from stream.engine import model
 from stream.engine.model import (
@@ -35,6 +34,14 @@ from stream.state.changelog import RecordsRestore, encode_changes, record_batche
 from stream.state.tables import RETENTION_BUCKET_MS, CreatorState, PartitionState, Streak, creator_fields
 
 STREAKABLE = 1  # gift_type of gifts sent as streaks with cumulative repeat_count
+
+
+def streak_key(ev: GiftEvent) -> str:
+    """The streak an event of a streakable gift belongs to: (room, sender, gift, group), joined by U+001F. Ids are
+    held to model.ID_PATTERN (no U+001F), so the join is unambiguous; the text is the changelog's key (s:<key>),
+    the native core's StreakKey text and the timer heap's tie order. An empty group id (the last part) means no
+    group: nothing then tells a straggler from a new streak."""
+    return f"{ev.room_id}\x1f{ev.sender_id}\x1f{ev.gift_id}\x1f{ev.group_id}"
 
 
 @dataclass
@@ -189,9 +196,6 @@ class PartitionEngine(EngineEdges):
         self._timeout = policy.streak_timeout_ms
         self._horizon = policy.dedupe_horizon_ms
         self._future = policy.max_future_ms
-        # Credits counted here and added to out.stats by _flush_stats at the end of each call that can
-        # credit: a Counter update costs ~120 ns and _credit would do two per credit.
-        self._credits = self._milli = 0
         self._rebuild_timers()
 
     # ---------------------------------------------------------------- timers (derived state)
@@ -254,152 +258,80 @@ class PartitionEngine(EngineEdges):
 
     def process_decoded(self, decoded: list[GiftEvent | tuple[str, str]], raws: list[bytes],
                         offsets: list[int] | None, out: Outputs) -> None:
-        # The hot loop: everything it touches per event is bound to a local first (attribute and global
-        # lookups cost as much as the work), and the common cases are inlined (see the comments below).
-        st = self.state
-        stats = out.stats
-        rates = self._rates
-        seen = st.seen
-        seen_add = seen.add
-        seen_buckets = st.seen_buckets
-        dirty_buckets = self.dirty.seen_buckets
-        future, horizon = self._future, self._horizon
-        streaks = st.streaks
-        streaks_get = streaks.get
-        dirty_streaks_add = self.dirty.streaks.add
-        heap = self._heap
-        timeout = self._timeout
-        streak_event = self._streak_event
-        close_streak = self._close_streak
-        credit = self._credit
-        creators_get = st.creators.get
-        dirty_creators_add = self.dirty.creators.add
-        dirty_panes_add = self.dirty.panes.add
-        thresholds = self._thresholds
-        pane_ms = self._pane
-        stats["events_in"] += len(decoded)
-        creators = st.creators
-        owners = self._owners
-        if len(owners) > 100_000:
-            owners.clear()
-        partition = self.partition if self.partitions > 1 else None
-        duplicates = new_streaks = plain_credits = plain_milli = 0
-        wm = st.watermark  # only this loop (and _start) moves the watermark; kept in a local
-        # Consecutive events nearly always share a retention bucket: remember the last one and its id list.
-        last_bucket = ids = None
+        """Process one batch of this partition's records, decoded (model.decode_events: the event, or the reason
+        and detail of a bad record), with their raw bytes and offsets (for dead letters), in offset order."""
+        out.stats["events_in"] += len(decoded)
+        self._bound_owners()
         for i, ev in enumerate(decoded):
-            if type(ev) is tuple:
-                self.hooks.reject(ev[0], ev[1], raws[i], offsets[i] if offsets else None, out)
-                continue
-            if partition is not None and ev.creator_id not in creators and owners[ev.creator_id] != partition:
-                self.hooks.reject(model.WRONG_PARTITION, f"creator {ev.creator_id} belongs to partition "
-                             f"{owners[ev.creator_id]} of {self.partitions}, not {partition}", raws[i],
-                             offsets[i] if offsets else None, out)
-                continue
-            ts = ev.ts
-            rate = rates.get(ev.region)
-            if rate is None:
-                self.hooks.reject(model.UNKNOWN_REGION, f"region {ev.region!r} is not in policy "
-                             f"{self.policy.version}", raws[i], offsets[i] if offsets else None, out)
-                continue
-            if wm is not None:
-                if ts > wm + future:
-                    self.hooks.reject(model.TS_TOO_FAR_FUTURE, f"ts {ts} is more than {future} ms after the "
-                                 f"watermark {wm}", raws[i], offsets[i] if offsets else None, out)
-                    continue
-                if ts < wm - horizon:
-                    self.hooks.reject(model.TS_TOO_OLD, f"ts {ts} is older than the dedupe horizon "
-                                 f"({horizon} ms before the watermark {wm})", raws[i],
-                                 offsets[i] if offsets else None, out)
-                    continue
-            eid = ev.event_id
-            if eid in seen:
-                duplicates += 1
-                continue
-            seen_add(eid)
-            bucket = ts - ts % RETENTION_BUCKET_MS
-            if bucket != last_bucket:
-                ids = seen_buckets.get(bucket)
-                if ids is None:
-                    seen_buckets[bucket] = ids = []
-                    if self._min_bucket is None or bucket < self._min_bucket:
-                        self._min_bucket = bucket
-                if bucket not in dirty_buckets:
-                    dirty_buckets[bucket] = len(ids)
-                last_bucket = bucket
-            ids.append(eid)
-            if wm is None:
-                self._start(ts)
-                wm = ts
-            elif ts > wm:
-                st.watermark = wm = ts
-                if ts >= self._next_timer:
-                    self._fire_timers(ts, out)
-                    last_bucket = None  # expiry may have dropped buckets
-            if ev.gift_type != STREAKABLE:
-                # A plain gift. _credit's common case is inlined (the creator is known, in the same region,
-                # and its pane is open and already holds a tally): same steps, no call.
-                cid = ev.creator_id
-                milli = ev.diamond_count * ev.repeat_count * rate
-                c = creators_get(cid)
-                pane = ts - ts % pane_ms
-                if (c is None or c.region != ev.region or pane + pane_ms <= st.close_cursor
-                        or (tally := c.panes.get(pane)) is None):
-                    credit(cid, ev.region, milli, ts, eid, out)
-                    continue
-                dirty_creators_add(cid)
-                c.balance += milli
-                c.credited += milli
-                dirty_panes_add((cid, pane))
-                tally[0] += milli
-                tally[1] += 1
-                plain_credits += 1
-                plain_milli += milli
-                threshold = thresholds[c.region]
-                if threshold is not None and not c.above and c.balance >= threshold:
-                    self._notice(c, cid, eid, ts, out)
-                continue
-            # Streak events are most of the traffic (several per streak). The common cases, the first event
-            # of a streak and a further event (or the end) of an open one, are inlined here with the same
-            # steps as in _streak_event; single-event streaks, restarts and stragglers go there.
-            # The joined text, not a tuple: ids are held to model.ID_PATTERN (no U+001F), so the join is
-            # unambiguous, and it is the changelog's key (s:<key>), the native core's StreakKey text and the
-            # timer heap's tie order; a tuple would change all three for no gain.
-            key = f"{ev.room_id}\x1f{ev.sender_id}\x1f{ev.gift_id}\x1f{ev.group_id}"
-            s = streaks_get(key)
-            if s is None:
-                if ev.repeat_end:
-                    streak_event(ev, key, s, out)
-                    continue
-                streaks[key] = Streak(ev.creator_id, ev.region, ev.diamond_count, ev.repeat_count, 0, ts, eid)
-                dirty_streaks_add(key)
-                new_streaks += 1
-                deadline = ts + timeout
-                heappush(heap, (deadline, key))
-                if deadline < self._next_timer:
-                    self._next_timer = deadline
-            elif s.open and (ev.group_id or ev.repeat_count >= s.count):
-                dirty_streaks_add(key)
-                if ev.repeat_count > s.count:
-                    s.count = ev.repeat_count
-                if ts >= s.last_ts:
-                    s.last_ts, s.last_event_id = ts, eid
-                if ev.repeat_end:  # credited at the streak's newest event time, even if the end came early
-                    close_streak(key, s, s.last_ts, eid, out)
+            rejected = ev if isinstance(ev, tuple) else self._rejected(ev)
+            if rejected is not None:
+                reason, detail = rejected
+                self.hooks.reject(reason, detail, raws[i], offsets[i] if offsets else None, out)
+            elif not self._first_sighting(ev):
+                out.stats["duplicates"] += 1
             else:
-                streak_event(ev, key, s, out)
-        stats["duplicates"] += duplicates
-        if new_streaks:
-            stats["streaks"] += new_streaks
-        self._credits += plain_credits
-        self._milli += plain_milli
-        self._flush_stats(out)
+                self._advance_watermark(ev.ts, out)
+                if ev.gift_type == STREAKABLE:
+                    self._streak_event(ev, out)
+                else:
+                    self._credit_plain(ev, out)
 
-    def _flush_stats(self, out: Outputs) -> None:
-        if self._credits:
-            out.stats["credits"] += self._credits
-            out.stats["milli_diamonds"] += self._milli
-            self._credits = self._milli = 0
+    def _bound_owners(self) -> None:
+        """The owners map is a cache (stream.kafka.routing.PartitionCache), filled by every creator it is asked
+        for: keep it bounded."""
+        if len(self._owners) > 100_000:
+            self._owners.clear()
+
+    def _rejected(self, ev: GiftEvent) -> tuple[str, str] | None:
+        """Why an event that decoded cannot be processed here (reason, detail), or None: its creator belongs to
+        another partition, the policy does not know its region, or its time is out of the watermark's bounds."""
+        if ev.creator_id not in self.state.creators:  # a creator with state here was credited here: ours
+            owner = self._not_ours(ev.creator_id)
+            if owner is not None:
+                return model.WRONG_PARTITION, (f"creator {ev.creator_id} belongs to partition {owner} of "
+                                               f"{self.partitions}, not {self.partition}")
+        if ev.region not in self._rates:
+            return model.UNKNOWN_REGION, f"region {ev.region!r} is not in policy {self.policy.version}"
+        wm = self.state.watermark
+        if wm is not None and ev.ts > wm + self._future:
+            return model.TS_TOO_FAR_FUTURE, f"ts {ev.ts} is more than {self._future} ms after the watermark {wm}"
+        if wm is not None and ev.ts < wm - self._horizon:
+            return model.TS_TOO_OLD, (f"ts {ev.ts} is older than the dedupe horizon ({self._horizon} ms before "
+                                      f"the watermark {wm})")
+        return None
+
+    def _first_sighting(self, ev: GiftEvent) -> bool:
+        """Dedupe: False when the event id was seen already (inside the dedupe horizon); else remember it, in the
+        retention bucket of its event time (expiry forgets a bucket at a time), and True."""
+        st = self.state
+        if ev.event_id in st.seen:
+            return False
+        st.seen.add(ev.event_id)
+        bucket = ev.ts - ev.ts % RETENTION_BUCKET_MS
+        ids = st.seen_buckets.get(bucket)
+        if ids is None:
+            st.seen_buckets[bucket] = ids = []
+            if self._min_bucket is None or bucket < self._min_bucket:
+                self._min_bucket = bucket
+        self.dirty.seen_buckets.setdefault(bucket, len(ids))  # the changelog writes the ids from there on
+        ids.append(ev.event_id)
+        return True
+
+    def _advance_watermark(self, ts: int, out: Outputs) -> None:
+        """An accepted event at ts: the watermark is the highest accepted event time; moving it fires what it
+        makes due (streak timeouts, window closes, expiry)."""
+        st = self.state
+        if st.watermark is None:
+            self._start(ts)
+        elif ts > st.watermark:
+            st.watermark = ts
+            if ts >= self._next_timer:
+                self._fire_timers(ts, out)
+
+    def _credit_plain(self, ev: GiftEvent, out: Outputs) -> None:
+        """A gift that is not a streak: credited at once, diamond_count x repeat_count coins at its region's rate."""
+        milli = ev.diamond_count * ev.repeat_count * self._rates[ev.region]
+        self._credit(ev.creator_id, ev.region, milli, ev.ts, ev.event_id, out)
 
     def _start(self, ts: int) -> None:
         """First accepted event of the partition: windows ending before it (plus grace) are closed."""
@@ -411,9 +343,11 @@ class PartitionEngine(EngineEdges):
 
     # ---------------------------------------------------------------- streaks
 
-    def _streak_event(self, ev: GiftEvent, key: str, s: Streak | None, out: Outputs) -> None:
-        """An event of a streakable gift; `key` is its streak key and `s` the streak stored under it."""
+    def _streak_event(self, ev: GiftEvent, out: Outputs) -> None:
+        """An event of a streakable gift: it starts, continues or ends its streak, or is a straggler of a closed one."""
         st = self.state
+        key = streak_key(ev)
+        s = st.streaks.get(key)
         count = ev.repeat_count
         if s is not None and s.open and not ev.group_id and count < s.count:
             # Without a group id a lower cumulative count can only mean a new streak began.
@@ -428,7 +362,7 @@ class PartitionEngine(EngineEdges):
                 self._close_streak(key, s, ev.ts, ev.event_id, out)
             else:
                 deadline = ev.ts + self._timeout
-                heappush(self._heap, (deadline, key))
+                heapq.heappush(self._heap, (deadline, key))
                 if deadline < self._next_timer:
                     self._next_timer = deadline
             return
@@ -478,24 +412,16 @@ class PartitionEngine(EngineEdges):
             st.creators[creator_id] = c = CreatorState(region)
         elif c.region != region:
             c.region = region  # the creator's payout region moved: its threshold applies from now on
-        dirty = self.dirty
-        dirty.creators.add(creator_id)
+        self.dirty.creators.add(creator_id)
         c.balance += milli
         c.credited += milli
-        pane_ms = self._pane
-        pane = ts - ts % pane_ms
-        if pane + pane_ms > st.close_cursor:
-            tally = c.panes.get(pane)
-            if tally is not None:  # _add_to_pane's common case, inlined: it runs once per credit
-                dirty.panes.add((creator_id, pane))
-                tally[0] += milli
-                tally[1] += 1
-            else:
-                self._add_to_pane(c, creator_id, pane, milli)
+        pane = ts - ts % self._pane
+        if pane + self._pane > st.close_cursor:
+            self._add_to_pane(c, creator_id, pane, milli)
         else:
             self._late_credit(c, creator_id, pane, milli, ts, event_id, out)
-        self._credits += 1
-        self._milli += milli
+        out.stats["credits"] += 1
+        out.stats["milli_diamonds"] += milli
         threshold = self._thresholds[c.region]
         if threshold is not None and not c.above and c.balance >= threshold:
             self._notice(c, creator_id, event_id, ts, out)
@@ -644,7 +570,6 @@ class PartitionEngine(EngineEdges):
         final = st.watermark + horizon + policy.grace_ms + policy.pane_ms
         st.watermark = final
         self._fire_timers(final, out)
-        self._flush_stats(out)
 
     def take_changes(self) -> Changes:
         """The keys changed since the last call, with their values now; forgets them."""
