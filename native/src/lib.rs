@@ -35,11 +35,12 @@ use sharded::ChunkedVec;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use engine::{Creator, Engine, Output, PayoutResult, Regions, Reject, RegionRule, Settings, State, Streak, Tally, Window};
 
-/// A partition engine. Built by stream.engine.native from the policy; `hooks` passed to each call is the
-/// Python wrapper (decode fallback, dead letters, notices).
+/// A partition engine. Built by stream.engine.native from the policy and the Python it calls back
+/// (stream.engine.reference.EngineHooks: decode fallback, dead letters, notices), checked here when it is built.
 #[pyclass(module = "stream._native")]
 struct Core {
     engine: Engine,
+    hooks: Hooks,
     max_record_bytes: usize,
     max_json_depth: usize, // stream.engine.model.MAX_JSON_DEPTH
     window_names: Vec<Py<PyAny>>,
@@ -63,6 +64,31 @@ type RegionArg = (String, i128, Option<i128>);
 const OUTPUTS_KEPT: usize = 1 << 16; // outputs a batch's buffer keeps room for between batches
 type WindowArg = (String, i64, i64);
 
+/// The Python callbacks of a Core, looked up once: each must be a callable attribute of the hooks object.
+struct Hooks {
+    decode_one: Py<PyAny>,  // (raw) -> GiftEvent | (reason, detail)
+    reject: Py<PyAny>,      // (reason, detail, raw, offset, out)
+    emit_notice: Py<PyAny>, // (out, creator_id, region, crossing_seq, balance, event_id, ts)
+}
+
+impl Hooks {
+    const NAMES: [&'static str; 3] = ["decode_one", "reject", "emit_notice"];
+
+    /// The hooks object's callables; a TypeError naming the first one it lacks.
+    fn of(hooks: &Bound<'_, PyAny>) -> PyResult<Self> {
+        let get = |name: &str| -> PyResult<Py<PyAny>> {
+            match hooks.getattr(name) {
+                Ok(f) if f.is_callable() => Ok(f.unbind()),
+                _ => Err(pyo3::exceptions::PyTypeError::new_err(format!(
+                    "Core hooks: {} has no callable `{name}` (a hooks object needs {})",
+                    hooks.get_type().name().map(|n| n.to_string()).unwrap_or_else(|_| "the object".to_owned()),
+                    Self::NAMES.join(", ")))),
+            }
+        };
+        Ok(Hooks { decode_one: get(Self::NAMES[0])?, reject: get(Self::NAMES[1])?, emit_notice: get(Self::NAMES[2])? })
+    }
+}
+
 enum Decoded<'a> {
     Event(Event<'a>),
     Bad(Reject),
@@ -70,12 +96,12 @@ enum Decoded<'a> {
 
 /// One record: the native decoder's event when it is certain, else the Python decoder's verdict (an event
 /// or a reject with msgspec's reason and wording).
-fn decode_record<'a>(bytes: &'a Bound<'_, PyBytes>, max_bytes: usize, max_depth: usize, hooks: &Bound<'_, PyAny>)
+fn decode_record<'a>(bytes: &'a Bound<'_, PyBytes>, max_bytes: usize, max_depth: usize, hooks: &Hooks)
                      -> PyResult<Decoded<'a>> {
     if let Some(ev) = decode_fast(bytes.as_bytes(), max_bytes, max_depth) {
         return Ok(Decoded::Event(ev));
     }
-    let decoded = hooks.call_method1("_decode_one", (bytes,))?;
+    let decoded = hooks.decode_one.bind(bytes.py()).call1((bytes,))?;
     if let Ok(t) = decoded.cast::<PyTuple>() {
         let (reason, detail): (String, String) = t.extract()?;
         return Ok(Decoded::Bad(Reject::Decode { reason, detail }));
@@ -100,12 +126,13 @@ impl Core {
     #[allow(clippy::too_many_arguments)]
     #[pyo3(signature = (regions, windows, pane_ms, grace_ms, streak_timeout_ms, dedupe_horizon_ms, max_future_ms,
                         max_record_bytes, version, classes, track_changes=true, *, max_json_depth, partition,
-                        partitions, rejects))]
+                        partitions, rejects, hooks))]
     fn new(py: Python<'_>, regions: Vec<RegionArg>, windows: Vec<WindowArg>, pane_ms: i64, grace_ms: i64,
            streak_timeout_ms: i64, dedupe_horizon_ms: i64, max_future_ms: i64, max_record_bytes: usize,
            version: String, classes: (Py<PyAny>, Py<PyAny>, Py<PyAny>), track_changes: bool,
            max_json_depth: usize, partition: u32, partitions: u32,
-           rejects: (Py<PyAny>, Py<PyAny>, Py<PyAny>, Py<PyAny>)) -> PyResult<Self> {
+           rejects: (Py<PyAny>, Py<PyAny>, Py<PyAny>, Py<PyAny>), hooks: &Bound<'_, PyAny>) -> PyResult<Self> {
+        let hooks = Hooks::of(hooks)?;
         if pane_ms <= 0 || windows.iter().any(|w| w.1 <= 0 || w.2 <= 0) {
             return Err(pyo3::exceptions::PyValueError::new_err("pane and window sizes must be positive"));
         }
@@ -119,7 +146,8 @@ impl Core {
             windows: windows.into_iter().map(|(_, size_ms, hop_ms)| Window { size_ms, hop_ms }).collect(),
             pane_ms, grace_ms, streak_timeout_ms, dedupe_horizon_ms, max_future_ms, partition, partitions,
         };
-        Ok(Core { engine: Engine::new(cfg, State::default(), track_changes), max_record_bytes, max_json_depth, window_names,
+        Ok(Core { engine: Engine::new(cfg, State::default(), track_changes), hooks, max_record_bytes, max_json_depth,
+                  window_names,
                   version: version.into_pyobject(py)?.into_any().unbind(), window_total_cls: classes.0,
                   late_cls: classes.1, missed_cls: classes.2,
                   reject_texts: RejectTexts { wrong_partition: rejects.0, unknown_region: rejects.1,
@@ -127,36 +155,36 @@ impl Core {
     }
 
     /// One batch of raw records of this partition, in offset order.
-    #[pyo3(signature = (raws, offsets, out, hooks))]
+    #[pyo3(signature = (raws, offsets, out))]
     fn process(&mut self, py: Python<'_>, raws: &Bound<'_, PyList>, offsets: Option<&Bound<'_, PyAny>>,
-               out: &Bound<'_, PyAny>, hooks: &Bound<'_, PyAny>) -> PyResult<()> {
+               out: &Bound<'_, PyAny>) -> PyResult<()> {
         let n = raws.len();
         for (i, item) in raws.iter().enumerate() {
             let bytes = item.cast::<PyBytes>()?;
-            match decode_record(bytes, self.max_record_bytes, self.max_json_depth, hooks)? {
+            match decode_record(bytes, self.max_record_bytes, self.max_json_depth, &self.hooks)? {
                 Decoded::Event(ev) => self.engine.process_event(&ev, i),
                 Decoded::Bad(reject) => self.engine.outputs.push(Output::Reject { index: i, reject }),
             }
         }
         self.engine.stats.events_in += n as u64;
-        self.flush(py, Some(raws), offsets, out, hooks, true)
+        self.flush(py, Some(raws), offsets, out, true)
     }
 
     /// A payout: "applied", "duplicate", or the balance it exceeds (an int).
-    fn apply_payout(&mut self, py: Python<'_>, payout_id: &str, creator_id: &str, milli: i128, out: &Bound<'_, PyAny>,
-                    hooks: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
+    fn apply_payout(&mut self, py: Python<'_>, payout_id: &str, creator_id: &str, milli: i128, out: &Bound<'_, PyAny>)
+                    -> PyResult<Py<PyAny>> {
         let result = match self.engine.apply_payout(payout_id, creator_id, milli) {
             PayoutResult::Applied => "applied".into_pyobject(py)?.into_any().unbind(),
             PayoutResult::Duplicate => "duplicate".into_pyobject(py)?.into_any().unbind(),
             PayoutResult::ExceedsBalance(b) => b.into_pyobject(py)?.into_any().unbind(),
         };
-        self.flush(py, None, None, out, hooks, false)?;
+        self.flush(py, None, None, out, false)?;
         Ok(result)
     }
 
-    fn end_of_stream(&mut self, py: Python<'_>, out: &Bound<'_, PyAny>, hooks: &Bound<'_, PyAny>) -> PyResult<()> {
+    fn end_of_stream(&mut self, py: Python<'_>, out: &Bound<'_, PyAny>) -> PyResult<()> {
         self.engine.end_of_stream();
-        self.flush(py, None, None, out, hooks, false)
+        self.flush(py, None, None, out, false)
     }
 
     /// The changelog records of the keys changed since the last call (and forget them), encoded like
@@ -381,7 +409,7 @@ impl Core {
 
     /// Turn the collected outputs into Python records (in emission order) and add the counters to out.stats.
     fn flush(&mut self, py: Python<'_>, raws: Option<&Bound<'_, PyList>>, offsets: Option<&Bound<'_, PyAny>>,
-             out: &Bound<'_, PyAny>, hooks: &Bound<'_, PyAny>, batch: bool) -> PyResult<()> {
+             out: &Bound<'_, PyAny>, batch: bool) -> PyResult<()> {
         // Taken and given back, so the next batch starts with room (up to OUTPUTS_KEPT) instead of growing anew.
         let mut outputs = std::mem::take(&mut self.engine.outputs);
         if !outputs.is_empty() {
@@ -431,10 +459,11 @@ impl Core {
                             },
                             None => None,
                         };
-                        hooks.call_method1("_reject", (reason, detail, raw, offset, out))?;
+                        self.hooks.reject.bind(py).call1((reason, detail, raw, offset, out))?;
                     }
                     Output::Notice { creator_id, region, crossing_seq, balance, event_id, ts } => {
-                        hooks.call_method1("_emit_notice", (out, creator_id, region, crossing_seq, balance, event_id, ts))?;
+                        self.hooks.emit_notice.bind(py)
+                            .call1((out, creator_id, region, crossing_seq, balance, event_id, ts))?;
                     }
                     Output::WindowTotal { creator_id, window, start, end, milli, credits } => {
                         let wt = self.window_total_cls.bind(py).call1((creator_id, self.window_names[window].bind(py),
@@ -481,14 +510,14 @@ impl Core {
 }
 
 /// One batch for several partitions' engines (an offline replay): each record goes to the engine of its
-/// creator's partition (Kafka's murmur2, like stream.runtime.replay.PartitionRouter; a record the Python decoder
-/// rejects goes to partition 0), decoded once. Outputs are emitted partition by partition, as when each
-/// engine processes its own share of the batch.
+/// creator's partition (Kafka's murmur2, like the reference engine's process_routed; a record the Python decoder
+/// rejects goes to partition 0), decoded once (by the first core's hooks when the native decoder is not sure).
+/// Outputs are emitted partition by partition, as when each engine processes its own share of the batch.
 #[pyfunction]
-fn process_routed(py: Python<'_>, cores: Vec<Bound<'_, Core>>, hooks: Vec<Bound<'_, PyAny>>, raws: &Bound<'_, PyList>,
+fn process_routed(py: Python<'_>, cores: Vec<Bound<'_, Core>>, raws: &Bound<'_, PyList>,
                   offsets: Option<&Bound<'_, PyAny>>, out: &Bound<'_, PyAny>) -> PyResult<()> {
-    if cores.is_empty() || cores.len() != hooks.len() {
-        return Err(pyo3::exceptions::PyValueError::new_err("one hooks object per engine, at least one engine"));
+    if cores.is_empty() {
+        return Err(pyo3::exceptions::PyValueError::new_err("process_routed needs at least one engine"));
     }
     let mut engines: Vec<PyRefMut<'_, Core>> = cores.iter().map(|c| c.borrow_mut()).collect();
     let n = engines.len() as u32;
@@ -496,7 +525,7 @@ fn process_routed(py: Python<'_>, cores: Vec<Bound<'_, Core>>, hooks: Vec<Bound<
     let mut counts = vec![0u64; engines.len()];
     for (i, item) in raws.iter().enumerate() {
         let bytes = item.cast::<PyBytes>()?;
-        let p = match decode_record(bytes, max_bytes, max_depth, &hooks[0])? {
+        let p = match decode_record(bytes, max_bytes, max_depth, &engines[0].hooks)? {
             Decoded::Event(ev) => {
                 let p = murmur2::partition_for(ev.creator_id.as_bytes(), n) as usize;
                 engines[p].engine.process_event(&ev, i);
@@ -512,7 +541,7 @@ fn process_routed(py: Python<'_>, cores: Vec<Bound<'_, Core>>, hooks: Vec<Bound<
     for (p, engine) in engines.iter_mut().enumerate() {
         if counts[p] > 0 {
             engine.engine.stats.events_in += counts[p];
-            engine.flush(py, Some(raws), offsets, out, &hooks[p], true)?;
+            engine.flush(py, Some(raws), offsets, out, true)?;
         }
     }
     Ok(())

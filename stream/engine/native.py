@@ -1,12 +1,13 @@
-"""The compiled engine (Rust, native/ -> stream._native) behind the same interface as stream.engine.reference's.
+"""The compiled engine (Rust, native/ -> stream._native) behind the same interface as the reference engine's
+(stream.engine.protocol.Engine).
 
 The core keeps the partition state natively and decodes, dedupes, windows and credits each record in one
 pass; the Python reference engine (stream.engine.reference.PartitionEngine) stays the specification, and the tests
-run both on the same input and require the same outputs, changes and state. The core calls back here only
-for what must exist once: the Python decoder for records it is not certain about (so reject reasons and
-their wording are msgspec's), dead letters and notice money (stream.engine.reference.dead_letter / payout_notice).
-The wording of the rejects the core decides itself is stream.engine.model's (EVENT_REJECTIONS, handed to it here):
-it gives back only their parameters.
+run both on the same input and require the same outputs, changes and state. The core calls back into Python only
+for what must exist once, through the EngineHooks (stream.engine.reference) it is built with: the Python decoder
+for records it is not certain about (so reject reasons and their wording are msgspec's), dead letters and notice
+money. The wording of the rejects the core decides itself is stream.engine.model's (EVENT_REJECTIONS, handed to
+it here): it gives back only their parameters.
 
 `make_engine` picks the engine: "native" (the default when the extension is built, as `make install`
 does), "python", or "auto" (native if importable, else Python).
@@ -16,19 +17,14 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import MutableMapping
+from collections.abc import MutableMapping, Sequence
 
 from stream.config import ENGINES
 from stream.engine import model
 from stream.engine.model import LateGift, MissedWindow, Payout, WindowTotal
 from stream.engine.policy import Policy
-from stream.engine.reference import (
-    EngineEdges,
-    Outputs,
-    PartitionEngine,
-    StateSizes,
-    payout_notice,
-)
+from stream.engine.protocol import Changelog, ChunkStarts, Engine, Outputs, StateSizes
+from stream.engine.reference import EngineEdges, EngineHooks, PartitionEngine
 from stream.state.tables import CreatorState, PartitionState, Streak, creator_fields
 
 try:
@@ -72,15 +68,14 @@ class NativePartitionEngine(EngineEdges):
         self.partition = partition
         self.partitions = partitions
         self._owners = _NativeOwners(partitions)
-        self.source_topic = source_topic
-        self._max_bytes = policy.max_record_bytes
+        self.hooks = EngineHooks(policy, partition, source_topic)
         self._core = _native.Core(
             [(r, p.milli_diamonds_per_coin, p.threshold_milli_diamonds) for r, p in policy.regions.items()],
             [(w.name, w.size_ms, w.hop_ms) for w in policy.windows],
             policy.pane_ms, policy.grace_ms, policy.streak_timeout_ms, policy.dedupe_horizon_ms,
             policy.max_future_ms, policy.max_record_bytes, policy.version, (WindowTotal, LateGift, MissedWindow),
             track_changes, max_json_depth=model.MAX_JSON_DEPTH, partition=partition, partitions=partitions,
-            rejects=model.EVENT_REJECTIONS)
+            rejects=model.EVENT_REJECTIONS, hooks=self.hooks)
         if state is not None:
             self._load(state)
 
@@ -91,28 +86,27 @@ class NativePartitionEngine(EngineEdges):
         """Process one batch of raw records of this partition (in offset order). offsets: one per record,
         or (an offline replay) the offset of the first of consecutive records."""
         out = out if out is not None else Outputs()
-        self._core.process(raws if type(raws) is list else list(raws), offsets, out, self)
+        self._core.process(raws if type(raws) is list else list(raws), offsets, out)
         return out
 
+    @staticmethod
+    def process_routed(engines: Sequence[NativePartitionEngine], raws: list[bytes], offsets: list[int] | int | None,
+                       out: Outputs) -> None:
+        """One batch for every partition's engine (see stream.engine.protocol.Engine.process_routed), routed and
+        decoded in the compiled core."""
+        EngineEdges._check_routed(engines)
+        _native.process_routed([e._core for e in engines], raws, offsets, out)
+
     def _apply_payout(self, p: Payout, out: Outputs) -> int | None:
-        result = self._core.apply_payout(p.payout_id, p.creator_id, p.milli_diamonds, out, self)
+        result = self._core.apply_payout(p.payout_id, p.creator_id, p.milli_diamonds, out)
         return result if type(result) is int else None  # "applied" / "duplicate" otherwise
 
     def end_of_stream(self, out: Outputs) -> None:
-        self._core.end_of_stream(out, self)
-
-    # ---------------------------------------------------------------- hooks the core calls
-
-    def _decode_one(self, raw: bytes) -> model.GiftEvent | tuple[str, str]:
-        return model.decode_events([raw], self._max_bytes)[0]
-
-    def _emit_notice(self, out: Outputs, creator_id: str, region: str, crossing_seq: int, balance: int,
-                     event_id: str, ts: int) -> None:
-        out.notices.append(payout_notice(self.policy, creator_id, region, crossing_seq, balance, event_id, ts))
+        self._core.end_of_stream(out)
 
     # ---------------------------------------------------------------- state
 
-    def take_changelog(self) -> tuple[list, list[tuple[int, int]], list[int]]:
+    def take_changelog(self) -> Changelog:
         """The changelog records of the changed keys, encoded natively (see stream.state.changelog.encode_changes)."""
         return self._core.take_changelog()
 
@@ -124,7 +118,7 @@ class NativePartitionEngine(EngineEdges):
     def clear_changes(self) -> None:
         self._core.clear_changes()
 
-    def adopt(self, restore: object) -> list[tuple[int, list[int]]]:
+    def adopt(self, restore: _native.ChangelogRestore) -> ChunkStarts:
         """Run on the state a stream._native.ChangelogRestore rebuilt (stream.state.changelog.StateRestore); returns
         each dedupe bucket's chunk starts for the changelog writer. Releases the GIL while it builds."""
         return self._core.adopt(restore)
@@ -176,17 +170,6 @@ class NativePartitionEngine(EngineEdges):
              for k, s in st.streaks.items()],
             list(st.seen_buckets.items()), list(st.streak_buckets.items()), list(st.payouts_seen),
             [(p, list(h)) for p, h in st.pane_creators.items()])
-
-
-Engine = PartitionEngine | NativePartitionEngine
-
-
-def process_routed(engines: list[NativePartitionEngine], raws: list[bytes], offsets: list[int] | int | None,
-                   out: Outputs) -> None:
-    """One batch for all partitions' engines (offline replay): each record goes to its creator's partition
-    like stream.runtime.replay.PartitionRouter, decoded once; outputs come partition by partition, as if each engine
-    had processed its share of the batch."""
-    _native.process_routed([e._core for e in engines], engines, raws, offsets, out)
 
 
 def resolve_kind(kind: str | None = None) -> str:

@@ -15,10 +15,8 @@ from __future__ import annotations
 
 import base64
 import heapq
-from collections import Counter
-from collections.abc import MutableMapping
+from collections.abc import MutableMapping, Sequence
 from dataclasses import dataclass, field
-from heapq import heappush
 
 from stream.engine import model
 from stream.engine.model import (
@@ -31,21 +29,21 @@ from stream.engine.model import (
     WindowTotal,
 )
 from stream.engine.policy import Policy
+from stream.engine.protocol import Changelog, Changes, ChunkStarts, Outputs, StateSizes
+from stream.state.changelog import RecordsRestore, encode_changes, record_batches, state_body
 from stream.state.changelog_schema import STREAK_KEY_SEP
 from stream.state.tables import RETENTION_BUCKET_MS, CreatorState, PartitionState, Streak, creator_fields
 
 STREAKABLE = 1  # gift_type of gifts sent as streaks with cumulative repeat_count
 
 
-@dataclass
-class Outputs:
-    """What one or more batches produced, in emission order."""
-
-    notices: list[PayoutNotice] = field(default_factory=list)
-    window_totals: list[WindowTotal] = field(default_factory=list)
-    late: list[LateGift] = field(default_factory=list)
-    dead_letters: list[DeadLetter] = field(default_factory=list)
-    stats: Counter[str] = field(default_factory=Counter)
+def streak_key(ev: GiftEvent) -> str:
+    """The streak an event of a streakable gift belongs to: (room, sender, gift, group), joined by
+    changelog_schema.STREAK_KEY_SEP (U+001F). Ids are held to model.ID_PATTERN (no U+001F), so the join is
+    unambiguous; the text is the changelog's key (s:<key>),
+    the native core's StreakKey text and the timer heap's tie order. An empty group id (the last part) means no
+    group: nothing then tells a straggler from a new streak."""
+    return STREAK_KEY_SEP.join((ev.room_id, ev.sender_id, str(ev.gift_id), ev.group_id))
 
 
 @dataclass
@@ -58,21 +56,6 @@ class Dirty:
     seen_buckets: dict[int, int] = field(default_factory=dict)  # bucket -> its length before this batch
     expired_buckets: set[int] = field(default_factory=set)
     payouts: list[str] = field(default_factory=list)
-
-
-@dataclass
-class Changes:
-    """What changed since the last changelog drain, as values (both engines produce it; stream.state.changelog
-    turns it into records). None marks a deleted key."""
-
-    watermark: int | None
-    close_cursor: int | None
-    creators: list[tuple[str, tuple | None]]  # (region, balance, credited, paid_out, crossings, above)
-    panes: list[tuple[str, int, list[int] | None]]  # (creator, pane start, [milli_diamonds, credits])
-    streaks: list[tuple[str, Streak | None]]
-    seen_chunks: list[tuple[int, int, list[str]]]  # (bucket, index of the first new id, the new ids)
-    expired_buckets: list[int]
-    payouts: list[str]
 
 
 def dead_letter(policy: Policy, partition: int, source_topic: str, reason: str, detail: str, raw: bytes,
@@ -104,19 +87,57 @@ def payout_notice(policy: Policy, creator_id: str, region: str, crossing_seq: in
     )
 
 
+class EngineHooks:
+    """Dead letters, notices and the decoder's verdict on one record, in Python, for both engines: the compiled
+    core calls these back by name (stream._native.Core checks, when it is built, that each is callable) and the
+    reference engine calls them itself, so the wording of rejects, the dead letters and the notices' money
+    exist once."""
+
+    def __init__(self, policy: Policy, partition: int, source_topic: str) -> None:
+        self.policy = policy
+        self.partition = partition
+        self.source_topic = source_topic
+
+    def decode_one(self, raw: bytes) -> GiftEvent | tuple[str, str]:
+        """A record the native decoder is not certain about: msgspec's event, or its (reason, detail)."""
+        return model.decode_events([raw], self.policy.max_record_bytes)[0]
+
+    def reject(self, reason: str, detail: str, raw: bytes, offset: int | None, out: Outputs,
+               source_topic: str | None = None) -> None:
+        """A dead letter for `raw` (of `source_topic`, by default the gifts topic), and its counter."""
+        out.stats[f"rejected.{reason}"] += 1
+        out.dead_letters.append(dead_letter(self.policy, self.partition, source_topic or self.source_topic,
+                                            reason, detail, raw, offset))
+
+    def emit_notice(self, out: Outputs, creator_id: str, region: str, crossing_seq: int, balance: int,
+                    event_id: str, ts: int) -> None:
+        """The notice of a creator's `crossing_seq`-th threshold crossing (the engine counts it)."""
+        out.notices.append(payout_notice(self.policy, creator_id, region, crossing_seq, balance, event_id, ts))
+
+
 class EngineEdges:
-    """What both engines do the same way, in Python: dead letters, and the payout loop around each engine's
+    """What both engines do the same way, in Python: partition checks, and the payout loop around each engine's
     own `_apply_payout`."""
 
     policy: Policy
     partition: int
     partitions: int  # of the input topics (co-partitioned): a record belongs where its creator_id hashes
-    source_topic: str
+    hooks: EngineHooks
+
+    @property
+    def source_topic(self) -> str:
+        return self.hooks.source_topic
 
     @staticmethod
     def _check_partition(partition: int, partitions: int) -> None:
         if not 0 <= partition < partitions:
             raise ValueError(f"partition must be in [0, {partitions}) (partitions = {partitions}), not {partition}")
+
+    @staticmethod
+    def _check_routed(engines: Sequence[EngineEdges]) -> None:
+        """process_routed's engines: one per partition, in partition order."""
+        if not engines or any(e.partition != p or e.partitions != len(engines) for p, e in enumerate(engines)):
+            raise ValueError("process_routed needs one engine per partition, engines[p] for partition p")
 
     def _not_ours(self, creator_id: str) -> int | None:
         """The partition that owns creator_id when it is not this one (murmur2, like Kafka's default
@@ -126,30 +147,25 @@ class EngineEdges:
         owner = self._owners[creator_id]
         return owner if owner != self.partition else None
 
-    def _reject(self, reason: str, detail: str, raw: bytes, offset: int | None, out: Outputs,
-                source_topic: str | None = None) -> None:
-        out.stats[f"rejected.{reason}"] += 1
-        out.dead_letters.append(dead_letter(self.policy, self.partition, source_topic or self.source_topic,
-                                            reason, detail, raw, offset))
-
     def apply_payouts(self, payouts: list[Payout | tuple[str, str]], raws: list[bytes],
                       offsets: list[int] | None, out: Outputs, source_topic: str = "payouts") -> None:
         """Payouts made by the payment system: idempotent by payout_id; re-arm the threshold."""
         for i, p in enumerate(payouts):
             offset = offsets[i] if offsets else None
             if type(p) is tuple:
-                self._reject(p[0], p[1], raws[i], offset, out, source_topic)
+                self.hooks.reject(p[0], p[1], raws[i], offset, out, source_topic)
                 continue
             owner = self._not_ours(p.creator_id)
             if owner is not None:  # the balance it would lower lives on the owner's partition
-                self._reject(*model.PAYOUT_WRONG_PARTITION.of(
+                self.hooks.reject(*model.PAYOUT_WRONG_PARTITION.of(
                     payout_id=p.payout_id, creator_id=p.creator_id, owner=owner, partitions=self.partitions,
                     partition=self.partition), raws[i], offset, out, source_topic)
                 continue
             balance = self._apply_payout(p, out)
             if balance is not None:
-                self._reject(*model.PAYOUT_OVER_BALANCE.of(payout_id=p.payout_id, milli_diamonds=p.milli_diamonds,
-                                                           balance=balance), raws[i], offset, out, source_topic)
+                self.hooks.reject(*model.PAYOUT_OVER_BALANCE.of(
+                    payout_id=p.payout_id, milli_diamonds=p.milli_diamonds, balance=balance),
+                    raws[i], offset, out, source_topic)
 
     def _apply_payout(self, p: Payout, out: Outputs) -> int | None:
         """Apply one payout (a repeated one only counts); the balance it exceeds when it cannot apply."""
@@ -173,7 +189,7 @@ class PartitionEngine(EngineEdges):
         self.partition = partition
         self.partitions = partitions
         self._owners: MutableMapping[str, int] = owners if owners is not None else {}
-        self.source_topic = source_topic
+        self.hooks = EngineHooks(policy, partition, source_topic)
         self.state = state if state is not None else PartitionState()
         self.dirty = Dirty()
         self._rates = {r: p.milli_diamonds_per_coin for r, p in policy.regions.items()}
@@ -183,9 +199,6 @@ class PartitionEngine(EngineEdges):
         self._timeout = policy.streak_timeout_ms
         self._horizon = policy.dedupe_horizon_ms
         self._future = policy.max_future_ms
-        # Credits counted here and added to out.stats by _flush_stats at the end of each call that can
-        # credit: a Counter update costs ~120 ns and _credit would do two per credit.
-        self._credits = self._milli = 0
         self._rebuild_timers()
 
     # ---------------------------------------------------------------- timers (derived state)
@@ -218,162 +231,109 @@ class PartitionEngine(EngineEdges):
 
     # ---------------------------------------------------------------- gifts
 
-    def process(self, raws: list[bytes], offsets: list[int] | None = None,
+    def process(self, raws: list[bytes], offsets: list[int] | int | None = None,
                 out: Outputs | None = None) -> Outputs:
-        """Process one batch of raw records of this partition (in offset order)."""
+        """Process one batch of raw records of this partition (in offset order). offsets: one per record,
+        or the offset of the first of consecutive records."""
         out = out if out is not None else Outputs()
+        if isinstance(offsets, int):
+            offsets = list(range(offsets, offsets + len(raws)))
         self.process_decoded(model.decode_events(raws, self.policy.max_record_bytes), raws, offsets, out)
         return out
 
+    @staticmethod
+    def process_routed(engines: Sequence[PartitionEngine], raws: list[bytes], offsets: list[int] | int | None,
+                       out: Outputs) -> None:
+        """One batch for every partition's engine (see stream.engine.protocol.Engine.process_routed): decoded
+        once, split by the creators' partitions (the engines' owners), each share processed in batch order."""
+        EngineEdges._check_routed(engines)
+        decoded = model.decode_events(raws, engines[0].policy.max_record_bytes)
+        owners = engines[0]._owners
+        shares: list[list[int]] = [[] for _ in engines]
+        for i, ev in enumerate(decoded):
+            shares[owners[ev.creator_id] if type(ev) is GiftEvent and len(engines) > 1 else 0].append(i)
+        if isinstance(offsets, int):
+            offsets = list(range(offsets, offsets + len(raws)))
+        for engine, idx in zip(engines, shares, strict=True):
+            if idx:
+                engine.process_decoded([decoded[i] for i in idx], [raws[i] for i in idx],
+                                       [offsets[i] for i in idx] if offsets else None, out)
+
     def process_decoded(self, decoded: list[GiftEvent | tuple[str, str]], raws: list[bytes],
                         offsets: list[int] | None, out: Outputs) -> None:
-        # The hot loop: everything it touches per event is bound to a local first (attribute and global
-        # lookups cost as much as the work), and the common cases are inlined (see the comments below).
-        st = self.state
-        stats = out.stats
-        rates = self._rates
-        seen = st.seen
-        seen_add = seen.add
-        seen_buckets = st.seen_buckets
-        dirty_buckets = self.dirty.seen_buckets
-        future, horizon = self._future, self._horizon
-        streaks = st.streaks
-        streaks_get = streaks.get
-        dirty_streaks_add = self.dirty.streaks.add
-        heap = self._heap
-        timeout = self._timeout
-        streak_event = self._streak_event
-        close_streak = self._close_streak
-        credit = self._credit
-        creators_get = st.creators.get
-        dirty_creators_add = self.dirty.creators.add
-        dirty_panes_add = self.dirty.panes.add
-        thresholds = self._thresholds
-        pane_ms = self._pane
-        ks = STREAK_KEY_SEP
-        rejections = model.EVENT_REJECTIONS
-        stats["events_in"] += len(decoded)
-        creators = st.creators
-        owners = self._owners
-        if len(owners) > 100_000:
-            owners.clear()
-        partition = self.partition if self.partitions > 1 else None
-        duplicates = new_streaks = plain_credits = plain_milli = 0
-        wm = st.watermark  # only this loop (and _start) moves the watermark; kept in a local
-        # Consecutive events nearly always share a retention bucket: remember the last one and its id list.
-        last_bucket = ids = None
+        """Process one batch of this partition's records, decoded (model.decode_events: the event, or the reason
+        and detail of a bad record), with their raw bytes and offsets (for dead letters), in offset order."""
+        out.stats["events_in"] += len(decoded)
+        self._bound_owners()
         for i, ev in enumerate(decoded):
-            if type(ev) is tuple:
-                self._reject(ev[0], ev[1], raws[i], offsets[i] if offsets else None, out)
-                continue
-            if partition is not None and ev.creator_id not in creators and owners[ev.creator_id] != partition:
-                self._reject(*rejections.wrong_partition.of(
-                    creator_id=ev.creator_id, owner=owners[ev.creator_id], partitions=self.partitions,
-                    partition=partition), raws[i], offsets[i] if offsets else None, out)
-                continue
-            ts = ev.ts
-            rate = rates.get(ev.region)
-            if rate is None:
-                self._reject(*rejections.unknown_region.of(region=ev.region, policy_version=self.policy.version),
-                             raws[i], offsets[i] if offsets else None, out)
-                continue
-            if wm is not None:
-                if ts > wm + future:
-                    self._reject(*rejections.too_far_future.of(ts=ts, max_future_ms=future, watermark=wm),
-                                 raws[i], offsets[i] if offsets else None, out)
-                    continue
-                if ts < wm - horizon:
-                    self._reject(*rejections.too_old.of(ts=ts, dedupe_horizon_ms=horizon, watermark=wm),
-                                 raws[i], offsets[i] if offsets else None, out)
-                    continue
-            eid = ev.event_id
-            if eid in seen:
-                duplicates += 1
-                continue
-            seen_add(eid)
-            bucket = ts - ts % RETENTION_BUCKET_MS
-            if bucket != last_bucket:
-                ids = seen_buckets.get(bucket)
-                if ids is None:
-                    seen_buckets[bucket] = ids = []
-                    if self._min_bucket is None or bucket < self._min_bucket:
-                        self._min_bucket = bucket
-                if bucket not in dirty_buckets:
-                    dirty_buckets[bucket] = len(ids)
-                last_bucket = bucket
-            ids.append(eid)
-            if wm is None:
-                self._start(ts)
-                wm = ts
-            elif ts > wm:
-                st.watermark = wm = ts
-                if ts >= self._next_timer:
-                    self._fire_timers(ts, out)
-                    last_bucket = None  # expiry may have dropped buckets
-            if ev.gift_type != STREAKABLE:
-                # A plain gift. _credit's common case is inlined (the creator is known, in the same region,
-                # and its pane is open and already holds a tally): same steps, no call.
-                cid = ev.creator_id
-                milli = ev.diamond_count * ev.repeat_count * rate
-                c = creators_get(cid)
-                pane = ts - ts % pane_ms
-                if (c is None or c.region != ev.region or pane + pane_ms <= st.close_cursor
-                        or (tally := c.panes.get(pane)) is None):
-                    credit(cid, ev.region, milli, ts, eid, out)
-                    continue
-                dirty_creators_add(cid)
-                c.balance += milli
-                c.credited += milli
-                dirty_panes_add((cid, pane))
-                tally[0] += milli
-                tally[1] += 1
-                plain_credits += 1
-                plain_milli += milli
-                threshold = thresholds[c.region]
-                if threshold is not None and not c.above and c.balance >= threshold:
-                    self._notice(c, cid, eid, ts, out)
-                continue
-            # Streak events are most of the traffic (several per streak). The common cases, the first event
-            # of a streak and a further event (or the end) of an open one, are inlined here with the same
-            # steps as in _streak_event; single-event streaks, restarts and stragglers go there.
-            # The joined text, not a tuple: ids are held to model.ID_PATTERN (no U+001F), so the join is
-            # unambiguous, and it is the changelog's key (s:<key>, changelog_schema.STREAK_KEY_SEP), the native
-            # core's StreakKey text and the timer heap's tie order; a tuple would change all three for no gain.
-            key = f"{ev.room_id}{ks}{ev.sender_id}{ks}{ev.gift_id}{ks}{ev.group_id}"
-            s = streaks_get(key)
-            if s is None:
-                if ev.repeat_end:
-                    streak_event(ev, key, s, out)
-                    continue
-                streaks[key] = Streak(ev.creator_id, ev.region, ev.diamond_count, ev.repeat_count, 0, ts, eid)
-                dirty_streaks_add(key)
-                new_streaks += 1
-                deadline = ts + timeout
-                heappush(heap, (deadline, key))
-                if deadline < self._next_timer:
-                    self._next_timer = deadline
-            elif s.open and (ev.group_id or ev.repeat_count >= s.count):
-                dirty_streaks_add(key)
-                if ev.repeat_count > s.count:
-                    s.count = ev.repeat_count
-                if ts >= s.last_ts:
-                    s.last_ts, s.last_event_id = ts, eid
-                if ev.repeat_end:  # credited at the streak's newest event time, even if the end came early
-                    close_streak(key, s, s.last_ts, eid, out)
+            rejected = ev if isinstance(ev, tuple) else self._rejected(ev)
+            if rejected is not None:
+                reason, detail = rejected
+                self.hooks.reject(reason, detail, raws[i], offsets[i] if offsets else None, out)
+            elif not self._first_sighting(ev):
+                out.stats["duplicates"] += 1
             else:
-                streak_event(ev, key, s, out)
-        stats["duplicates"] += duplicates
-        if new_streaks:
-            stats["streaks"] += new_streaks
-        self._credits += plain_credits
-        self._milli += plain_milli
-        self._flush_stats(out)
+                self._advance_watermark(ev.ts, out)
+                if ev.gift_type == STREAKABLE:
+                    self._streak_event(ev, out)
+                else:
+                    self._credit_plain(ev, out)
 
-    def _flush_stats(self, out: Outputs) -> None:
-        if self._credits:
-            out.stats["credits"] += self._credits
-            out.stats["milli_diamonds"] += self._milli
-            self._credits = self._milli = 0
+    def _bound_owners(self) -> None:
+        """The owners map is a cache (stream.kafka.routing.PartitionCache), filled by every creator it is asked
+        for: keep it bounded."""
+        if len(self._owners) > 100_000:
+            self._owners.clear()
+
+    def _rejected(self, ev: GiftEvent) -> tuple[str, str] | None:
+        """Why an event that decoded cannot be processed here (reason, detail), or None: its creator belongs to
+        another partition, the policy does not know its region, or its time is out of the watermark's bounds."""
+        if ev.creator_id not in self.state.creators:  # a creator with state here was credited here: ours
+            owner = self._not_ours(ev.creator_id)
+            if owner is not None:
+                return model.EVENT_REJECTIONS.wrong_partition.of(
+                    creator_id=ev.creator_id, owner=owner, partitions=self.partitions, partition=self.partition)
+        if ev.region not in self._rates:
+            return model.EVENT_REJECTIONS.unknown_region.of(region=ev.region, policy_version=self.policy.version)
+        wm = self.state.watermark
+        if wm is not None and ev.ts > wm + self._future:
+            return model.EVENT_REJECTIONS.too_far_future.of(ts=ev.ts, max_future_ms=self._future, watermark=wm)
+        if wm is not None and ev.ts < wm - self._horizon:
+            return model.EVENT_REJECTIONS.too_old.of(ts=ev.ts, dedupe_horizon_ms=self._horizon, watermark=wm)
+        return None
+
+    def _first_sighting(self, ev: GiftEvent) -> bool:
+        """Dedupe: False when the event id was seen already (inside the dedupe horizon); else remember it, in the
+        retention bucket of its event time (expiry forgets a bucket at a time), and True."""
+        st = self.state
+        if ev.event_id in st.seen:
+            return False
+        st.seen.add(ev.event_id)
+        bucket = ev.ts - ev.ts % RETENTION_BUCKET_MS
+        ids = st.seen_buckets.get(bucket)
+        if ids is None:
+            st.seen_buckets[bucket] = ids = []
+            if self._min_bucket is None or bucket < self._min_bucket:
+                self._min_bucket = bucket
+        self.dirty.seen_buckets.setdefault(bucket, len(ids))  # the changelog writes the ids from there on
+        ids.append(ev.event_id)
+        return True
+
+    def _advance_watermark(self, ts: int, out: Outputs) -> None:
+        """An accepted event at ts: the watermark is the highest accepted event time; moving it fires what it
+        makes due (streak timeouts, window closes, expiry)."""
+        st = self.state
+        if st.watermark is None:
+            self._start(ts)
+        elif ts > st.watermark:
+            st.watermark = ts
+            if ts >= self._next_timer:
+                self._fire_timers(ts, out)
+
+    def _credit_plain(self, ev: GiftEvent, out: Outputs) -> None:
+        """A gift that is not a streak: credited at once, diamond_count x repeat_count coins at its region's rate."""
+        milli = ev.diamond_count * ev.repeat_count * self._rates[ev.region]
+        self._credit(ev.creator_id, ev.region, milli, ev.ts, ev.event_id, out)
 
     def _start(self, ts: int) -> None:
         """First accepted event of the partition: windows ending before it (plus grace) are closed."""
@@ -385,9 +345,11 @@ class PartitionEngine(EngineEdges):
 
     # ---------------------------------------------------------------- streaks
 
-    def _streak_event(self, ev: GiftEvent, key: str, s: Streak | None, out: Outputs) -> None:
-        """An event of a streakable gift; `key` is its streak key and `s` the streak stored under it."""
+    def _streak_event(self, ev: GiftEvent, out: Outputs) -> None:
+        """An event of a streakable gift: it starts, continues or ends its streak, or is a straggler of a closed one."""
         st = self.state
+        key = streak_key(ev)
+        s = st.streaks.get(key)
         count = ev.repeat_count
         if s is not None and s.open and not ev.group_id and count < s.count:
             # Without a group id a lower cumulative count can only mean a new streak began.
@@ -402,7 +364,7 @@ class PartitionEngine(EngineEdges):
                 self._close_streak(key, s, ev.ts, ev.event_id, out)
             else:
                 deadline = ev.ts + self._timeout
-                heappush(self._heap, (deadline, key))
+                heapq.heappush(self._heap, (deadline, key))
                 if deadline < self._next_timer:
                     self._next_timer = deadline
             return
@@ -452,24 +414,16 @@ class PartitionEngine(EngineEdges):
             st.creators[creator_id] = c = CreatorState(region)
         elif c.region != region:
             c.region = region  # the creator's payout region moved: its threshold applies from now on
-        dirty = self.dirty
-        dirty.creators.add(creator_id)
+        self.dirty.creators.add(creator_id)
         c.balance += milli
         c.credited += milli
-        pane_ms = self._pane
-        pane = ts - ts % pane_ms
-        if pane + pane_ms > st.close_cursor:
-            tally = c.panes.get(pane)
-            if tally is not None:  # _add_to_pane's common case, inlined: it runs once per credit
-                dirty.panes.add((creator_id, pane))
-                tally[0] += milli
-                tally[1] += 1
-            else:
-                self._add_to_pane(c, creator_id, pane, milli)
+        pane = ts - ts % self._pane
+        if pane + self._pane > st.close_cursor:
+            self._add_to_pane(c, creator_id, pane, milli)
         else:
             self._late_credit(c, creator_id, pane, milli, ts, event_id, out)
-        self._credits += 1
-        self._milli += milli
+        out.stats["credits"] += 1
+        out.stats["milli_diamonds"] += milli
         threshold = self._thresholds[c.region]
         if threshold is not None and not c.above and c.balance >= threshold:
             self._notice(c, creator_id, event_id, ts, out)
@@ -513,7 +467,7 @@ class PartitionEngine(EngineEdges):
         c.crossings += 1
         c.above = True
         out.stats["notices"] += 1
-        out.notices.append(payout_notice(self.policy, creator_id, c.region, c.crossings, c.balance, event_id, ts))
+        self.hooks.emit_notice(out, creator_id, c.region, c.crossings, c.balance, event_id, ts)
 
     # ---------------------------------------------------------------- timers
 
@@ -618,7 +572,6 @@ class PartitionEngine(EngineEdges):
         final = st.watermark + horizon + policy.grace_ms + policy.pane_ms
         st.watermark = final
         self._fire_timers(final, out)
-        self._flush_stats(out)
 
     def take_changes(self) -> Changes:
         """The keys changed since the last call, with their values now; forgets them."""
@@ -639,15 +592,31 @@ class PartitionEngine(EngineEdges):
                        [(key, st.streaks.get(key)) for key in dirty.streaks],
                        [c for c in chunks if c[2]], list(dirty.expired_buckets), dirty.payouts)
 
-    def take_changelog(self) -> tuple[list, list[tuple[int, int]], list[int]]:
-        """take_changes() as changelog records (see stream.state.changelog.encode_changes)."""
-        from stream.state.changelog import encode_changes  # the changelog module builds on this one
-
+    def take_changelog(self) -> Changelog:
+        """take_changes() as changelog records (stream.state.changelog.encode_changes)."""
         return encode_changes(self.take_changes())
+
+    def take_changelog_batches(self, max_bytes: int, transactional: bool,
+                               timestamp_ms: int) -> tuple[list, list[tuple[int, int]], list[int]]:
+        """take_changelog()'s records in Kafka record batches (stream.state.changelog.record_batches)."""
+        records, chunks, expired = self.take_changelog()
+        return record_batches(records, max_bytes, transactional, timestamp_ms), chunks, expired
 
     def clear_changes(self) -> None:
         """Forget the changed keys (an offline replay has no changelog to write them to)."""
         self.dirty = Dirty()
+
+    def snapshot_body(self, chunks: dict[int, list[int]]) -> bytes:
+        """The whole state as a checkpoint body (stream.state.changelog.state_body)."""
+        return state_body(self.state, chunks)
+
+    def adopt(self, restore: RecordsRestore) -> ChunkStarts:
+        """Run on the state the records `restore` gathered rebuild (stream.state.changelog.restore_state)."""
+        state, starts = restore.take_state()
+        self.state = state
+        self.dirty = Dirty()
+        self._rebuild_timers()
+        return starts
 
     @property
     def watermark(self) -> int | None:
@@ -665,13 +634,3 @@ class PartitionEngine(EngineEdges):
         return StateSizes(len(st.creators), len(st.streaks), len(st.seen),
                           sum(len(c.panes) for c in st.creators.values()),
                           sum(s.open for s in st.streaks.values()), sum(c.balance for c in st.creators.values()))
-
-
-@dataclass(frozen=True)
-class StateSizes:
-    creators: int
-    streaks: int
-    dedupe_ids: int
-    pane_tallies: int
-    open_streaks: int
-    balance_milli_diamonds: int  # summed over the creators

@@ -34,9 +34,9 @@ from typing import Any
 
 from stream.config import Topics, WorkerConfig, load_config
 from stream.engine import model
-from stream.engine.native import Engine, make_engine
+from stream.engine.native import make_engine
 from stream.engine.policy import Policy, load_policy
-from stream.engine.reference import Outputs
+from stream.engine.protocol import Engine, Outputs
 from stream.kafka.routing import PartitionCache
 
 

@@ -17,10 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from stream.engine import model
-from stream.engine.model import GiftEvent
-from stream.engine.native import Engine, make_engine, process_routed
+from stream.engine.native import make_engine
 from stream.engine.policy import Policy
-from stream.engine.reference import Outputs, PartitionEngine
+from stream.engine.protocol import Engine, Outputs
 from stream.kafka.routing import PartitionCache
 
 DEFAULT_PARTITIONS = 6
@@ -54,29 +53,6 @@ class ReplayResult:
     summary: dict = field(default_factory=dict)
 
 
-class PartitionRouter:
-    """Key -> partition with a cache."""
-
-    def __init__(self, partitions: int) -> None:
-        self.partitions = partitions
-        self._cache = PartitionCache(partitions)
-
-    def __call__(self, creator_id: str) -> int:
-        return self._cache[creator_id]
-
-    def split(self, decoded: list[GiftEvent | tuple[str, str]]) -> list[list[int]]:
-        """The indexes of each partition's records, in batch order. Undecodable records have no key; like
-        a keyless Kafka record they may land anywhere (here: partition 0)."""
-        cache = self._cache
-        groups: list[list[int]] = [[] for _ in range(self.partitions)]
-        appends = [g.append for g in groups]
-        # One pass, bound methods, a dict lookup per record: a method call per record would cost about as much
-        # as decoding the record.
-        for i, ev in enumerate(decoded):
-            appends[cache[ev.creator_id] if type(ev) is GiftEvent else 0](i)
-        return groups
-
-
 def replay(records: list[bytes], policy: Policy, partitions: int = DEFAULT_PARTITIONS,
            batch_size: int = 20_000, final: bool = False, source: str = "replay",
            progress: Callable[[int], None] | None = None, engine: str | None = None) -> ReplayResult:
@@ -105,25 +81,16 @@ def _replay(records: list[bytes], policy: Policy, partitions: int, batch_size: i
     engines = {p: make_engine(policy, p, source_topic=source, kind=engine, track_changes=False, partitions=partitions,
                               owners=owners)
                for p in range(partitions)}
-    reference = isinstance(engines[0], PartitionEngine)
-    router = PartitionRouter(partitions)
+    routed = [engines[p] for p in range(partitions)]
     out = Outputs()
     for lo in range(0, len(records), batch_size):
         raws = records[lo:lo + batch_size]
-        if partitions == 1:
-            # Everything goes to partition 0 in file order: no routing. The line number stands in for
-            # the offset.
+        # The line number stands in for the offset.
+        if partitions == 1:  # everything goes to partition 0 in file order: no routing
             if raws:
-                engines[0].process(raws, lo if not reference else list(range(lo, lo + len(raws))), out)
-        elif reference:
-            # The Python engine takes decoded events: decode once for routing and processing.
-            decoded = model.decode_events(raws, policy.max_record_bytes)
-            for p, idx in enumerate(router.split(decoded)):
-                if idx:
-                    engines[p].process_decoded(list(map(decoded.__getitem__, idx)),
-                                               list(map(raws.__getitem__, idx)), [lo + i for i in idx], out)
+                engines[0].process(raws, lo, out)
         else:
-            process_routed([engines[p] for p in range(partitions)], raws, lo, out)
+            engines[0].process_routed(routed, raws, lo, out)
         for e in engines.values():
             e.clear_changes()  # offline there is no changelog to flush the changed keys to
         if progress:

@@ -32,9 +32,9 @@ from aiokafka.structs import OffsetAndMetadata
 
 from stream.config import WorkerConfig
 from stream.engine import model
-from stream.engine.native import Engine, make_engine, resolve_kind
+from stream.engine.native import make_engine, resolve_kind
 from stream.engine.policy import Policy
-from stream.engine.reference import Outputs
+from stream.engine.protocol import Engine, Outputs
 from stream.kafka.aiokafka_patches import NotAMember
 from stream.kafka.clients import CLOSE_TIMEOUT_S, PRODUCER_BATCH_BYTES, KafkaClients, close_within
 from stream.kafka.columnar_fetch import columns_of

@@ -36,7 +36,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListen
 
 from stream.config import WorkerConfig
 from stream.engine.policy import Policy
-from stream.engine.reference import Outputs
+from stream.engine.protocol import Outputs
 from stream.kafka import aiokafka_patches, columnar_fetch
 from stream.kafka.clients import KafkaClients, close_within
 from stream.runtime.restore import ChangelogReader

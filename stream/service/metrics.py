@@ -9,7 +9,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from stream.engine.model import REJECT_REASONS
-from stream.engine.reference import Outputs
+from stream.engine.protocol import Outputs
 
 _BATCH_SIZES = (1, 10, 100, 500, 1_000, 5_000, 10_000, 25_000, 50_000, 100_000)
 _SECONDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)

@@ -22,8 +22,7 @@ from collections.abc import Callable, Iterable
 
 import msgspec
 
-from stream.engine.native import Engine, NativePartitionEngine
-from stream.engine.reference import Changes
+from stream.engine.protocol import Changelog, Changes, ChunkStarts, Engine, Record, Restore
 
 try:
     from stream._native import ChangelogRestore, RecordBatchBuilder
@@ -78,8 +77,6 @@ _dec_ids = msgspec.msgpack.Decoder(list[str])
 # The key prefixes as text, for the f-strings that write keys.
 _C, _W, _S, _D, _P = (p.decode() for p in (CREATOR_PREFIX, PANE_PREFIX, STREAK_PREFIX, DEDUPE_PREFIX, PAYOUT_PREFIX))
 
-Record = tuple[bytes, bytes | None]
-
 
 class ChangelogWriter:
     """Turns an engine's changed keys (take_changes, either engine) into changelog records. Keeps the chunk
@@ -96,16 +93,8 @@ class ChangelogWriter:
         """drain()'s records as Kafka record batches (stream._native.RecordBatchBuilder, at most max_bytes
         each) for producer.send_batch: the native engine writes them without a Python object per record."""
         now = int(time.time() * 1000)
-        if isinstance(engine, NativePartitionEngine):
-            batches, chunks, expired = engine.take_changelog_batches(max_bytes, transactional, now)
-            records = self._note(chunks, expired)
-        else:
-            batches, records = [], self.drain(engine)
-        for key, value in records:
-            if not batches or not batches[-1].add(key, value):
-                batches.append(RecordBatchBuilder(max_bytes, transactional, now))
-                batches[-1].add(key, value)
-        return batches
+        batches, chunks, expired = engine.take_changelog_batches(max_bytes, transactional, now)
+        return _fill(batches, self._note(chunks, expired), max_bytes, transactional, now)
 
     def _note(self, chunks: list[tuple[int, int]], expired: list[int]) -> list[Record]:
         """Remember the new dedupe chunks; the tombstones of every chunk of the expired buckets."""
@@ -115,7 +104,20 @@ class ChangelogWriter:
                 for bucket in expired for start in self.chunks.pop(bucket, ())]
 
 
-Changelog = tuple[list[Record], list[tuple[int, int]], list[int]]
+def record_batches(records: list[Record], max_bytes: int, transactional: bool, timestamp_ms: int) -> list:
+    """Records in Kafka record batches (stream._native.RecordBatchBuilder, at most max_bytes each), in order."""
+    return _fill([], records, max_bytes, transactional, timestamp_ms)
+
+
+def _fill(batches: list, records: list[Record], max_bytes: int, transactional: bool, timestamp_ms: int) -> list:
+    """Append records to the last of `batches`, a new batch whenever one is full."""
+    if records and RecordBatchBuilder is None:
+        raise RuntimeError("changelog record batches need the compiled module (stream._native): run `make install`")
+    for key, value in records:
+        if not batches or not batches[-1].add(key, value):
+            batches.append(RecordBatchBuilder(max_bytes, transactional, timestamp_ms))
+            batches[-1].add(key, value)
+    return batches
 
 
 def cursor_record(watermark: int | None, close_cursor: int | None) -> Record:
@@ -234,9 +236,7 @@ def body_records(body: bytes) -> list[Record]:
 
 def engine_body(engine: Engine, writer: ChangelogWriter) -> bytes:
     """A running engine's whole state as a checkpoint body (state_body's format, from either engine)."""
-    if isinstance(engine, NativePartitionEngine):
-        return engine.snapshot_body(writer.chunks)
-    return state_body(engine.state, writer.chunks)
+    return engine.snapshot_body(writer.chunks)
 
 
 # ---------------------------------------------------------------- restore as records arrive
@@ -244,58 +244,65 @@ def engine_body(engine: Engine, writer: ChangelogWriter) -> bytes:
 EngineFactory = Callable[[PartitionState | None], Engine]
 
 
+class RecordsRestore:
+    """The reference engine's Restore (stream.engine.protocol.Restore): the latest value of each key, made into a
+    PartitionState by restore_state when the engine adopts it. The compiled engine's is stream._native.ChangelogRestore
+    (native/src/changelog.rs), which keeps no Python object per record."""
+
+    def __init__(self) -> None:
+        self._latest: dict[bytes, bytes | None] = {}
+        self.records = 0
+
+    def apply(self, keys: list[bytes], values: list[bytes | None]) -> None:
+        self._latest.update(zip(keys, values, strict=True))
+        self.records += len(keys)
+
+    def apply_body(self, body: bytes) -> None:
+        records = body_records(body)
+        self._latest.update(records)
+        self.records += len(records)
+
+    def take_state(self) -> tuple[PartitionState, ChunkStarts]:
+        """The state the records make and each dedupe bucket's chunk starts; forgets the records. ValueError: the
+        records do not make a state."""
+        latest, self._latest = self._latest, {}
+        try:
+            state, writer = restore_state(latest.items())
+        except (KeyError, ValueError, msgspec.DecodeError) as e:
+            raise ValueError(f"changelog records do not make a state: {e!r}") from e
+        return state, list(writer.chunks.items())
+
+
 class StateRestore:
     """One partition's state rebuilt from changelog records as they are read (a checkpoint's body first, when
     there is one), then handed to a new engine. `apply` is cheap per call (the worker's poll loop goes on
-    between chunks); `finish` builds the engine in a thread, so a large state never stops the event loop.
+    between chunks); `finish` has the engine adopt the state in a thread, so a large state never stops the event
+    loop.
 
     Native engine: the records go straight into native/src/changelog.rs's Restore (no Python object kept per
-    record) and the engine adopts the result. Python engine: the latest value of each key is kept, and
-    restore_state builds the PartitionState at the end."""
+    record). Python engine: the latest value of each key is kept (RecordsRestore), and restore_state builds the
+    PartitionState when the engine adopts it."""
 
     def __init__(self, make_engine: EngineFactory, native: bool) -> None:
         self._make = make_engine
-        self._native = ChangelogRestore() if native and ChangelogRestore is not None else None
-        self._latest: dict[bytes, bytes | None] = {}
-        self._count = 0
+        self._restore: Restore = (ChangelogRestore() if native and ChangelogRestore is not None
+                                  else RecordsRestore())
 
     @property
     def records(self) -> int:
-        return self._native.records if self._native is not None else self._count
+        return self._restore.records
 
     def apply(self, keys: list[bytes], values: list[bytes | None]) -> None:
         """Records oldest first; a None value is a tombstone."""
-        if self._native is not None:
-            self._native.apply(keys, values)
-        else:
-            self._latest.update(zip(keys, values, strict=True))
-            self._count += len(keys)
+        self._restore.apply(keys, values)
 
     async def apply_body(self, body: bytes) -> None:
         """A checkpoint's body (state_body's format); in a thread, as it holds a whole state."""
-        if self._native is not None:
-            await asyncio.to_thread(self._native.apply_body, body)
-        else:
-            records = await asyncio.to_thread(body_records, body)
-            self._latest.update(records)
-            self._count += len(records)
+        await asyncio.to_thread(self._restore.apply_body, body)
 
     async def finish(self) -> tuple[Engine, ChangelogWriter]:
         """The engine running on the rebuilt state, and its changelog writer. ValueError: the records do not
         make a state (a corrupt changelog or checkpoint)."""
-        if self._native is not None:
-            engine = self._make(None)
-            starts = await asyncio.to_thread(engine.adopt, self._native)
-            return engine, ChangelogWriter(dict(starts))
-
-        def build() -> tuple[Engine, ChangelogWriter]:
-            try:
-                state, writer = restore_state(self._latest.items())
-            except (KeyError, ValueError, msgspec.DecodeError) as e:
-                raise ValueError(f"changelog records do not make a state: {e!r}") from e
-            return self._make(state), writer
-
-        try:
-            return await asyncio.to_thread(build)
-        finally:
-            self._latest = {}
+        engine = self._make(None)
+        starts = await asyncio.to_thread(engine.adopt, self._restore)
+        return engine, ChangelogWriter(dict(starts))

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import orjson
 import pytest
-from tests.support.events import T0, gift
 
 from stream.engine import model
 from stream.engine.native import NativePartitionEngine, native_available
 from stream.engine.reference import Outputs, PartitionEngine
 from stream.kafka.routing import PartitionCache, partition_for
+from tests.support.events import T0, gift
 
 pytestmark = pytest.mark.skipif(not native_available(), reason="native engine not built")
 
