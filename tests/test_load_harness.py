@@ -12,7 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from load.harness import LatencySample, LatencyTracker, PacedProducer, Point, percentiles, series, write_report
+from load.latency import LatencySample, LatencyTracker, percentiles
+from load.producing import PacedProducer
+from load.report import write_report
+from load.timeline import Point, series
 from stream.engine_native import native_available
 
 ROOT = Path(__file__).resolve().parents[1]
