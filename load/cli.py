@@ -92,7 +92,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     from load.generator import generate
     from load.producing import traffic_config
-    from load.run import RunOptions, run_load
+    from load.run import LoadRun, RunOptions
     from stream.policy import load_policy
 
     cfg = _cfg(args)
@@ -106,7 +106,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                       verify=not args.no_verify, quiet=args.quiet,
                       partitions=args.partitions,
                       extra={"traffic": {k: v for k, v in asdict(traffic).items() if k != "regions"}})
-    report = asyncio.run(run_load(cfg, policy, generate(traffic), opts))
+    report = asyncio.run(LoadRun(cfg, policy, generate(traffic), opts).run())
     r, v = report["results"], report["verification"]
     lat = r["latency_s"]
 

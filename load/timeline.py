@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import bisect
+import itertools
 import math
 from dataclasses import dataclass
 
@@ -47,3 +48,9 @@ def series(points: list[Point], samples: list[LatencySample], step: float = 1.0)
         p99.append(pc["p99"])
     return {"t": t, "produced_per_s": prod, "committed_per_s": comm, "lag": lag, "latency_p50": p50,
             "latency_p99": p99}
+
+
+def poll_period(points: list[Point]) -> dict[str, float] | None:
+    """Median and max time between successive committed-offset polls."""
+    gaps = sorted(b.t - a.t for a, b in itertools.pairwise(points))
+    return {"p50": round(gaps[len(gaps) // 2], 4), "max": round(gaps[-1], 4)} if gaps else None
