@@ -3,14 +3,23 @@ batches and sent at a target rate (PacedProducer); `load generate --to-kafka` (p
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import functools
 import itertools
 import time
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
+from aiokafka import AIOKafkaProducer
+
+from load.generator import TrafficConfig
+from stream.config import WorkerConfig
 from stream.engine import PartitionCache
+
+if TYPE_CHECKING:
+    from aiokafka.producer.message_accumulator import BatchBuilder
+    from stream._native import RecordBatchBuilder
 
 # A record ready to send: (key, partition, value).
 Addressed = tuple[bytes | None, int, bytes]
@@ -27,8 +36,10 @@ def address(records: Iterable[bytes], partitions: int | PartitionCache) -> Itera
         yield (None, 0, raw) if key is None else (key, partition_of[key], raw)
 
 
+# A producer batch: aiokafka's (producer.create_batch()) or stream._native's RecordBatchBuilder.
+Batch: TypeAlias = "BatchBuilder | RecordBatchBuilder"
 # One tick's records packed into producer batches: (partition, batch, records in it), in sending order.
-Shipment = list[tuple[int, Any, int]]
+Shipment = list[tuple[int, Batch, int]]
 
 
 class PacedProducer:
@@ -43,7 +54,7 @@ class PacedProducer:
     broker on the same machine would lose). With `native_batches` the batches are stream._native's
     RecordBatchBuilder (no Python per record when they are built, CRC in hardware), stamped when sent."""
 
-    def __init__(self, producer: Any, topic: str, partitions: int, rate: float | None,
+    def __init__(self, producer: AIOKafkaProducer, topic: str, partitions: int, rate: float | None,
                  on_batch: Callable[[int, int, int, float], None] | None = None, tick: float = 0.01,
                  clock: Callable[[], float] = time.monotonic, native_batches: bool = False,
                  max_batch_bytes: int = 1 << 20) -> None:
@@ -52,7 +63,7 @@ class PacedProducer:
         self.sent = 0
         self._partition_of = PartitionCache(partitions)
         self._pending: set[asyncio.Future] = set()
-        self._native = None
+        self._native: type[RecordBatchBuilder] | None = None
         if native_batches:
             from stream._native import RecordBatchBuilder
 
@@ -71,8 +82,8 @@ class PacedProducer:
 
     def pack(self, chunk: Iterable[Addressed]) -> Shipment:
         """Records into producer batches, a batch per partition (more when one fills), in sending order."""
-        out: list[list] = []
-        current: dict[int, list] = {}  # partition -> its open entry [partition, batch, records]
+        out: list[list[Any]] = []
+        current: dict[int, list[Any]] = {}  # partition -> its open entry [partition, batch, records]
         for key, p, raw in chunk:
             entry = current.get(p)
             if entry is None or not self._add(entry[1], key, raw):
@@ -82,12 +93,12 @@ class PacedProducer:
             entry[2] += 1
         return [(p, batch, n) for p, batch, n in out]
 
-    def _new_batch(self) -> Any:
+    def _new_batch(self) -> Batch:
         if self._native is None:
             return self.producer.create_batch()
         return self._native(self._max_batch_bytes, False, 0, capacity=0)  # stamped when sent
 
-    def _add(self, batch: Any, key: bytes | None, raw: bytes) -> bool:
+    def _add(self, batch: Batch, key: bytes | None, raw: bytes) -> bool:
         if self._native is None:
             return batch.append(key=key, value=raw, timestamp=None) is not None
         return batch.add(key, raw)
@@ -127,10 +138,8 @@ class PacedProducer:
         return self.sent
 
 
-def traffic_config(args: Any, rate: float | None = None) -> Any:
+def traffic_config(args: argparse.Namespace, rate: float | None = None) -> TrafficConfig:
     """A TrafficConfig from the shared generator flags (see load/cli.py)."""
-    from load.generator import TrafficConfig
-
     kw: dict[str, Any] = dict(seed=args.seed, events=args.events, creators=args.creators, senders=args.senders,
                               duplicate_rate=args.duplicate_rate, late_rate=args.late_rate,
                               malformed_rate=args.malformed_rate, streak_missing_end_rate=args.missing_end_rate,
@@ -143,7 +152,7 @@ def traffic_config(args: Any, rate: float | None = None) -> Any:
     return TrafficConfig(**kw)
 
 
-async def produce_to_kafka(cfg: Any, records: Iterator[bytes], rate: float | None, topic: str | None = None,
+async def produce_to_kafka(cfg: WorkerConfig, records: Iterator[bytes], rate: float | None, topic: str | None = None,
                            progress: Callable[[int], None] | None = None) -> tuple[int, float]:
     """`load generate --to-kafka`: paced production, no measuring. Returns (records, seconds)."""
     from stream.kafka_io import bulk_producer

@@ -50,7 +50,7 @@ def write_report(out_dir: str | Path, report: dict[str, Any]) -> dict[str, Path]
     return paths
 
 
-def _fmt(v: Any, unit: str = "") -> str:
+def _fmt(v: object, unit: str = "") -> str:
     if v is None:
         return "n/a"
     if isinstance(v, float):

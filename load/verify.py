@@ -14,6 +14,9 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from stream.config import WorkerConfig
+from stream.policy import Policy
+
 
 @dataclass
 class Check:
@@ -22,7 +25,7 @@ class Check:
     detail: str
 
 
-async def verify(cfg: Any, policy: Any) -> dict[str, Any]:
+async def verify(cfg: WorkerConfig, policy: Policy) -> dict[str, Any]:
     """Compare what the group committed with the offline replay and the independent ground truth."""
     from load.ground_truth import expected
     from stream import model
@@ -53,7 +56,7 @@ async def verify(cfg: Any, policy: Any) -> dict[str, Any]:
                         f"{len(set(ids)):,} unique ids, {dup:,} duplicates"))
 
     changelog = await read_topic(cfg, t.changelog)
-    live_state = {}
+    live_state: dict[str, int] = {}
     closed_balances: dict[str, int] = {}
     for p, msgs in changelog.items():
         state, _ = restore_state((m.key, m.value) for m in msgs)
