@@ -62,7 +62,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from load.generator import generate, write_jsonl
-    from load.harness import produce_to_kafka, traffic_config
+    from load.producing import produce_to_kafka, traffic_config
 
     rate = args.rate
     traffic = traffic_config(args, rate)
@@ -91,7 +91,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     import asyncio
 
     from load.generator import generate
-    from load.harness import RunOptions, run_load, traffic_config
+    from load.producing import traffic_config
+    from load.run import LoadRun, RunOptions
     from stream.engine.policy import load_policy
 
     cfg = _cfg(args)
@@ -105,7 +106,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                       verify=not args.no_verify, quiet=args.quiet,
                       partitions=args.partitions,
                       extra={"traffic": {k: v for k, v in asdict(traffic).items() if k != "regions"}})
-    report = asyncio.run(run_load(cfg, policy, generate(traffic), opts))
+    report = asyncio.run(LoadRun(cfg, policy, generate(traffic), opts).run())
     r, v = report["results"], report["verification"]
     lat = r["latency_s"]
 

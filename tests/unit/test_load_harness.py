@@ -12,7 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from load.harness import LatencySample, LatencyTracker, PacedProducer, Point, percentiles, series, write_report
+from load.latency import LatencySample, LatencyTracker, percentiles
+from load.producing import PacedProducer
+from load.report import write_report
+from load.timeline import Point, series
 from stream.engine.native import native_available
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -102,6 +105,15 @@ class _FakeProducer:
         self.next = {}
         self.sent: list[tuple[int, int]] = []
 
+    async def start(self) -> None:
+        pass
+
+    async def stop(self) -> None:
+        pass
+
+    async def partitions_for(self, topic):
+        return {0, 1, 2}
+
     def create_batch(self):
         return _FakeBatch()
 
@@ -184,6 +196,68 @@ async def test_batches_packed_ahead_carry_every_record_in_order_stamped_when_sen
     stamps = [ts for got in prod.records.values() for _, _, ts in got]
     assert min(stamps) >= before  # stamped when handed over, not when packed
     assert sum(n for _, _, n in seen) == 3_000 and max(n for _, _, n in seen) < 200  # 4,000-byte batches
+
+
+class _FakeGroup:
+    """The consumer (end offsets) and admin client (committed offsets) of a load run over a _FakeProducer's
+    topic: the group commits, at each poll, what was in the topic at the previous one."""
+
+    def __init__(self, prod: _FakeProducer) -> None:
+        self.prod = prod
+        self.seen: dict[int, int] = {}
+        self.lookups = 0
+
+    async def start(self) -> None:
+        pass
+
+    async def stop(self) -> None:
+        pass
+
+    async def close(self) -> None:
+        pass
+
+    async def end_offsets(self, tps):
+        return {tp: self.prod.next.get(tp.partition, 0) for tp in tps}
+
+    async def find_coordinator(self, group_id):
+        self.lookups += 1
+        return 0  # node 0: a valid coordinator, looked up once
+
+    async def list_consumer_group_offsets(self, group_id, coordinator, tps):
+        committed, self.seen = self.seen, {tp.partition: self.prod.next.get(tp.partition, 0) for tp in tps}
+        return {tp: type("Om", (), {"offset": committed.get(tp.partition, -1)})() for tp in tps}
+
+
+async def test_load_run_measures_and_reports_without_a_broker(tmp_path, policy):
+    from load.generator import TrafficConfig, generate
+    from load.run import LoadRun, RunOptions
+    from stream.config import WorkerConfig
+
+    prod = _FakeProducer()
+    group = _FakeGroup(prod)
+
+    class Run(LoadRun):
+        async def _open(self) -> None:
+            self.producer, self.consumer, self.admin = prod, group, group
+
+    opts = RunOptions(rate=20_000, duration=5, out=tmp_path / "r", generate_live=True, verify=False, quiet=True,
+                      extra={"traffic": {"seed": 3}})
+    records = generate(TrafficConfig(seed=3, events=4_000, creators=20, senders=500, rate_per_s=20_000.0))
+    report = await Run(WorkerConfig(group_id="g"), policy, records, opts).run()
+    assert list(report) == ["config", "results", "verification", "series", "files"]
+    assert list(report["config"]) == ["rate", "duration_s", "topic", "partitions", "group", "bootstrap",
+                                      "poll_interval_s", "warmup_s", "traffic_generation", "policy_version",
+                                      "traffic"]
+    r = report["results"]
+    assert list(r) == ["produced", "produce_seconds", "produce_rate", "committed", "throughput", "peak_throughput",
+                       "max_lag", "final_lag", "drained", "drain_s", "latency_s", "latency_after_warmup_s",
+                       "poll_period_s"]
+    assert r["produced"] == r["committed"] == r["latency_s"]["records"] == 4_000
+    assert r["drained"] and r["final_lag"] == 0 and 0 < r["latency_s"]["p50"] <= r["latency_s"]["max"] < 1
+    assert report["config"]["partitions"] == 3 and report["config"]["traffic_generation"] == "live, while producing"
+    assert report["verification"] == {"passed": None, "checks": [], "reason": "skipped (--no-verify)"}
+    assert group.lookups == 1
+    assert json.loads(Path(report["files"]["json"]).read_text())["results"] == r
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:

@@ -1,0 +1,188 @@
+"""Producing load: records keyed and partitioned like stream.kafka.session_io.produce_session, packed into producer
+batches and sent at a target rate (PacedProducer); `load generate --to-kafka` (produce_to_kafka)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import functools
+import itertools
+import time
+from collections.abc import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, TypeAlias
+
+from aiokafka import AIOKafkaProducer
+
+from load.generator import TrafficConfig
+from stream.config import WorkerConfig
+from stream.kafka.routing import PartitionCache
+
+if TYPE_CHECKING:
+    from aiokafka.producer.message_accumulator import BatchBuilder
+
+    from stream._native import RecordBatchBuilder
+
+# A record ready to send: (key, partition, value).
+Addressed = tuple[bytes | None, int, bytes]
+
+
+def address(records: Iterable[bytes], partitions: int | PartitionCache) -> Iterator[Addressed]:
+    """Each record with its key (creator_id; None for a record without one) and the partition Kafka's default
+    partitioner gives that key (keyless records go to partition 0), lazily."""
+    from stream.kafka.session_io import key_of
+
+    partition_of = partitions if isinstance(partitions, PartitionCache) else PartitionCache(partitions)
+    for raw in records:
+        key, _ = key_of(raw)
+        yield (None, 0, raw) if key is None else (key, partition_of[key], raw)
+
+
+# A producer batch: aiokafka's (producer.create_batch()) or stream._native's RecordBatchBuilder.
+Batch: TypeAlias = "BatchBuilder | RecordBatchBuilder"
+# One tick's records packed into producer batches: (partition, batch, records in it), in sending order.
+Shipment = list[tuple[int, Batch, int]]
+
+
+class PacedProducer:
+    """Sends records keyed by creator_id to the partition Kafka's default partitioner picks (keyless ones to
+    partition 0) at `rate` records/s of wall time (None = as fast as the producer takes them). Every batch's
+    (partition, base offset, count, send time) goes to on_batch when the broker acks it.
+
+    The records go in shipments (`shipments`): one tick's worth (rate * tick records; max_chunk at max rate)
+    packed into one producer batch per partition, sent when the clock reaches the tick. `run` takes them
+    lazily (each packed when it is due: a plain load) or packed ahead (a measured run packs all of them before
+    its clock starts: packing costs ~1.5 µs of the harness's Python per record, CPU that the workers and the
+    broker on the same machine would lose). With `native_batches` the batches are stream._native's
+    RecordBatchBuilder (no Python per record when they are built, CRC in hardware), stamped when sent."""
+
+    def __init__(self, producer: AIOKafkaProducer, topic: str, partitions: int, rate: float | None,
+                 on_batch: Callable[[int, int, int, float], None] | None = None, tick: float = 0.01,
+                 clock: Callable[[], float] = time.monotonic, native_batches: bool = False,
+                 max_batch_bytes: int = 1 << 20) -> None:
+        self.producer, self.topic, self.partitions, self.rate = producer, topic, partitions, rate
+        self.on_batch, self.tick, self.clock = on_batch, tick, clock
+        self.sent = 0
+        self._partition_of = PartitionCache(partitions)
+        self._pending: set[asyncio.Future] = set()
+        self._native: type[RecordBatchBuilder] | None = None
+        if native_batches:
+            from stream._native import RecordBatchBuilder
+
+            self._native = RecordBatchBuilder
+        self._max_batch_bytes = max_batch_bytes
+
+    def address(self, records: Iterable[bytes]) -> Iterator[Addressed]:
+        return address(records, self._partition_of)
+
+    def shipments(self, records: Iterable[Addressed], max_chunk: int = 20_000) -> Iterator[Shipment]:
+        """The records cut into ticks and packed, lazily."""
+        size = max_chunk if self.rate is None else max(1, round(self.rate * self.tick))
+        it = iter(records)
+        while chunk := list(itertools.islice(it, size)):
+            yield self.pack(chunk)
+
+    def pack(self, chunk: Iterable[Addressed]) -> Shipment:
+        """Records into producer batches, a batch per partition (more when one fills), in sending order."""
+        out: list[list[Any]] = []
+        current: dict[int, list[Any]] = {}  # partition -> its open entry [partition, batch, records]
+        for key, p, raw in chunk:
+            entry = current.get(p)
+            if entry is None or not self._add(entry[1], key, raw):
+                entry = current[p] = [p, self._new_batch(), 0]
+                out.append(entry)
+                self._add(entry[1], key, raw)  # a fresh batch takes its first record
+            entry[2] += 1
+        return [(p, batch, n) for p, batch, n in out]
+
+    def _new_batch(self) -> Batch:
+        if self._native is None:
+            return self.producer.create_batch()
+        return self._native(self._max_batch_bytes, False, 0, capacity=0)  # stamped when sent
+
+    def _add(self, batch: Batch, key: bytes | None, raw: bytes) -> bool:
+        if self._native is None:
+            return batch.append(key=key, value=raw, timestamp=None) is not None
+        return batch.add(key, raw)
+
+    async def _ship(self, shipment: Shipment) -> None:
+        t = self.clock()
+        now_ms = int(time.time() * 1000)
+        for p, batch, count in shipment:
+            if self._native is not None:
+                batch.set_timestamp(now_ms)
+            fut = await self.producer.send_batch(batch, self.topic, partition=p)
+            self._pending.add(fut)
+            fut.add_done_callback(functools.partial(self._acked, p, count, t))
+            self.sent += count
+
+    def _acked(self, p: int, count: int, t: float, f: asyncio.Future) -> None:
+        self._pending.discard(f)
+        if self.on_batch is not None and not f.cancelled() and f.exception() is None:
+            self.on_batch(p, f.result().offset, count, t)
+
+    async def run(self, shipments: Iterable[Shipment], duration: float | None = None,
+                  stop: asyncio.Event | None = None) -> int:
+        """Send until the shipments run out, `duration` seconds pass or `stop` is set; returns records sent."""
+        start = self.clock()
+        for shipment in shipments:
+            if self.rate is not None:  # due once the clock has reached its last record
+                due = (self.sent + sum(n for _, _, n in shipment)) / self.rate
+                wait = due - (self.clock() - start)
+                if wait > 0:
+                    await asyncio.sleep(wait)
+            if (stop is not None and stop.is_set()) or (duration is not None and self.clock() - start >= duration):
+                break
+            await self._ship(shipment)
+            await asyncio.sleep(0)  # let the poller run
+        if self._pending:
+            await asyncio.gather(*list(self._pending), return_exceptions=True)
+        return self.sent
+
+
+def traffic_config(args: argparse.Namespace, rate: float | None = None) -> TrafficConfig:
+    """A TrafficConfig from the shared generator flags (see load/cli.py)."""
+    kw: dict[str, Any] = dict(seed=args.seed, events=args.events, creators=args.creators, senders=args.senders,
+                              duplicate_rate=args.duplicate_rate, late_rate=args.late_rate,
+                              malformed_rate=args.malformed_rate, streak_missing_end_rate=args.missing_end_rate,
+                              burst_multiplier=args.burst_multiplier, burst_start_frac=args.burst_start,
+                              burst_duration_frac=args.burst_duration)
+    if args.event_rate is not None:
+        kw["rate_per_s"] = float(args.event_rate)
+    elif rate:
+        kw["rate_per_s"] = float(rate)  # event time advances like wall time
+    return TrafficConfig(**kw)
+
+
+async def produce_to_kafka(cfg: WorkerConfig, records: Iterator[bytes], rate: float | None, topic: str | None = None,
+                           progress: Callable[[int], None] | None = None) -> tuple[int, float]:
+    """`load generate --to-kafka`: paced production, no measuring. Returns (records, seconds)."""
+    from stream.kafka.session_io import bulk_producer
+
+    topic = topic or cfg.topics.gifts
+    producer = bulk_producer(cfg, linger_ms=5)
+    await producer.start()
+    try:
+        partitions = len(await producer.partitions_for(topic))
+        pp = PacedProducer(producer, topic, partitions, rate)
+        started = time.monotonic()
+        stop = asyncio.Event()
+
+        async def report() -> None:
+            last = 0
+            while not stop.is_set():
+                await asyncio.sleep(0.5)
+                if progress:
+                    progress(pp.sent - last)
+                last = pp.sent
+
+        reporter = asyncio.create_task(report())
+        try:
+            n = await pp.run(pp.shipments(pp.address(records)))
+        finally:
+            stop.set()
+            await reporter
+        if progress:
+            progress(0)
+        return n, time.monotonic() - started
+    finally:
+        await producer.stop()
