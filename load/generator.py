@@ -144,6 +144,7 @@ DEFAULT_REGION_MIX: tuple[tuple[str, float], ...] = (
 # Streak shape: non-end events per streak = 1 + Geometric(_STREAK_CONTINUE), capped.
 _STREAK_CONTINUE = 0.6
 _STREAK_MAX_EVENTS = 60
+_LOG_CONTINUE = math.log(_STREAK_CONTINUE)
 _ID_MASK = (1 << 22) - 1
 _GROUP_MASK = (1 << 16) - 1
 
@@ -263,6 +264,97 @@ class GenerationStats:
         return d
 
 
+# The catalog as parallel tables, for the generator's loop.
+_GIFT_IDS = [g.gift_id for g in GIFT_CATALOG]
+_GIFT_PRICES = [g.diamond_count for g in GIFT_CATALOG]
+_GIFT_STREAKABLE = [g.streakable for g in GIFT_CATALOG]
+
+
+@dataclass(frozen=True, slots=True)
+class _Pacing:
+    """When gift actions start: gaps of event time between them (exponential, these means) and the burst."""
+
+    gap_ms: float  # mean ms between gift actions outside the burst
+    burst_lo: int  # the burst's event-time window [burst_lo, burst_hi); empty without a burst
+    burst_hi: int
+    burst_p: float  # in the burst, the probability that an action goes to the burst creator
+    burst_gap_ms: float  # mean ms between gift actions in the burst
+
+
+@dataclass(frozen=True, slots=True)
+class _Counts:
+    """What one pass counted, for GenerationStats."""
+
+    emitted: int
+    last_arrival_ms: int
+    single: int
+    streaks: int
+    streak_events: int
+    streak_ends: int
+    streaks_missing_end: int
+    duplicates: int
+    late_events: int
+    coins_total: int
+    min_ts: int
+    max_ts: int
+
+
+def _streak_events(rand: Callable[[], float], heap: list[tuple[int, int, bytes]], d: dict, idbase: int, seq: int,
+                   tn: int, delay: int, budget: int, miss_p: float) -> tuple[bytes, int, int, int, int, bool]:
+    """The events of one streak started at tn (d: its gift-shaped dict): the first is returned, the others are
+    queued on heap at their arrival times. Returns (first record, events, last event's time, final count,
+    next seq, whether the end event is missing)."""
+    dumps, push = orjson.dumps, heapq.heappush
+    missing = rand() < miss_p
+    m = 1 + int(math.log(1.0 - rand()) / _LOG_CONTINUE)
+    if m > _STREAK_MAX_EVENTS:
+        m = _STREAK_MAX_EVENTS
+    cap = budget if missing else budget - 1
+    if m > cap:
+        m = cap
+    # cumulative counts: mostly +1, sometimes a jump, rarely a big combo
+    c = 1 if rand() < 0.85 else 2 + int(rand() * 4)
+    tk = tn
+    b = b""
+    for j in range(m):
+        if j:
+            r = rand()
+            if r < 0.6:
+                c += 1
+            elif r < 0.97:
+                c += 2 + int(rand() * 8)
+            else:
+                c += 10 + int(rand() * 90)
+            tk += 150 + int(rand() * 1050)
+        d["event_id"] = str(idbase | (seq & _ID_MASK))
+        d["repeat_count"] = c
+        d["ts"] = tk - delay
+        if j:
+            push(heap, (tk, seq, dumps(d)))
+        else:
+            b = dumps(d)
+        seq += 1
+    k = m
+    if not missing:
+        if m == 0:
+            final = c
+        else:
+            final = c if rand() < 0.7 else c + 1 + int(rand() * 3)
+            tk += 800 + int(rand() * 2200)
+        d["event_id"] = str(idbase | (seq & _ID_MASK))
+        d["repeat_count"] = final
+        d["repeat_end"] = True
+        d["ts"] = tk - delay
+        if m:
+            push(heap, (tk, seq, dumps(d)))
+        else:
+            b = dumps(d)
+        seq += 1
+        c = final
+        k += 1
+    return b, k, tk, c, seq, missing
+
+
 def _zipf_cum(n: int, exponent: float, offset: float) -> list[float]:
     q = offset * n
     return list(accumulate((k + q) ** -exponent for k in range(1, n + 1)))
@@ -333,40 +425,16 @@ class TrafficGenerator:
     def __iter__(self) -> Iterator[bytes]:
         return self._run()
 
-    # ----------------------------------------------------------------------------------------------
+    # ---------------------------------------------------------------------------------------------- emitting
+    # One pass: _pacing() (when gift actions start, the burst), _emit() (the records), _count() (the stats).
+
     def _run(self) -> Iterator[bytes]:
-        # One hot loop kept inline (locals only, no per-event calls other than random/orjson/heapq).
-        cfg = self.cfg
-        st = self.stats
-        rng = random.Random(f"giftstream-traffic:{cfg.seed}")
-        rand = rng.random
-        log = math.log
-        dumps = orjson.dumps
-        push = heapq.heappush
-        pop = heapq.heappop
+        rng = random.Random(f"giftstream-traffic:{self.cfg.seed}")
+        return self._emit(rng)
 
-        n_total = cfg.events
-        nc, ns = cfg.creators, cfg.senders
-        creator_ids, room_ids, regions = self.creator_ids, self.room_ids, self.creator_regions
-        sender_ids, home, whales = self.sender_ids, self.home, self.whales
-        c_cum, s_cum = self.creator_cum, self.sender_cum
-        c_tot, s_tot = c_cum[-1], s_cum[-1]
-        c_hi, s_hi = nc - 1, ns - 1
-        g_cum, gw_cum = self.gift_cum, self.whale_gift_cum
-        g_tot, gw_tot = g_cum[-1], gw_cum[-1]
-        g_hi = len(GIFT_CATALOG) - 1
-        gift_ids = [g.gift_id for g in GIFT_CATALOG]
-        gift_price = [g.diamond_count for g in GIFT_CATALOG]
-        gift_streak = [g.streakable for g in GIFT_CATALOG]
-        affinity = cfg.sender_affinity
-        ooo = float(cfg.out_of_order_ms)
-        late_p, late_by = cfg.late_rate, cfg.late_by_ms
-        miss_p = cfg.streak_missing_end_rate
-        dup_p = cfg.duplicate_rate / (1.0 - cfg.duplicate_rate)  # per original -> fraction of records
-        dup_delay = float(cfg.duplicate_delay_ms)
-        log_cont = log(_STREAK_CONTINUE)
-        coins = st.coins_by_creator
-
+    def _pacing(self) -> _Pacing:
+        """Event-time pacing of the gift actions and the viral burst's window (recorded in the stats)."""
+        cfg, st = self.cfg, self.stats
         start = cfg.start_ts_ms
         gap_ms = self.mean_records_per_action * 1000.0 / cfg.rate_per_s  # mean ms between gift actions
         span = cfg.nominal_span_ms
@@ -374,15 +442,54 @@ class TrafficGenerator:
             burst_lo = start + int(span * cfg.burst_start_frac)
             burst_hi = burst_lo + max(1, int(span * cfg.burst_duration_frac))
             boost = 1.0 + (cfg.burst_multiplier - 1.0) * self.burst_share
-            st.burst_creator_id = creator_ids[self.burst_rank]
+            st.burst_creator_id = self.creator_ids[self.burst_rank]
             st.burst_start_ms, st.burst_end_ms = burst_lo, burst_hi
         else:
             burst_lo = burst_hi = start - 1
             boost = 1.0
-        burst_p = (boost - 1.0) / boost
-        burst_gap_ms = gap_ms / boost
+        return _Pacing(gap_ms, burst_lo, burst_hi, (boost - 1.0) / boost, gap_ms / boost)
+
+    def _emit(self, rng: random.Random) -> Iterator[bytes]:
+        """The records in arrival order. Each iteration emits one record: the first of a new gift action
+        (single gift, first event of a streak, or a malformed record) when no queued record (a streak's
+        later events, a duplicate resend) is due before the action's start time, else the earliest queued one.
+
+        The per-record loop is one function on purpose, with locals only and no per-record calls other than
+        random / orjson / heapq: cut into a method per step it was measurably slower (docs/benchmarks.md).
+        Only a streak's events (one call per streak) are built apart, by _streak_events."""
+        cfg = self.cfg
+        st = self.stats
+        rand = rng.random
+        log = math.log
+        dumps = orjson.dumps
+        push = heapq.heappush
+        pop = heapq.heappop
+
+        n_total = cfg.events
+        creator_ids, room_ids, regions = self.creator_ids, self.room_ids, self.creator_regions
+        sender_ids, home, whales = self.sender_ids, self.home, self.whales
+        c_cum, s_cum = self.creator_cum, self.sender_cum
+        c_tot, s_tot = c_cum[-1], s_cum[-1]
+        c_hi, s_hi = cfg.creators - 1, cfg.senders - 1
+        g_cum, gw_cum = self.gift_cum, self.whale_gift_cum
+        g_tot, gw_tot = g_cum[-1], gw_cum[-1]
+        g_hi = len(GIFT_CATALOG) - 1
+        gift_ids, gift_price, gift_streak = _GIFT_IDS, _GIFT_PRICES, _GIFT_STREAKABLE
+        affinity = cfg.sender_affinity
+        ooo = float(cfg.out_of_order_ms)
+        late_p, late_by = cfg.late_rate, cfg.late_by_ms
+        miss_p = cfg.streak_missing_end_rate
+        dup_p = cfg.duplicate_rate / (1.0 - cfg.duplicate_rate)  # per original -> fraction of records
+        dup_delay = float(cfg.duplicate_delay_ms)
+        coins = st.coins_by_creator
+
+        start = cfg.start_ts_ms
+        pacing = self._pacing()
+        gap_ms, burst_gap_ms = pacing.gap_ms, pacing.burst_gap_ms
+        burst_lo, burst_hi, burst_p = pacing.burst_lo, pacing.burst_hi, pacing.burst_p
         burst_ci = self.burst_rank
 
+        # Malformed records replace planned records at geometric gaps (mean 1 / malformed_rate).
         mal_p = cfg.malformed_rate
         mal_log = log(1.0 - mal_p) if mal_p > 0 else 0.0
         mal_kinds: list[str] = []
@@ -470,58 +577,14 @@ class TrafficGenerator:
                             credit = dc * rc
                             n_single += 1
                         else:
-                            missing = rand() < miss_p
-                            m = 1 + int(log(1.0 - rand()) / log_cont)
-                            if m > _STREAK_MAX_EVENTS:
-                                m = _STREAK_MAX_EVENTS
-                            cap = budget if missing else budget - 1
-                            if m > cap:
-                                m = cap
-                            d["ts"] = 0
+                            d["ts"] = 0  # the keys in the order of a single gift's
                             d["region"] = regions[ci]
-                            # cumulative counts: mostly +1, sometimes a jump, rarely a big combo
-                            c = 1 if rand() < 0.85 else 2 + int(rand() * 4)
-                            tk = tn
-                            b = b""
+                            b, k, tk, c, seq, missing = _streak_events(rand, heap, d, idbase, seq, tn, delay,
+                                                                       budget, miss_p)
                             ts = tn - delay
-                            for j in range(m):
-                                if j:
-                                    r = rand()
-                                    if r < 0.6:
-                                        c += 1
-                                    elif r < 0.97:
-                                        c += 2 + int(rand() * 8)
-                                    else:
-                                        c += 10 + int(rand() * 90)
-                                    tk += 150 + int(rand() * 1050)
-                                d["event_id"] = str(idbase | (seq & _ID_MASK))
-                                d["repeat_count"] = c
-                                d["ts"] = tk - delay
-                                if j:
-                                    push(heap, (tk, seq, dumps(d)))
-                                else:
-                                    b = dumps(d)
-                                seq += 1
-                            k = m
                             if missing:
                                 n_missing += 1
                             else:
-                                if m == 0:
-                                    final = c
-                                else:
-                                    final = c if rand() < 0.7 else c + 1 + int(rand() * 3)
-                                    tk += 800 + int(rand() * 2200)
-                                d["event_id"] = str(idbase | (seq & _ID_MASK))
-                                d["repeat_count"] = final
-                                d["repeat_end"] = True
-                                d["ts"] = tk - delay
-                                if m:
-                                    push(heap, (tk, seq, dumps(d)))
-                                else:
-                                    b = dumps(d)
-                                seq += 1
-                                c = final
-                                k += 1
                                 n_ends += 1
                             credit = dc * c
                             n_streaks += 1
@@ -550,20 +613,26 @@ class TrafficGenerator:
                     pending += 1
                     n_dup += 1
         finally:
-            st.records = emitted
-            st.single_gift_events = n_single
-            st.streaks = n_streaks
-            st.streak_events = n_streak_ev
-            st.streak_ends = n_ends
-            st.streaks_missing_end = n_missing
-            st.gift_events = n_single + n_streak_ev
-            st.duplicates = n_dup
-            st.late_events = n_late
-            st.coins_total = coins_total
-            st.first_arrival_ms = start if emitted else None
-            st.last_arrival_ms = key if emitted else None
-            if n_single or n_streaks:
-                st.min_ts, st.max_ts = min_ts, max_ts
+            self._count(_Counts(emitted, key, n_single, n_streaks, n_streak_ev, n_ends, n_missing, n_dup, n_late,
+                                coins_total, min_ts, max_ts))
+
+    def _count(self, c: _Counts) -> None:
+        """The stats of the records emitted so far (also after an early stop: the generator's finally)."""
+        st = self.stats
+        st.records = c.emitted
+        st.single_gift_events = c.single
+        st.streaks = c.streaks
+        st.streak_events = c.streak_events
+        st.streak_ends = c.streak_ends
+        st.streaks_missing_end = c.streaks_missing_end
+        st.gift_events = c.single + c.streak_events
+        st.duplicates = c.duplicates
+        st.late_events = c.late_events
+        st.coins_total = c.coins_total
+        st.first_arrival_ms = self.cfg.start_ts_ms if c.emitted else None
+        st.last_arrival_ms = c.last_arrival_ms if c.emitted else None
+        if c.single or c.streaks:
+            st.min_ts, st.max_ts = c.min_ts, c.max_ts
 
     def _malformed(self, kind: str, d: dict, region: str, tn: int, rng: random.Random) -> bytes:
         """One bad record of ``kind``, built from the gift-shaped dict ``d`` (which is then discarded)."""
