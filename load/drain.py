@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import subprocess
 import sys
 import tempfile
@@ -21,6 +22,19 @@ from stream.kafka.session_io import committed_offsets, end_offsets, produce_sess
 from stream.kafka.topics import create_topics, delete_topics
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def giftstream_cmd() -> list[str]:
+    """How to run this checkout's `giftstream`: the venv's script, else the module."""
+    script = Path(sys.executable).parent / "giftstream"
+    return [str(script)] if script.exists() else [sys.executable, "-m", "stream.cli"]
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on (for a worker's HTTP side)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 @dataclass

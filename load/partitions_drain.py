@@ -19,7 +19,6 @@ import asyncio
 import contextlib
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -32,6 +31,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from load.drain import (
     ROOT,
     bare_consumer_argv,
+    free_port,
     preload,
     realistic_session,
     stop_process,
@@ -46,12 +46,6 @@ from stream.kafka.topics import create_topics, delete_topics, topic_specs
 
 BROKER_PORT = 19092
 TICK = 1.0 / os.sysconf("SC_CLK_TCK")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def cpu_seconds(pid: int) -> float | None:

@@ -43,6 +43,7 @@ import orjson
 from aiokafka.protocol.api import Request, RequestStruct, Response
 from aiokafka.protocol.types import Array, Boolean, Int16, Int32, Int64, Schema, String
 
+from load.drain import free_port, giftstream_cmd
 from stream.config import Topics, WorkerConfig, dump_config
 from stream.engine.policy import Policy
 from stream.kafka.routing import PartitionCache, partition_for
@@ -310,19 +311,6 @@ async def topic_bytes_on_disk(cfg: WorkerConfig, topic: str, partitions: int) ->
 
 
 # ---------------------------------------------------------------------------------------------- workers
-
-
-def giftstream_cmd() -> list[str]:
-    script = Path(sys.executable).parent / "giftstream"
-    return [str(script)] if script.exists() else [sys.executable, "-m", "stream.cli"]
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def read_status_kb(pid: int) -> dict[str, int]:

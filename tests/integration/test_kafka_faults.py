@@ -19,6 +19,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.structs import OffsetAndMetadata
 
+from load.drain import free_port
 from load.generator import TrafficConfig, generate
 from stream.engine import model
 from stream.engine.policy import load_policy
@@ -41,7 +42,7 @@ from tests.support.kafka_checks import (
     wait_for,
 )
 from tests.support.private_broker import PrivateBroker
-from tests.support.processes import BOOTSTRAP, free_port, http_get, start_worker, write_config
+from tests.support.processes import BOOTSTRAP, http_get, start_worker, write_config
 
 pytestmark = pytest.mark.kafka
 PRIVATE_BROKER_PORT = 19192  # and the two after it (controller, SASL)

@@ -14,6 +14,7 @@ from dataclasses import replace
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
+from load.drain import free_port
 from stream.config import WorkerConfig, load_config
 from stream.engine.policy import load_policy
 from stream.kafka.connect import ConnectionCheckError, check_connection
@@ -28,7 +29,6 @@ from tests.support.processes import (
     SCRAM_PASSWORD,
     SCRAM_USER,
     SSL_BOOTSTRAP,
-    free_port,
     http_get,
     run_cli,
     start_worker,

@@ -7,9 +7,10 @@ import json
 
 import pytest
 
+from load.drain import free_port
 from stream.config import WorkerConfig
 from stream.kafka.topics import delete_topics
-from tests.support.processes import BOOTSTRAP, free_port, run_cli, start_worker, unique_topics, wait_ready, write_config
+from tests.support.processes import BOOTSTRAP, run_cli, start_worker, unique_topics, wait_ready, write_config
 
 pytestmark = pytest.mark.kafka
 PARTITIONS = 3

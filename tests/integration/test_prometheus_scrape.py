@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from load.drain import free_port
 from stream.cli import _default_session
 from stream.engine.policy import load_policy
 from stream.kafka.routing import partition_for
@@ -21,7 +22,6 @@ from tests.support.processes import (
     BOOTSTRAP,
     ROOT,
     Proc,
-    free_port,
     http_get,
     run_cli,
     start_worker,

@@ -5,9 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -15,6 +13,7 @@ import uuid
 from dataclasses import fields
 from pathlib import Path
 
+from load.drain import giftstream_cmd
 from stream.config import Topics, WorkerConfig, dump_config
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -26,17 +25,6 @@ KAFKA_CA = Path(os.environ.get("GIFTSTREAM_TEST_KAFKA_CA", KAFKA_HOME / "tls" / 
 # the SCRAM test user that deploy/kafka/kafka-up.sh creates (public test values, local broker only)
 SCRAM_USER = os.environ.get("GIFTSTREAM_KAFKA_SCRAM_USER", "giftstream")
 SCRAM_PASSWORD = os.environ.get("GIFTSTREAM_KAFKA_SCRAM_PASSWORD", "giftstream-test-secret")
-
-
-def giftstream_cmd() -> list[str]:
-    script = Path(sys.executable).parent / "giftstream"
-    return [str(script)] if script.exists() else [sys.executable, "-m", "stream.cli"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def unique_topics(prefix: str) -> tuple[str, Topics]:
