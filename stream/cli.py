@@ -46,9 +46,10 @@ def cmd_replay(args: argparse.Namespace) -> int:
         print(f"wrote {', '.join(str(p) for p in paths.values())}", file=sys.stderr)
     if not args.quiet:
         for n in sorted(result.outputs.notices, key=lambda n: n.notice_id)[: args.show]:
-            print(f"NOTICE {n.notice_id:<28} {n.region} balance {n.balance_milli_diamonds // 1000:>9,} "
-                  f"diamonds  gross ${n.gross_cents / 100:>10,.2f}  fee ${n.fee_cents / 100:>7,.2f}  "
-                  f"net ${n.net_cents / 100:>10,.2f}  ({n.payout_method})")
+            print(f"NOTICE {n.notice_id:<28} {n.region} {n.account_status:<9} balance "
+                  f"{n.balance_milli_diamonds // 1000:>9,} diamonds  gross ${n.gross_cents / 100:>9,.2f}  "
+                  f"service fee ${n.service_fee_cents / 100:>8,.2f}  {n.payout_method} fee "
+                  f"${n.method_fee_cents / 100:>6,.2f}  net ${n.net_cents / 100:>9,.2f}")
         if len(result.outputs.notices) > args.show:
             print(f"... and {len(result.outputs.notices) - args.show} more notices")
         top = sorted(result.outputs.window_totals, key=lambda w: -w.milli_diamonds)[: args.show]

@@ -29,7 +29,11 @@ _PATTERNS = {Id: Annotated[str, Meta(pattern=ID_PATTERN)], GroupId: Annotated[st
 # The bytes a record may hold besides quotes for the byte check to clear it: then each of its strings is
 # within ID_PATTERN. `raw.translate(None, _PLAIN_BYTES)` leaves the quotes and any other byte, in one pass.
 _PLAIN_BYTES = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz_-:,{}"
-_FLAT_EVENT, _FLAT_GROUPED_EVENT, _FLAT_PAYOUT = b'"' * 32, b'"' * 36, b'"' * 12
+# The quotes of a flat event: its 10 required keys and 4 string values, plus 4 with a region, plus 4 with a group id
+# (indexed by (has region) << 1 | (has group id)).
+_FLAT_EVENT = tuple(b'"' * (28 + 4 * (i >> 1) + 4 * (i & 1)) for i in range(4))
+_FLAT_PAYOUT = b'"' * 12
+_FLAT_ACCOUNT = b'"' * 20  # 6 keys, 4 string values
 # Upper bounds keep every sum far inside 64 bits (the changelog's msgpack cannot hold more): a single gift
 # is at most 10 M coins x 1 M units, and nothing real comes close (the dearest gift costs 44,999 coins).
 Int32 = Annotated[int, Meta(ge=0, le=2**31 - 1)]
@@ -51,8 +55,27 @@ class GiftEvent(Struct, frozen=True, gc=False):
     repeat_count: Units
     repeat_end: bool
     ts: EpochMs
-    region: str
+    region: str = ""  # the creator's payout region; real LIVE clients send none (the account has it)
     group_id: GroupId = ""
+
+
+class CreatorAccount(Struct, frozen=True, gc=False):
+    """A creator's account (topic `creator-accounts`, compacted, key = creator_id;
+    schemas/creator-account.schema.json). Unknown fields are ignored."""
+
+    creator_id: Id
+    region: str
+    account_status: Annotated[str, Meta(min_length=1, max_length=32)]
+    payout_method: Annotated[str, Meta(min_length=1, max_length=32)]
+    age: Annotated[int, Meta(ge=0, le=150)]  # verified age in years, as of updated_ts
+    updated_ts: EpochMs
+
+
+class AccountClosed(NamedTuple):
+    """A tombstone on `creator-accounts`: the account of `creator_id` is closed as of `ts` (the record's time)."""
+
+    creator_id: str
+    ts: int
 
 
 class Payout(Struct, frozen=True, gc=False):
@@ -68,19 +91,23 @@ class PayoutNotice(Struct, frozen=True, gc=False):
     notice_id: str
     creator_id: str
     region: str
+    account_status: str
+    payout_method: str
     crossing_seq: int
     balance_milli_diamonds: int
     gross_cents: int
     payable_cents: int
-    fee_cents: int
+    service_fee_bps: int
+    service_fee_cents: int
+    method_fee_cents: int
     net_cents: int
     threshold_cents: int
     daily_cap_cents: int
-    payout_method: str
     currency: str
     policy_version: str
-    trigger_event_id: str
-    trigger_ts: int
+    trigger: str  # "gift" (a credit crossed the threshold) or "account" (the account became eligible above it)
+    trigger_event_id: str | None  # the gift's event_id; None for an account trigger
+    trigger_ts: int  # the gift's event time, or the account record's updated_ts
 
 
 class WindowTotal(Struct, frozen=True, gc=False):
@@ -132,9 +159,13 @@ OVERSIZE = "oversize"
 TOO_DEEP = "too_deep"
 DUPLICATE_KEY = "duplicate_key"
 WRONG_PARTITION = "wrong_partition"
+UNKNOWN_ACCOUNT_STATUS = "unknown_account_status"
+UNKNOWN_PAYOUT_METHOD = "unknown_payout_method"
+KEY_MISMATCH = "key_mismatch"
 REJECT_REASONS = (
     NOT_JSON, NOT_OBJECT, MISSING_FIELD, WRONG_TYPE, INVALID_VALUE, NON_POSITIVE_COUNT,
     UNKNOWN_REGION, TS_TOO_FAR_FUTURE, TS_TOO_OLD, OVERSIZE, TOO_DEEP, DUPLICATE_KEY, WRONG_PARTITION,
+    UNKNOWN_ACCOUNT_STATUS, UNKNOWN_PAYOUT_METHOD, KEY_MISMATCH,
 )
 
 
@@ -161,6 +192,7 @@ class EventRejections(NamedTuple):
     unknown_region: Rejection  # region, policy_version
     too_far_future: Rejection  # ts, max_future_ms, watermark
     too_old: Rejection  # ts, dedupe_horizon_ms, watermark
+    no_region: Rejection  # creator_id, policy_version
 
 
 EVENT_REJECTIONS = EventRejections(
@@ -171,11 +203,26 @@ EVENT_REJECTIONS = EventRejections(
                                                 "{watermark}"),
     too_old=Rejection(TS_TOO_OLD, "ts {ts} is older than the dedupe horizon ({dedupe_horizon_ms} ms before the "
                                   "watermark {watermark})"),
+    no_region=Rejection(UNKNOWN_REGION, "the gift names no region, creator {creator_id} has no account record and "
+                                        "policy {policy_version} has no accounts.default_region"),
 )
 # The rejects of a decoded payout (both engines' payout loop is Python: stream.engine.reference.EngineEdges).
 PAYOUT_WRONG_PARTITION = Rejection(WRONG_PARTITION, "payout {payout_id} is for creator {creator_id}, who belongs to "
                                                     "partition {owner} of {partitions}, not {partition}")
 PAYOUT_OVER_BALANCE = Rejection(INVALID_VALUE, "payout {payout_id} of {milli_diamonds} exceeds the balance {balance}")
+# The rejects of a creator-accounts record (its loop is Python in both engines, as the payouts').
+ACCOUNT_WRONG_PARTITION = Rejection(WRONG_PARTITION, "the account of creator {creator_id} belongs to partition "
+                                                     "{owner} of {partitions}, not {partition}")
+ACCOUNT_UNKNOWN_REGION = Rejection(UNKNOWN_REGION, "the account of creator {creator_id}: region {region!r} is not "
+                                                   "in policy {policy_version}")
+ACCOUNT_UNKNOWN_STATUS = Rejection(UNKNOWN_ACCOUNT_STATUS, "the account of creator {creator_id}: status {status!r} "
+                                                           "is not in policy {policy_version}")
+ACCOUNT_UNKNOWN_METHOD = Rejection(UNKNOWN_PAYOUT_METHOD, "the account of creator {creator_id}: payout method "
+                                                          "{method!r} is not offered in region {region} (policy "
+                                                          "{policy_version})")
+ACCOUNT_KEY_MISMATCH = Rejection(KEY_MISMATCH, "the record's key {key!r} is not its creator_id {creator_id!r}")
+ACCOUNT_BAD_TOMBSTONE = Rejection(INVALID_VALUE, "a tombstone (null value) needs a creator id as its key, got "
+                                                 "{key!r}")
 
 # The deepest nesting a record may have (the top-level object is depth 1; each array or object inside adds
 # one). Real records are flat; the bound keeps every decoder far from its recursion limit (msgspec raised
@@ -195,6 +242,9 @@ _event_decoder = msgspec.json.Decoder(GiftEvent)
 _payout_decoder = msgspec.json.Decoder(Payout)
 _strict_event_decoder = msgspec.json.Decoder(_strict(GiftEvent))
 _strict_payout_decoder = msgspec.json.Decoder(_strict(Payout))
+_account_decoder = msgspec.json.Decoder(CreatorAccount)
+_strict_account_decoder = msgspec.json.Decoder(_strict(CreatorAccount))
+_ID_RE = re.compile(ID_PATTERN)
 encode = msgspec.json.Encoder().encode
 
 
@@ -342,8 +392,7 @@ def decode_event(raw: bytes) -> GiftEvent | tuple[str, str]:
     # strings need (11 keys and 5 string values, plus group_id's key and value when it has one). Any further
     # key, at any depth, would add at least two quotes. So such a record is one flat object with no key but
     # the struct's, each once: nothing deep, nothing repeated.
-    rest = raw.translate(None, _PLAIN_BYTES)
-    if rest == _FLAT_EVENT or (rest == _FLAT_GROUPED_EVENT and ev.group_id):
+    if raw.translate(None, _PLAIN_BYTES) == _FLAT_EVENT[(ev.region != "") << 1 | (ev.group_id != "")]:
         return ev
     return _structure_checked(raw, ev, _strict_event_decoder)
 
@@ -352,11 +401,11 @@ def decode_events(raws: list[bytes], max_bytes: int) -> list[GiftEvent | tuple[s
     """Decode a batch. Fast path: one comprehension with no per-record error handling; only when some
     record is bad (or too big) does it go record by record so each bad one gets its own reason."""
     decode = _event_decoder.decode
-    plain, flat, grouped = _PLAIN_BYTES, _FLAT_EVENT, _FLAT_GROUPED_EVENT
+    plain, flat = _PLAIN_BYTES, _FLAT_EVENT
     if not raws or max(map(len, raws)) <= max_bytes:
         try:
             # decode_event's cheap check, inlined: it runs once per record.
-            return [ev if (rest := r.translate(None, plain)) == flat or (rest == grouped and ev.group_id)
+            return [ev if r.translate(None, plain) == flat[(ev.region != "") << 1 | (ev.group_id != "")]
                     else _structure_checked(r, ev, _strict_event_decoder) for r in raws for ev in (decode(r),)]
         except DECODE_ERRORS:
             pass
@@ -375,6 +424,30 @@ def decode_payout(raw: bytes) -> Payout | tuple[str, str]:
     if raw.translate(None, _PLAIN_BYTES) == _FLAT_PAYOUT:
         return p
     return _structure_checked(raw, p, _strict_payout_decoder)
+
+
+def decode_account(key: bytes | None, raw: bytes | None, ts: int) -> CreatorAccount | AccountClosed | tuple[str, str]:
+    """Decode one creator-accounts record (key, value, record timestamp): the account, the closing of one (a
+    tombstone), or (reason, detail) when it is bad input. The key must be the account's creator_id."""
+    try:
+        key_text = None if key is None else key.decode()
+    except UnicodeDecodeError:
+        key_text = None
+    if raw is None:
+        if key_text is None or not _ID_RE.match(key_text):
+            return ACCOUNT_BAD_TOMBSTONE.of(key=key)
+        return AccountClosed(key_text, ts)
+    try:
+        account = _account_decoder.decode(raw)
+    except DECODE_ERRORS as e:
+        return _rejected(raw, e)
+    if raw.translate(None, _PLAIN_BYTES) != _FLAT_ACCOUNT:
+        checked = _structure_checked(raw, account, _strict_account_decoder)
+        if type(checked) is tuple:
+            return checked
+    if key_text != account.creator_id:
+        return ACCOUNT_KEY_MISMATCH.of(key=key_text if key_text is not None else key, creator_id=account.creator_id)
+    return account
 
 
 _notice_decoder = msgspec.json.Decoder(PayoutNotice)

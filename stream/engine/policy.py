@@ -4,6 +4,13 @@ Money is integers only: diamond balances are kept in milli-diamonds, values in U
 diamond, thresholds/caps/fees in cents. `diamonds_per_coin` may be a rational ("1/2") but must be a
 multiple of 1/1000 so a credit is always a whole number of milli-diamonds (nothing is rounded away).
 The file is validated completely at start; every problem is reported with its path.
+
+Accounts: the policy names the account statuses (each eligible for payouts or not) and the status a creator
+without an account record has; thresholds are per region and per status. A creator is eligible when its region,
+its status and its age (the region's min_age) all are.
+
+Rounding, the one rule for money: every amount is computed exactly (integers and rationals) and rounded once,
+half up, to a whole cent: the balance's value, the service fee, the method fee's percentage.
 """
 
 from __future__ import annotations
@@ -24,8 +31,11 @@ _UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
 _REGION = re.compile(r"^[A-Z]{2}$")
 _REGION_KEYS = {
     "diamonds_per_coin", "diamond_value_micro_usd", "threshold_cents", "daily_cap_cents",
-    "payout_method", "eligible", "fees",
+    "payout_method", "eligible", "fees", "service_fee_bps", "min_age",
 }
+_STATUS = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
+CLOSED = "closed"  # the status of an account whose record was deleted (a tombstone): never eligible, reserved
+DEFAULT_STATUS = "standard"  # the one status of a policy that names none
 
 
 class PolicyError(ValueError):
@@ -41,7 +51,12 @@ class Fee:
         """Fee for paying out `amount_cents`, rounded half up to a cent, never above the amount."""
         if amount_cents <= 0:
             return 0
-        return min(amount_cents, self.fixed_cents + (amount_cents * self.rate_bps + 5_000) // 10_000)
+        return min(amount_cents, self.fixed_cents + bps_of(amount_cents, self.rate_bps))
+
+
+def bps_of(amount_cents: int, bps: int) -> int:
+    """bps basis points of an amount, rounded half up to a cent (the policy's one rounding rule)."""
+    return (amount_cents * bps + 5_000) // 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,26 +64,31 @@ class RegionPolicy:
     region: str
     diamonds_per_coin: Fraction
     diamond_value_micro_usd: int
-    threshold_cents: int
+    thresholds_cents: dict[str, int]  # account status -> minimum withdrawal (every eligible status has one)
     daily_cap_cents: int
-    payout_method: str
-    fees: dict[str, Fee]
-    eligible: bool
+    payout_method: str  # the method of a creator without an account record
+    fees: dict[str, Fee]  # payout method -> its fee (the methods an account of the region may choose)
+    eligible: bool  # gifts can be withdrawn in this region at all
+    service_fee_bps: int  # the platform's service fee on a payout
+    min_age: int  # an account younger than this is not eligible
 
     @property
     def milli_diamonds_per_coin(self) -> int:
         return int(self.diamonds_per_coin * MILLI)
 
-    @property
-    def threshold_milli_diamonds(self) -> int | None:
-        """Smallest balance whose value reaches the threshold; None when the region never pays out."""
-        if not self.eligible:
+    def threshold_milli(self, status: str) -> int | None:
+        """Smallest balance whose value reaches the threshold of an account of this status; None when such an
+        account never gets a notice (the region or the status is not eligible)."""
+        cents = self.thresholds_cents.get(status) if self.eligible else None
+        if cents is None:
             return None
-        need = self.threshold_cents * MICRO_USD_PER_CENT * MILLI
+        need = cents * MICRO_USD_PER_CENT * MILLI
         return max(1, -(-need // self.diamond_value_micro_usd))
 
     def value_cents(self, milli_diamonds: int) -> int:
-        return milli_diamonds * self.diamond_value_micro_usd // (MILLI * MICRO_USD_PER_CENT)
+        """The balance's value in cents, rounded half up."""
+        unit = MILLI * MICRO_USD_PER_CENT
+        return (2 * milli_diamonds * self.diamond_value_micro_usd + unit) // (2 * unit)
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +104,9 @@ class WindowSpec:
 class Policy:
     version: str
     regions: dict[str, RegionPolicy]
+    statuses: dict[str, bool]  # account status -> eligible for payouts (CLOSED is never one of them)
+    missing_status: str  # the status of a creator without an account record
+    default_region: str | None  # the region of a gift without one, for a creator without an account record
     windows: tuple[WindowSpec, ...]
     grace_ms: int
     streak_timeout_ms: int
@@ -91,6 +114,14 @@ class Policy:
     max_future_ms: int
     max_record_bytes: int
     source: str
+
+    def threshold_milli(self, region: str, status: str, age: int | None = None) -> int | None:
+        """The threshold of a creator in `region` with `status` (the missing status when it has no account, and
+        then no age to check); None: no notice while so."""
+        rp = self.regions[region]
+        if not self.statuses.get(status, False) or (age is not None and age < rp.min_age):
+            return None
+        return rp.threshold_milli(status)
 
     @property
     def pane_ms(self) -> int:
@@ -155,7 +186,27 @@ def _parse_rate(text: Any) -> Fraction:
     return rate
 
 
-def _region(chk: _Checker, name: str, merged: dict, path: str) -> RegionPolicy:
+def _thresholds(chk: _Checker, merged: dict, path: str, statuses: dict[str, bool]) -> dict[str, int]:
+    """threshold_cents: one integer for every status, or a table status -> cents (a region's table is laid over
+    the defaults'); each eligible status needs one."""
+    raw = merged.get("threshold_cents")
+    if type(raw) is int:
+        raw = dict.fromkeys(statuses, raw)
+    if not isinstance(raw, dict):
+        chk.fail(f"{path}threshold_cents", f"must be an integer or a table of account statuses, got {raw!r}")
+        return {}
+    out: dict[str, int] = {}
+    for status, cents in raw.items():
+        if status not in statuses:
+            chk.fail(f"{path}threshold_cents.{status}", f"is not an account status {sorted(statuses)}")
+            continue
+        out[status] = chk.int_(raw, status, f"{path}threshold_cents.")
+    for status in sorted(s for s, eligible in statuses.items() if eligible and s not in out):
+        chk.fail(f"{path}threshold_cents", f"needs a threshold for the eligible status {status!r}")
+    return out
+
+
+def _region(chk: _Checker, name: str, merged: dict, path: str, statuses: dict[str, bool]) -> RegionPolicy:
     for key in sorted(set(merged) - _REGION_KEYS):
         chk.fail(f"{path}{key}", "unknown setting")
     try:
@@ -188,11 +239,13 @@ def _region(chk: _Checker, name: str, merged: dict, path: str) -> RegionPolicy:
         region=name,
         diamonds_per_coin=rate,
         diamond_value_micro_usd=chk.int_(merged, "diamond_value_micro_usd", path, 1),
-        threshold_cents=chk.int_(merged, "threshold_cents", path),
+        thresholds_cents=_thresholds(chk, merged, path, statuses),
         daily_cap_cents=chk.int_(merged, "daily_cap_cents", path),
         payout_method=method if isinstance(method, str) else "",
         fees=fees,
         eligible=bool(eligible),
+        service_fee_bps=chk.int_({"service_fee_bps": 0, **merged}, "service_fee_bps", path, 0, 10_000),
+        min_age=chk.int_({"min_age": 0, **merged}, "min_age", path, 0, 150),
     )
 
 
@@ -227,9 +280,46 @@ def _windows(chk: _Checker, raw: Any) -> tuple[tuple[WindowSpec, ...], int]:
     return tuple(specs), chk.duration(raw, "grace", "windows.", "5m")
 
 
+def _statuses(chk: _Checker, raw: Any) -> dict[str, bool]:
+    """[account_statuses]: name -> {eligible = bool}. CLOSED is reserved (a tombstone's status)."""
+    if not isinstance(raw, dict) or not raw:
+        chk.fail("account_statuses", "must be a table naming at least one status")
+        return {DEFAULT_STATUS: True}
+    out: dict[str, bool] = {}
+    for name, spec in raw.items():
+        path = f"account_statuses.{name}"
+        if not _STATUS.match(name) or name == CLOSED:
+            chk.fail(path, f"a status is [a-z][a-z0-9_]{{0,31}} and not {CLOSED!r} (reserved for closed accounts)")
+        if not isinstance(spec, dict) or set(spec) - {"eligible"} or not isinstance(spec.get("eligible"), bool):
+            chk.fail(path, "must be a table {eligible = true|false}")
+            continue
+        out[name] = spec["eligible"]
+    return out or {DEFAULT_STATUS: True}
+
+
+def _accounts(chk: _Checker, raw: Any, statuses: dict[str, bool],
+              regions: dict[str, RegionPolicy]) -> tuple[str, str | None]:
+    """[accounts]: missing_status (default: the only status, or "standard") and default_region (optional)."""
+    if not isinstance(raw, dict):
+        chk.fail("accounts", "must be a table")
+        raw = {}
+    for key in sorted(set(raw) - {"missing_status", "default_region"}):
+        chk.fail(f"accounts.{key}", "unknown setting")
+    fallback = next(iter(statuses)) if len(statuses) == 1 else DEFAULT_STATUS
+    missing = raw.get("missing_status", fallback)
+    if missing not in statuses:
+        chk.fail("accounts.missing_status", f"must name one of the account statuses {sorted(statuses)}, "
+                                            f"got {missing!r}")
+    region = raw.get("default_region")
+    if region is not None and region not in regions:
+        chk.fail("accounts.default_region", f"must name one of the regions, got {region!r}")
+    return (missing if isinstance(missing, str) else fallback), region
+
+
 def parse_policy(data: dict[str, Any], source: str = "<policy>") -> Policy:
     chk = _Checker()
-    known = {"policy_version", "currency", "defaults", "regions", "windows", "streaks", "limits"}
+    known = {"policy_version", "currency", "defaults", "regions", "windows", "streaks", "limits",
+             "account_statuses", "accounts"}
     for key in sorted(set(data) - known):
         chk.fail(key, "unknown setting")
     version = data.get("policy_version")
@@ -246,6 +336,7 @@ def parse_policy(data: dict[str, Any], source: str = "<policy>") -> Policy:
     if not isinstance(raw_regions, dict) or not raw_regions:
         chk.fail("regions", "must list at least one region (events for unlisted regions are rejected)")
         raw_regions = {}
+    statuses = _statuses(chk, data.get("account_statuses", {DEFAULT_STATUS: {"eligible": True}}))
     regions: dict[str, RegionPolicy] = {}
     for name, overrides in raw_regions.items():
         if not _REGION.match(name):
@@ -255,7 +346,11 @@ def parse_policy(data: dict[str, Any], source: str = "<policy>") -> Policy:
             continue
         merged = {**defaults, **overrides}
         merged["fees"] = {**defaults.get("fees", {}), **overrides.get("fees", {})}
-        regions[name] = _region(chk, name, merged, f"regions.{name}.")
+        base, own = defaults.get("threshold_cents"), overrides.get("threshold_cents")
+        if isinstance(own, dict) and isinstance(base, dict | int) and type(base) is not bool:
+            merged["threshold_cents"] = {**(base if isinstance(base, dict) else dict.fromkeys(statuses, base)), **own}
+        regions[name] = _region(chk, name, merged, f"regions.{name}.", statuses)
+    missing_status, default_region = _accounts(chk, data.get("accounts", {}), statuses, regions)
     windows, grace_ms = _windows(chk, data.get("windows", DEFAULT_WINDOWS))
     streaks = data.get("streaks", {})
     limits = data.get("limits", {})
@@ -271,6 +366,9 @@ def parse_policy(data: dict[str, Any], source: str = "<policy>") -> Policy:
     policy = Policy(
         version=version,
         regions=regions,
+        statuses=statuses,
+        missing_status=missing_status,
+        default_region=default_region,
         windows=windows,
         grace_ms=grace_ms,
         streak_timeout_ms=chk.duration(streaks, "timeout", "streaks.", "30s"),

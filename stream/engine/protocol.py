@@ -17,9 +17,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
-from stream.engine.model import DeadLetter, LateGift, Payout, PayoutNotice, WindowTotal
+from stream.engine.model import AccountClosed, CreatorAccount, DeadLetter, LateGift, Payout, PayoutNotice, WindowTotal
 from stream.engine.policy import Policy
-from stream.state.tables import CreatorState, PartitionState, Streak
+from stream.state.tables import Account, CreatorState, PartitionState, Streak
 
 if TYPE_CHECKING:  # the compiled module is optional at run time; its types are in stream/_native.pyi
     from stream._native import RecordBatchBuilder
@@ -44,6 +44,7 @@ class StateSizes:
     pane_tallies: int
     open_streaks: int
     balance_milli_diamonds: int  # summed over the creators
+    accounts: int = 0  # account records held
 
 
 @dataclass
@@ -59,6 +60,7 @@ class Changes:
     seen_chunks: list[tuple[int, int, list[str]]]  # (bucket, index of the first new id, the new ids)
     expired_buckets: list[int]
     payouts: list[str]
+    accounts: list[tuple[str, Account]] = field(default_factory=list)  # accounts changed (never deleted)
 
 
 Record = tuple[bytes, bytes | None]  # a changelog record: key, value (None: a tombstone)
@@ -113,6 +115,17 @@ class Engine(Protocol):
     def apply_payouts(self, payouts: list[Payout | tuple[str, str]], raws: list[bytes], offsets: list[int] | None,
                       out: Outputs, source_topic: str = "payouts") -> None:
         """Payouts made by the payment system (model.decode_payout's results, with their raw records)."""
+        ...
+
+    def apply_accounts(self, accounts: list[CreatorAccount | AccountClosed | tuple[str, str]], raws: list[bytes | None],
+                       offsets: list[int] | None, out: Outputs, source_topic: str = "creator-accounts") -> None:
+        """Creator account records (model.decode_account's results, with their raw values; None for a tombstone),
+        in offset order: each replaces the creator's account; one that makes an eligible creator's balance reach
+        its threshold emits the notice then."""
+        ...
+
+    def account(self, creator_id: str) -> Account | None:
+        """One creator's account (a copy from the compiled engine), or None if no record named it here."""
         ...
 
     def end_of_stream(self, out: Outputs) -> None:

@@ -1,13 +1,17 @@
 """The engine: a batch of raw gift records in, outputs out. No I/O, no clock, no randomness.
 
-Per partition and per event, in arrival order:
+Per partition and per record, in the one order of its inputs (stream.runtime.merge: gifts, payouts and creator
+accounts merged by record timestamp); for a gift event:
   1. decode and validate (bad input -> dead letter with a reason code);
   2. bound the event time against the watermark (far future / older than the dedupe horizon -> dead letter);
   3. dedupe by event_id (a duplicate is counted and skipped);
   4. advance the watermark and fire what it makes due, in order: streak timeouts, window closes, expiry;
   5. credit the gift: at once for a plain gift, at the end or timeout of a streak for a streakable one.
 A credit adds to the balance and to the pane of its event time, and emits a notice when the balance
-crosses the region's threshold from below. Because every decision depends only on the event sequence
+crosses the creator's threshold from below (its account's region and status; see stream.engine.policy). A credit
+is priced at the rate of its region when it is made (an account's region, else the gift's, else the policy's
+default region) and never again; an account record changes the region and threshold from then on, and emits the
+notice of a balance already above an eligible account's threshold. Because every decision depends only on the event sequence
 of the partition, the outputs do not depend on how the sequence is cut into batches.
 """
 
@@ -15,11 +19,13 @@ from __future__ import annotations
 
 import base64
 import heapq
-from collections.abc import MutableMapping, Sequence
+from collections.abc import Callable, MutableMapping, Sequence
 from dataclasses import dataclass, field
 
 from stream.engine import model
 from stream.engine.model import (
+    AccountClosed,
+    CreatorAccount,
     DeadLetter,
     GiftEvent,
     LateGift,
@@ -28,11 +34,11 @@ from stream.engine.model import (
     PayoutNotice,
     WindowTotal,
 )
-from stream.engine.policy import Policy
+from stream.engine.policy import CLOSED, Policy, bps_of
 from stream.engine.protocol import Changelog, Changes, ChunkStarts, Outputs, StateSizes
 from stream.state.changelog import RecordsRestore, encode_changes, record_batches, state_body
 from stream.state.changelog_schema import STREAK_KEY_SEP
-from stream.state.tables import RETENTION_BUCKET_MS, CreatorState, PartitionState, Streak, creator_fields
+from stream.state.tables import RETENTION_BUCKET_MS, Account, CreatorState, PartitionState, Streak, creator_fields
 
 STREAKABLE = 1  # gift_type of gifts sent as streaks with cumulative repeat_count
 
@@ -56,6 +62,7 @@ class Dirty:
     seen_buckets: dict[int, int] = field(default_factory=dict)  # bucket -> its length before this batch
     expired_buckets: set[int] = field(default_factory=set)
     payouts: list[str] = field(default_factory=list)
+    accounts: dict[str, None] = field(default_factory=dict)  # an ordered set
 
 
 def dead_letter(policy: Policy, partition: int, source_topic: str, reason: str, detail: str, raw: bytes,
@@ -70,20 +77,26 @@ def dead_letter(policy: Policy, partition: int, source_topic: str, reason: str, 
                       source_topic=source_topic, partition=partition, offset=offset, policy_version=policy.version)
 
 
-def payout_notice(policy: Policy, creator_id: str, region: str, crossing_seq: int, balance: int, event_id: str,
-                  ts: int) -> PayoutNotice:
-    """The notice of a creator's `crossing_seq`-th threshold crossing, with its money in integer cents."""
+def payout_notice(policy: Policy, creator_id: str, region: str, account: Account | None, crossing_seq: int,
+                  balance: int, event_id: str, ts: int) -> PayoutNotice:
+    """The notice of a creator's `crossing_seq`-th threshold crossing, with its money in integer cents: the balance's
+    value (gross), capped by the daily cap (payable), the platform's service fee on that, the payout method's fee
+    on what is left, and the net. event_id "": the account record was the trigger."""
     rp = policy.regions[region]
+    status = account.account_status if account is not None else policy.missing_status
+    method = account.payout_method if account is not None else rp.payout_method
     gross = rp.value_cents(balance)
     payable = min(gross, rp.daily_cap_cents)
-    fee = rp.fees[rp.payout_method].of(payable)
+    service_fee = min(payable, bps_of(payable, rp.service_fee_bps))
+    method_fee = rp.fees[method].of(payable - service_fee)
     return PayoutNotice(
-        notice_id=f"pn-{creator_id}-{crossing_seq}", creator_id=creator_id, region=region,
-        crossing_seq=crossing_seq, balance_milli_diamonds=balance, gross_cents=gross,
-        payable_cents=payable, fee_cents=fee, net_cents=payable - fee,
-        threshold_cents=rp.threshold_cents, daily_cap_cents=rp.daily_cap_cents,
-        payout_method=rp.payout_method, currency="USD", policy_version=policy.version,
-        trigger_event_id=event_id, trigger_ts=ts,
+        notice_id=f"pn-{creator_id}-{crossing_seq}", creator_id=creator_id, region=region, account_status=status,
+        payout_method=method, crossing_seq=crossing_seq, balance_milli_diamonds=balance, gross_cents=gross,
+        payable_cents=payable, service_fee_bps=rp.service_fee_bps, service_fee_cents=service_fee,
+        method_fee_cents=method_fee, net_cents=payable - service_fee - method_fee,
+        threshold_cents=rp.thresholds_cents[status], daily_cap_cents=rp.daily_cap_cents, currency="USD",
+        policy_version=policy.version, trigger="gift" if event_id else "account",
+        trigger_event_id=event_id or None, trigger_ts=ts,
     )
 
 
@@ -97,6 +110,7 @@ class EngineHooks:
         self.policy = policy
         self.partition = partition
         self.source_topic = source_topic
+        self.account_of: Callable[[str], Account | None] = lambda creator_id: None  # the engine's, once it is built
 
     def decode_one(self, raw: bytes) -> GiftEvent | tuple[str, str]:
         """A record the native decoder is not certain about: msgspec's event, or its (reason, detail)."""
@@ -111,8 +125,10 @@ class EngineHooks:
 
     def emit_notice(self, out: Outputs, creator_id: str, region: str, crossing_seq: int, balance: int,
                     event_id: str, ts: int) -> None:
-        """The notice of a creator's `crossing_seq`-th threshold crossing (the engine counts it)."""
-        out.notices.append(payout_notice(self.policy, creator_id, region, crossing_seq, balance, event_id, ts))
+        """The notice of a creator's `crossing_seq`-th threshold crossing (the engine counts it); event_id "": an
+        account record made it."""
+        out.notices.append(payout_notice(self.policy, creator_id, region, self.account_of(creator_id), crossing_seq,
+                                         balance, event_id, ts))
 
 
 class EngineEdges:
@@ -171,6 +187,43 @@ class EngineEdges:
         """Apply one payout (a repeated one only counts); the balance it exceeds when it cannot apply."""
         raise NotImplementedError
 
+    def apply_accounts(self, accounts: list[CreatorAccount | AccountClosed | tuple[str, str]], raws: list[bytes | None],
+                       offsets: list[int] | None, out: Outputs, source_topic: str = "creator-accounts") -> None:
+        """Creator account records (model.decode_account's results): validated against the policy here, then
+        each engine's `_apply_account`."""
+        policy = self.policy
+        for i, a in enumerate(accounts):
+            offset = offsets[i] if offsets else None
+            raw = raws[i] if raws[i] is not None else b""
+            if type(a) is tuple:
+                self.hooks.reject(a[0], a[1], raw, offset, out, source_topic)
+                continue
+            owner = self._not_ours(a.creator_id)
+            rejected = None
+            if owner is not None:
+                rejected = model.ACCOUNT_WRONG_PARTITION.of(creator_id=a.creator_id, owner=owner,
+                                                            partitions=self.partitions, partition=self.partition)
+            elif type(a) is CreatorAccount:
+                rp = policy.regions.get(a.region)
+                if rp is None:
+                    rejected = model.ACCOUNT_UNKNOWN_REGION.of(creator_id=a.creator_id, region=a.region,
+                                                               policy_version=policy.version)
+                elif a.account_status not in policy.statuses:
+                    rejected = model.ACCOUNT_UNKNOWN_STATUS.of(creator_id=a.creator_id, status=a.account_status,
+                                                               policy_version=policy.version)
+                elif a.payout_method not in rp.fees:
+                    rejected = model.ACCOUNT_UNKNOWN_METHOD.of(creator_id=a.creator_id, method=a.payout_method,
+                                                               region=a.region, policy_version=policy.version)
+            if rejected is not None:
+                self.hooks.reject(*rejected, raw, offset, out, source_topic)
+                continue
+            out.stats["accounts_closed" if type(a) is AccountClosed else "accounts"] += 1
+            self._apply_account(a, out)
+
+    def _apply_account(self, a: CreatorAccount | AccountClosed, out: Outputs) -> None:
+        """Apply one valid account record (or the closing of one)."""
+        raise NotImplementedError
+
 
 class PartitionEngine(EngineEdges):
     """Processes the event sequence of one input partition. This is the reference engine, in Python; the
@@ -192,8 +245,13 @@ class PartitionEngine(EngineEdges):
         self.hooks = EngineHooks(policy, partition, source_topic)
         self.state = state if state is not None else PartitionState()
         self.dirty = Dirty()
+        self.hooks.account_of = self.account
         self._rates = {r: p.milli_diamonds_per_coin for r, p in policy.regions.items()}
-        self._thresholds = {r: p.threshold_milli_diamonds for r, p in policy.regions.items()}
+        # (region, status) -> threshold (None: no notice), and the thresholds of creators without an account
+        self._thresholds = {(r, s): policy.threshold_milli(r, s) for r in policy.regions for s in policy.statuses}
+        self._missing = {r: self._thresholds[r, policy.missing_status] for r in policy.regions}
+        self._min_age = {r: p.min_age for r, p in policy.regions.items()}
+        self._default_region = policy.default_region
         self._pane = policy.pane_ms
         self._grace = policy.grace_ms
         self._timeout = policy.streak_timeout_ms
@@ -274,10 +332,11 @@ class PartitionEngine(EngineEdges):
                 out.stats["duplicates"] += 1
             else:
                 self._advance_watermark(ev.ts, out)
+                region = self._credit_region(ev, out)
                 if ev.gift_type == STREAKABLE:
-                    self._streak_event(ev, out)
+                    self._streak_event(ev, region, out)
                 else:
-                    self._credit_plain(ev, out)
+                    self._credit_plain(ev, region, out)
 
     def _bound_owners(self) -> None:
         """The owners map is a cache (stream.kafka.routing.PartitionCache), filled by every creator it is asked
@@ -293,14 +352,32 @@ class PartitionEngine(EngineEdges):
             if owner is not None:
                 return model.EVENT_REJECTIONS.wrong_partition.of(
                     creator_id=ev.creator_id, owner=owner, partitions=self.partitions, partition=self.partition)
-        if ev.region not in self._rates:
-            return model.EVENT_REJECTIONS.unknown_region.of(region=ev.region, policy_version=self.policy.version)
+        if ev.region:
+            if ev.region not in self._rates:
+                return model.EVENT_REJECTIONS.unknown_region.of(region=ev.region, policy_version=self.policy.version)
+        elif self._default_region is None and not self._account_region(ev.creator_id):
+            return model.EVENT_REJECTIONS.no_region.of(creator_id=ev.creator_id, policy_version=self.policy.version)
         wm = self.state.watermark
         if wm is not None and ev.ts > wm + self._future:
             return model.EVENT_REJECTIONS.too_far_future.of(ts=ev.ts, max_future_ms=self._future, watermark=wm)
         if wm is not None and ev.ts < wm - self._horizon:
             return model.EVENT_REJECTIONS.too_old.of(ts=ev.ts, dedupe_horizon_ms=self._horizon, watermark=wm)
         return None
+
+    def _account_region(self, creator_id: str) -> str:
+        """The region of the creator's account ("" without one, or for one closed before it had a region)."""
+        account = self.state.accounts.get(creator_id)
+        return account.region if account is not None else ""
+
+    def _credit_region(self, ev: GiftEvent, out: Outputs) -> str:
+        """The region an accepted gift is priced in: its creator's account's, else its own, else the policy's
+        default region. Gifts of creators without an account record are counted."""
+        account = self.state.accounts.get(ev.creator_id)
+        if account is None:
+            out.stats["gifts_without_account"] += 1
+        elif account.region:
+            return account.region
+        return ev.region or self._default_region
 
     def _first_sighting(self, ev: GiftEvent) -> bool:
         """Dedupe: False when the event id was seen already (inside the dedupe horizon); else remember it, in the
@@ -330,10 +407,10 @@ class PartitionEngine(EngineEdges):
             if ts >= self._next_timer:
                 self._fire_timers(ts, out)
 
-    def _credit_plain(self, ev: GiftEvent, out: Outputs) -> None:
+    def _credit_plain(self, ev: GiftEvent, region: str, out: Outputs) -> None:
         """A gift that is not a streak: credited at once, diamond_count x repeat_count coins at its region's rate."""
-        milli = ev.diamond_count * ev.repeat_count * self._rates[ev.region]
-        self._credit(ev.creator_id, ev.region, milli, ev.ts, ev.event_id, out)
+        milli = ev.diamond_count * ev.repeat_count * self._rates[region]
+        self._credit(ev.creator_id, region, milli, ev.ts, ev.event_id, out)
 
     def _start(self, ts: int) -> None:
         """First accepted event of the partition: windows ending before it (plus grace) are closed."""
@@ -345,8 +422,9 @@ class PartitionEngine(EngineEdges):
 
     # ---------------------------------------------------------------- streaks
 
-    def _streak_event(self, ev: GiftEvent, out: Outputs) -> None:
-        """An event of a streakable gift: it starts, continues or ends its streak, or is a straggler of a closed one."""
+    def _streak_event(self, ev: GiftEvent, region: str, out: Outputs) -> None:
+        """An event of a streakable gift: it starts, continues or ends its streak, or is a straggler of a closed one.
+        A new streak is priced in `region` (the credit region now) when it is credited."""
         st = self.state
         key = streak_key(ev)
         s = st.streaks.get(key)
@@ -356,7 +434,7 @@ class PartitionEngine(EngineEdges):
             self._close_streak(key, s, s.last_ts, s.last_event_id, out)
             s = None
         if s is None:
-            s = Streak(ev.creator_id, ev.region, ev.diamond_count, count, 0, ev.ts, ev.event_id)
+            s = Streak(ev.creator_id, region, ev.diamond_count, count, 0, ev.ts, ev.event_id)
             st.streaks[key] = s
             self.dirty.streaks.add(key)
             out.stats["streaks"] += 1
@@ -408,12 +486,15 @@ class PartitionEngine(EngineEdges):
     # ---------------------------------------------------------------- credits and notices
 
     def _credit(self, creator_id: str, region: str, milli: int, ts: int, event_id: str, out: Outputs) -> None:
+        """Credit `milli` (priced in `region`) to the creator. The creator's own region is its account's when it has
+        one with a region, else the region of its latest credit: its notices and threshold follow it."""
         st = self.state
+        home = self._account_region(creator_id) or region
         c = st.creators.get(creator_id)
         if c is None:
-            st.creators[creator_id] = c = CreatorState(region)
-        elif c.region != region:
-            c.region = region  # the creator's payout region moved: its threshold applies from now on
+            st.creators[creator_id] = c = CreatorState(home)
+        elif c.region != home:
+            c.region = home  # the creator's payout region moved: its threshold applies from now on
         self.dirty.creators.add(creator_id)
         c.balance += milli
         c.credited += milli
@@ -424,9 +505,19 @@ class PartitionEngine(EngineEdges):
             self._late_credit(c, creator_id, pane, milli, ts, event_id, out)
         out.stats["credits"] += 1
         out.stats["milli_diamonds"] += milli
-        threshold = self._thresholds[c.region]
+        threshold = self._threshold(creator_id, c)
         if threshold is not None and not c.above and c.balance >= threshold:
             self._notice(c, creator_id, event_id, ts, out)
+
+    def _threshold(self, creator_id: str, c: CreatorState) -> int | None:
+        """The creator's threshold now (None: no notice while so): its account's region, status and age, or the
+        missing status's threshold in its region when it has no account record."""
+        account = self.state.accounts.get(creator_id)
+        if account is None:
+            return self._missing[c.region]
+        if account.account_status == CLOSED or account.age < self._min_age[c.region]:
+            return None
+        return self._thresholds[c.region, account.account_status]
 
     def _add_to_pane(self, c: CreatorState, creator_id: str, pane: int, milli: int) -> None:
         self.dirty.panes.add((creator_id, pane))
@@ -553,11 +644,43 @@ class PartitionEngine(EngineEdges):
         self.dirty.creators.add(p.creator_id)
         c.balance -= p.milli_diamonds
         c.paid_out += p.milli_diamonds
-        threshold = self._thresholds[c.region]
+        threshold = self._threshold(p.creator_id, c)
         if c.above and (threshold is None or c.balance < threshold):
             c.above = False
         out.stats["payouts"] += 1
         return None
+
+    # ---------------------------------------------------------------- accounts
+
+    def _apply_account(self, a: CreatorAccount | AccountClosed, out: Outputs) -> None:
+        """The account replaces the creator's (a closing keeps its region, method and age with status CLOSED). The
+        creator's region follows it; balances already credited are not re-priced. If the balance is now at or
+        above an eligible account's threshold and no notice is out, the notice goes now."""
+        st = self.state
+        creator_id = a.creator_id
+        c = st.creators.get(creator_id)
+        if type(a) is AccountClosed:
+            prev = st.accounts.get(creator_id)
+            if prev is not None:
+                account = Account(prev.region, CLOSED, prev.payout_method, prev.age, a.ts)
+            else:
+                account = Account(c.region if c is not None else "", CLOSED, "", 0, a.ts)
+        else:
+            account = Account(a.region, a.account_status, a.payout_method, a.age, a.updated_ts)
+        st.accounts[creator_id] = account
+        self.dirty.accounts[creator_id] = None
+        if c is None:
+            return
+        if account.region and c.region != account.region:
+            c.region = account.region
+            self.dirty.creators.add(creator_id)
+        threshold = self._threshold(creator_id, c)
+        if threshold is not None and not c.above and c.balance >= threshold:
+            self.dirty.creators.add(creator_id)
+            self._notice(c, creator_id, "", account.updated_ts, out)
+
+    def account(self, creator_id: str) -> Account | None:
+        return self.state.accounts.get(creator_id)
 
     # ---------------------------------------------------------------- the interface both engines share
 
@@ -590,7 +713,8 @@ class PartitionEngine(EngineEdges):
         chunks = [(bucket, start, st.seen_buckets[bucket][start:]) for bucket, start in dirty.seen_buckets.items()]
         return Changes(st.watermark, st.close_cursor, changed, panes,
                        [(key, st.streaks.get(key)) for key in dirty.streaks],
-                       [c for c in chunks if c[2]], list(dirty.expired_buckets), dirty.payouts)
+                       [c for c in chunks if c[2]], list(dirty.expired_buckets), dirty.payouts,
+                       [(cid, st.accounts[cid]) for cid in dirty.accounts])
 
     def take_changelog(self) -> Changelog:
         """take_changes() as changelog records (stream.state.changelog.encode_changes)."""
@@ -633,4 +757,5 @@ class PartitionEngine(EngineEdges):
         st = self.state
         return StateSizes(len(st.creators), len(st.streaks), len(st.seen),
                           sum(len(c.panes) for c in st.creators.values()),
-                          sum(s.open for s in st.streaks.values()), sum(c.balance for c in st.creators.values()))
+                          sum(s.open for s in st.streaks.values()), sum(c.balance for c in st.creators.values()),
+                          len(st.accounts))

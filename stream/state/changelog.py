@@ -29,6 +29,8 @@ try:
 except ImportError:  # not built: drain_batches is unavailable (the worker sends drain()'s records)
     ChangelogRestore = RecordBatchBuilder = None
 from stream.state.changelog_schema import (
+    ACCOUNT,
+    ACCOUNT_PREFIX,
     BODY_LENGTH,
     CREATOR,
     CREATOR_PREFIX,
@@ -49,6 +51,7 @@ from stream.state.changelog_schema import (
 )
 from stream.state.tables import (
     CREATOR_FIELDS,
+    Account,
     RETENTION_BUCKET_MS,
     CreatorState,
     PartitionState,
@@ -74,8 +77,10 @@ def _decode_streak(value: bytes) -> Streak:
 
 
 _dec_ids = msgspec.msgpack.Decoder(list[str])
+_dec_account = msgspec.msgpack.Decoder(Account)
 # The key prefixes as text, for the f-strings that write keys.
-_C, _W, _S, _D, _P = (p.decode() for p in (CREATOR_PREFIX, PANE_PREFIX, STREAK_PREFIX, DEDUPE_PREFIX, PAYOUT_PREFIX))
+_C, _W, _S, _D, _P, _A = (p.decode() for p in (CREATOR_PREFIX, PANE_PREFIX, STREAK_PREFIX, DEDUPE_PREFIX,
+                                                PAYOUT_PREFIX, ACCOUNT_PREFIX))
 
 
 class ChangelogWriter:
@@ -135,6 +140,7 @@ def encode_changes(ch: Changes) -> Changelog:
     out.extend((f"{_S}{key}".encode(), None if s is None else _enc.encode(s)) for key, s in ch.streaks)
     out.extend((f"{_D}{bucket}{DEDUPE_SEP}{start}".encode(), _enc.encode(ids)) for bucket, start, ids in ch.seen_chunks)
     out.extend((f"{_P}{pid}".encode(), PAYOUT_VALUE) for pid in ch.payouts)
+    out.extend((f"{_A}{cid}".encode(), _enc.encode(account)) for cid, account in ch.accounts)
     return out, [(bucket, start) for bucket, start, _ in ch.seen_chunks], ch.expired_buckets
 
 
@@ -167,6 +173,8 @@ def restore_state(records: Iterable[Record]) -> tuple[PartitionState, ChangelogW
             chunks.setdefault(int(bucket), []).append((int(start), _dec_ids.decode(value)))
         elif kind == PAYOUT:
             st.payouts_seen.add(name)
+        elif kind == ACCOUNT:
+            st.accounts[name] = _dec_account.decode(value)
     for cid, pane, tally in sorted(panes):
         st.creators[cid].panes[pane] = tally
         st.pane_creators.setdefault(pane, {})[cid] = None
@@ -212,6 +220,8 @@ def state_body(st: PartitionState, chunks: dict[int, list[int]]) -> bytes:
             put(f"{_D}{bucket}{DEDUPE_SEP}{start}".encode(), _enc.encode(ids[start:end]))
     for pid in st.payouts_seen:
         put(f"{_P}{pid}".encode(), PAYOUT_VALUE)
+    for cid, account in st.accounts.items():
+        put(f"{_A}{cid}".encode(), _enc.encode(account))
     return b"".join(parts)
 
 

@@ -22,6 +22,8 @@ int in its smallest msgpack form, as msgspec writes it); None is a tombstone (th
   dedupe   d:<bucket>:<start>               [event id, ...]: the bucket's ids from     every chunk of a bucket
                                             index <start> on (a chunk per batch)       when it expires
   payout   p:<payout id>                    PAYOUT_VALUE (the byte "1")                never
+  account  a:<creator id>                   ACCOUNT_FIELDS: Account's fields in their  never (a closed account
+                                            declaration order                          has status "closed")
 
 <pane start> and <bucket> are epoch milliseconds, <start> an index, written in decimal. <streak key> is the
 engine's: room, sender, gift and group ids joined by STREAK_KEY_SEP (no id may hold it: model.ID_PATTERN).
@@ -34,15 +36,15 @@ from __future__ import annotations
 
 import struct
 
-from stream.state.tables import CREATOR_FIELDS, Streak
+from stream.state.tables import CREATOR_FIELDS, Account, Streak
 
 # The kind bytes (the first byte of a key: distinct single bytes, the decoders dispatch on them) and what follows
 # the kind in a key with a name.
-CURSOR, CREATOR, PANE, STREAK, DEDUPE, PAYOUT = b"m", b"c", b"w", b"s", b"d", b"p"
+CURSOR, CREATOR, PANE, STREAK, DEDUPE, PAYOUT, ACCOUNT = b"m", b"c", b"w", b"s", b"d", b"p", b"a"
 NAME_SEP = b":"
 CURSOR_KEY = CURSOR
-CREATOR_PREFIX, PANE_PREFIX, STREAK_PREFIX, DEDUPE_PREFIX, PAYOUT_PREFIX = (
-    kind + NAME_SEP for kind in (CREATOR, PANE, STREAK, DEDUPE, PAYOUT))
+CREATOR_PREFIX, PANE_PREFIX, STREAK_PREFIX, DEDUPE_PREFIX, PAYOUT_PREFIX, ACCOUNT_PREFIX = (
+    kind + NAME_SEP for kind in (CREATOR, PANE, STREAK, DEDUPE, PAYOUT, ACCOUNT))
 NAME_AT = len(CREATOR_PREFIX)  # where the name starts in a key
 
 PANE_SEP = "\x1e"  # between the creator id and the pane start (creator ids never hold it: model.ID_PATTERN)
@@ -54,6 +56,7 @@ CURSOR_FIELDS = ("watermark", "close_cursor")  # PartitionState's fields of thes
 # CREATOR_FIELDS: CreatorState's fields but its panes (stream.state.tables), which are records of their own
 PANE_FIELDS = ("milli_diamonds", "credits")  # the two ints of a pane tally (CreatorState.panes)
 STREAK_FIELDS: tuple[str, ...] = Streak.__struct_fields__  # an array_like Struct: encoded in this order
+ACCOUNT_FIELDS: tuple[str, ...] = Account.__struct_fields__  # an array_like Struct: encoded in this order
 STREAK_DEFAULTS = dict(zip(STREAK_FIELDS[len(STREAK_FIELDS) - len(Streak.__struct_defaults__):],
                            Streak.__struct_defaults__, strict=True))
 
@@ -62,12 +65,14 @@ BODY_LENGTH = struct.Struct(">I")
 # The schema as plain values: what stream._native compares its compiled-in schema with when it is imported.
 SCHEMA = {
     "kinds": {"cursor": CURSOR.decode(), "creator": CREATOR.decode(), "pane": PANE.decode(),
-              "streak": STREAK.decode(), "dedupe": DEDUPE.decode(), "payout": PAYOUT.decode()},
+              "streak": STREAK.decode(), "dedupe": DEDUPE.decode(), "payout": PAYOUT.decode(),
+              "account": ACCOUNT.decode()},
     "name_sep": NAME_SEP.decode(),
     "pane_sep": PANE_SEP,
     "dedupe_sep": DEDUPE_SEP,
     "streak_key_sep": STREAK_KEY_SEP,
-    "fields": {"cursor": CURSOR_FIELDS, "creator": CREATOR_FIELDS, "pane": PANE_FIELDS, "streak": STREAK_FIELDS},
+    "fields": {"cursor": CURSOR_FIELDS, "creator": CREATOR_FIELDS, "pane": PANE_FIELDS, "streak": STREAK_FIELDS,
+               "account": ACCOUNT_FIELDS},
     "defaults": {"streak": STREAK_DEFAULTS},
     "payout_value": PAYOUT_VALUE.decode(),
 }

@@ -51,6 +51,18 @@ class Streak(Struct, gc=False, array_like=True):
     open: bool = True
 
 
+class Account(Struct, gc=False, array_like=True):
+    """A creator's account as the partition holds it (from topic creator-accounts). A tombstone leaves the account
+    here with status policy.CLOSED (and the last region, method and age it had), so a closed account is never
+    mistaken for a creator without one. Encoded as an array of its fields in this order."""
+
+    region: str  # "" only for an account closed before any record or credit named a region
+    account_status: str
+    payout_method: str
+    age: int
+    updated_ts: int
+
+
 class PartitionState(Struct, gc=False):
     watermark: int | None = None  # highest accepted event time on this partition
     close_cursor: int | None = None  # every window ending at or before this is closed and emitted
@@ -60,6 +72,7 @@ class PartitionState(Struct, gc=False):
     seen_buckets: dict[int, list[str]] = {}  # retention bucket -> event ids (for expiry)
     streak_buckets: dict[int, list[str]] = {}  # retention bucket -> closed streak keys (for expiry)
     payouts_seen: set[str] = set()
+    accounts: dict[str, Account] = {}  # creator_id -> its account (creators without a record have none)
     pane_creators: dict[int, dict[str, None]] = {}  # pane start -> creators holding a tally there
 
 
