@@ -13,10 +13,25 @@ from stream.config import settings_help
 from stream.engine.policy import PolicyError, load_policy
 
 DEMO_SESSION = "demo-session.jsonl.gz"
+DEMO_ACCOUNTS = "demo-accounts.jsonl"  # the creator accounts of the demo session's creators
 
 
 def _default_session() -> Path:
     return Path(str(resources.files("stream.data").joinpath(DEMO_SESSION)))
+
+
+def _session(args: argparse.Namespace):
+    """The replay's inputs: the session file (the bundled demo by default, with its accounts) and the payouts and
+    accounts files given."""
+    from stream.runtime.replay import Session, read_accounts, read_session
+
+    path = Path(args.file) if args.file else _default_session()
+    accounts = args.accounts
+    if accounts is None and not args.file:
+        bundled = resources.files("stream.data").joinpath(DEMO_ACCOUNTS)
+        accounts = str(bundled) if bundled.is_file() else None
+    return path, Session(read_session(path), read_session(args.payouts) if args.payouts else [],
+                         read_accounts(accounts) if accounts else [])
 
 
 def _utc(ms: int) -> str:
@@ -30,17 +45,21 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
     from tqdm import tqdm
 
-    from stream.runtime.replay import read_session, replay, write_outputs
+    from stream.engine.order import Input
+    from stream.runtime.replay import replay, write_outputs
 
     policy = load_policy(args.policy)
-    path = Path(args.file) if args.file else _default_session()
-    records = read_session(path)
-    print(f"replaying {len(records):,} records from {path} with policy {policy.version} "
+    path, records = _session(args)
+    extra = f" (+ {len(records.payouts):,} payouts, {len(records.accounts):,} account records)" if records.merged \
+        else ""
+    print(f"replaying {len(records.gifts):,} records from {path}{extra} with policy {policy.version} "
           f"over {args.partitions} partitions", file=sys.stderr)
     with tqdm(total=len(records), unit="ev", unit_scale=True, disable=args.quiet, file=sys.stderr,
               mininterval=0.2) as bar:
         result = replay(records, policy, partitions=args.partitions, batch_size=args.batch_size,
-                        final=args.end_of_session, source=f"file:{path.name}", progress=bar.update)
+                        final=args.end_of_session, source=f"file:{path.name}", progress=bar.update,
+                        topics={Input.PAYOUTS: f"file:{Path(args.payouts).name}" if args.payouts else "payouts",
+                                Input.ACCOUNTS: "creator-accounts"})
     if args.out:
         paths = write_outputs(result, args.out)
         print(f"wrote {', '.join(str(p) for p in paths.values())}", file=sys.stderr)
@@ -90,18 +109,27 @@ def cmd_replay_to_kafka(args: argparse.Namespace) -> int:
 
     from tqdm import tqdm
 
+    from stream.engine.order import Input
     from stream.kafka.session_io import produce_session
-    from stream.runtime.replay import read_session
 
     cfg = _worker_config(args)
     _check_kafka(cfg)
-    path = Path(args.file) if args.file else _default_session()
-    records = read_session(path)
+    path, session = _session(args)
     speed = None if args.speed == "max" else float(args.speed)
-    with tqdm(total=len(records), unit="ev", unit_scale=True, disable=args.quiet, file=sys.stderr) as bar:
-        sent = asyncio.run(produce_session(records, cfg, args.topic, speed, bar.update))
-    print(f"produced {sent:,} records from {path} to {args.topic or cfg.topics.gifts} "
-          f"at {cfg.bootstrap_servers}", file=sys.stderr)
+    with tqdm(total=len(session), unit="rec", unit_scale=True, disable=args.quiet, file=sys.stderr) as bar:
+        # The accounts and payouts first, unpaced: each record's timestamp (its own time) decides the order the
+        # worker merges them in, not when it was produced.
+        if session.accounts:
+            asyncio.run(produce_session([a.value for a in session.accounts], cfg, None, None, bar.update,
+                                        Input.ACCOUNTS, [a.key for a in session.accounts],
+                                        [a.ts for a in session.accounts]))
+        if session.payouts:
+            asyncio.run(produce_session(session.payouts, cfg, None, None, bar.update, Input.PAYOUTS))
+        sent = asyncio.run(produce_session(session.gifts, cfg, args.topic, speed, bar.update))
+    print(f"produced {sent:,} records from {path} to {args.topic or cfg.topics.gifts}"
+          + (f", {len(session.payouts):,} to {cfg.topics.payouts}" if session.payouts else "")
+          + (f", {len(session.accounts):,} to {cfg.topics.accounts}" if session.accounts else "")
+          + f" at {cfg.bootstrap_servers}", file=sys.stderr)
     return 0
 
 
@@ -187,6 +215,10 @@ def build_parser() -> argparse.ArgumentParser:
                                    "routed to partitions like Kafka's default partitioner, so notices match "
                                    "a live run on a topic with the same partition count.")
     p.add_argument("file", nargs="?", help=f"session file (default: the bundled {DEMO_SESSION})")
+    p.add_argument("--payouts", help="payouts made (JSONL, .gz ok): one payout record per line")
+    p.add_argument("--accounts", help="creator accounts (JSONL, .gz ok): one account record per line, "
+                                      '{"tombstone": "<creator id>", "ts": <ms>} for a closed one (default with '
+                                      "the bundled session: its accounts)")
     p.add_argument("--policy", help="policy TOML file (default: the built-in policy)")
     p.add_argument("--partitions", type=int, default=6, help="partitions to simulate (default 6)")
     p.add_argument("--batch-size", type=int, default=20_000, help="records per engine batch")
@@ -210,7 +242,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_topics)
 
     p = sub.add_parser("worker", help="run the streaming worker (consumer group member, exactly-once)",
-                       description="Consume `gifts` and `payouts`, keep per-creator state, emit notices, "
+                       description="Consume `gifts`, `payouts` and `creator-accounts` (merged in one order by "
+                                   "record timestamp), keep per-creator state, emit notices, "
                                    "window totals, late gifts and dead letters in one transaction per batch.",
                        epilog=settings_help(), formatter_class=argparse.RawDescriptionHelpFormatter)
     _kafka_args(p)

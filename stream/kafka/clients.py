@@ -77,6 +77,22 @@ class KafkaClients:
         return AIOKafkaProducer(acks="all", enable_idempotence=True, **self._producer_options())
 
 
+def fetched_up_to(consumer: AIOKafkaConsumer, tp: Any) -> tuple[int | None, int | None]:
+    """(position, end) of an assigned partition: the next offset the consumer hands out and, as of its last fetch
+    response, the end a reader can reach (the last stable offset under read_committed, else the high watermark).
+    None for what is not known yet (no position, or no fetch answered since the partition was assigned)."""
+    answer = getattr(consumer, "fetched_up_to", None)  # a test's fake consumer answers for itself
+    if answer is not None:
+        return answer(tp)
+    subscription = consumer._subscription.subscription  # aiokafka 0.14 has no public synchronous getter
+    state = subscription.assignment.state_value(tp) if subscription and subscription.assignment else None
+    if state is None:
+        return None, None
+    position = state.position if state.has_valid_position else None
+    end = state.lso if state.lso is not None and state.lso >= 0 else state.highwater
+    return position, end
+
+
 async def close_within(aw: Awaitable, what: str, partition: int | None = None,
                        seconds: float = CLOSE_TIMEOUT_S) -> None:
     """Await a client's close for at most `seconds`; a failure or a timeout is logged, not raised."""

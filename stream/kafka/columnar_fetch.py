@@ -38,9 +38,11 @@ SUPPORTED_AIOKAFKA = "0.14.0"  # the fetcher internals below are this version's
 class Columns:
     """The value_deserializer marker that asks for chunks; never called as a deserializer."""
 
-    def __init__(self, chunk_records: int = 1000, keys: bool = False) -> None:
+    def __init__(self, chunk_records: int = 1000, keys: bool = False, keyed_topics: frozenset[str] = frozenset()
+                 ) -> None:
         self.chunk_records = max(1, chunk_records)
         self.keys = keys  # chunks carry the record keys too (a changelog restore needs them)
+        self.keyed_topics = keyed_topics  # ...of these topics only (the creator accounts: a tombstone is its key)
 
     def __call__(self, value: bytes) -> bytes:  # pragma: no cover - aiokafka never calls it in columnar mode
         raise RuntimeError("Columns is a marker for columnar fetching, not a deserializer")
@@ -91,7 +93,7 @@ class _ColumnarPartitionRecords(_fetcher.PartitionRecords):
         # getmany's max_records, which counts chunks, a tiny bound).
         tp = self._tp
         records = self._records
-        with_keys = columns.keys
+        with_keys = columns.keys or tp.topic in columns.keyed_topics
         parsed = _native.read_record_batches(records.raw, with_keys)
         index = 0
         step = columns.chunk_records
@@ -162,24 +164,28 @@ def install() -> bool:
     return True
 
 
-def columns_of(msgs: list) -> tuple[list[int], list[bytes], list[int]]:
-    """(offsets, values, timestamps) of a getmany list: RecordChunks or ConsumerRecords. A null value
-    becomes b"" (it is bad input for the engine, which dead-letters it)."""
+def columns_of(msgs: list, with_keys: bool = False
+               ) -> tuple[list[int], list[bytes | None], list[int], list[bytes | None] | None]:
+    """(offsets, values, timestamps, keys or None) of a getmany list: RecordChunks or ConsumerRecords. A null
+    value stays None (a tombstone)."""
     offsets: list[int] = []
-    values: list[bytes] = []
+    values: list[bytes | None] = []
     stamps: list[int] = []
+    keys: list[bytes | None] | None = [] if with_keys else None
     for m in msgs:
         if type(m) is RecordChunk:
             offsets += m.offsets
             values += m.values
             stamps += m.timestamps
+            if keys is not None:
+                keys += m.keys if m.keys is not None else [None] * len(m.offsets)
         else:
             offsets.append(m.offset)
             values.append(m.value)
             stamps.append(m.timestamp)
-    if None in values:
-        values = [v or b"" for v in values]
-    return offsets, values, stamps
+            if keys is not None:
+                keys.append(m.key)
+    return offsets, values, stamps, keys
 
 
 __all__ = ["Columns", "RecordChunk", "available", "columns_of", "install"]

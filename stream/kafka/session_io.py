@@ -12,6 +12,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 
 from stream.config import WorkerConfig
 from stream.engine import model
+from stream.engine.order import Input, file_timestamps
 from stream.kafka.routing import PartitionCache
 
 MAX_PACE_JUMP_MS = 60_000
@@ -41,12 +42,17 @@ def bulk_producer(cfg: WorkerConfig, linger_ms: int) -> AIOKafkaProducer:
                             **cfg.kafka_security())
 
 
-async def produce_session(records: list[bytes], cfg: WorkerConfig, topic: str | None = None,
+async def produce_session(records: list[bytes | None], cfg: WorkerConfig, topic: str | None = None,
                           speed: float | None = None,
-                          progress: Callable[[int], None] | None = None) -> int:
-    """Produce records keyed by creator_id with Kafka's default partitioning (keyless ones to partition 0,
-    as the offline replay routes them). speed=None: as fast as possible; N: N times the event-time pace."""
-    topic = topic or cfg.topics.gifts
+                          progress: Callable[[int], None] | None = None, kind: Input = Input.GIFTS,
+                          keys: list[bytes | None] | None = None, times: list[int | None] | None = None) -> int:
+    """Produce records keyed by creator_id (or by `keys`) with Kafka's default partitioning (keyless ones to
+    partition 0, as the offline replay routes them), each stamped with its own time as the offline replay stamps
+    it (stream.engine.order.file_timestamps; `times`: a tombstone's). speed=None: as fast as possible; N: N times
+    the event-time pace. kind: the input the records are for (gifts unless told)."""
+    topic = topic or {Input.GIFTS: cfg.topics.gifts, Input.PAYOUTS: cfg.topics.payouts,
+                      Input.ACCOUNTS: cfg.topics.accounts}[kind]
+    stamps = file_timestamps(kind, records, times)
     producer = bulk_producer(cfg, linger_ms=20)
     await producer.start()
     try:
@@ -62,8 +68,8 @@ async def produce_session(records: list[bytes], cfg: WorkerConfig, topic: str | 
         wall0 = time.monotonic()
         ts0 = paced_ts = None
         sent = 0
-        for raw in records:
-            key, ts = key_of(raw)
+        for i, raw in enumerate(records):
+            key, ts = (keys[i], None) if keys is not None else key_of(raw)
             # Pace on event time, ignoring outliers (a far-future or far-past ts is bad input, not a clock).
             if speed and ts is not None and (paced_ts is None or paced_ts <= ts <= paced_ts + MAX_PACE_JUMP_MS):
                 ts0 = ts if ts0 is None else ts0
@@ -77,10 +83,10 @@ async def produce_session(records: list[bytes], cfg: WorkerConfig, topic: str | 
             batch = batches.get(p)
             if batch is None:
                 batch = batches[p] = producer.create_batch()
-            if batch.append(key=key, value=raw, timestamp=None) is None:
+            if batch.append(key=key, value=raw, timestamp=stamps[i]) is None:
                 await flush(p)
                 batch = batches[p] = producer.create_batch()
-                batch.append(key=key, value=raw, timestamp=None)
+                batch.append(key=key, value=raw, timestamp=stamps[i])
             sent += 1
             if progress and sent % 10_000 == 0:
                 progress(10_000)

@@ -20,6 +20,8 @@ def topic_specs(cfg: WorkerConfig, partitions: int, retention_ms: int = WEEK_MS)
     return [
         NewTopic(t.gifts, partitions, 1, topic_configs=keep),
         NewTopic(t.payouts, partitions, 1, topic_configs=keep),
+        # An account's latest record is its state: compacted, a tombstone closes it.
+        NewTopic(t.accounts, partitions, 1, topic_configs={"cleanup.policy": "compact"}),
         NewTopic(t.notices, partitions, 1, topic_configs=keep),
         NewTopic(t.window_totals, partitions, 1, topic_configs=keep),
         NewTopic(t.late, partitions, 1, topic_configs=keep),

@@ -3,6 +3,11 @@
 Records are routed to partitions exactly as Kafka's default partitioner would route them by key
 (creator_id), and each partition's subsequence keeps file order, so a replay with `partitions` equal to
 the topic's partition count makes the same decisions as the live worker: byte-identical notices.
+
+A session may hold the payouts and the creator accounts too (`Session`): then each partition's three inputs are
+merged in the one order the live worker uses (stream.engine.order), each record stamped with its own time
+(order.file_timestamps, which is the Kafka timestamp `replay --to-kafka` gives it), and numbered within its
+partition as Kafka numbers offsets.
 """
 
 from __future__ import annotations
@@ -16,11 +21,14 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import msgspec
+
 from stream.engine import model
 from stream.engine.native import make_engine
+from stream.engine.order import Input, Pending, feed, file_timestamps, plan
 from stream.engine.policy import Policy
 from stream.engine.protocol import Engine, Outputs
-from stream.kafka.routing import PartitionCache
+from stream.kafka.routing import PartitionCache, partition_for
 
 DEFAULT_PARTITIONS = 6
 
@@ -43,6 +51,69 @@ def write_session(path: str | Path, records: Iterable[bytes]) -> int:
     return n
 
 
+class _Tombstone(msgspec.Struct, forbid_unknown_fields=True):
+    tombstone: str  # the creator id (the record's key)
+    ts: int  # the record's timestamp
+
+
+_tombstone = msgspec.json.Decoder(_Tombstone)
+
+
+@dataclass(frozen=True, slots=True)
+class AccountRecord:
+    """A creator-accounts record of a session file: its key, value (None: a tombstone) and the time a tombstone
+    line gives (a record's own time is its updated_ts)."""
+
+    key: bytes | None
+    value: bytes | None
+    ts: int | None = None
+
+
+def read_accounts(path: str | Path) -> list[AccountRecord]:
+    """A creator-accounts file: one record value per non-empty line (its key is its creator_id); a line
+    {"tombstone": "<creator id>", "ts": <ms>} stands for a tombstone (the key with a null value)."""
+    records = []
+    for line in read_session(path):
+        if line.startswith(b'{"tombstone"'):
+            try:
+                t = _tombstone.decode(line)
+                records.append(AccountRecord(t.tombstone.encode(), None, t.ts))
+                continue
+            except msgspec.DecodeError:
+                pass
+        key, _ = session_key(line)
+        records.append(AccountRecord(key, line))
+    return records
+
+
+def tombstone_line(creator_id: str, ts: int) -> bytes:
+    return model.encode(_Tombstone(creator_id, ts))
+
+
+def session_key(raw: bytes) -> tuple[bytes | None, int | None]:
+    """(creator_id key, ts) of a record as the producers key it (stream.kafka.session_io.key_of)."""
+    from stream.kafka.session_io import key_of
+
+    return key_of(raw)
+
+
+@dataclass
+class Session:
+    """Everything a replay reads: the gift records and, optionally, the payouts and creator-accounts records."""
+
+    gifts: list[bytes]
+    payouts: list[bytes] = field(default_factory=list)
+    accounts: list[AccountRecord] = field(default_factory=list)
+
+    @property
+    def merged(self) -> bool:
+        """More inputs than the gifts: the replay merges them per partition."""
+        return bool(self.payouts or self.accounts)
+
+    def __len__(self) -> int:
+        return len(self.gifts) + len(self.payouts) + len(self.accounts)
+
+
 @dataclass
 class ReplayResult:
     outputs: Outputs
@@ -53,12 +124,19 @@ class ReplayResult:
     summary: dict = field(default_factory=dict)
 
 
-def replay(records: list[bytes], policy: Policy, partitions: int = DEFAULT_PARTITIONS,
+def replay(records: list[bytes] | Session, policy: Policy, partitions: int = DEFAULT_PARTITIONS,
            batch_size: int = 20_000, final: bool = False, source: str = "replay",
-           progress: Callable[[int], None] | None = None, engine: str | None = None) -> ReplayResult:
-    """Run records through one engine per partition (`engine`: see stream.engine.native.make_engine)."""
+           progress: Callable[[int], None] | None = None, engine: str | None = None,
+           topics: dict[Input, str] | None = None) -> ReplayResult:
+    """Run records (gift records, or a Session of all three inputs) through one engine per partition (`engine`:
+    see stream.engine.native.make_engine). topics: the input topic names dead letters give as their source (the
+    gifts' is `source`)."""
     with _cyclic_gc_paused():
-        return _replay(records, policy, partitions, batch_size, final, source, progress, engine)
+        if isinstance(records, Session) and records.merged:
+            return _replay_merged(records, policy, partitions, batch_size, final, source, progress, engine,
+                                  topics or {})
+        gifts = records.gifts if isinstance(records, Session) else records
+        return _replay(gifts, policy, partitions, batch_size, final, source, progress, engine)
 
 
 @contextmanager
@@ -104,6 +182,49 @@ def _replay(records: list[bytes], policy: Policy, partitions: int, batch_size: i
     return result
 
 
+def _replay_merged(session: Session, policy: Policy, partitions: int, batch_size: int, final: bool, source: str,
+                   progress: Callable[[int], None] | None, engine: str | None,
+                   topics: dict[Input, str]) -> ReplayResult:
+    """Each partition's inputs merged (stream.engine.order.plan with every input complete), partition by partition."""
+    started = time.perf_counter()
+    owners = PartitionCache(partitions)
+    engines = {p: make_engine(policy, p, source_topic=source, kind=engine, track_changes=False, partitions=partitions,
+                              owners=owners)
+               for p in range(partitions)}
+    names = {Input.GIFTS: source, Input.PAYOUTS: topics.get(Input.PAYOUTS, "payouts"),
+             Input.ACCOUNTS: topics.get(Input.ACCOUNTS, "creator-accounts")}
+    pending = {p: [Pending() for _ in Input] for p in range(partitions)}
+
+    def route(kind: Input, keys: list[bytes | None], values: list[bytes | None], given: list[int | None] | None
+              ) -> None:
+        stamps = file_timestamps(kind, values, given)
+        for key, value, ts in zip(keys, values, stamps, strict=True):
+            p = 0 if key is None else partition_for(key, partitions)  # Kafka's partitioner, as produced
+            queue = pending[p][kind]
+            queue.add([len(queue.offsets)], [value], [ts], [key])  # offsets count from 0 per partition
+
+    route(Input.GIFTS, [session_key(r)[0] for r in session.gifts], session.gifts, None)
+    route(Input.PAYOUTS, [session_key(r)[0] for r in session.payouts], session.payouts, None)
+    route(Input.ACCOUNTS, [a.key for a in session.accounts], [a.value for a in session.accounts],
+          [a.ts for a in session.accounts])
+    out = Outputs()
+    everything = [True] * len(Input)
+    for p in range(partitions):
+        e, queues = engines[p], pending[p]
+        for run in plan(queues, everything):
+            for lo in range(run.lo, run.hi, batch_size):
+                n = feed(e, run.input, queues[run.input].take(min(run.hi, lo + batch_size)), out, names[run.input])
+                e.clear_changes()
+                if progress:
+                    progress(n)
+        if final:
+            e.end_of_stream(out)
+    seconds = time.perf_counter() - started
+    result = ReplayResult(out, engines, len(session), seconds, partitions)
+    result.summary = summarize(result)
+    return result
+
+
 def summarize(result: ReplayResult) -> dict:
     stats: Counter[str] = result.outputs.stats
     sizes = [e.sizes() for e in result.engines.values()]
@@ -122,6 +243,10 @@ def summarize(result: ReplayResult) -> dict:
         "late_gifts": stats["late"],
         "notices": stats["notices"],
         "window_totals": stats["window_totals"],
+        "accounts": stats["accounts"],
+        "accounts_closed": stats["accounts_closed"],
+        "payouts": stats["payouts"],
+        "gifts_without_account": stats["gifts_without_account"],
         "creators": sum(s.creators for s in sizes),
         "balance_milli_diamonds": sum(s.balance_milli_diamonds for s in sizes),
         "seconds": round(result.seconds, 3),

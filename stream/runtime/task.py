@@ -33,10 +33,11 @@ from aiokafka.structs import OffsetAndMetadata
 from stream.config import WorkerConfig
 from stream.engine import model
 from stream.engine.native import make_engine, resolve_kind
+from stream.engine.order import Input, Pending, feed, plan
 from stream.engine.policy import Policy
 from stream.engine.protocol import Engine, Outputs
 from stream.kafka.aiokafka_patches import NotAMember
-from stream.kafka.clients import CLOSE_TIMEOUT_S, PRODUCER_BATCH_BYTES, KafkaClients, close_within
+from stream.kafka.clients import CLOSE_TIMEOUT_S, PRODUCER_BATCH_BYTES, KafkaClients, close_within, fetched_up_to
 from stream.kafka.columnar_fetch import columns_of
 from stream.kafka.routing import PartitionCache, partition_for
 from stream.runtime.restore import ChangelogReader
@@ -51,6 +52,7 @@ NATIVE_CHANGELOG = RecordBatchBuilder is not None  # changelog as native record 
 STEP_TIMEOUT_S = 60.0  # longest wait for one broker step of a restore (fencing, metadata, offsets)
 RESTORE_STALL_S = 30.0  # a changelog read that gets no records for this long fails (and is retried)
 RESTORE_LOG_EVERY_S = 5.0  # a restore under way logs its progress this often
+PENDING_PER_INPUT = 4  # batches' worth of records an input may hold waiting for the others before it is paused
 
 
 class TaskState(enum.Enum):
@@ -158,13 +160,25 @@ class PartitionTask:
     def __init__(self, partition: int, cfg: WorkerConfig, policy: Policy, clients: KafkaClients,
                  consumer: AIOKafkaConsumer, outputs: OutputTopics, metrics: Metrics, worker_id: str,
                  reader: ChangelogReader, checkpoints: CheckpointStore | None = None, kept: KeptState | None = None,
-                 plain_producer: AIOKafkaProducer | None = None) -> None:
+                 plain_producer: AIOKafkaProducer | None = None, assigned: frozenset[str] | None = None) -> None:
+        """assigned: the input topics the group assigned this partition of (None: all three); an input topic that
+        does not exist has no partition to assign, and counts as an input with nothing in it."""
         self.partition = partition
         self.cfg, self.policy, self.clients, self.consumer = cfg, policy, clients, consumer
         self.reader, self.checkpoints, self.kept = reader, checkpoints, kept
         self.outputs, self.metrics, self.worker_id = outputs, metrics, worker_id
         t = cfg.topics
-        self.inputs = (TopicPartition(t.gifts, partition), TopicPartition(t.payouts, partition))
+        names = {Input.GIFTS: t.gifts, Input.PAYOUTS: t.payouts, Input.ACCOUNTS: t.accounts}
+        self.input_tps: dict[Input, TopicPartition] = {
+            kind: TopicPartition(topic, partition) for kind, topic in names.items()
+            if assigned is None or topic in assigned}
+        self.inputs = tuple(self.input_tps.values())
+        self.kinds = {tp: kind for kind, tp in self.input_tps.items()}
+        # The merge (stream.engine.order): each input's records waiting for their turn, and since when an empty,
+        # caught-up input has held the others back (max_task_idle_ms).
+        self.pending = [Pending() for _ in Input]
+        self._idle_since: list[float | None] = [None for _ in Input]
+        self._paused: set[TopicPartition] = set()
         self.state = TaskState.CREATED
         self.progress = RestoreProgress()
         self.engine: Engine | None = None
@@ -198,7 +212,8 @@ class PartitionTask:
         3. the state of the last commit (after 1, so nobody can change the changelog any more), from the first
            of these that holds: the state kept from before the last rebalance when the changelog has not moved
            since; the local checkpoint and the changelog from its offset; the whole changelog (_restore_state);
-        4. read the group's committed offsets of gifts-p and payouts-p (after 1, so they match 3);
+        4. read the group's committed offsets of the inputs, gifts-p, payouts-p and creator-accounts-p (after 1, so
+           they match 3);
         5. commit a first transaction that changes nothing (see _first_transaction);
         6. seek the consumer to those offsets (the log start where the group never committed).
         Any failure raises its outcome (outcome_of); the worker retries or rejoins."""
@@ -223,6 +238,7 @@ class PartitionTask:
             raise outcome_of(e) from e
         for tp in self.inputs:
             self.consumer.seek(tp, positions[tp])
+        self.pending = [Pending() for _ in Input]
         self.committed = positions
         self.clean = True
         self.state = TaskState.RUNNING
@@ -322,7 +338,7 @@ class PartitionTask:
         await asyncio.to_thread(self.checkpoints.discard, self.partition)
 
     async def _committed_positions(self) -> dict[TopicPartition, int]:
-        """Where the group's last commit left gifts-p and payouts-p; the log start where it never committed.
+        """Where the group's last commit left each input; the log start where it never committed.
         consumer.committed returns None only when the broker says "no commit" (stream.kafka.aiokafka_patches)."""
         positions: dict[TopicPartition, int] = {}
         for tp in self.inputs:
@@ -337,7 +353,7 @@ class PartitionTask:
         gifts-p again (a new group: where it starts reading, the log start). A producer's first transaction looks
         up the group coordinator and connects to it; left to the first batch, its offsets step took 26-31 ms
         instead of 7-11, at the moment a fresh worker starts to fall behind."""
-        prod, gifts = self.producer, self.inputs[0]
+        prod, gifts = self.producer, self.input_tps[Input.GIFTS]
         await prod.begin_transaction()
         try:
             key, value = cursor_record(self.engine.watermark, self.engine.close_cursor)
@@ -352,31 +368,79 @@ class PartitionTask:
 
     # ------------------------------------------------------------------ batches
 
-    def process(self, gifts: list, payouts: list, out: Outputs) -> tuple[dict[TopicPartition, int], list, int,
-                                                                           list[int]]:
-        """Run the engine over one batch of this partition's records (payouts first, then gifts). Returns the
-        positions after the batch, the changelog of what changed, the record count and the gifts' timestamps."""
+    def add(self, tp: TopicPartition, msgs: list) -> None:
+        """Polled records of one of the inputs: they wait for their turn in the merge."""
+        kind = self.kinds[tp]
+        offsets, values, stamps, keys = columns_of(msgs, with_keys=kind is Input.ACCOUNTS)
+        self.pending[kind].add(offsets, values, stamps, keys)
+
+    def has_pending(self) -> bool:
+        return any(len(p) for p in self.pending)
+
+    def process(self, out: Outputs) -> tuple[dict[TopicPartition, int], list, int, list[int]]:
+        """Run the engine over the records whose turn has come in the merged order of the inputs (stream.engine.order).
+        Returns the positions after them, the changelog of what changed, the record count and the gifts' timestamps.
+        Records of an input wait while another input may still deliver an earlier one (see `_exhausted`)."""
         t = self.cfg.topics
         engine = self.engine
-        self.clean = False  # until this batch commits
+        exhausted = [self._exhausted(kind) for kind in Input]
+        runs = plan(self.pending, exhausted)
+        self._pause_full_inputs()
         positions: dict[TopicPartition, int] = {}
         count = 0
-        if payouts:
-            payout_offsets, raws, _ = columns_of(payouts)
-            engine.apply_payouts([model.decode_payout(r) for r in raws], raws, payout_offsets, out, t.payouts)
-            positions[self.inputs[1]] = payout_offsets[-1] + 1
-            count += len(raws)
         stamps: list[int] = []
-        if gifts:
-            gift_offsets, raws, stamps = columns_of(gifts)
-            engine.process(raws, gift_offsets, out)
-            positions[self.inputs[0]] = gift_offsets[-1] + 1
-            count += len(raws)
+        if runs:
+            self.clean = False  # until this batch commits
+        topics = {Input.GIFTS: t.gifts, Input.PAYOUTS: t.payouts, Input.ACCOUNTS: t.accounts}
+        for run in runs:
+            records = self.pending[run.input].take(run.hi)
+            count += feed(engine, run.input, records, out, topics[run.input])
+            positions[self.input_tps[run.input]] = records[0][-1] + 1
+            if run.input is Input.GIFTS:
+                stamps += records[2]
+        if not runs:
+            return positions, [], 0, stamps
         if NATIVE_CHANGELOG:
             changelog = self.writer.drain_batches(engine, CHANGELOG_BATCH_BYTES, self.cfg.exactly_once)
         else:
             changelog = self.writer.drain(engine)
         return positions, changelog, count, stamps
+
+    def _exhausted(self, kind: Input) -> bool:
+        """True when no record of this input can come before the ones the others have waiting: it is not assigned
+        (its topic does not exist), or it is caught up (its position is at the end a read_committed reader can
+        reach, as of its last fetch) and has been for max_task_idle_ms. An input with records on the broker that
+        are not polled yet is never exhausted: the others wait for them (Kafka Streams' rule), so the order does
+        not depend on which fetch came back first."""
+        tp = self.input_tps.get(kind)
+        if tp is None:
+            return True
+        if len(self.pending[kind]):
+            self._idle_since[kind] = None
+            return False
+        position, end = fetched_up_to(self.consumer, tp)
+        if position is None or end is None or position < end:
+            self._idle_since[kind] = None
+            return False
+        if self.cfg.max_task_idle_ms <= 0:
+            return True
+        now = time.monotonic()
+        since = self._idle_since[kind]
+        if since is None:
+            self._idle_since[kind] = since = now
+        return (now - since) * 1000 >= self.cfg.max_task_idle_ms
+
+    def _pause_full_inputs(self) -> None:
+        """An input holding more than PENDING_PER_INPUT batches waiting for another is paused until it drains."""
+        limit = PENDING_PER_INPUT * self.cfg.batch_max_records
+        for kind, tp in self.input_tps.items():
+            full = len(self.pending[kind]) > limit
+            if full and tp not in self._paused:
+                self.consumer.pause(tp)
+                self._paused.add(tp)
+            elif not full and tp in self._paused:
+                self.consumer.resume(tp)
+                self._paused.discard(tp)
 
     async def commit(self, out: Outputs, changelog: list, positions: dict[TopicPartition, int]) -> None:
         """Commit one processed batch. Exactly-once, in this order:
@@ -384,7 +448,7 @@ class PartitionTask:
         2. begin the producer's transaction;
         3. hand over every output: notices, window totals, late gifts, dead letters, changelog records;
         4. wait until all of them are delivered (see below);
-        5. add the consumed positions of gifts-p and payouts-p to the transaction;
+        5. add the consumed positions of the inputs to the transaction;
         6. commit it.
         A crash anywhere leaves all of it or none of it. Any failure aborts (best effort) and raises the task's
         outcome (outcome_of): its engine is then ahead of the commit and must not be used again.

@@ -6,7 +6,8 @@ over and over:
 1. start the restores that are due (new tasks, and failed ones after their backoff), as background work:
    the loop keeps polling and the consumer keeps heartbeating however long a restore takes;
 2. poll; a restored task's partitions are resumed, all others stay paused (never polled unprocessed);
-3. process the polled batch of every running task and commit each in its own transaction;
+3. hand the polled records to their tasks; each running task processes what its merge of the inputs can decide
+   (stream.engine.order: one order by record timestamp) and commits it in its own transaction;
 4. act on the typed outcomes: TaskCorrupted -> a new task restores from the last commit (with backoff),
    TaskMigrated -> close every task and rejoin the group;
 5. note progress (commits, caught-up partitions) for /readyz and /healthz (`health()`);
@@ -17,9 +18,10 @@ polled without a task.
 
 State across restarts and rebalances: every restore reads the changelog through one ChangelogReader (one
 restore consumer for every partition). aiokafka 0.14 rebalances eagerly (every rebalance revokes everything,
-then assigns), with the range assignor (gifts-p and payouts-p together; a member keeps the same partitions
-while the group's members stay the same). So a revoked running task leaves its state behind (KeptState), and
-if the next assignment hands the partition back and its changelog has not moved, the task runs on it at once.
+then assigns), with the range assignor (gifts-p, payouts-p and creator-accounts-p together; a member keeps the
+same partitions while the group's members stay the same). So a revoked running task leaves its state behind
+(KeptState), and if the next assignment hands the partition back and its changelog has not moved, the task runs on
+it at once.
 A restarted worker starts from its local checkpoints, when state_dir holds them.
 """
 
@@ -173,8 +175,9 @@ class Worker:
         chunk = min(1000, cfg.batch_max_records)
         columnar = cfg.columnar_fetch and columnar_fetch.install()
         self._max_polled = max(1, cfg.batch_max_records // chunk) if columnar else cfg.batch_max_records
-        self._consumer = self.clients.group_consumer(self.worker_id, columnar_fetch.Columns(chunk) if columnar
-                                                     else None)
+        keyed = frozenset({cfg.topics.accounts})  # an account's tombstone is its key
+        self._consumer = self.clients.group_consumer(self.worker_id, columnar_fetch.Columns(chunk, keyed_topics=keyed)
+                                                     if columnar else None)
         self._subscribe()
         try:
             if not cfg.exactly_once:
@@ -187,7 +190,7 @@ class Worker:
                 self._start_due_restores()
                 data = await self._consumer.getmany(timeout_ms=cfg.batch_max_ms, max_records=self._max_polled)
                 self._last_poll = time.monotonic()
-                if data:
+                if data or any(task.has_pending() for task in self.tasks.values()):
                     async with self._lock:
                         await self._process(data)
                     self._gc.after_batch()
@@ -204,7 +207,7 @@ class Worker:
 
     def _subscribe(self) -> None:
         t = self.cfg.topics
-        self._consumer.subscribe([t.gifts, t.payouts], listener=_Rebalance(self))
+        self._consumer.subscribe([t.gifts, t.payouts, t.accounts], listener=_Rebalance(self))
 
     async def _shutdown(self) -> None:
         """Close every task, leave the group, close the clients: each step bounded, so a broker that is away
@@ -238,9 +241,12 @@ class Worker:
         self._assigned = True
         self._consumer.pause(*assigned)
         parts = sorted({tp.partition for tp in assigned if tp.topic == self.cfg.topics.gifts})
+        topics: dict[int, set[str]] = {}
+        for tp in assigned:
+            topics.setdefault(tp.partition, set()).add(tp.topic)
         kept, self._kept = self._kept, {}  # a kept state not handed back now is dropped
         for p in parts:
-            self.tasks[p] = self._new_task(p, kept.pop(p, None))
+            self.tasks[p] = self._new_task(p, kept.pop(p, None), frozenset(topics[p]))
         log.info("partitions assigned", extra={"worker": self.worker_id, "partitions": parts})
 
     async def _on_revoked(self, revoked: Iterable[TopicPartition]) -> None:
@@ -254,9 +260,10 @@ class Worker:
             log.info("partitions revoked", extra={"worker": self.worker_id, "partitions": parts,
                                                   "kept": sorted(self._kept)})
 
-    def _new_task(self, p: int, kept: KeptState | None = None) -> PartitionTask:
+    def _new_task(self, p: int, kept: KeptState | None = None, assigned: frozenset[str] | None = None
+                  ) -> PartitionTask:
         return PartitionTask(p, self.cfg, self.policy, self.clients, self._consumer, self._outputs, self.metrics,
-                             self.worker_id, self._reader, self._checkpoints, kept, self._plain_producer)
+                             self.worker_id, self._reader, self._checkpoints, kept, self._plain_producer, assigned)
 
     async def _close_tasks(self, parts: Iterable[int], keep: bool = False) -> None:
         closing = [task for p in parts if (task := self.tasks.pop(p, None)) is not None]
@@ -347,24 +354,24 @@ class Worker:
     # ------------------------------------------------------------------ batches
 
     async def _process(self, data: dict[TopicPartition, list]) -> None:
-        t = self.cfg.topics
-        by_partition: dict[int, tuple[list, list]] = {}
         for tp, msgs in data.items():
-            slot = by_partition.setdefault(tp.partition, ([], []))
-            slot[0 if tp.topic == t.gifts else 1].extend(msgs)
+            task = self.tasks.get(tp.partition)
+            if task is not None and task.state is TaskState.RUNNING and tp in task.kinds:
+                task.add(tp, msgs)  # else not ours (any more) or not restored: read again from its committed position
         # Each partition's transaction starts as soon as that partition is processed, so its round trips
         # overlap the processing of the next partitions instead of all of them waiting for the slowest.
         commits: dict[int, asyncio.Task] = {}
         try:
-            for p, (gifts, payouts) in sorted(by_partition.items()):
-                task = self.tasks.get(p)
-                if task is None or task.state is not TaskState.RUNNING:
-                    continue  # not ours (any more) or not restored: it is read again from its committed position
+            for p, task in sorted(self.tasks.items()):
+                if task.state is not TaskState.RUNNING or not task.has_pending():
+                    continue
                 if task.snapshotting is not None:  # a checkpoint body is being taken from its engine
                     await asyncio.gather(task.snapshotting, return_exceptions=True)
                 started = time.perf_counter()
                 out = Outputs()
-                positions, changelog, count, stamps = task.process(gifts, payouts, out)
+                positions, changelog, count, stamps = task.process(out)
+                if not count:
+                    continue  # every input's next record waits for another input
                 self.metrics.record_batch(out, count, time.perf_counter() - started, stamps)
                 commits[p] = asyncio.ensure_future(task.commit(out, changelog, positions))
                 await asyncio.sleep(0)  # let it send its first requests

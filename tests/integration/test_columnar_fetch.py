@@ -110,7 +110,9 @@ def test_columns_of_accepts_both_shapes():
 
     chunk = columnar_fetch.RecordChunk("t", 0, [3, 4], [b"a", None], [10, 11])
     rec = ConsumerRecord("t", 0, 5, 12, 0, None, b"c", None, -1, 1, ())
-    assert columnar_fetch.columns_of([chunk, rec]) == ([3, 4, 5], [b"a", b"", b"c"], [10, 11, 12])
+    assert columnar_fetch.columns_of([chunk, rec]) == ([3, 4, 5], [b"a", None, b"c"], [10, 11, 12], None)
+    keyed = columnar_fetch.RecordChunk("t", 0, [3], [None], [10], [b"k"])
+    assert columnar_fetch.columns_of([keyed, rec], with_keys=True) == ([3, 5], [None, b"c"], [10, 12], [b"k", None])
 
 
 # ------------------------------------------------------------------ on the broker
@@ -166,7 +168,7 @@ async def test_columnar_consumer_sees_exactly_what_a_plain_consumer_sees():
                 # 300 + 200 + 50 (the committed transaction) + 100 records are visible
                 while sum(map(len, seen.values())) < 650 and asyncio.get_running_loop().time() < deadline:
                     for tp, msgs in (await consumer.getmany(timeout_ms=2000, max_records=7)).items():
-                        offsets, values, stamps = columnar_fetch.columns_of(msgs)
+                        offsets, values, stamps, _ = columnar_fetch.columns_of(msgs)
                         if columnar:
                             assert all(type(m) is columnar_fetch.RecordChunk for m in msgs)
                         seen[tp.partition] += zip(offsets, values, stamps, strict=True)

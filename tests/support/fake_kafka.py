@@ -268,6 +268,10 @@ class FakeGroupConsumer:
 
     highwater = last_stable_offset
 
+    def fetched_up_to(self, tp: TopicPartition) -> tuple[int | None, int | None]:
+        """stream.kafka.clients.fetched_up_to's answer: every log is always fetched to its end."""
+        return self.positions.get(tp, 0), self.last_stable_offset(tp)
+
     async def commit(self, offsets: dict) -> None:
         self.cluster.offsets.update({tp: om.offset for tp, om in offsets.items()})
 

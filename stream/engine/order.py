@@ -1,0 +1,161 @@
+"""One order across a partition's three inputs: gifts-p, payouts-p and creator-accounts-p.
+
+They are merged into one sequence as Kafka Streams merges the partitions of a task (its PartitionGroup):
+  1. each input keeps its offset order (a record never overtakes an earlier record of its own input, whatever
+     their timestamps);
+  2. the next record is the head with the smallest record timestamp among the inputs' heads;
+  3. at equal timestamps, the tie rule: creator-accounts, then gifts, then payouts (an account applies to the gifts
+     of its instant; a payout follows the gifts whose money it pays out);
+  4. the merge goes on only while it can decide: every input has a record waiting, or is known to have none
+     (caught up, absent, or waited for long enough: the worker's max_task_idle_ms). Offline every input is
+     complete, so a replay decides everything at once.
+Because the order depends only on the records (their timestamps and offsets), a live run, a restart, a rebuild by a
+new group and an offline replay process the same sequence, and so make the same bytes.
+
+The record timestamp is the Kafka record's. giftstream's own producers (`replay --to-kafka`, the load harness) set it
+to the record's own time (a gift's and a payout's `ts`, an account's `updated_ts`: `record_time`), which is also
+what a session file's records get offline (`file_timestamps`).
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import msgspec
+
+from stream.engine import model
+from stream.engine.protocol import Engine, Outputs
+
+
+class Input(enum.IntEnum):
+    """The inputs of a partition; the value is the tie rule's rank (lowest first)."""
+
+    ACCOUNTS = 0
+    GIFTS = 1
+    PAYOUTS = 2
+
+
+@dataclass(slots=True)
+class Pending:
+    """One input's records waiting to be processed, in offset order (the values of a tombstone are None)."""
+
+    offsets: list[int] = field(default_factory=list)
+    values: list[bytes | None] = field(default_factory=list)
+    stamps: list[int] = field(default_factory=list)
+    keys: list[bytes | None] = field(default_factory=list)  # kept for the accounts (a tombstone has only its key)
+    start: int = 0  # index of the next record to process
+
+    def __len__(self) -> int:
+        return len(self.offsets) - self.start
+
+    def add(self, offsets: list[int], values: list[bytes | None], stamps: list[int],
+            keys: list[bytes | None] | None = None) -> None:
+        self.offsets += offsets
+        self.values += values
+        self.stamps += stamps
+        self.keys += keys if keys is not None else [None] * len(offsets)
+
+    def take(self, end: int) -> tuple[list[int], list[bytes | None], list[int], list[bytes | None]]:
+        """The records from the next one up to index `end` (exclusive); they are done with."""
+        lo = self.start
+        self.start = end
+        taken = self.offsets[lo:end], self.values[lo:end], self.stamps[lo:end], self.keys[lo:end]
+        if self.start == len(self.offsets):  # all processed: start the lists afresh
+            self.offsets, self.values, self.stamps, self.keys, self.start = [], [], [], [], 0
+        return taken
+
+
+@dataclass(frozen=True, slots=True)
+class Run:
+    """Consecutive records of one input, next in the merged order: indices [lo, hi) of its Pending."""
+
+    input: Input
+    lo: int
+    hi: int
+
+
+def plan(pending: Sequence[Pending], exhausted: Sequence[bool]) -> list[Run]:
+    """The runs the merge can decide now, in order (the module docstring's rules). pending[i] and exhausted[i] are
+    Input i's: exhausted means no record of it can come before what it has waiting (it is caught up, absent, or
+    waited for long enough). The Pendings are not changed: take each run's records with Pending.take(run.hi)."""
+    pos = [p.start for p in pending]
+    ends = [len(p.offsets) for p in pending]
+    runs: list[Run] = []
+    while True:
+        heads = [(pending[i].stamps[pos[i]], i) for i in range(len(pending)) if pos[i] < ends[i]]
+        if not heads or any(pos[i] == ends[i] and not exhausted[i] for i in range(len(pending))):
+            return runs
+        heads.sort()
+        _, first = heads[0]
+        stamps, j, end = pending[first].stamps, pos[first], ends[first]
+        if len(heads) == 1:
+            j = end  # nothing else waits: the whole input goes
+        else:
+            # The head goes while it sorts before the next input's head: before its timestamp, or at it when
+            # the tie rule ranks this input first.
+            limit, other = heads[1]
+            while j < end and (stamps[j] < limit or (stamps[j] == limit and first < other)):
+                j += 1
+            j = max(j, pos[first] + 1)  # the head itself sorted first
+        runs.append(Run(Input(first), pos[first], j))
+        pos[first] = j
+
+
+def feed(engine: Engine, kind: Input, records: tuple[list[int], list[bytes | None], list[int], list[bytes | None]],
+         out: Outputs, source_topic: str) -> int:
+    """Run one input's consecutive records (Pending.take's) through the engine; returns how many. source_topic:
+    the input's topic, which its dead letters name."""
+    offsets, values, stamps, keys = records
+    if not offsets:
+        return 0
+    if kind is Input.GIFTS:
+        engine.process([v if v is not None else b"" for v in values], offsets, out)
+    elif kind is Input.PAYOUTS:
+        raws = [v if v is not None else b"" for v in values]
+        engine.apply_payouts([model.decode_payout(r) for r in raws], raws, offsets, out, source_topic)
+    else:
+        engine.apply_accounts([model.decode_account(k, v, t) for k, v, t in zip(keys, values, stamps, strict=True)],
+                              values, offsets, out, source_topic)
+    return len(offsets)
+
+
+# ---------------------------------------------------------------- the time of a record of a session file
+
+class _Ts(msgspec.Struct):
+    ts: int
+
+
+class _UpdatedTs(msgspec.Struct):
+    updated_ts: int
+
+
+_time_decoders = {Input.GIFTS: msgspec.json.Decoder(_Ts), Input.PAYOUTS: msgspec.json.Decoder(_Ts),
+                  Input.ACCOUNTS: msgspec.json.Decoder(_UpdatedTs)}
+
+
+def record_time(kind: Input, value: bytes | None) -> int | None:
+    """The record's own time (gift and payout: `ts`; account: `updated_ts`), None when it cannot be read."""
+    if value is None:
+        return None
+    try:
+        got = _time_decoders[kind].decode(value)
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
+        return None
+    t = got.ts if kind is not Input.ACCOUNTS else got.updated_ts
+    return t if type(t) is int and 0 <= t < 2**63 else None
+
+
+def file_timestamps(kind: Input, values: Sequence[bytes | None], given: Sequence[int | None] | None = None
+                    ) -> list[int]:
+    """The record timestamps of a session file's records: the time `given` for a record (a tombstone line's), else
+    its own time (record_time), else the timestamp of the record before it (0 for the first), so a record whose time
+    cannot be read stays where it is in its input."""
+    out: list[int] = []
+    last = 0
+    for i, value in enumerate(values):
+        t = given[i] if given is not None and given[i] is not None else record_time(kind, value)
+        last = t if t is not None else last
+        out.append(last)
+    return out
