@@ -104,6 +104,10 @@ class Session:
     gifts: list[bytes]
     payouts: list[bytes] = field(default_factory=list)
     accounts: list[AccountRecord] = field(default_factory=list)
+    # The records' Kafka timestamps when they are known (read back from the topics); else each record's own time
+    # (stream.engine.order.file_timestamps). An AccountRecord's ts is its timestamp then.
+    gift_times: list[int] | None = None
+    payout_times: list[int] | None = None
 
     @property
     def merged(self) -> bool:
@@ -203,8 +207,8 @@ def _replay_merged(session: Session, policy: Policy, partitions: int, batch_size
             queue = pending[p][kind]
             queue.add([len(queue.offsets)], [value], [ts], [key])  # offsets count from 0 per partition
 
-    route(Input.GIFTS, [session_key(r)[0] for r in session.gifts], session.gifts, None)
-    route(Input.PAYOUTS, [session_key(r)[0] for r in session.payouts], session.payouts, None)
+    route(Input.GIFTS, [session_key(r)[0] for r in session.gifts], session.gifts, session.gift_times)
+    route(Input.PAYOUTS, [session_key(r)[0] for r in session.payouts], session.payouts, session.payout_times)
     route(Input.ACCOUNTS, [a.key for a in session.accounts], [a.value for a in session.accounts],
           [a.ts for a in session.accounts])
     out = Outputs()
