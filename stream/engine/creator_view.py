@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from msgspec import Struct
 
-from stream.engine.policy import Policy
-from stream.state.tables import CreatorState
+from stream.engine.policy import CLOSED, Policy
+from stream.state.tables import Account, CreatorState
 
 
 class OpenWindow(Struct):
@@ -16,6 +16,18 @@ class OpenWindow(Struct):
     milli_diamonds: int
     credits: int
     final: bool = False  # open windows are never final: the window-totals topic carries the final tallies
+
+
+class AccountView(Struct):
+    """The creator's account record as the partition holds it, and what the policy makes of it now."""
+
+    region: str
+    account_status: str
+    payout_method: str
+    age: int
+    updated_ts: int
+    eligible: bool  # a notice can go out (status, region and age allow it)
+    threshold_cents: int | None  # None while not eligible
 
 
 class CreatorView(Struct):
@@ -30,6 +42,7 @@ class CreatorView(Struct):
     above_threshold: bool
     watermark: int | None
     open_windows: list[OpenWindow]
+    account: AccountView | None = None  # None: no account record (the policy's missing status applies)
 
 
 def open_windows(c: CreatorState, policy: Policy, close_cursor: int) -> list[OpenWindow]:
@@ -49,10 +62,22 @@ def open_windows(c: CreatorState, policy: Policy, close_cursor: int) -> list[Ope
     return out
 
 
-def creator_view(creator_id: str, partition: int, c: CreatorState, policy: Policy, watermark: int | None,
-                 close_cursor: int | None) -> CreatorView:
+def account_view(a: Account, policy: Policy) -> AccountView:
+    eligible = a.account_status != CLOSED and a.region in policy.regions and \
+        policy.threshold_milli(a.region, a.account_status, a.age) is not None
+    cents = policy.regions[a.region].thresholds_cents.get(a.account_status) if eligible else None
+    return AccountView(a.region, a.account_status, a.payout_method, a.age, a.updated_ts, eligible, cents)
+
+
+def creator_view(creator_id: str, partition: int, c: CreatorState | None, policy: Policy, watermark: int | None,
+                 close_cursor: int | None, account: Account | None = None) -> CreatorView:
+    """c None: a creator known only by its account record (nothing credited yet)."""
+    if c is None:
+        c = CreatorState(account.region if account is not None else "")
+    value = policy.regions[c.region].value_cents(c.balance) if c.region in policy.regions else 0
     return CreatorView(
         creator_id=creator_id, partition=partition, region=c.region, balance_milli_diamonds=c.balance,
-        balance_cents=policy.regions[c.region].value_cents(c.balance), credited_milli_diamonds=c.credited,
+        balance_cents=value, credited_milli_diamonds=c.credited,
         paid_out_milli_diamonds=c.paid_out, notices=c.crossings, above_threshold=c.above, watermark=watermark,
-        open_windows=open_windows(c, policy, close_cursor or 0))
+        open_windows=open_windows(c, policy, close_cursor or 0),
+        account=account_view(account, policy) if account is not None else None)

@@ -49,10 +49,10 @@ def build_app(worker: Worker) -> web.Application:
         if task.state is not TaskState.RUNNING:
             return web.json_response({"error": "partition is restoring", "creator_id": cid, "partition": p},
                                      status=503)
-        c = task.engine.creator(cid)
-        if c is None:
+        c, account = task.engine.creator(cid), task.engine.account(cid)
+        if c is None and account is None:
             return web.json_response({"error": "unknown creator", "creator_id": cid}, status=404)
-        view = creator_view(cid, p, c, task.engine.policy, task.engine.watermark, task.engine.close_cursor)
+        view = creator_view(cid, p, c, task.engine.policy, task.engine.watermark, task.engine.close_cursor, account)
         return web.Response(body=model.encode(view), content_type="application/json")
 
     app = web.Application()

@@ -29,6 +29,13 @@ class Metrics:
         self.notices = Counter("giftstream_notices", "Payout-eligible notices emitted", registry=r)
         self.window_totals = Counter("giftstream_window_totals", "Window totals emitted", registry=r)
         self.late = Counter("giftstream_late_gifts", "Gifts later than the grace period", registry=r)
+        self.gifts_without_account = Counter(
+            "giftstream_gifts_without_account", "Accepted gift events of creators with no creator-accounts record "
+            "(priced in the gift's region, else the policy's default region; the policy's missing status)",
+            registry=r)
+        self.accounts = Counter("giftstream_account_records", "Creator account records applied, by kind",
+                                ["kind"], registry=r)
+        self.payouts = Counter("giftstream_payouts_applied", "Payouts applied to balances", registry=r)
         self.batch_size = Histogram("giftstream_batch_size", "Records per partition batch",
                                     buckets=_BATCH_SIZES, registry=r)
         self.batch_seconds = Histogram("giftstream_batch_processing_seconds",
@@ -77,6 +84,10 @@ class Metrics:
         self.notices.inc(s["notices"])
         self.window_totals.inc(s["window_totals"])
         self.late.inc(s["late"])
+        self.gifts_without_account.inc(s["gifts_without_account"])
+        self.accounts.labels("update").inc(s["accounts"])
+        self.accounts.labels("closed").inc(s["accounts_closed"])
+        self.payouts.inc(s["payouts"])
         self.batch_size.observe(records)
         self.batch_seconds.observe(seconds)
         if timestamps:

@@ -50,9 +50,9 @@ class FakeCluster:
         return self.logs.setdefault(TopicPartition(topic, partition), [])
 
     def append(self, topic: str, partition: int, key: bytes | None, value: bytes | None,
-               control: bool = False) -> None:
+               control: bool = False, timestamp: int | None = None) -> None:
         log = self.log(topic, partition)
-        log.append(Msg(len(log), key, value, int(time.time() * 1000), control))
+        log.append(Msg(len(log), key, value, int(time.time() * 1000) if timestamp is None else timestamp, control))
 
     def fence(self, txn_id: str) -> None:
         """As if another member started a producer with this transactional id."""

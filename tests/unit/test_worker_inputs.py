@@ -1,0 +1,91 @@
+"""The worker merges a partition's three inputs in one order (stream.engine.order) whatever the polls hand it, on
+the fake cluster (tests/support/fake_kafka.py); tests/integration/test_kafka_accounts.py does it on the broker."""
+
+from __future__ import annotations
+
+import asyncio
+
+import orjson
+from aiokafka import TopicPartition
+
+from stream.engine import model
+from stream.engine.policy import load_policy
+from stream.runtime.worker import Worker
+from tests.support.events import T0, gift, payout
+from tests.support.fake_kafka import FakeClients, FakeCluster
+from tests.unit.test_worker_recovery import PARTITIONS, cfg, creators_of, notices, run_until, start, stop
+
+__all__ = ["cfg"]  # the fixture
+
+
+def dead_letters(cluster: FakeCluster, topic: str) -> list[model.DeadLetter]:
+    return [model.decode_dead_letter(m.value) for (tp, log) in cluster.logs.items() if tp.topic == topic
+            for m in log if not m.control]
+
+
+def committed(cluster: FakeCluster, topic: str, p: int) -> int | None:
+    return cluster.offsets.get(TopicPartition(topic, p))
+
+
+async def test_a_gift_and_the_payout_of_its_money_waiting_at_start_are_applied_in_time_order(cfg):
+    # Seen before the merge: the batch applied its payouts before its gifts, and the payout was dead-lettered as
+    # "exceeds the balance 0".
+    cluster = FakeCluster(PARTITIONS)
+    cid = creators_of(0, 1)[0]
+    t = cfg.topics
+    cluster.append(t.gifts, 0, cid.encode(), gift(event_id="e1", creator_id=cid, diamond_count=2_500), timestamp=T0)
+    cluster.append(t.payouts, 0, cid.encode(), payout("p1", cid, 2_500_000), timestamp=T0 + 1)
+    worker, _, run = await start(cfg, cluster)
+    await run_until(worker, lambda: committed(cluster, t.payouts, 0) == 1 and committed(cluster, t.gifts, 0) == 1)
+    creator = worker.tasks[0].engine.creator(cid)
+    await stop(worker, run)
+    assert dead_letters(cluster, t.dlq) == []
+    assert notices(cluster, cfg) == [f"pn-{cid}-1"]
+    assert (creator.balance, creator.paid_out) == (0, 2_500_000)
+
+
+async def test_an_account_applies_to_the_gifts_after_it_in_time_only(cfg):
+    cluster = FakeCluster(PARTITIONS)
+    cid = creators_of(0, 1)[0]
+    t = cfg.topics
+    account = orjson.dumps({"creator_id": cid, "region": "ID", "account_status": "verified", "payout_method": "bank",
+                            "age": 30, "updated_ts": T0 + 10})
+    # polled in the other order than their timestamps: the merge puts the US gift first, then the account, then
+    # the gift it prices in ID (1/2 diamond per coin)
+    cluster.append(t.accounts, 0, cid.encode(), account, timestamp=T0 + 10)
+    cluster.append(t.gifts, 0, cid.encode(), gift(event_id="e1", creator_id=cid, diamond_count=100), timestamp=T0)
+    cluster.append(t.gifts, 0, cid.encode(), gift(event_id="e2", creator_id=cid, diamond_count=100, ts=T0 + 20),
+                   timestamp=T0 + 20)
+    worker, _, run = await start(cfg, cluster)
+    await run_until(worker, lambda: committed(cluster, t.gifts, 0) == 2 and committed(cluster, t.accounts, 0) == 1)
+    engine = worker.tasks[0].engine
+    creator, acct = engine.creator(cid), engine.account(cid)
+    await stop(worker, run)
+    assert (creator.balance, creator.region) == (100_000 + 50_000, "ID")
+    assert acct.account_status == "verified"
+
+
+async def test_records_wait_while_another_input_may_still_deliver_an_earlier_one(cfg):
+    cluster = FakeCluster(PARTITIONS)
+    cid = creators_of(0, 1)[0]
+    t = cfg.topics
+    cluster.append(t.gifts, 0, cid.encode(), gift(event_id="e1", creator_id=cid, diamond_count=2_500), timestamp=T0)
+    lagging = {TopicPartition(t.payouts, 0)}  # as if a payout were on the broker, not fetched yet
+    clients = FakeClients(cfg, cluster)
+    make = clients.group_consumer
+
+    def group_consumer(*args, **kwargs):
+        consumer = make(*args, **kwargs)
+        answer = consumer.fetched_up_to
+        consumer.fetched_up_to = lambda tp: (0, 1) if tp in lagging else answer(tp)
+        return consumer
+
+    clients.group_consumer = group_consumer
+    worker = Worker(cfg, load_policy(), clients=clients)
+    run = asyncio.create_task(worker.run())
+    await run_until(worker, lambda: 0 in worker.tasks and worker.tasks[0].has_pending())
+    await asyncio.sleep(0.3)  # many polls
+    assert committed(cluster, t.gifts, 0) in (None, 0)  # the gift waits (the first transaction commits 0)
+    lagging.clear()
+    await run_until(worker, lambda: committed(cluster, t.gifts, 0) == 1)
+    await stop(worker, run)
