@@ -12,9 +12,13 @@ They are merged into one sequence as Kafka Streams merges the partitions of a ta
 Because the order depends only on the records (their timestamps and offsets), a live run, a restart, a rebuild by a
 new group and an offline replay process the same sequence, and so make the same bytes.
 
-The record timestamp is the Kafka record's. giftstream's own producers (`replay --to-kafka`, the load harness) set it
-to the record's own time (a gift's and a payout's `ts`, an account's `updated_ts`: `record_time`), which is also
-what a session file's records get offline (`file_timestamps`).
+A record's timestamp is taken from the record itself, as a Kafka Streams TimestampExtractor would (`record_time`):
+a gift's and a payout's `ts`, an account's `updated_ts`. So the order does not depend on how a producer stamped
+the Kafka record (replaying an old session stamps it now, which keeps it clear of the topics' time retention), and a
+session file carries all it needs. A tombstone has no value: its time is the Kafka record's timestamp (a session
+file's tombstone line gives it, and `replay --to-kafka` stamps the record with it; the accounts topic is compacted,
+so no retention by time applies). A record whose time cannot be read (bad input, dead-lettered anyway) has time 0:
+it goes as soon as it is at the head of its input.
 """
 
 from __future__ import annotations
@@ -39,31 +43,45 @@ class Input(enum.IntEnum):
 
 @dataclass(slots=True)
 class Pending:
-    """One input's records waiting to be processed, in offset order (the values of a tombstone are None)."""
+    """One input's records waiting to be processed, in offset order (the value of a tombstone is None), with their
+    Kafka timestamps. Their times for the merge (record_time) are read only when the merge needs them: a gift
+    batch with nothing waiting beside it is never looked into."""
 
+    kind: Input
     offsets: list[int] = field(default_factory=list)
     values: list[bytes | None] = field(default_factory=list)
-    stamps: list[int] = field(default_factory=list)
+    kafka_ts: list[int] = field(default_factory=list)
     keys: list[bytes | None] = field(default_factory=list)  # kept for the accounts (a tombstone has only its key)
+    times: list[int] = field(default_factory=list)  # the merge's timestamps of the first len(times) records
     start: int = 0  # index of the next record to process
 
     def __len__(self) -> int:
         return len(self.offsets) - self.start
 
-    def add(self, offsets: list[int], values: list[bytes | None], stamps: list[int],
+    def add(self, offsets: list[int], values: list[bytes | None], kafka_ts: list[int],
             keys: list[bytes | None] | None = None) -> None:
         self.offsets += offsets
         self.values += values
-        self.stamps += stamps
+        self.kafka_ts += kafka_ts
         self.keys += keys if keys is not None else [None] * len(offsets)
 
+    @property
+    def stamps(self) -> list[int]:
+        """The merge's timestamp of every record held (record_time; a tombstone's is its Kafka timestamp)."""
+        if len(self.times) < len(self.offsets):
+            kind, values, kafka = self.kind, self.values, self.kafka_ts
+            self.times += [kafka[i] if values[i] is None else record_time(kind, values[i]) or 0
+                           for i in range(len(self.times), len(values))]
+        return self.times
+
     def take(self, end: int) -> tuple[list[int], list[bytes | None], list[int], list[bytes | None]]:
-        """The records from the next one up to index `end` (exclusive); they are done with."""
+        """(offsets, values, Kafka timestamps, keys) from the next record up to index `end` (exclusive); they are
+        done with."""
         lo = self.start
         self.start = end
-        taken = self.offsets[lo:end], self.values[lo:end], self.stamps[lo:end], self.keys[lo:end]
+        taken = self.offsets[lo:end], self.values[lo:end], self.kafka_ts[lo:end], self.keys[lo:end]
         if self.start == len(self.offsets):  # all processed: start the lists afresh
-            self.offsets, self.values, self.stamps, self.keys, self.start = [], [], [], [], 0
+            self.offsets, self.values, self.kafka_ts, self.keys, self.times, self.start = [], [], [], [], [], 0
         return taken
 
 
@@ -83,8 +101,11 @@ def plan(pending: Sequence[Pending], exhausted: Sequence[bool]) -> list[Run]:
     pos = [p.start for p in pending]
     ends = [len(p.offsets) for p in pending]
     runs: list[Run] = []
+    waiting = [i for i in range(len(pending)) if pos[i] < ends[i]]
+    if len(waiting) == 1 and all(exhausted[i] for i in range(len(pending)) if i not in waiting):
+        return [Run(Input(waiting[0]), pos[waiting[0]], ends[waiting[0]])]  # one input alone: no time to compare
     while True:
-        heads = [(pending[i].stamps[pos[i]], i) for i in range(len(pending)) if pos[i] < ends[i]]
+        heads = [(pending[i].stamps[pos[i]], i) for i in range(len(pending)) if pos[i] < ends[i]]  # by rank too
         if not heads or any(pos[i] == ends[i] and not exhausted[i] for i in range(len(pending))):
             return runs
         heads.sort()
@@ -107,7 +128,7 @@ def feed(engine: Engine, kind: Input, records: tuple[list[int], list[bytes | Non
          out: Outputs, source_topic: str) -> int:
     """Run one input's consecutive records (Pending.take's) through the engine; returns how many. source_topic:
     the input's topic, which its dead letters name."""
-    offsets, values, stamps, keys = records
+    offsets, values, kafka_ts, keys = records
     if not offsets:
         return 0
     if kind is Input.GIFTS:
@@ -116,7 +137,7 @@ def feed(engine: Engine, kind: Input, records: tuple[list[int], list[bytes | Non
         raws = [v if v is not None else b"" for v in values]
         engine.apply_payouts([model.decode_payout(r) for r in raws], raws, offsets, out, source_topic)
     else:
-        engine.apply_accounts([model.decode_account(k, v, t) for k, v, t in zip(keys, values, stamps, strict=True)],
+        engine.apply_accounts([model.decode_account(k, v, t) for k, v, t in zip(keys, values, kafka_ts, strict=True)],
                               values, offsets, out, source_topic)
     return len(offsets)
 
@@ -147,15 +168,7 @@ def record_time(kind: Input, value: bytes | None) -> int | None:
     return t if type(t) is int and 0 <= t < 2**63 else None
 
 
-def file_timestamps(kind: Input, values: Sequence[bytes | None], given: Sequence[int | None] | None = None
-                    ) -> list[int]:
-    """The record timestamps of a session file's records: the time `given` for a record (a tombstone line's), else
-    its own time (record_time), else the timestamp of the record before it (0 for the first), so a record whose time
-    cannot be read stays where it is in its input."""
-    out: list[int] = []
-    last = 0
-    for i, value in enumerate(values):
-        t = given[i] if given is not None and given[i] is not None else record_time(kind, value)
-        last = t if t is not None else last
-        out.append(last)
-    return out
+def tombstone_times(values: Sequence[bytes | None], given: Sequence[int | None] | None) -> list[int | None]:
+    """The Kafka timestamps to give a session file's records when they are produced: a tombstone's time (`given`),
+    None (the producer's clock) for every other record, whose time is in its value."""
+    return [given[i] if given is not None and values[i] is None else None for i in range(len(values))]

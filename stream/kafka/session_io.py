@@ -12,7 +12,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 
 from stream.config import WorkerConfig
 from stream.engine import model
-from stream.engine.order import Input, file_timestamps
+from stream.engine.order import Input, tombstone_times
 from stream.kafka.routing import PartitionCache
 
 MAX_PACE_JUMP_MS = 60_000
@@ -47,12 +47,12 @@ async def produce_session(records: list[bytes | None], cfg: WorkerConfig, topic:
                           progress: Callable[[int], None] | None = None, kind: Input = Input.GIFTS,
                           keys: list[bytes | None] | None = None, times: list[int | None] | None = None) -> int:
     """Produce records keyed by creator_id (or by `keys`) with Kafka's default partitioning (keyless ones to
-    partition 0, as the offline replay routes them), each stamped with its own time as the offline replay stamps
-    it (stream.engine.order.file_timestamps; `times`: a tombstone's). speed=None: as fast as possible; N: N times
-    the event-time pace. kind: the input the records are for (gifts unless told)."""
+    partition 0, as the offline replay routes them); a tombstone (None) is stamped with its time from `times` (the
+    merge orders every other record by the time in its value: stream.engine.order). speed=None: as fast as possible;
+    N: N times the event-time pace. kind: the input the records are for (gifts unless told)."""
     topic = topic or {Input.GIFTS: cfg.topics.gifts, Input.PAYOUTS: cfg.topics.payouts,
                       Input.ACCOUNTS: cfg.topics.accounts}[kind]
-    stamps = file_timestamps(kind, records, times)
+    stamps = tombstone_times(records, times)
     producer = bulk_producer(cfg, linger_ms=20)
     await producer.start()
     try:

@@ -5,9 +5,8 @@ Records are routed to partitions exactly as Kafka's default partitioner would ro
 the topic's partition count makes the same decisions as the live worker: byte-identical notices.
 
 A session may hold the payouts and the creator accounts too (`Session`): then each partition's three inputs are
-merged in the one order the live worker uses (stream.engine.order), each record stamped with its own time
-(order.file_timestamps, which is the Kafka timestamp `replay --to-kafka` gives it), and numbered within its
-partition as Kafka numbers offsets.
+merged in the one order the live worker uses (stream.engine.order: by the time each record holds), and numbered
+within its partition as Kafka numbers offsets.
 """
 
 from __future__ import annotations
@@ -25,7 +24,7 @@ import msgspec
 
 from stream.engine import model
 from stream.engine.native import make_engine
-from stream.engine.order import Input, Pending, feed, file_timestamps, plan
+from stream.engine.order import Input, Pending, feed, plan
 from stream.engine.policy import Policy
 from stream.engine.protocol import Engine, Outputs
 from stream.kafka.routing import PartitionCache, partition_for
@@ -104,10 +103,6 @@ class Session:
     gifts: list[bytes]
     payouts: list[bytes] = field(default_factory=list)
     accounts: list[AccountRecord] = field(default_factory=list)
-    # The records' Kafka timestamps when they are known (read back from the topics); else each record's own time
-    # (stream.engine.order.file_timestamps). An AccountRecord's ts is its timestamp then.
-    gift_times: list[int] | None = None
-    payout_times: list[int] | None = None
 
     @property
     def merged(self) -> bool:
@@ -197,18 +192,18 @@ def _replay_merged(session: Session, policy: Policy, partitions: int, batch_size
                for p in range(partitions)}
     names = {Input.GIFTS: source, Input.PAYOUTS: topics.get(Input.PAYOUTS, "payouts"),
              Input.ACCOUNTS: topics.get(Input.ACCOUNTS, "creator-accounts")}
-    pending = {p: [Pending() for _ in Input] for p in range(partitions)}
+    pending = {p: [Pending(kind) for kind in Input] for p in range(partitions)}
 
     def route(kind: Input, keys: list[bytes | None], values: list[bytes | None], given: list[int | None] | None
               ) -> None:
-        stamps = file_timestamps(kind, values, given)
-        for key, value, ts in zip(keys, values, stamps, strict=True):
+        for i, (key, value) in enumerate(zip(keys, values, strict=True)):
             p = 0 if key is None else partition_for(key, partitions)  # Kafka's partitioner, as produced
             queue = pending[p][kind]
+            ts = given[i] if given is not None and given[i] is not None else 0  # the Kafka timestamp, if known
             queue.add([len(queue.offsets)], [value], [ts], [key])  # offsets count from 0 per partition
 
-    route(Input.GIFTS, [session_key(r)[0] for r in session.gifts], session.gifts, session.gift_times)
-    route(Input.PAYOUTS, [session_key(r)[0] for r in session.payouts], session.payouts, session.payout_times)
+    route(Input.GIFTS, [session_key(r)[0] for r in session.gifts], session.gifts, None)
+    route(Input.PAYOUTS, [session_key(r)[0] for r in session.payouts], session.payouts, None)
     route(Input.ACCOUNTS, [a.key for a in session.accounts], [a.value for a in session.accounts],
           [a.ts for a in session.accounts])
     out = Outputs()

@@ -176,7 +176,7 @@ class PartitionTask:
         self.kinds = {tp: kind for kind, tp in self.input_tps.items()}
         # The merge (stream.engine.order): each input's records waiting for their turn, and since when an empty,
         # caught-up input has held the others back (max_task_idle_ms).
-        self.pending = [Pending() for _ in Input]
+        self.pending = [Pending(kind) for kind in Input]
         self._idle_since: list[float | None] = [None for _ in Input]
         self._paused: set[TopicPartition] = set()
         self.state = TaskState.CREATED
@@ -238,7 +238,7 @@ class PartitionTask:
             raise outcome_of(e) from e
         for tp in self.inputs:
             self.consumer.seek(tp, positions[tp])
-        self.pending = [Pending() for _ in Input]
+        self.pending = [Pending(kind) for kind in Input]
         self.committed = positions
         self.clean = True
         self.state = TaskState.RUNNING
@@ -385,7 +385,6 @@ class PartitionTask:
         engine = self.engine
         exhausted = [self._exhausted(kind) for kind in Input]
         runs = plan(self.pending, exhausted)
-        self._pause_full_inputs()
         positions: dict[TopicPartition, int] = {}
         count = 0
         stamps: list[int] = []
@@ -398,6 +397,7 @@ class PartitionTask:
             positions[self.input_tps[run.input]] = records[0][-1] + 1
             if run.input is Input.GIFTS:
                 stamps += records[2]
+        self._pause_full_inputs()
         if not runs:
             return positions, [], 0, stamps
         if NATIVE_CHANGELOG:

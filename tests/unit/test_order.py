@@ -5,16 +5,20 @@ from __future__ import annotations
 
 import random
 
-from stream.engine.order import Input, Pending, file_timestamps, plan, record_time
+from stream.engine.order import Input, Pending, plan, record_time
 
 A, G, P = Input.ACCOUNTS, Input.GIFTS, Input.PAYOUTS
 
 
+def value(kind: Input, ts: int) -> bytes:
+    return (b'{"updated_ts": %d}' if kind is Input.ACCOUNTS else b'{"ts": %d}') % ts
+
+
 def queues(**stamps: list[int]) -> list[Pending]:
-    qs = [Pending() for _ in Input]
+    qs = [Pending(kind) for kind in Input]
     for name, ts in stamps.items():
         kind = Input[name.upper()]
-        qs[kind].add(list(range(len(ts))), [f"{name}{i}".encode() for i in range(len(ts))], ts)
+        qs[kind].add(list(range(len(ts))), [value(kind, t) for t in ts], [0] * len(ts))
     return qs
 
 
@@ -48,7 +52,7 @@ def test_the_merge_stops_where_an_input_runs_dry():
     # payouts is not exhausted: once its one record is taken, gifts after 15 must wait for its next one
     assert merged(qs, [True, True, False]) == [(G, 0), (P, 0)]
     assert len(qs[G]) == 2
-    qs[P].add([1], [b"p1"], [25])
+    qs[P].add([1], [value(P, 25)], [0])
     assert merged(qs, [True, True, True]) == [(G, 1), (P, 1), (G, 2)]
 
 
@@ -58,7 +62,7 @@ def test_any_cut_of_the_inputs_into_polls_gives_the_same_order():
                                                                               ("accounts", 10))}
     want = merged(queues(**stamps))
     for _ in range(30):
-        qs = [Pending() for _ in Input]
+        qs = [Pending(kind) for kind in Input]
         fed = dict.fromkeys(stamps, 0)
         got = []
         while any(fed[k] < len(v) for k, v in stamps.items()):
@@ -66,15 +70,23 @@ def test_any_cut_of_the_inputs_into_polls_gives_the_same_order():
             n = rng.randint(1, 5)
             ts = stamps[name][fed[name]:fed[name] + n]
             kind = Input[name.upper()]
-            qs[kind].add(list(range(fed[name], fed[name] + len(ts))), [b""] * len(ts), ts)
+            qs[kind].add(list(range(fed[name], fed[name] + len(ts))), [value(kind, t) for t in ts], [0] * len(ts))
             fed[name] += len(ts)
             exhausted = [fed[k.name.lower()] == len(stamps[k.name.lower()]) for k in Input]
             got += merged(qs, exhausted)
         assert got == want
 
 
-def test_a_session_record_is_stamped_with_its_own_time_or_its_predecessors():
-    values = [b'{"ts": 5}', b"not json", b'{"ts": "x"}', b'{"ts": 9}', None]
-    assert file_timestamps(G, values) == [5, 5, 5, 9, 9]
-    assert file_timestamps(A, [b'{"updated_ts": 3}', None], [None, 7]) == [3, 7]
+def test_a_record_is_ordered_by_the_time_it_holds_a_tombstone_by_its_kafka_timestamp():
+    q = Pending(A)
+    q.add([0, 1, 2], [b'{"updated_ts": 5}', None, b"not json"], [100, 7, 100], [b"c", b"c", b"c"])
+    assert q.stamps == [5, 7, 0]  # a record whose time cannot be read goes as soon as it is at the head
     assert record_time(A, b'{"ts": 3}') is None and record_time(P, b'{"ts": 4, "x": 1}') == 4
+    assert record_time(G, b'{"ts": "x"}') is None
+
+
+def test_one_input_alone_is_taken_whole_without_reading_a_time():
+    q = [Pending(kind) for kind in Input]
+    q[G].add([0, 1], [b"x", b"y"], [0, 0])
+    assert plan(q, [True, True, False]) == [] and plan(q, [True, False, True])[0].hi == 2
+    assert q[G].times == []  # never looked into
