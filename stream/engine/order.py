@@ -105,8 +105,10 @@ def plan(pending: Sequence[Pending], exhausted: Sequence[bool]) -> list[Run]:
     if len(waiting) == 1 and all(exhausted[i] for i in range(len(pending)) if i not in waiting):
         return [Run(Input(waiting[0]), pos[waiting[0]], ends[waiting[0]])]  # one input alone: no time to compare
     while True:
+        if any(pos[i] == ends[i] and not exhausted[i] for i in range(len(pending))):
+            return runs
         heads = [(pending[i].stamps[pos[i]], i) for i in range(len(pending)) if pos[i] < ends[i]]  # by rank too
-        if not heads or any(pos[i] == ends[i] and not exhausted[i] for i in range(len(pending))):
+        if not heads:
             return runs
         heads.sort()
         _, first = heads[0]
