@@ -307,13 +307,13 @@ def _accounts(chk: _Checker, raw: Any, statuses: dict[str, bool],
         chk.fail(f"accounts.{key}", "unknown setting")
     fallback = next(iter(statuses)) if len(statuses) == 1 else DEFAULT_STATUS
     missing = raw.get("missing_status", fallback)
-    if missing not in statuses:
+    if not isinstance(missing, str) or missing not in statuses:
         chk.fail("accounts.missing_status", f"must name one of the account statuses {sorted(statuses)}, "
                                             f"got {missing!r}")
     region = raw.get("default_region")
-    if region is not None and region not in regions:
+    if region is not None and (not isinstance(region, str) or region not in regions):
         chk.fail("accounts.default_region", f"must name one of the regions, got {region!r}")
-    return (missing if isinstance(missing, str) else fallback), region
+    return (missing if isinstance(missing, str) else fallback), (region if isinstance(region, str) else None)
 
 
 def parse_policy(data: dict[str, Any], source: str = "<policy>") -> Policy:
