@@ -11,7 +11,7 @@ replace the worker. What it does NOT do, on purpose and unlike the native worker
   * no changelog: engine state lives in memory only (store memory://, no Faust tables either), so a
     restart or a rebalance that moves a partition starts that partition from an empty state. Run one
     runner per group, on a fresh group, for comparisons.
-  * payouts are not consumed.
+  * payouts and creator accounts are not consumed (so it prices every gift in its own region, with no account).
 The consumer group is the app id (`--group`), so load/drain.py can watch its committed offsets.
 
 Two ways to consume, both documented Faust paths:
