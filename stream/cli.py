@@ -21,16 +21,27 @@ def _default_session() -> Path:
 
 
 def _session(args: argparse.Namespace):
-    """The replay's inputs: the session file (the bundled demo by default, with its accounts) and the payouts and
-    accounts files given."""
-    from stream.runtime.replay import Session, read_accounts, read_session
+    """The replay's inputs: a recorded session directory (--session), or the gifts file (the bundled demo by
+    default, with its accounts) and the payouts and accounts files given."""
+    from stream.engine.order import Input
+    from stream.kafka.session_files import read_accounts, read_session, session_path
+    from stream.runtime.replay import Session
 
-    path = Path(args.file) if args.file else _default_session()
-    accounts = args.accounts
-    if accounts is None and not args.file:
+    payouts, accounts = args.payouts, args.accounts
+    if args.session:
+        if args.file:
+            raise SystemExit("giftstream replay: give a session FILE or --session DIR, not both")
+        path = session_path(args.session, Input.GIFTS)
+        if path is None:
+            raise SystemExit(f"giftstream replay: {args.session} holds no gifts.jsonl(.gz)")
+        payouts = payouts or session_path(args.session, Input.PAYOUTS)
+        accounts = accounts or session_path(args.session, Input.ACCOUNTS)
+    else:
+        path = Path(args.file) if args.file else _default_session()
+    if accounts is None and not args.file and not args.session:
         bundled = resources.files("stream.data").joinpath(DEMO_ACCOUNTS)
         accounts = str(bundled) if bundled.is_file() else None
-    return path, Session(read_session(path), read_session(args.payouts) if args.payouts else [],
+    return path, Session(read_session(path), read_session(payouts) if payouts else [],
                          read_accounts(accounts) if accounts else [])
 
 
@@ -136,10 +147,20 @@ def cmd_replay_to_kafka(args: argparse.Namespace) -> int:
 def cmd_record(args: argparse.Namespace) -> int:
     import asyncio
 
-    from stream.kafka.session_io import record_topic
-    from stream.runtime.replay import write_session
+    from stream.kafka.session_files import write_session
+    from stream.kafka.session_io import record_session, record_topic
 
     cfg = _worker_config(args)
+    if args.session:
+        if args.topic or args.file:
+            raise SystemExit("giftstream record: give TOPIC FILE or --session DIR, not both")
+        _check_kafka(cfg)
+        written = asyncio.run(record_session(cfg, args.session))
+        print(f"recorded {', '.join(f'{n:,} records to {name}' for name, n in written.items())} in {args.session}",
+              file=sys.stderr)
+        return 0
+    if not (args.topic and args.file):
+        raise SystemExit("giftstream record: give TOPIC FILE, or --session DIR")
     _check_kafka(cfg)
     lines = asyncio.run(record_topic(cfg, args.topic))
     n = write_session(args.file, lines)
@@ -215,6 +236,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "routed to partitions like Kafka's default partitioner, so notices match "
                                    "a live run on a topic with the same partition count.")
     p.add_argument("file", nargs="?", help=f"session file (default: the bundled {DEMO_SESSION})")
+    p.add_argument("--session", metavar="DIR", help="a recorded session directory (`giftstream record --session`): "
+                                                    "its gifts, payouts and creator accounts")
     p.add_argument("--payouts", help="payouts made (JSONL, .gz ok): one payout record per line")
     p.add_argument("--accounts", help="creator accounts (JSONL, .gz ok): one account record per line, "
                                       '{"tombstone": "<creator id>", "ts": <ms>} for a closed one (default with '
@@ -254,9 +277,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-level", default="INFO")
     p.set_defaults(func=cmd_worker)
 
-    p = sub.add_parser("record", help="write a topic's committed records to a session file")
-    p.add_argument("topic")
-    p.add_argument("file", help="output JSONL (.gz ok)")
+    p = sub.add_parser("record", help="write a topic's committed records to a session file, or all three inputs "
+                                      "to a session directory (--session)")
+    p.add_argument("topic", nargs="?")
+    p.add_argument("file", nargs="?", help="output JSONL (.gz ok)")
+    p.add_argument("--session", metavar="DIR", help="record gifts, payouts and creator-accounts into DIR "
+                                                    "(gifts.jsonl, payouts.jsonl, creator-accounts.jsonl), which "
+                                                    "`giftstream replay --session DIR` replays")
     _kafka_args(p)
     p.set_defaults(func=cmd_record)
 

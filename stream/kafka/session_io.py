@@ -5,34 +5,17 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
+from pathlib import Path
 
-import msgspec
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
 from stream.config import WorkerConfig
-from stream.engine import model
 from stream.engine.order import Input, tombstone_times
 from stream.kafka.routing import PartitionCache
+from stream.kafka.session_files import SESSION_FILES, account_lines, key_of, write_session
 
 MAX_PACE_JUMP_MS = 60_000
-
-
-class _KeyOnly(msgspec.Struct):
-    creator_id: str
-    ts: int = 0
-
-
-_keys = msgspec.json.Decoder(_KeyOnly)
-
-
-def key_of(raw: bytes) -> tuple[bytes | None, int | None]:
-    """(creator_id key, event time) of a record; (None, None) when it cannot be read."""
-    try:
-        k = _keys.decode(raw)
-        return k.creator_id.encode(), k.ts
-    except (*model.DECODE_ERRORS, UnicodeEncodeError):  # bad JSON or UTF-8 / a lone surrogate in creator_id
-        return None, None
 
 
 def bulk_producer(cfg: WorkerConfig, linger_ms: int) -> AIOKafkaProducer:
@@ -152,3 +135,21 @@ async def record_topic(cfg: WorkerConfig, topic: str) -> list[bytes]:
     """A topic's committed records as session lines (a raw newline inside a record becomes a space)."""
     per_partition = await read_topic(cfg, topic)
     return [(m.value or b"").replace(b"\n", b" ") for p in sorted(per_partition) for m in per_partition[p]]
+
+
+async def record_session(cfg: WorkerConfig, directory: str | Path) -> dict[str, int]:
+    """The committed records of the three inputs into a recorded session directory (stream.kafka.session_files);
+    returns the records written per file."""
+    out = Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
+    t = cfg.topics
+    written = {}
+    for kind, topic in ((Input.GIFTS, t.gifts), (Input.PAYOUTS, t.payouts), (Input.ACCOUNTS, t.accounts)):
+        if kind is Input.ACCOUNTS:
+            per_partition = await read_topic(cfg, topic)
+            lines = account_lines((m.key, m.value, m.timestamp) for p in sorted(per_partition)
+                                  for m in per_partition[p])
+        else:
+            lines = await record_topic(cfg, topic)
+        written[SESSION_FILES[kind]] = write_session(out / SESSION_FILES[kind], lines)
+    return written

@@ -12,15 +12,12 @@ within its partition as Kafka numbers offsets.
 from __future__ import annotations
 
 import gc
-import gzip
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import msgspec
 
 from stream.engine import model
 from stream.engine.native import make_engine
@@ -28,72 +25,9 @@ from stream.engine.order import Input, Pending, feed, plan
 from stream.engine.policy import Policy
 from stream.engine.protocol import Engine, Outputs
 from stream.kafka.routing import PartitionCache, partition_for
+from stream.kafka.session_files import AccountRecord, key_of, write_session
 
 DEFAULT_PARTITIONS = 6
-
-
-def read_session(path: str | Path) -> list[bytes]:
-    """All records of a session file, one per non-empty line."""
-    opener = gzip.open if str(path).endswith(".gz") else open
-    with opener(path, "rb") as f:
-        data = f.read()
-    return [line for line in data.split(b"\n") if line.strip()]
-
-
-def write_session(path: str | Path, records: Iterable[bytes]) -> int:
-    opener = gzip.open if str(path).endswith(".gz") else open
-    n = 0
-    with opener(path, "wb") as f:
-        for r in records:
-            f.write(r + b"\n")
-            n += 1
-    return n
-
-
-class _Tombstone(msgspec.Struct, forbid_unknown_fields=True):
-    tombstone: str  # the creator id (the record's key)
-    ts: int  # the record's timestamp
-
-
-_tombstone = msgspec.json.Decoder(_Tombstone)
-
-
-@dataclass(frozen=True, slots=True)
-class AccountRecord:
-    """A creator-accounts record of a session file: its key, value (None: a tombstone) and the time a tombstone
-    line gives (a record's own time is its updated_ts)."""
-
-    key: bytes | None
-    value: bytes | None
-    ts: int | None = None
-
-
-def read_accounts(path: str | Path) -> list[AccountRecord]:
-    """A creator-accounts file: one record value per non-empty line (its key is its creator_id); a line
-    {"tombstone": "<creator id>", "ts": <ms>} stands for a tombstone (the key with a null value)."""
-    records = []
-    for line in read_session(path):
-        if line.startswith(b'{"tombstone"'):
-            try:
-                t = _tombstone.decode(line)
-                records.append(AccountRecord(t.tombstone.encode(), None, t.ts))
-                continue
-            except msgspec.DecodeError:
-                pass
-        key, _ = session_key(line)
-        records.append(AccountRecord(key, line))
-    return records
-
-
-def tombstone_line(creator_id: str, ts: int) -> bytes:
-    return model.encode(_Tombstone(creator_id, ts))
-
-
-def session_key(raw: bytes) -> tuple[bytes | None, int | None]:
-    """(creator_id key, ts) of a record as the producers key it (stream.kafka.session_io.key_of)."""
-    from stream.kafka.session_io import key_of
-
-    return key_of(raw)
 
 
 @dataclass
@@ -202,8 +136,8 @@ def _replay_merged(session: Session, policy: Policy, partitions: int, batch_size
             ts = given[i] if given is not None and given[i] is not None else 0  # the Kafka timestamp, if known
             queue.add([len(queue.offsets)], [value], [ts], [key])  # offsets count from 0 per partition
 
-    route(Input.GIFTS, [session_key(r)[0] for r in session.gifts], session.gifts, None)
-    route(Input.PAYOUTS, [session_key(r)[0] for r in session.payouts], session.payouts, None)
+    route(Input.GIFTS, [key_of(r)[0] for r in session.gifts], session.gifts, None)
+    route(Input.PAYOUTS, [key_of(r)[0] for r in session.payouts], session.payouts, None)
     route(Input.ACCOUNTS, [a.key for a in session.accounts], [a.value for a in session.accounts],
           [a.ts for a in session.accounts])
     out = Outputs()

@@ -16,9 +16,10 @@ from stream.config import Topics, WorkerConfig
 from stream.engine import model
 from stream.engine.order import Input
 from stream.engine.policy import load_policy
+from stream.kafka.session_files import AccountRecord
 from stream.kafka.session_io import produce_session, read_topic
 from stream.kafka.topics import create_topics, delete_topics
-from stream.runtime.replay import AccountRecord, Session, replay
+from stream.runtime.replay import Session, replay
 from stream.runtime.worker import Worker
 from stream.state.changelog import restore_state
 from tests.support.events import T0

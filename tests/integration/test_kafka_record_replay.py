@@ -12,8 +12,9 @@ from stream.cli import _default_session
 from stream.config import WorkerConfig
 from stream.engine import model
 from stream.engine.policy import load_policy
+from stream.kafka.session_files import read_session, write_session
 from stream.kafka.topics import delete_topics
-from stream.runtime.replay import read_session, replay, write_session
+from stream.runtime.replay import replay
 from tests.support.processes import BOOTSTRAP, run_cli, unique_topics, write_config
 
 pytestmark = pytest.mark.kafka

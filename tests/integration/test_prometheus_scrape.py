@@ -17,7 +17,8 @@ from load.drain import free_port
 from stream.cli import _default_session
 from stream.engine.policy import load_policy
 from stream.kafka.routing import partition_for
-from stream.runtime.replay import read_session, replay
+from stream.kafka.session_files import read_session
+from stream.runtime.replay import replay
 from tests.support.processes import (
     BOOTSTRAP,
     ROOT,
