@@ -16,8 +16,8 @@ from stream.config import Topics, WorkerConfig
 from stream.engine import model
 from stream.engine.order import Input
 from stream.engine.policy import load_policy
-from stream.kafka.session_files import AccountRecord
-from stream.kafka.session_io import produce_session, read_topic
+from stream.kafka.session_files import AccountRecord, read_accounts, read_session
+from stream.kafka.session_io import produce_session, read_topic, record_session
 from stream.kafka.topics import create_topics, delete_topics
 from stream.runtime.replay import Session, replay
 from stream.runtime.worker import Worker
@@ -121,7 +121,7 @@ async def test_a_gift_and_the_payout_of_its_money_both_waiting_at_start(cfg):
     assert got["balances"] == [orjson.dumps(["c-w", 0, 1])]
 
 
-async def test_a_rebuild_by_a_new_group_and_the_offline_replay_give_the_live_runs_bytes(cfg):
+async def test_a_rebuild_by_a_new_group_and_the_offline_replay_give_the_live_runs_bytes(cfg, tmp_path):
     # Seen before the merge: a new group over the same topics rejected every payout (a balance of 9,000,000
     # instead of 1,999,000) and missed a notice.
     s = three_inputs()
@@ -140,9 +140,14 @@ async def test_a_rebuild_by_a_new_group_and_the_offline_replay_give_the_live_run
     finally:
         await delete_topics(replace(rebuild, topics=replace(rebuild.topics, gifts="-", payouts="-", accounts="-")))
     want = offline(cfg, s)
+    await record_session(cfg, tmp_path)  # `giftstream record --session`, replayed as `replay --session`
+    recorded = Session(read_session(tmp_path / "gifts.jsonl"), read_session(tmp_path / "payouts.jsonl"),
+                       read_accounts(tmp_path / "creator-accounts.jsonl"))
+    from_recording = offline(cfg, recorded)
     for name in ("notices", "dlq", "totals", "balances"):
         assert live[name] == want[name], name
         assert again[name] == want[name], name
+        assert from_recording[name] == want[name], name
     notices = [model.decode_notice(n) for n in live["notices"]]
     assert Counter(n.trigger for n in notices)["account"] > 0  # the suspended ones, notified once verified
     assert not [n for n in notices if n.creator_id == "c1" and n.crossing_seq > 1]  # closed: no second notice
