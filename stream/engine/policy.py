@@ -196,7 +196,7 @@ def _thresholds(chk: _Checker, merged: dict, path: str, statuses: dict[str, bool
         chk.fail(f"{path}threshold_cents", f"must be an integer or a table of account statuses, got {raw!r}")
         return {}
     out: dict[str, int] = {}
-    for status, cents in raw.items():
+    for status in raw:
         if status not in statuses:
             chk.fail(f"{path}threshold_cents.{status}", f"is not an account status {sorted(statuses)}")
             continue

@@ -11,8 +11,8 @@ A credit adds to the balance and to the pane of its event time, and emits a noti
 crosses the creator's threshold from below (its account's region and status; see stream.engine.policy). A credit
 is priced at the rate of its region when it is made (an account's region, else the gift's, else the policy's
 default region) and never again; an account record changes the region and threshold from then on, and emits the
-notice of a balance already above an eligible account's threshold. Because every decision depends only on the event sequence
-of the partition, the outputs do not depend on how the sequence is cut into batches.
+notice of a balance already above an eligible account's threshold. Because every decision depends only on the
+sequence of the partition's records, the outputs do not depend on how the sequence is cut into batches.
 """
 
 from __future__ import annotations

@@ -51,8 +51,8 @@ from stream.state.changelog_schema import (
 )
 from stream.state.tables import (
     CREATOR_FIELDS,
-    Account,
     RETENTION_BUCKET_MS,
+    Account,
     CreatorState,
     PartitionState,
     Streak,
