@@ -34,8 +34,8 @@ impl RegionRule {
     pub fn threshold(&self, account: Option<&AccountBrief>) -> Option<i128> {
         match account {
             None => self.missing,
-            Some(a) if a.age < self.min_age => None,
-            Some(a) => *self.thresholds.get(a.status?)?, // a closed account has no status index
+            Some(a) if i64::from(a.age) < self.min_age => None,
+            Some(a) => *self.thresholds.get(usize::from(a.status?))?, // a closed account has no status index
         }
     }
 }
@@ -97,7 +97,9 @@ impl Settings {
     /// What a creator's credits need of its account.
     pub fn brief(&self, a: &Account) -> AccountBrief {
         AccountBrief { region: (!a.region.is_empty()).then(|| a.region.clone()),
-                       status: self.statuses.iter().position(|s| *s == a.status), age: a.age }
+                       status: self.statuses.iter().position(|s| *s == a.status).and_then(|i| u16::try_from(i).ok()),
+                       // min ages are 0 to 150: an age clamped to 32 bits compares with them as the age does
+                       age: a.age.clamp(i32::MIN.into(), i32::MAX.into()) as i32 }
     }
 
     /// The creator's threshold now: its region's rule and its account (stream.engine.reference's _threshold).
@@ -133,12 +135,12 @@ pub struct Account {
     pub dirty: bool, // changed since the last drain (listed in Dirty::accounts)
 }
 
-/// The part of a creator's account its credits and payouts need (Creator::account).
+/// The part of a creator's account its credits and payouts need (Creator::account): 24 bytes in each creator.
 #[derive(Clone, Debug)]
 pub struct AccountBrief {
     pub region: Option<Arc<str>>, // None: the account names no region
-    pub status: Option<usize>,    // index in Settings::statuses; None for a closed account (never a notice)
-    pub age: i64,
+    pub status: Option<u16>,      // index in Settings::statuses; None for a closed account (never a notice)
+    pub age: i32,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -1125,6 +1127,30 @@ mod bench {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_threshold_follows_the_account() {
+        // statuses: verified, standard, restricted (not eligible: no threshold); the missing status is standard
+        let rule = RegionRule { milli_per_coin: 1000, thresholds: vec![Some(1), Some(2), None], missing: Some(2),
+                                min_age: 19 };
+        let brief = |status: Option<u16>, age: i32| AccountBrief { region: None, status, age };
+        assert_eq!(rule.threshold(None), Some(2));
+        assert_eq!(rule.threshold(Some(&brief(Some(0), 19))), Some(1));
+        assert_eq!(rule.threshold(Some(&brief(Some(0), 18))), None); // too young
+        assert_eq!(rule.threshold(Some(&brief(Some(2), 40))), None); // not eligible
+        assert_eq!(rule.threshold(Some(&brief(None, 40))), None); // closed
+        assert_eq!(rule.threshold(Some(&brief(Some(7), 40))), None); // a status the policy no longer has
+        let cfg = Settings { regions: Regions::default(), windows: Vec::new(), pane_ms: 1, grace_ms: 0,
+                             streak_timeout_ms: 0, dedupe_horizon_ms: 0, max_future_ms: 0, partition: 0, partitions: 1,
+                             statuses: vec!["verified".into(), "standard".into()], default_region: None };
+        let account = |status: &str, age: i64| Account { region: Arc::from(""), status: status.into(),
+                                                        payout_method: String::new(), age, updated_ts: 0, dirty: false };
+        let b = cfg.brief(&account("standard", i64::MAX));
+        assert_eq!((b.region, b.status, b.age), (None, Some(1), i32::MAX));
+        assert_eq!(cfg.brief(&account(CLOSED, i64::MIN)).status, None);
+        assert_eq!(cfg.brief(&account(CLOSED, i64::MIN)).age, i32::MIN);
+        assert_eq!(std::mem::size_of::<Option<AccountBrief>>(), 24); // in every creator
+    }
 
     #[test]
     fn panes_behave_like_an_ordered_map() {

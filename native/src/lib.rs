@@ -145,8 +145,8 @@ impl Core {
         if partition >= partitions {
             return invalid("partition must be below partitions");
         }
-        if statuses.iter().any(|s| s == engine::CLOSED) {
-            return invalid("the closed status is reserved (a closed account's): it is no policy status");
+        if statuses.len() > usize::from(u16::MAX) || statuses.iter().any(|s| s == engine::CLOSED) {
+            return invalid("statuses: at most 65535, and not the closed status (a closed account's, reserved)");
         }
         let Some(missing) = statuses.iter().position(|s| *s == missing_status) else {
             return invalid("missing_status must be one of statuses");
