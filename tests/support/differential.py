@@ -1,7 +1,7 @@
 """The two engines side by side on the same inputs: the same outputs, changelog records and state.
 
 The inputs are gift records (bytes) with payouts and creator-accounts records interleaved in one fixed order
-(`PayoutInput`, `AccountInput`), as stream.engine.order merges a partition's three topics."""
+(tests.support.accounts: `PayoutInput`, `AccountInput`), as stream.engine.order merges a partition's three topics."""
 
 from __future__ import annotations
 
@@ -17,25 +17,7 @@ from stream.engine.reference import Outputs, PartitionEngine
 from stream.kafka.routing import PartitionCache
 from stream.state.changelog import ChangelogWriter, restore_state
 from stream.state.tables import RETENTION_BUCKET_MS, PartitionState
-
-
-@dataclass(frozen=True)
-class PayoutInput:
-    """A record of topic payouts."""
-
-    raw: bytes
-
-
-@dataclass(frozen=True)
-class AccountInput:
-    """A record of topic creator-accounts: its key, its value (None: a tombstone) and the record's timestamp."""
-
-    key: bytes | None
-    value: bytes | None
-    ts: int
-
-
-Input = bytes | PayoutInput | AccountInput  # bytes: a gift record
+from tests.support.accounts import Input, PayoutInput
 
 
 @dataclass
@@ -152,16 +134,3 @@ def run_side_by_side(policy, records: Sequence[Input], cuts: list[int], payouts:
         assert comparable(engines[2].state) == comparable(native.state)
     return SideBySide(py, native, total)
 
-
-def account(creator_id: str, region: object = "US", status: object = "verified", method: object = "paypal",
-            age: object = 30, ts: int = 0, key: object = ..., **extra: object) -> AccountInput:
-    """A creator-accounts record (a field given as ... is left out; key: the creator id unless given)."""
-    rec = {"creator_id": creator_id, "region": region, "account_status": status, "payout_method": method,
-           "age": age, "updated_ts": ts, **extra}
-    value = msgspec.json.encode({k: v for k, v in rec.items() if v is not ...})
-    return AccountInput(creator_id.encode() if key is ... else key, value, ts)
-
-
-def closing(creator_id: str, ts: int) -> AccountInput:
-    """The tombstone of a creator's account."""
-    return AccountInput(creator_id.encode(), None, ts)
