@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use foldhash::{HashMap, HashMapExt, HashSet};
 
-use crate::engine::{intern_region, Creator, State, Streak, Tally, RETENTION_BUCKET_MS};
+use crate::engine::{intern_region, Account, Creator, State, Streak, Tally, RETENTION_BUCKET_MS};
 use crate::ids::{Id, StreakKey, STREAK_KEY_SEP};
 use crate::msgpack::{Reader, Writer};
 use crate::sharded::{ChunkedVec, ShardedMap};
@@ -30,6 +30,7 @@ pub const PANE: u8 = b'w';
 pub const STREAK: u8 = b's';
 pub const DEDUPE: u8 = b'd';
 pub const PAYOUT: u8 = b'p';
+pub const ACCOUNT: u8 = b'a';
 pub const NAME_SEP: u8 = b':';
 pub const CURSOR_KEY: &[u8] = &[CURSOR];
 pub const PANE_SEP: char = '\x1e'; // between creator id and pane start in a pane key
@@ -62,6 +63,9 @@ layout!(/// A pane tally's value (PANE_FIELDS).
 layout!(/// A streak's value (STREAK_FIELDS): stream.state.tables.Streak's fields in declaration order.
     StreakField { CreatorId = "creator_id", Region = "region", DiamondCount = "diamond_count", Count = "count",
                   Credited = "credited", LastTs = "last_ts", LastEventId = "last_event_id", Open = "open" });
+layout!(/// An account's value (ACCOUNT_FIELDS): stream.state.tables.Account's fields in declaration order.
+    AccountField { Region = "region", AccountStatus = "account_status", PayoutMethod = "payout_method", Age = "age",
+                   UpdatedTs = "updated_ts" });
 
 /// `key` emptied and started as the key of a record with a name: its kind byte and NAME_SEP (the name follows).
 pub fn key_start(key: &mut Vec<u8>, kind: u8) -> &mut Vec<u8> {
@@ -86,7 +90,8 @@ pub fn describe() -> Described {
     let names = |all: &[&'static str]| Names(all.to_vec());
     Table(vec![
         ("kinds", Table(vec![("cursor", ch(CURSOR)), ("creator", ch(CREATOR)), ("pane", ch(PANE)),
-                             ("streak", ch(STREAK)), ("dedupe", ch(DEDUPE)), ("payout", ch(PAYOUT))])),
+                             ("streak", ch(STREAK)), ("dedupe", ch(DEDUPE)), ("payout", ch(PAYOUT)),
+                             ("account", ch(ACCOUNT))])),
         ("name_sep", ch(NAME_SEP)),
         ("pane_sep", Text(PANE_SEP.to_string())),
         ("dedupe_sep", Text(DEDUPE_SEP.to_string())),
@@ -96,6 +101,7 @@ pub fn describe() -> Described {
             ("creator", names(&CreatorField::ALL.iter().map(|f| f.name()).collect::<Vec<_>>())),
             ("pane", names(&PaneField::ALL.iter().map(|f| f.name()).collect::<Vec<_>>())),
             ("streak", names(&StreakField::ALL.iter().map(|f| f.name()).collect::<Vec<_>>())),
+            ("account", names(&AccountField::ALL.iter().map(|f| f.name()).collect::<Vec<_>>())),
         ])),
         ("defaults", Table(vec![("streak", Table(vec![(StreakField::Open.name(), Bool(STREAK_OPEN_DEFAULT))]))])),
         ("payout_value", Text(String::from_utf8(PAYOUT_VALUE.to_vec()).expect("ASCII"))),
@@ -166,6 +172,22 @@ pub fn streak_value(s: &Streak) -> Vec<u8> {
     w.0
 }
 
+/// An array_like msgspec Struct: its fields in declaration order (stream.state.tables.Account).
+pub fn account_value(a: &Account) -> Vec<u8> {
+    let mut w = Writer::new();
+    w.array(AccountField::ALL.len());
+    for f in AccountField::ALL {
+        match f {
+            AccountField::Region => w.str(&a.region),
+            AccountField::AccountStatus => w.str(&a.status),
+            AccountField::PayoutMethod => w.str(&a.payout_method),
+            AccountField::Age => w.int(a.age as i128).expect("an i64 fits"),
+            AccountField::UpdatedTs => w.int(a.updated_ts as i128).expect("an i64 fits"),
+        }
+    }
+    w.0
+}
+
 pub fn ids_value<'a>(ids: impl ExactSizeIterator<Item = &'a Id>) -> Vec<u8> {
     let mut w = Writer::new();
     w.array(ids.len());
@@ -201,6 +223,7 @@ pub struct Restore {
     streaks: ShardedMap<StreakKey, Streak>,
     chunks: HashMap<i64, BTreeMap<usize, Vec<Id>>>, // dedupe bucket -> chunk start -> its ids
     payouts: HashSet<String>,
+    accounts: HashMap<String, Account>,
     region_names: Vec<Arc<str>>,
     pub records: u64,
 }
@@ -235,7 +258,11 @@ impl Restore {
         }
         let name = key.get(2..).filter(|_| key.get(1) == Some(&NAME_SEP));
         let Some(name) = name.and_then(|n| std::str::from_utf8(n).ok()) else {
-            return if matches!(kind, Some(CREATOR | PANE | STREAK | DEDUPE | PAYOUT)) { Err(bad(key)) } else { Ok(()) };
+            return if matches!(kind, Some(CREATOR | PANE | STREAK | DEDUPE | PAYOUT | ACCOUNT)) {
+                Err(bad(key))
+            } else {
+                Ok(())
+            };
         };
         match kind {
             Some(CREATOR) => self.creator(name, value).ok_or_else(|| bad(key)),
@@ -249,8 +276,34 @@ impl Restore {
                 };
                 Ok(())
             }
+            Some(ACCOUNT) => self.account(name, value).ok_or_else(|| bad(key)),
             _ => Ok(()),
         }
+    }
+
+    fn account(&mut self, cid: &str, value: Option<&[u8]>) -> Option<()> {
+        let Some(v) = value else {
+            self.accounts.remove(cid); // never written: the latest record of a key wins, as in Python
+            return Some(());
+        };
+        let mut r = Reader::new(v);
+        (r.array()? == AccountField::ALL.len()).then_some(())?;
+        let (mut region, mut status, mut payout_method, mut age, mut updated_ts) = (None, None, None, None, None);
+        for f in AccountField::ALL {
+            match f {
+                AccountField::Region => region = Some(r.str()?),
+                AccountField::AccountStatus => status = Some(r.str()?),
+                AccountField::PayoutMethod => payout_method = Some(r.str()?),
+                AccountField::Age => age = Some(r.i64()?),
+                AccountField::UpdatedTs => updated_ts = Some(r.i64()?),
+            }
+        }
+        r.done().then_some(())?;
+        let account = Account { region: intern_region(&mut self.region_names, region?), status: status?.to_owned(),
+                                payout_method: payout_method?.to_owned(), age: age?, updated_ts: updated_ts?,
+                                dirty: false };
+        self.accounts.insert(cid.to_owned(), account);
+        Some(())
     }
 
     fn creator(&mut self, cid: &str, value: Option<&[u8]>) -> Option<()> {
@@ -419,7 +472,8 @@ impl Restore {
             return Err(format!("changelog holds panes of creator {cid:?} but no record of the creator"));
         }
         let mut st = State { watermark: self.watermark, close_cursor: self.close_cursor, creators: self.creators,
-                             streaks: self.streaks, payouts_seen: self.payouts, region_names: self.region_names,
+                             streaks: self.streaks, payouts_seen: self.payouts, accounts: self.accounts,
+                             region_names: self.region_names,
                              ..Default::default() };
         let mut pane_creators: HashMap<i64, HashSet<String>> = HashMap::new();
         for (cid, c) in &st.creators {
@@ -495,6 +549,10 @@ pub fn snapshot(st: &State, chunks: &HashMap<i64, Vec<usize>>) -> Result<Vec<u8>
     for pid in &st.payouts_seen {
         key_start(&mut key, PAYOUT).extend_from_slice(pid.as_bytes());
         put(&key, PAYOUT_VALUE);
+    }
+    for (cid, a) in &st.accounts {
+        key_start(&mut key, ACCOUNT).extend_from_slice(cid.as_bytes());
+        put(&key, &account_value(a));
     }
     Ok(out)
 }

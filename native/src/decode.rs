@@ -29,8 +29,8 @@ pub struct Event<'a> {
     pub repeat_count: i64,
     pub repeat_end: bool,
     pub ts: i64,
-    #[serde(borrow)]
-    pub region: Cow<'a, str>,
+    #[serde(borrow, default)]
+    pub region: Cow<'a, str>, // optional: "" when the record names none (stream.engine.model.GiftEvent)
     #[serde(borrow, default)]
     pub group_id: Cow<'a, str>,
 }
@@ -364,7 +364,7 @@ impl<'a> FlatScanner<'a> {
             event_id: Cow::Borrowed(event_id?), room_id: Cow::Borrowed(room_id?),
             creator_id: Cow::Borrowed(creator_id?), sender_id: Cow::Borrowed(sender_id?), gift_id: gift_id?,
             gift_type: gift_type?, diamond_count: diamond_count?, repeat_count: repeat_count?,
-            repeat_end: repeat_end?, ts: ts?, region: Cow::Borrowed(region?),
+            repeat_end: repeat_end?, ts: ts?, region: Cow::Borrowed(region.unwrap_or("")),
             group_id: Cow::Borrowed(group_id.unwrap_or("")),
         })
     }
@@ -397,6 +397,24 @@ mod tests {
         assert_eq!(FlatScanner::new(minus_zero.as_bytes()).event().unwrap().ts, 0);
         for doubtful in [&br#"{"event_id":"a\"b"}"#[..], br#"{"ts":1.0}"#, br#"{"ts":01}"#, br#"{"a":1} x"#, b"{}"] {
             assert!(FlatScanner::new(doubtful).event().is_none());
+        }
+    }
+
+    #[test]
+    fn the_region_is_optional() {
+        let without = String::from_utf8_lossy(GOOD_FLAT).replace(",\"region\":\"US\"", "");
+        assert!(!without.contains("region"));
+        let fast = FlatScanner::new(without.as_bytes()).event().unwrap();
+        let full: Event = serde_json::from_slice(without.as_bytes()).unwrap();
+        assert_eq!(format!("{fast:?}"), format!("{full:?}"));
+        assert_eq!(fast.region, "");
+        let empty = String::from_utf8_lossy(GOOD_FLAT).replace("\"region\":\"US\"", "\"region\":\"\"");
+        assert_eq!(FlatScanner::new(empty.as_bytes()).event().unwrap().region, "");
+        let unflat = String::from_utf8_lossy(GOOD).replace(",\"region\":\"US\"", "");
+        assert_eq!(decode_fast(unflat.as_bytes(), 1 << 20, 32).unwrap().region, "");
+        for bad in ["null", "1", "[]"] {
+            let wrong = String::from_utf8_lossy(GOOD).replace("\"US\"", bad);
+            assert!(decode_fast(wrong.as_bytes(), 1 << 20, 32).is_none(), "{wrong}");
         }
     }
 

@@ -15,10 +15,29 @@ use crate::sharded::{ChunkedVec, ShardedMap};
 
 pub const RETENTION_BUCKET_MS: i64 = 60_000;
 pub const STREAKABLE: i64 = 1;
+/// stream.engine.policy.CLOSED: the status of an account whose record was deleted (never eligible, never a
+/// policy status).
+pub const CLOSED: &str = "closed";
 
 pub struct RegionRule {
     pub milli_per_coin: i128,
-    pub threshold: Option<i128>, // None: the region never pays out
+    /// Per account status (Settings::statuses, in its order): the threshold of an account of that status (None:
+    /// no notice while so, the region or the status is not eligible). policy.threshold_milli(region, status).
+    pub thresholds: Vec<Option<i128>>,
+    pub missing: Option<i128>, // the threshold of a creator without an account record (the missing status's)
+    pub min_age: i64,          // an account younger than this gets no notice
+}
+
+impl RegionRule {
+    /// The threshold of a creator of this region with `account` (None: no account record), as
+    /// stream.engine.reference.PartitionEngine._threshold: None means no notice while so.
+    pub fn threshold(&self, account: Option<&AccountBrief>) -> Option<i128> {
+        match account {
+            None => self.missing,
+            Some(a) if i64::from(a.age) < self.min_age => None,
+            Some(a) => *self.thresholds.get(usize::from(a.status?))?, // a closed account has no status index
+        }
+    }
 }
 
 pub struct Window {
@@ -70,6 +89,23 @@ pub struct Settings {
     pub max_future_ms: i64,
     pub partition: u32,
     pub partitions: u32, // of the input topics: a creator belongs to murmur2(creator_id) % partitions
+    pub statuses: Vec<String>, // the policy's account statuses (RegionRule::thresholds are in this order)
+    pub default_region: Option<String>, // the region of a gift that names none, for a creator without an account
+}
+
+impl Settings {
+    /// What a creator's credits need of its account.
+    pub fn brief(&self, a: &Account) -> AccountBrief {
+        AccountBrief { region: (!a.region.is_empty()).then(|| a.region.clone()),
+                       status: self.statuses.iter().position(|s| *s == a.status).and_then(|i| u16::try_from(i).ok()),
+                       // min ages are 0 to 150: an age clamped to 32 bits compares with them as the age does
+                       age: a.age.clamp(i32::MIN.into(), i32::MAX.into()) as i32 }
+    }
+
+    /// The creator's threshold now: its region's rule and its account (stream.engine.reference's _threshold).
+    pub fn threshold(&self, region: &str, account: Option<&AccountBrief>) -> Option<i128> {
+        self.regions.get(region)?.threshold(account)
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -83,6 +119,28 @@ pub struct Creator {
     pub panes: Panes,                // pane start -> tally
     pub dirty: bool,                 // changed since the last drain (listed in Dirty::creators)
     pub changed_panes: Vec<i64>,     // tallies whose flag is set (a creator holds up to a day of panes)
+    /// Its account (State::accounts) as its credits need it, None without an account record: kept here so a
+    /// credit looks nothing else up. Set when the creator is made or the state is loaded, and by apply_account.
+    pub account: Option<AccountBrief>,
+}
+
+/// A creator's account (stream.state.tables.Account), as the last creator-accounts record (or its tombstone) left it.
+#[derive(Clone, Debug)]
+pub struct Account {
+    pub region: Arc<str>, // from State::region_name; "" only for an account closed before any region was known
+    pub status: String,   // CLOSED for a closed account
+    pub payout_method: String,
+    pub age: i64,
+    pub updated_ts: i64,
+    pub dirty: bool, // changed since the last drain (listed in Dirty::accounts)
+}
+
+/// The part of a creator's account its credits and payouts need (Creator::account): 24 bytes in each creator.
+#[derive(Clone, Debug)]
+pub struct AccountBrief {
+    pub region: Option<Arc<str>>, // None: the account names no region
+    pub status: Option<u16>,      // index in Settings::statuses; None for a closed account (never a notice)
+    pub age: i32,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -95,7 +153,7 @@ pub struct Tally {
 impl Creator {
     pub fn new(region: &str) -> Self {
         Creator { region: region.to_owned(), balance: 0, credited: 0, paid_out: 0, crossings: 0, above: false,
-                  panes: Panes::default(), dirty: false, changed_panes: Vec::new() }
+                  panes: Panes::default(), dirty: false, changed_panes: Vec::new(), account: None }
     }
 }
 
@@ -198,8 +256,9 @@ pub struct State {
     pub seen_buckets: HashMap<i64, ChunkedVec<Id>>, // a minute's ids: a million at high rates
     pub streak_buckets: HashMap<i64, ChunkedVec<StreakKey>>, // a minute's closed streaks
     pub payouts_seen: HashSet<String>,
+    pub accounts: HashMap<String, Account>, // creator_id -> its account (creators without a record have none)
     pub pane_creators: HashMap<i64, HashSet<String>>,
-    pub region_names: Vec<Arc<str>>, // each region a streak names, once
+    pub region_names: Vec<Arc<str>>, // each region a streak or an account names, once
 }
 
 impl State {
@@ -229,6 +288,7 @@ pub struct Dirty {
     pub seen_buckets: HashMap<i64, usize>, // bucket -> its length before this batch
     pub expired_buckets: HashSet<i64>,
     pub payouts: Vec<String>,
+    pub accounts: Vec<String>, // each account once, in the order first changed (its flag was clear when listed)
 }
 
 /// What changed since the last drain, each key once.
@@ -239,6 +299,7 @@ pub struct Changed {
     pub seen_buckets: HashMap<i64, usize>,
     pub expired_buckets: HashSet<i64>,
     pub payouts: Vec<String>,
+    pub accounts: Vec<String>,
 }
 
 #[derive(Default)]
@@ -255,6 +316,7 @@ pub struct Stats {
     pub streak_stragglers: u64,
     pub payouts: u64,
     pub payout_duplicates: u64,
+    pub gifts_without_account: u64,
 }
 
 pub enum Reject {
@@ -263,6 +325,7 @@ pub enum Reject {
     WrongPartition { creator_id: String, owner: u32 },
     TooFarFuture { ts: i64, watermark: i64 },
     TooOld { ts: i64, watermark: i64 },
+    NoRegion { creator_id: String }, // the gift names no region, its creator's account none, the policy no default
 }
 
 pub enum Output {
@@ -280,11 +343,37 @@ pub enum PayoutResult {
     ExceedsBalance(i128),
 }
 
+/// A valid creator-accounts record (the caller, stream.engine.reference.EngineEdges.apply_accounts, checked it
+/// against the policy).
+pub enum AccountRecord<'a> {
+    Open { region: &'a str, status: &'a str, payout_method: &'a str, age: i64, updated_ts: i64 },
+    /// A tombstone: the account is closed as of `ts` (the record's time).
+    Closed { ts: i64 },
+}
+
+/// What a credit is worth, in the region it is priced in.
+enum Priced<'a> {
+    /// A plain gift of `coins` (diamond_count x repeat_count): priced in its creator's account's region, else the
+    /// gift's own (`region`, maybe ""), else the policy's default region.
+    Gift { region: &'a str, coins: i128 },
+    /// The rest of a streak, priced in the streak's region when it began.
+    Streak { region: &'a str, milli: i128 },
+}
+
 fn mark_creator(dirty: &mut Dirty, c: &mut Creator, creator_id: &str) {
     if !c.dirty {
         c.dirty = true;
         dirty.creators.push(creator_id.to_owned());
     }
+}
+
+/// A notice of the creator's next threshold crossing (event_id "": an account record made it).
+fn notice(outputs: &mut Vec<Output>, stats: &mut Stats, c: &mut Creator, creator_id: &str, event_id: String, ts: i64) {
+    c.crossings += 1;
+    c.above = true;
+    stats.notices += 1;
+    outputs.push(Output::Notice { creator_id: creator_id.to_owned(), region: c.region.clone(), crossing_seq: c.crossings,
+                                  balance: c.balance, event_id, ts });
 }
 
 /// The streak twin of mark_creator: list a streak key as changed once (its flag says it is listed).
@@ -329,7 +418,18 @@ impl Engine {
                              heap: BinaryHeap::new(), min_bucket: None, next_timer: -1,
                              track_changes };
         e.rebuild_timers();
+        e.brief_accounts();
         e
+    }
+
+    /// Each creator's Creator::account from State::accounts (a state loaded or restored has none set).
+    fn brief_accounts(&mut self) {
+        let (cfg, st) = (&self.cfg, &mut self.state);
+        for (cid, a) in &st.accounts {
+            if let Some(c) = st.creators.get_mut(cid) {
+                c.account = Some(cfg.brief(a));
+            }
+        }
     }
 
     /// Note a streak key as changed (or deleted, when it is gone).
@@ -375,8 +475,13 @@ impl Engine {
                 streaks.push(key.clone());
             }
         }
+        for cid in &dirty.accounts {
+            if let Some(a) = self.state.accounts.get_mut(cid) {
+                a.dirty = false;
+            }
+        }
         Changed { creators: dirty.creators, panes, streaks, seen_buckets: dirty.seen_buckets,
-                  expired_buckets: dirty.expired_buckets, payouts: dirty.payouts }
+                  expired_buckets: dirty.expired_buckets, payouts: dirty.payouts, accounts: dirty.accounts }
     }
 
     // ------------------------------------------------------------------------------------ timers
@@ -419,11 +524,16 @@ impl Engine {
             }
         }
         let ts = ev.ts;
-        let Some(rule) = self.cfg.regions.get(ev.region.as_ref()) else {
-            self.outputs.push(Output::Reject { index, reject: Reject::UnknownRegion(ev.region.to_string()) });
+        if !ev.region.is_empty() {
+            if self.cfg.regions.get(ev.region.as_ref()).is_none() {
+                self.outputs.push(Output::Reject { index, reject: Reject::UnknownRegion(ev.region.to_string()) });
+                return;
+            }
+        } else if self.cfg.default_region.is_none()
+            && self.state.accounts.get(ev.creator_id.as_ref()).is_none_or(|a| a.region.is_empty()) {
+            self.outputs.push(Output::Reject { index, reject: Reject::NoRegion { creator_id: ev.creator_id.to_string() } });
             return;
-        };
-        let rate = rule.milli_per_coin;
+        }
         if let Some(wm) = self.state.watermark {
             if ts > wm + self.cfg.max_future_ms {
                 self.outputs.push(Output::Reject { index, reject: Reject::TooFarFuture { ts, watermark: wm } });
@@ -465,11 +575,27 @@ impl Engine {
             Some(_) => {}
         }
         if ev.gift_type != STREAKABLE {
-            let milli = ev.diamond_count as i128 * ev.repeat_count as i128 * rate;
-            self.credit(&ev.creator_id, &ev.region, milli, ts, &event_id);
+            let coins = ev.diamond_count as i128 * ev.repeat_count as i128;
+            self.credit(&ev.creator_id, Priced::Gift { region: &ev.region, coins }, ts, &event_id);
         } else {
+            if self.state.accounts.is_empty() || !self.state.accounts.contains_key(ev.creator_id.as_ref()) {
+                self.stats.gifts_without_account += 1;
+            }
             self.streak_event(ev, event_id);
         }
+    }
+
+    /// The region a new streak is priced in (stream.engine.reference's _credit_region): its creator's account's,
+    /// else the gift's, else the policy's default region (a gift with none of them was rejected).
+    fn streak_region(&mut self, ev: &Event) -> Arc<str> {
+        if let Some(a) = self.state.accounts.get(ev.creator_id.as_ref()).filter(|a| !a.region.is_empty()) {
+            return a.region.clone();
+        }
+        let region = match ev.region.as_ref() {
+            "" => self.cfg.default_region.as_deref().expect("a gift without a region has the default region"),
+            r => r,
+        };
+        intern_region(&mut self.state.region_names, region)
     }
 
     /// First accepted event of the partition: windows ending before it (plus grace) are closed.
@@ -520,7 +646,7 @@ impl Engine {
             }
         }
         if !exists {
-            let s = Streak { creator_id: Id::new(&ev.creator_id), region: self.state.region_name(&ev.region),
+            let s = Streak { creator_id: Id::new(&ev.creator_id), region: self.streak_region(ev),
                              diamond_count: ev.diamond_count, count, credited: 0, last_ts: ev.ts,
                              last_event_id: event_id.clone(), open: true, dirty: self.track_changes };
             self.state.streaks.insert(key.clone(), s);
@@ -567,7 +693,7 @@ impl Engine {
             let milli = s.diamond_count as i128 * delta as i128 * rate;
             // credit() needs all of self: copy the creator and the region out (no allocation)
             let (creator_id, region) = (s.creator_id.clone(), s.region.clone());
-            creator_id.with_str(|cid| self.credit(cid, &region, milli, ts, event_id));
+            creator_id.with_str(|cid| self.credit(cid, Priced::Streak { region: &region, milli }, ts, event_id));
         }
         if !key.has_group() {
             // no group id: nothing can tell a straggler from a new streak
@@ -590,17 +716,42 @@ impl Engine {
 
     // ------------------------------------------------------------------------------------ credits and notices
 
-    fn credit(&mut self, creator_id: &str, region: &str, milli: i128, ts: i64, event_id: &Id) {
+    /// Credit a gift or the rest of a streak to the creator (stream.engine.reference's _credit_region and _credit):
+    /// the creator's own region is its account's when it has one with a region, else the credit's.
+    fn credit(&mut self, creator_id: &str, priced: Priced<'_>, ts: i64, event_id: &Id) {
         let pane_ms = self.cfg.pane_ms;
         let cursor = self.state.close_cursor.unwrap_or(i64::MIN);
         let c = match self.state.creators.get_mut(creator_id) {
-            Some(c) => {
+            Some(c) => c,
+            None => {
+                let account = self.state.accounts.get(creator_id).map(|a| self.cfg.brief(a));
+                self.state.creators.entry(creator_id.to_owned()).or_insert_with(|| Creator { account, ..Creator::new("") })
+            }
+        };
+        let account_region = c.account.as_ref().and_then(|a| a.region.as_deref());
+        let (milli, threshold) = match priced {
+            Priced::Gift { region, coins } => {
+                if c.account.is_none() {
+                    self.stats.gifts_without_account += 1;
+                }
+                let region = match (account_region, region) {
+                    (Some(home), _) => home,
+                    (None, "") => self.cfg.default_region.as_deref().expect("a gift without a region has the default region"),
+                    (None, own) => own,
+                };
+                let rule = self.cfg.regions.get(region).expect("a credit's region is in the policy");
                 if c.region != region {
                     c.region = region.to_owned(); // the creator's payout region moved: its threshold applies from now on
                 }
-                c
+                (coins * rule.milli_per_coin, rule.threshold(c.account.as_ref()))
             }
-            None => self.state.creators.entry(creator_id.to_owned()).or_insert_with(|| Creator::new(region)),
+            Priced::Streak { region, milli } => {
+                let home = account_region.unwrap_or(region);
+                if c.region != home {
+                    c.region = home.to_owned();
+                }
+                (milli, self.cfg.threshold(&c.region, c.account.as_ref()))
+            }
         };
         if self.track_changes {
             mark_creator(&mut self.dirty, c, creator_id);
@@ -617,15 +768,9 @@ impl Engine {
             self.late_credit(creator_id, pane, milli, ts, event_id);
             self.state.creators.get_mut(creator_id).expect("credited creator")
         };
-        let threshold = self.cfg.regions.get(&c.region).expect("a creator's region is in the policy").threshold;
         if let Some(t) = threshold {
             if !c.above && c.balance >= t {
-                c.crossings += 1;
-                c.above = true;
-                self.stats.notices += 1;
-                self.outputs.push(Output::Notice { creator_id: creator_id.to_owned(), region: c.region.clone(),
-                                                   crossing_seq: c.crossings, balance: c.balance,
-                                                   event_id: event_id.to_string(), ts });
+                notice(&mut self.outputs, &mut self.stats, c, creator_id, event_id.to_string(), ts);
             }
         }
     }
@@ -814,12 +959,73 @@ impl Engine {
         }
         c.balance -= milli;
         c.paid_out += milli;
-        let threshold = self.cfg.regions.get(&c.region).expect("a creator's region is in the policy").threshold;
+        let threshold = self.cfg.threshold(&c.region, c.account.as_ref());
         if c.above && threshold.is_none_or(|t| c.balance < t) {
             c.above = false;
         }
         self.stats.payouts += 1;
         PayoutResult::Applied
+    }
+
+    // ------------------------------------------------------------------------------------ accounts
+
+    /// An account record replaces the creator's account (a closing keeps its region, method and age with status
+    /// CLOSED); the creator's region follows it (balances already credited are not re-priced); and when the
+    /// balance is now at or above an eligible account's threshold with no notice out, the notice goes now
+    /// (stream.engine.reference.PartitionEngine._apply_account).
+    pub fn apply_account(&mut self, creator_id: &str, record: AccountRecord<'_>) {
+        let st = &mut self.state;
+        let account = match record {
+            AccountRecord::Open { region, status, payout_method, age, updated_ts } => Account {
+                region: intern_region(&mut st.region_names, region), status: status.to_owned(),
+                payout_method: payout_method.to_owned(), age, updated_ts, dirty: false },
+            AccountRecord::Closed { ts } => match st.accounts.get(creator_id) {
+                Some(prev) => Account { region: prev.region.clone(), status: CLOSED.to_owned(),
+                                        payout_method: prev.payout_method.clone(), age: prev.age, updated_ts: ts,
+                                        dirty: false },
+                None => {
+                    let region = st.creators.get(creator_id).map_or("", |c| c.region.as_str());
+                    Account { region: intern_region(&mut st.region_names, region), status: CLOSED.to_owned(),
+                              payout_method: String::new(), age: 0, updated_ts: ts, dirty: false }
+                }
+            },
+        };
+        let updated_ts = account.updated_ts;
+        let brief = self.cfg.brief(&account);
+        let track = self.track_changes;
+        let listed = match st.accounts.get_mut(creator_id) {
+            Some(a) => {
+                let listed = a.dirty;
+                *a = Account { dirty: listed || track, ..account };
+                listed
+            }
+            None => {
+                st.accounts.insert(creator_id.to_owned(), Account { dirty: track, ..account });
+                false
+            }
+        };
+        if track && !listed {
+            self.dirty.accounts.push(creator_id.to_owned());
+        }
+        let Some(c) = st.creators.get_mut(creator_id) else { return };
+        let region = brief.region.clone();
+        c.account = Some(brief);
+        if let Some(region) = region {
+            if *c.region != *region {
+                c.region = region.to_string();
+                if track {
+                    mark_creator(&mut self.dirty, c, creator_id);
+                }
+            }
+        }
+        if let Some(t) = self.cfg.threshold(&c.region, c.account.as_ref()) {
+            if !c.above && c.balance >= t {
+                if track {
+                    mark_creator(&mut self.dirty, c, creator_id);
+                }
+                notice(&mut self.outputs, &mut self.stats, c, creator_id, String::new(), updated_ts);
+            }
+        }
     }
 
     /// The input is finished (end of a recorded session): time out every open streak and close every
@@ -845,7 +1051,10 @@ mod bench {
     use std::time::Instant;
 
     fn default_policy() -> Settings {
-        let region = |name: &str, milli_per_coin, threshold| (name.to_owned(), RegionRule { milli_per_coin, threshold });
+        let region = |name: &str, milli_per_coin, threshold: Option<i128>| {
+            (name.to_owned(), RegionRule { milli_per_coin, thresholds: vec![threshold.map(|t| t / 2), threshold],
+                                           missing: threshold, min_age: 18 })
+        };
         let regions = vec![region("US", 1000, Some(2_000_000)), region("GB", 1000, Some(2_000_000)),
                            region("DE", 1000, Some(4_000_000)), region("FR", 1000, Some(4_000_000)),
                            region("BR", 1000, Some(1_000_000)), region("MX", 1000, Some(1_000_000)),
@@ -856,7 +1065,8 @@ mod bench {
                                  Window { size_ms: 86_400_000, hop_ms: 86_400_000 },
                                  Window { size_ms: 3_600_000, hop_ms: 300_000 }],
                    pane_ms: 300_000, grace_ms: 300_000, streak_timeout_ms: 30_000, dedupe_horizon_ms: 7_200_000,
-                   max_future_ms: 3_600_000, partition: 0, partitions: 1 }
+                   max_future_ms: 3_600_000, partition: 0, partitions: 1,
+                   statuses: vec!["verified".to_owned(), "standard".to_owned()], default_region: Some("US".to_owned()) }
     }
 
     #[test]
@@ -917,6 +1127,30 @@ mod bench {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_threshold_follows_the_account() {
+        // statuses: verified, standard, restricted (not eligible: no threshold); the missing status is standard
+        let rule = RegionRule { milli_per_coin: 1000, thresholds: vec![Some(1), Some(2), None], missing: Some(2),
+                                min_age: 19 };
+        let brief = |status: Option<u16>, age: i32| AccountBrief { region: None, status, age };
+        assert_eq!(rule.threshold(None), Some(2));
+        assert_eq!(rule.threshold(Some(&brief(Some(0), 19))), Some(1));
+        assert_eq!(rule.threshold(Some(&brief(Some(0), 18))), None); // too young
+        assert_eq!(rule.threshold(Some(&brief(Some(2), 40))), None); // not eligible
+        assert_eq!(rule.threshold(Some(&brief(None, 40))), None); // closed
+        assert_eq!(rule.threshold(Some(&brief(Some(7), 40))), None); // a status the policy no longer has
+        let cfg = Settings { regions: Regions::default(), windows: Vec::new(), pane_ms: 1, grace_ms: 0,
+                             streak_timeout_ms: 0, dedupe_horizon_ms: 0, max_future_ms: 0, partition: 0, partitions: 1,
+                             statuses: vec!["verified".into(), "standard".into()], default_region: None };
+        let account = |status: &str, age: i64| Account { region: Arc::from(""), status: status.into(),
+                                                        payout_method: String::new(), age, updated_ts: 0, dirty: false };
+        let b = cfg.brief(&account("standard", i64::MAX));
+        assert_eq!((b.region, b.status, b.age), (None, Some(1), i32::MAX));
+        assert_eq!(cfg.brief(&account(CLOSED, i64::MIN)).status, None);
+        assert_eq!(cfg.brief(&account(CLOSED, i64::MIN)).age, i32::MIN);
+        assert_eq!(std::mem::size_of::<Option<AccountBrief>>(), 24); // in every creator
+    }
 
     #[test]
     fn panes_behave_like_an_ordered_map() {

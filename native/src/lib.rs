@@ -33,7 +33,8 @@ use sharded::ChunkedVec;
 // handles that mix much better than glibc's allocator.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-use engine::{Creator, Engine, Output, PayoutResult, Regions, Reject, RegionRule, Settings, State, Streak, Tally, Window};
+use engine::{Account, AccountRecord, Creator, Engine, Output, PayoutResult, Regions, Reject, RegionRule, Settings, State,
+             Streak, Tally, Window};
 
 /// A partition engine. Built by stream.engine.native from the policy and the Python it calls back
 /// (stream.engine.reference.EngineHooks: decode fallback, dead letters, notices), checked here when it is built.
@@ -58,9 +59,12 @@ struct RejectTexts {
     unknown_region: Py<PyAny>,
     too_far_future: Py<PyAny>,
     too_old: Py<PyAny>,
+    no_region: Py<PyAny>,
 }
 
-type RegionArg = (String, i128, Option<i128>);
+/// (name, milli_diamonds per coin, min_age, the threshold of each account status in `statuses` order)
+type RegionArg = (String, i128, i64, Vec<Option<i128>>);
+type RejectsArg = (Py<PyAny>, Py<PyAny>, Py<PyAny>, Py<PyAny>, Py<PyAny>);
 const OUTPUTS_KEPT: usize = 1 << 16; // outputs a batch's buffer keeps room for between batches
 type WindowArg = (String, i64, i64);
 
@@ -125,66 +129,111 @@ impl Core {
     #[new]
     #[allow(clippy::too_many_arguments)]
     #[pyo3(signature = (regions, windows, pane_ms, grace_ms, streak_timeout_ms, dedupe_horizon_ms, max_future_ms,
-                        max_record_bytes, version, classes, track_changes=true, *, max_json_depth, partition,
-                        partitions, rejects, hooks))]
+                        max_record_bytes, version, classes, track_changes=true, *, statuses, missing_status,
+                        default_region, max_json_depth, partition, partitions, rejects, hooks))]
     fn new(py: Python<'_>, regions: Vec<RegionArg>, windows: Vec<WindowArg>, pane_ms: i64, grace_ms: i64,
            streak_timeout_ms: i64, dedupe_horizon_ms: i64, max_future_ms: i64, max_record_bytes: usize,
            version: String, classes: (Py<PyAny>, Py<PyAny>, Py<PyAny>), track_changes: bool,
-           max_json_depth: usize, partition: u32, partitions: u32,
-           rejects: (Py<PyAny>, Py<PyAny>, Py<PyAny>, Py<PyAny>), hooks: &Bound<'_, PyAny>) -> PyResult<Self> {
+           statuses: Vec<String>, missing_status: String, default_region: Option<String>,
+           max_json_depth: usize, partition: u32, partitions: u32, rejects: RejectsArg,
+           hooks: &Bound<'_, PyAny>) -> PyResult<Self> {
         let hooks = Hooks::of(hooks)?;
+        let invalid = |text: &str| Err(pyo3::exceptions::PyValueError::new_err(text.to_owned()));
         if pane_ms <= 0 || windows.iter().any(|w| w.1 <= 0 || w.2 <= 0) {
-            return Err(pyo3::exceptions::PyValueError::new_err("pane and window sizes must be positive"));
+            return invalid("pane and window sizes must be positive");
         }
         if partition >= partitions {
-            return Err(pyo3::exceptions::PyValueError::new_err("partition must be below partitions"));
+            return invalid("partition must be below partitions");
+        }
+        if statuses.len() > usize::from(u16::MAX) || statuses.iter().any(|s| s == engine::CLOSED) {
+            return invalid("statuses: at most 65535, and not the closed status (a closed account's, reserved)");
+        }
+        let Some(missing) = statuses.iter().position(|s| *s == missing_status) else {
+            return invalid("missing_status must be one of statuses");
+        };
+        if regions.iter().any(|r| r.3.len() != statuses.len()) {
+            return invalid("each region needs one threshold per status");
+        }
+        if default_region.as_ref().is_some_and(|d| !regions.iter().any(|r| r.0 == *d)) {
+            return invalid("default_region must be one of the regions");
         }
         let window_names = windows.iter().map(|w| pyo3::types::PyString::new(py, &w.0).into_any().unbind()).collect();
         let cfg = Settings {
             regions: Regions::new(regions.into_iter()
-                .map(|(name, rate, threshold)| (name, RegionRule { milli_per_coin: rate, threshold })).collect()),
+                .map(|(name, rate, min_age, thresholds)| {
+                    (name, RegionRule { milli_per_coin: rate, missing: thresholds[missing], thresholds, min_age })
+                }).collect()),
             windows: windows.into_iter().map(|(_, size_ms, hop_ms)| Window { size_ms, hop_ms }).collect(),
             pane_ms, grace_ms, streak_timeout_ms, dedupe_horizon_ms, max_future_ms, partition, partitions,
+            statuses, default_region,
         };
         Ok(Core { engine: Engine::new(cfg, State::default(), track_changes), hooks, max_record_bytes, max_json_depth,
                   window_names,
                   version: version.into_pyobject(py)?.into_any().unbind(), window_total_cls: classes.0,
                   late_cls: classes.1, missed_cls: classes.2,
                   reject_texts: RejectTexts { wrong_partition: rejects.0, unknown_region: rejects.1,
-                                              too_far_future: rejects.2, too_old: rejects.3 } })
+                                              too_far_future: rejects.2, too_old: rejects.3,
+                                              no_region: rejects.4 } })
     }
 
     /// One batch of raw records of this partition, in offset order.
     #[pyo3(signature = (raws, offsets, out))]
-    fn process(&mut self, py: Python<'_>, raws: &Bound<'_, PyList>, offsets: Option<&Bound<'_, PyAny>>,
+    fn process(slf: &Bound<'_, Self>, py: Python<'_>, raws: &Bound<'_, PyList>, offsets: Option<&Bound<'_, PyAny>>,
                out: &Bound<'_, PyAny>) -> PyResult<()> {
-        let n = raws.len();
-        for (i, item) in raws.iter().enumerate() {
-            let bytes = item.cast::<PyBytes>()?;
-            match decode_record(bytes, self.max_record_bytes, self.max_json_depth, &self.hooks)? {
-                Decoded::Event(ev) => self.engine.process_event(&ev, i),
-                Decoded::Bad(reject) => self.engine.outputs.push(Output::Reject { index: i, reject }),
+        {
+            let mut core = slf.borrow_mut();
+            let me = &mut *core;
+            let n = raws.len();
+            for (i, item) in raws.iter().enumerate() {
+                let bytes = item.cast::<PyBytes>()?;
+                match decode_record(bytes, me.max_record_bytes, me.max_json_depth, &me.hooks)? {
+                    Decoded::Event(ev) => me.engine.process_event(&ev, i),
+                    Decoded::Bad(reject) => me.engine.outputs.push(Output::Reject { index: i, reject }),
+                }
             }
+            me.engine.stats.events_in += n as u64;
         }
-        self.engine.stats.events_in += n as u64;
-        self.flush(py, Some(raws), offsets, out, true)
+        Self::flush(slf, py, Some(raws), offsets, out, true)
     }
 
     /// A payout: "applied", "duplicate", or the balance it exceeds (an int).
-    fn apply_payout(&mut self, py: Python<'_>, payout_id: &str, creator_id: &str, milli: i128, out: &Bound<'_, PyAny>)
-                    -> PyResult<Py<PyAny>> {
-        let result = match self.engine.apply_payout(payout_id, creator_id, milli) {
+    fn apply_payout(slf: &Bound<'_, Self>, py: Python<'_>, payout_id: &str, creator_id: &str, milli: i128,
+                    out: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
+        let applied = slf.borrow_mut().engine.apply_payout(payout_id, creator_id, milli);
+        let result = match applied {
             PayoutResult::Applied => "applied".into_pyobject(py)?.into_any().unbind(),
             PayoutResult::Duplicate => "duplicate".into_pyobject(py)?.into_any().unbind(),
             PayoutResult::ExceedsBalance(b) => b.into_pyobject(py)?.into_any().unbind(),
         };
-        self.flush(py, None, None, out, false)?;
+        Self::flush(slf, py, None, None, out, false)?;
         Ok(result)
     }
 
-    fn end_of_stream(&mut self, py: Python<'_>, out: &Bound<'_, PyAny>) -> PyResult<()> {
-        self.engine.end_of_stream();
-        self.flush(py, None, None, out, false)
+    /// A valid creator-accounts record (stream.engine.reference.EngineEdges.apply_accounts checked it): the
+    /// creator's account now; a notice when it makes the balance reach an eligible threshold.
+    #[allow(clippy::too_many_arguments)]
+    fn apply_account(slf: &Bound<'_, Self>, py: Python<'_>, creator_id: &str, region: &str, account_status: &str,
+                     payout_method: &str, age: i64, updated_ts: i64, out: &Bound<'_, PyAny>) -> PyResult<()> {
+        slf.borrow_mut().engine.apply_account(creator_id, AccountRecord::Open { region, status: account_status,
+                                                                                payout_method, age, updated_ts });
+        Self::flush(slf, py, None, None, out, false)
+    }
+
+    /// A tombstone of creator-accounts: the creator's account is closed as of ts.
+    fn close_account(slf: &Bound<'_, Self>, py: Python<'_>, creator_id: &str, ts: i64, out: &Bound<'_, PyAny>)
+                     -> PyResult<()> {
+        slf.borrow_mut().engine.apply_account(creator_id, AccountRecord::Closed { ts });
+        Self::flush(slf, py, None, None, out, false)
+    }
+
+    /// One creator's account (region, account_status, payout_method, age, updated_ts), or None.
+    fn account(&self, creator_id: &str) -> Option<AccountTuple> {
+        self.engine.state.accounts.get(creator_id).map(account_tuple)
+    }
+
+    fn end_of_stream(slf: &Bound<'_, Self>, py: Python<'_>, out: &Bound<'_, PyAny>) -> PyResult<()> {
+        slf.borrow_mut().engine.end_of_stream();
+        Self::flush(slf, py, None, None, out, false)
     }
 
     /// The changelog records of the keys changed since the last call (and forget them), encoded like
@@ -241,10 +290,11 @@ impl Core {
         let streak_buckets: Vec<(i64, Vec<String>)> = st.streak_buckets.iter()
             .map(|(b, keys)| (*b, keys.iter().map(|k| k.to_string()).collect())).collect();
         let payouts: Vec<&String> = st.payouts_seen.iter().collect();
+        let accounts: Vec<(&String, AccountTuple)> = st.accounts.iter().map(|(cid, a)| (cid, account_tuple(a))).collect();
         let pane_creators: Vec<(i64, Vec<&String>)> =
             st.pane_creators.iter().map(|(p, h)| (*p, h.iter().collect())).collect();
-        (st.watermark, st.close_cursor, creators, streaks, seen_buckets, streak_buckets, payouts, pane_creators)
-            .into_pyobject(py)
+        (st.watermark, st.close_cursor, creators, streaks, seen_buckets, streak_buckets, payouts, accounts,
+         pane_creators).into_pyobject(py)
     }
 
     /// Replace the state with one given as export_state's plain values (the layout Python's
@@ -253,12 +303,12 @@ impl Core {
     fn load_state(&mut self, watermark: Option<i64>, close_cursor: Option<i64>,
                   creators: Vec<(String, CreatorTuple, PaneTallies)>, streaks: Vec<(String, StreakTuple)>,
                   seen_buckets: Vec<(i64, Vec<String>)>, streak_buckets: Vec<(i64, Vec<String>)>,
-                  payouts: Vec<String>, pane_creators: Vec<(i64, Vec<String>)>) {
+                  payouts: Vec<String>, accounts: Vec<(String, AccountTuple)>, pane_creators: Vec<(i64, Vec<String>)>) {
         let mut st = State { watermark, close_cursor, ..Default::default() };
         for (cid, (region, balance, credited, paid_out, crossings, above), panes) in creators {
             let panes = panes.into_iter().map(|(p, milli, credits)| (p, Tally { milli, credits, dirty: false })).collect();
             st.creators.insert(cid, Creator { region, balance, credited, paid_out, crossings, above, panes,
-                                              dirty: false, changed_panes: Vec::new() });
+                                              dirty: false, changed_panes: Vec::new(), account: None });
         }
         for (key, (creator_id, region, diamond_count, count, credited, last_ts, last_event_id, open)) in streaks {
             let (creator_id, region, last_event_id) = (Id::new(&creator_id), st.region_name(&region), Id::new(&last_event_id));
@@ -275,6 +325,10 @@ impl Core {
         st.streak_buckets = streak_buckets.into_iter()
             .map(|(b, keys)| (b, keys.iter().map(|k| StreakKey::parse(k)).collect())).collect();
         st.payouts_seen = payouts.into_iter().collect();
+        for (cid, (region, status, payout_method, age, updated_ts)) in accounts {
+            let region = st.region_name(&region);
+            st.accounts.insert(cid, Account { region, status, payout_method, age, updated_ts, dirty: false });
+        }
         st.pane_creators = pane_creators.into_iter().map(|(p, h)| (p, h.into_iter().collect::<HashSet<_>>()))
             .collect::<HashMap<_, _>>();
         let cfg = std::mem::replace(&mut self.engine.cfg, empty_settings());
@@ -314,11 +368,12 @@ impl Core {
             .map(|c| (creator_tuple(c), c.panes.iter().map(|(p, t)| (*p, t.milli, t.credits)).collect()))
     }
 
-    /// (creators, streaks, dedupe ids, pane tallies, open streaks, summed balance) held now.
-    fn sizes(&self) -> (usize, usize, usize, usize, usize, i128) {
+    /// (creators, streaks, dedupe ids, pane tallies, open streaks, summed balance, accounts) held now.
+    fn sizes(&self) -> (usize, usize, usize, usize, usize, i128, usize) {
         let st = &self.engine.state;
         (st.creators.len(), st.streaks.len(), st.seen.len(), st.creators.values().map(|c| c.panes.len()).sum(),
-         st.streaks.values().filter(|s| s.open).count(), st.creators.values().map(|c| c.balance).sum())
+         st.streaks.values().filter(|s| s.open).count(), st.creators.values().map(|c| c.balance).sum(),
+         st.accounts.len())
     }
 
     fn watermark(&self) -> Option<i64> {
@@ -335,6 +390,11 @@ type PaneTallies = Vec<(i64, i128, i64)>; // (pane start, milli_diamonds, credit
 /// Receives each changelog record: key, value (None for a tombstone).
 type RecordSink<'s> = &'s mut dyn FnMut(&[u8], Option<&[u8]>) -> PyResult<()>;
 type StreakTuple = (String, String, i64, i64, i64, i64, String, bool);
+type AccountTuple = (String, String, String, i64, i64); // (region, account_status, payout_method, age, updated_ts)
+
+fn account_tuple(a: &Account) -> AccountTuple {
+    (a.region.to_string(), a.status.clone(), a.payout_method.clone(), a.age, a.updated_ts)
+}
 
 fn creator_tuple(c: &Creator) -> CreatorTuple {
     (c.region.clone(), c.balance, c.credited, c.paid_out, c.crossings, c.above)
@@ -352,7 +412,8 @@ fn reject_text<'py>(rejection: &Py<PyAny>, params: &Bound<'py, PyDict>) -> PyRes
 
 fn empty_settings() -> Settings {
     Settings { regions: Regions::default(), windows: Vec::new(), pane_ms: 1, grace_ms: 0, streak_timeout_ms: 0,
-               dedupe_horizon_ms: 0, max_future_ms: 0, partition: 0, partitions: 1 }
+               dedupe_horizon_ms: 0, max_future_ms: 0, partition: 0, partitions: 1, statuses: Vec::new(),
+               default_region: None }
 }
 
 type ChunkList = Vec<(i64, usize)>;
@@ -403,15 +464,46 @@ impl Core {
             changelog::key_start(&mut key, changelog::PAYOUT).extend_from_slice(pid.as_bytes());
             put(&key, Some(changelog::PAYOUT_VALUE))?;
         }
+        for cid in &changed.accounts {
+            if let Some(a) = st.accounts.get(cid) { // accounts are never deleted
+                changelog::key_start(&mut key, changelog::ACCOUNT).extend_from_slice(cid.as_bytes());
+                put(&key, Some(&changelog::account_value(a)))?;
+            }
+        }
         let expired: Vec<i64> = changed.expired_buckets.iter().copied().collect();
         Ok((chunks, expired))
     }
 
+    /// The collected outputs and counters, taken (the engine starts on empty ones).
+    fn take_outputs(&mut self) -> (Vec<Output>, engine::Stats) {
+        (std::mem::take(&mut self.engine.outputs), std::mem::take(&mut self.engine.stats))
+    }
+
     /// Turn the collected outputs into Python records (in emission order) and add the counters to out.stats.
-    fn flush(&mut self, py: Python<'_>, raws: Option<&Bound<'_, PyList>>, offsets: Option<&Bound<'_, PyAny>>,
-             out: &Bound<'_, PyAny>, batch: bool) -> PyResult<()> {
-        // Taken and given back, so the next batch starts with room (up to OUTPUTS_KEPT) instead of growing anew.
-        let mut outputs = std::mem::take(&mut self.engine.outputs);
+    /// The core is not borrowed mutably meanwhile: the hooks read it back (a notice's account: Core.account).
+    fn flush(slf: &Bound<'_, Self>, py: Python<'_>, raws: Option<&Bound<'_, PyList>>,
+             offsets: Option<&Bound<'_, PyAny>>, out: &Bound<'_, PyAny>, batch: bool) -> PyResult<()> {
+        let taken = slf.borrow_mut().take_outputs();
+        Self::emit(slf, py, taken, raws, offsets, out, batch)
+    }
+
+    /// flush's second half: emit outputs taken from the core.
+    fn emit(slf: &Bound<'_, Self>, py: Python<'_>, taken: (Vec<Output>, engine::Stats),
+            raws: Option<&Bound<'_, PyList>>, offsets: Option<&Bound<'_, PyAny>>, out: &Bound<'_, PyAny>,
+            batch: bool) -> PyResult<()> {
+        let (mut outputs, stats) = taken;
+        let emitted = slf.borrow().emit_outputs(py, &mut outputs, stats, raws, offsets, out, batch);
+        // Given back, so the next batch starts with room (up to OUTPUTS_KEPT) instead of growing anew.
+        outputs.clear();
+        outputs.shrink_to(OUTPUTS_KEPT); // a window close over a million creators must not stay allocated
+        slf.borrow_mut().engine.outputs = outputs;
+        emitted
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn emit_outputs(&self, py: Python<'_>, outputs: &mut Vec<Output>, s: engine::Stats,
+                    raws: Option<&Bound<'_, PyList>>, offsets: Option<&Bound<'_, PyAny>>, out: &Bound<'_, PyAny>,
+                    batch: bool) -> PyResult<()> {
         if !outputs.is_empty() {
             let window_totals = out.getattr("window_totals")?;
             let late = out.getattr("late")?;
@@ -447,6 +539,11 @@ impl Core {
                                 p.set_item("watermark", watermark)?;
                                 reject_text(&texts.too_old, &p)?
                             }
+                            Reject::NoRegion { creator_id } => {
+                                p.set_item("creator_id", creator_id)?;
+                                p.set_item("policy_version", self.version.bind(py))?;
+                                reject_text(&texts.no_region, &p)?
+                            }
                         };
                         let (reason, detail) = (text.get_item(0)?, text.get_item(1)?);
                         let raw = raws.expect("rejects come from a batch").get_item(index)?;
@@ -480,9 +577,6 @@ impl Core {
                 }
             }
         }
-        outputs.shrink_to(OUTPUTS_KEPT); // a window close over a million creators must not stay allocated
-        self.engine.outputs = outputs;
-        let s = std::mem::take(&mut self.engine.stats);
         let stats = out.getattr("stats")?;
         let add = |key: &str, v: i128, always: bool| -> PyResult<()> {
             if v != 0 || always {
@@ -505,6 +599,7 @@ impl Core {
         add("streak_stragglers", s.streak_stragglers as i128, false)?;
         add("payouts", s.payouts as i128, false)?;
         add("payout_duplicates", s.payout_duplicates as i128, false)?;
+        add("gifts_without_account", s.gifts_without_account as i128, false)?;
         Ok(())
     }
 }
@@ -519,7 +614,7 @@ fn process_routed(py: Python<'_>, cores: Vec<Bound<'_, Core>>, raws: &Bound<'_, 
     if cores.is_empty() {
         return Err(pyo3::exceptions::PyValueError::new_err("process_routed needs at least one engine"));
     }
-    let mut engines: Vec<PyRefMut<'_, Core>> = cores.iter().map(|c| c.borrow_mut()).collect();
+    let mut engines: Vec<PyRefMut<'_, Core>> = cores.iter().map(|c| c.try_borrow_mut()).collect::<Result<_, _>>()?;
     let n = engines.len() as u32;
     let (max_bytes, max_depth) = (engines[0].max_record_bytes, engines[0].max_json_depth);
     let mut counts = vec![0u64; engines.len()];
@@ -538,10 +633,16 @@ fn process_routed(py: Python<'_>, cores: Vec<Bound<'_, Core>>, raws: &Bound<'_, 
         };
         counts[p] += 1;
     }
-    for (p, engine) in engines.iter_mut().enumerate() {
-        if counts[p] > 0 {
-            engine.engine.stats.events_in += counts[p];
-            engine.flush(py, Some(raws), offsets, out, true)?;
+    let taken: Vec<_> = engines.iter_mut().zip(&counts).map(|(engine, &count)| {
+        (count > 0).then(|| {
+            engine.engine.stats.events_in += count;
+            engine.take_outputs()
+        })
+    }).collect();
+    drop(engines); // the hooks read the cores back while their outputs are emitted
+    for (core, taken) in cores.iter().zip(taken) {
+        if let Some(taken) = taken {
+            Core::emit(core, py, taken, Some(raws), offsets, out, true)?;
         }
     }
     Ok(())

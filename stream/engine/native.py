@@ -19,13 +19,15 @@ import logging
 import os
 from collections.abc import MutableMapping, Sequence
 
+import msgspec
+
 from stream.config import ENGINES
 from stream.engine import model
-from stream.engine.model import LateGift, MissedWindow, Payout, WindowTotal
+from stream.engine.model import AccountClosed, CreatorAccount, LateGift, MissedWindow, Payout, WindowTotal
 from stream.engine.policy import Policy
 from stream.engine.protocol import Changelog, ChunkStarts, Engine, Outputs, StateSizes
 from stream.engine.reference import EngineEdges, EngineHooks, PartitionEngine
-from stream.state.tables import CreatorState, PartitionState, Streak, creator_fields
+from stream.state.tables import Account, CreatorState, PartitionState, Streak, creator_fields
 
 try:
     from stream import _native
@@ -69,13 +71,19 @@ class NativePartitionEngine(EngineEdges):
         self.partitions = partitions
         self._owners = _NativeOwners(partitions)
         self.hooks = EngineHooks(policy, partition, source_topic)
+        statuses = list(policy.statuses)
         self._core = _native.Core(
-            [(r, p.milli_diamonds_per_coin, p.threshold_milli_diamonds) for r, p in policy.regions.items()],
+            # per region: its rate, min age and the threshold of each status (policy.threshold_milli, as the
+            # reference engine's table of them)
+            [(r, p.milli_diamonds_per_coin, p.min_age, [policy.threshold_milli(r, s) for s in statuses])
+             for r, p in policy.regions.items()],
             [(w.name, w.size_ms, w.hop_ms) for w in policy.windows],
             policy.pane_ms, policy.grace_ms, policy.streak_timeout_ms, policy.dedupe_horizon_ms,
             policy.max_future_ms, policy.max_record_bytes, policy.version, (WindowTotal, LateGift, MissedWindow),
-            track_changes, max_json_depth=model.MAX_JSON_DEPTH, partition=partition, partitions=partitions,
-            rejects=model.EVENT_REJECTIONS, hooks=self.hooks)
+            track_changes, statuses=statuses, missing_status=policy.missing_status,
+            default_region=policy.default_region, max_json_depth=model.MAX_JSON_DEPTH, partition=partition,
+            partitions=partitions, rejects=model.EVENT_REJECTIONS, hooks=self.hooks)
+        self.hooks.account_of = self.account  # the notices' status and payout method
         if state is not None:
             self._load(state)
 
@@ -100,6 +108,17 @@ class NativePartitionEngine(EngineEdges):
     def _apply_payout(self, p: Payout, out: Outputs) -> int | None:
         result = self._core.apply_payout(p.payout_id, p.creator_id, p.milli_diamonds, out)
         return result if type(result) is int else None  # "applied" / "duplicate" otherwise
+
+    def _apply_account(self, a: CreatorAccount | AccountClosed, out: Outputs) -> None:
+        if type(a) is AccountClosed:
+            self._core.close_account(a.creator_id, a.ts, out)
+        else:
+            self._core.apply_account(a.creator_id, a.region, a.account_status, a.payout_method, a.age, a.updated_ts,
+                                     out)
+
+    def account(self, creator_id: str) -> Account | None:
+        found = self._core.account(creator_id)
+        return None if found is None else Account(*found)
 
     def end_of_stream(self, out: Outputs) -> None:
         self._core.end_of_stream(out)
@@ -148,7 +167,7 @@ class NativePartitionEngine(EngineEdges):
     @property
     def state(self) -> PartitionState:
         """A copy of the whole state (for snapshots, reports and tests; the engine keeps its own)."""
-        wm, cursor, creators, streaks, seen_buckets, streak_buckets, payouts, pane_creators = \
+        wm, cursor, creators, streaks, seen_buckets, streak_buckets, payouts, accounts, pane_creators = \
             self._core.export_state()
         st = PartitionState(watermark=wm, close_cursor=cursor)
         for cid, fields, panes in creators:
@@ -158,6 +177,7 @@ class NativePartitionEngine(EngineEdges):
         st.seen = {i for _, ids in seen_buckets for i in ids}
         st.streak_buckets = dict(sorted(streak_buckets))
         st.payouts_seen = set(payouts)
+        st.accounts = {cid: Account(*a) for cid, a in sorted(accounts)}
         st.pane_creators = {p: dict.fromkeys(sorted(cids)) for p, cids in sorted(pane_creators)}
         return st
 
@@ -169,6 +189,7 @@ class NativePartitionEngine(EngineEdges):
             [(k, (s.creator_id, s.region, s.diamond_count, s.count, s.credited, s.last_ts, s.last_event_id, s.open))
              for k, s in st.streaks.items()],
             list(st.seen_buckets.items()), list(st.streak_buckets.items()), list(st.payouts_seen),
+            [(cid, msgspec.structs.astuple(a)) for cid, a in st.accounts.items()],
             [(p, list(h)) for p, h in st.pane_creators.items()])
 
 

@@ -38,9 +38,12 @@ T0 = 1_764_000_000_000  # a whole hour
 
 POLICY = {
     "policy_version": "golden-1",
+    "account_statuses": {"verified": {"eligible": True}, "standard": {"eligible": True},
+                         "restricted": {"eligible": False}},
+    "accounts": {"missing_status": "standard", "default_region": "US"},
     "defaults": {"diamonds_per_coin": "1", "diamond_value_micro_usd": 5000, "threshold_cents": 1000,
                  "daily_cap_cents": 100000, "payout_method": "paypal", "eligible": True,
-                 "fees": {"paypal": {"fixed_cents": 0, "rate_bps": 290}}},
+                 "fees": {"paypal": {"fixed_cents": 0, "rate_bps": 290}, "bank": {"fixed_cents": 25, "rate_bps": 0}}},
     "regions": {"US": {}, "ID": {"diamonds_per_coin": "1/2", "threshold_cents": 100}, "TR": {"eligible": False}},
     "windows": {"tumbling": ["10m"], "grace": "1m"},
     "streaks": {"timeout": "30s"},
@@ -49,12 +52,14 @@ POLICY = {
 LONG_CREATOR = "creator-with-a-rather-long-id-0123456789"  # 40 bytes: a str8, not a fixstr
 
 
-def _gift(eid: str, creator: str, ts: int, *, region: str = "US", diamonds: int = 5, repeat: int = 1,
+def _gift(eid: str, creator: str, ts: int, *, region: str | None = "US", diamonds: int = 5, repeat: int = 1,
           streak: bool = False, end: bool = False, room: str = "r1", sender: str = "s1", gift: int = 5655,
           group: str | None = None) -> str:
     rec = {"event_id": eid, "room_id": room, "creator_id": creator, "sender_id": sender, "gift_id": gift,
            "gift_type": 1 if streak else 0, "diamond_count": diamonds, "repeat_count": repeat, "repeat_end": end,
-           "ts": ts, "region": region}
+           "ts": ts}
+    if region is not None:  # None: the record names no region
+        rec["region"] = region
     if group is not None:
         rec["group_id"] = group
     return json.dumps(rec, separators=(",", ":"))
@@ -65,8 +70,20 @@ def _payout(pid: str, creator: str, milli: int) -> str:
                       separators=(",", ":"))
 
 
+def _account(creator: str, region: str, status: str, age: int, ts: int, method: str = "paypal") -> list:
+    """A creator-accounts record as the fixture holds it: [key, value, record timestamp]."""
+    return [creator, json.dumps({"creator_id": creator, "region": region, "account_status": status,
+                                 "payout_method": method, "age": age, "updated_ts": ts}, separators=(",", ":")), ts]
+
+
+def _closing(creator: str, ts: int) -> list:
+    """A tombstone of creator-accounts: [key, None, record timestamp]."""
+    return [creator, None, ts]
+
+
 def _session() -> list[dict]:
-    """The batches: each a list of events, then payouts; the changelog is drained after each."""
+    """The batches: each a list of events, then creator-accounts records, then payouts; the changelog is drained
+    after each."""
     s = 1000
     step1 = [
         _gift("1", "c1", T0 + 1 * s, diamonds=2500),  # crosses the US threshold: crossings 1, above
@@ -86,6 +103,8 @@ def _session() -> list[dict]:
         _gift("201", "c2", T0 + 62 * s, room="r2", sender="s9", gift=77, group="g1", streak=True, repeat=6,
               end=True),  # g1 ends: closed, kept (it has a group)
         _gift("202", "7000000000000000001", T0 + 63 * s, region="ID"),
+        _gift("203", "c2", T0 + 64 * s, region=None, diamonds=3000),  # priced in its account's US; restricted
+        _gift("204", "c6", T0 + 65 * s, region=None),  # no account, no region: the default region's (US)
     ]
     step3 = [  # 11 min on: the first window closes (pane tombstones), buckets T0 and T0+1m expire
         _gift("300", "c1", T0 + 660 * s),
@@ -93,12 +112,26 @@ def _session() -> list[dict]:
         _gift("302", "c4", T0 + 662 * s, room="r5", sender="s5", gift=80, group="g3", streak=True, repeat=3,
               end=True),
         _gift("303", "c3", T0 + 663 * s, diamonds=2),
+        _gift("304", "c5", T0 + 664 * s, region=None, diamonds=7),  # priced in its account's region, ID
+    ]
+    accounts1 = [
+        _account("c2", "US", "restricted", 30, T0 + 20 * s),  # a balance, no notice while restricted
+        _account("c5", "ID", "verified", 21, T0 + 21 * s),  # no creator state yet
+    ]
+    accounts2 = [
+        _account("c2", "US", "verified", 30, T0 + 66 * s),  # eligible above the threshold: the notice goes now
+        _closing("c1", T0 + 67 * s),  # closed without an account record: its region, no method, age 0
+    ]
+    accounts3 = [
+        _closing("c2", T0 + 665 * s),  # keeps the region, method and age
+        _account(LONG_CREATOR, "US", "standard", 150, T0 + 666 * s, method="bank"),  # moves it from TR to US
     ]
     return [
-        {"events": [], "payouts": []},  # nothing yet: the cursor record with no watermark
-        {"events": step1, "payouts": [_payout("p-1", "c1", 1_000_000)]},
-        {"events": step2, "payouts": [_payout("9000000000000000000", "big", 2**40), _payout("p-1", "c1", 1)]},
-        {"events": step3, "payouts": [_payout("p-" + "y" * 62, "c3", 1)]},
+        {"events": [], "accounts": [], "payouts": []},  # nothing yet: the cursor record with no watermark
+        {"events": step1, "accounts": accounts1, "payouts": [_payout("p-1", "c1", 1_000_000)]},
+        {"events": step2, "accounts": accounts2,
+         "payouts": [_payout("9000000000000000000", "big", 2**40), _payout("p-1", "c1", 1)]},
+        {"events": step3, "accounts": accounts3, "payouts": [_payout("p-" + "y" * 62, "c3", 1)]},
     ]
 
 
@@ -135,16 +168,20 @@ def _state_view(st: PartitionState) -> dict:
         "streaks": {k: list(msgspec.structs.astuple(s)) for k, s in sorted(st.streaks.items())},
         "seen_buckets": {str(b): ids for b, ids in sorted(st.seen_buckets.items())},
         "payouts_seen": sorted(st.payouts_seen),
+        "accounts": {cid: list(msgspec.structs.astuple(a)) for cid, a in sorted(st.accounts.items())},
     }
 
 
-def _run(engine, session: list[dict], drain) -> list[list[Record]]:
+def _run(engine, session: list[dict], drain, out: Outputs | None = None) -> list[list[Record]]:
     """The session through one engine; the changelog records drained after each step."""
-    out, drains, offset = Outputs(), [], 0
+    out, drains, offset = out if out is not None else Outputs(), [], 0
     for step in session:
         raws = [e.encode() for e in step["events"]]
         engine.process(raws, list(range(offset, offset + len(raws))), out)
         offset += len(raws)
+        for key, value, ts in step["accounts"]:
+            raw = None if value is None else value.encode()
+            engine.apply_accounts([model.decode_account(key.encode(), raw, ts)], [raw], [0], out)
         for p in step["payouts"]:
             raw = p.encode()
             engine.apply_payouts([model.decode_payout(raw)], [raw], [0], out)
@@ -229,6 +266,23 @@ def test_each_drain_writes_the_golden_records(golden, kind):
     for i, (step, got) in enumerate(zip(golden["steps"], drains, strict=True)):
         assert _to_json(_sorted(got)) == step["records"], f"step {i}"
     assert writer.chunks == _chunks(golden)
+
+
+@pytest.mark.parametrize("kind", ENGINES)
+def test_the_session_holds_each_account_case(golden, kind):
+    """Account records, closings (of an account and of a creator without one), creators without an account, and a
+    notice an account record triggers: the fixture's records cover what they change."""
+    engine, out = _engine(kind, _policy(golden)), Outputs()
+    _run(engine, golden["steps"], ChangelogWriter().drain, out)
+    assert [(n.creator_id, n.trigger, n.account_status) for n in out.notices] == [
+        ("c1", "gift", "standard"), ("big", "gift", "standard"), ("c2", "account", "verified")]
+    assert not out.dead_letters
+    assert (out.stats["accounts"], out.stats["accounts_closed"]) == (4, 2)
+    assert out.stats["gifts_without_account"] > 0
+    accounts = golden["state"]["accounts"]
+    assert accounts["c1"] == ["US", "closed", "", 0, T0 + 67_000]
+    assert accounts["c2"] == ["US", "closed", "paypal", 30, T0 + 665_000]
+    assert golden["state"]["creators"][LONG_CREATOR][0] == "US"  # moved from TR by its account
 
 
 @pytest.mark.parametrize("kind", ENGINES)

@@ -60,8 +60,9 @@ def test_the_core_refuses_hooks_without_a_callback_when_it_is_built(policy, miss
     for name in HOOKS:
         if name != missing:
             setattr(Hooks, name, lambda self, *args: None)
-    args = ([("US", 1, None)], [("1h", 3_600_000, 3_600_000)], 60_000, 0, 1, 1, 1, 1024, "v", (None, None, None))
-    kwargs = {"max_json_depth": 8, "partition": 0, "partitions": 1, "rejects": model.EVENT_REJECTIONS}
+    args = ([("US", 1, 0, [None])], [("1h", 3_600_000, 3_600_000)], 60_000, 0, 1, 1, 1, 1024, "v", (None, None, None))
+    kwargs = {"statuses": ["standard"], "missing_status": "standard", "default_region": None, "max_json_depth": 8,
+              "partition": 0, "partitions": 1, "rejects": model.EVENT_REJECTIONS}
     with pytest.raises(TypeError, match=f"`{missing}`"):
         _native.Core(*args, **kwargs, hooks=Hooks())
     setattr(Hooks, missing, "not callable")

@@ -14,6 +14,8 @@ from stream.engine import model
 from stream.engine.native import NativePartitionEngine, native_available
 from stream.engine.reference import Outputs, PartitionEngine
 from stream.kafka.routing import PartitionCache, partition_for
+from tests.support.accounts import ACCOUNT_POLICIES, AccountInput, account
+from tests.support.differential import feed
 from tests.support.events import T0, gift
 
 pytestmark = pytest.mark.skipif(not native_available(), reason="native engine not built")
@@ -37,7 +39,7 @@ def _events(policy) -> list[bytes]:
     deep = b'{"a":' * (model.MAX_JSON_DEPTH + 1) + b"1" + b"}" * (model.MAX_JSON_DEPTH + 1)
     return [
         gift(event_id="first", creator_id=OURS, ts=T0),
-        b"not json", b"[1, 2]", gift(region=...), gift(diamond_count="5"), gift(event_id="a b"),
+        b"not json", b"[1, 2]", gift(ts=...), gift(diamond_count="5"), gift(event_id="a b"),
         gift(diamond_count=0), gift(creator_id=OURS, region="ZZ"), gift(creator_id=OURS, region="it's"),
         gift(creator_id=OURS, region='a"b\u00e9'),
         gift(creator_id=OURS, ts=T0 + policy.max_future_ms + 1),
@@ -47,10 +49,19 @@ def _events(policy) -> list[bytes]:
     ]
 
 
+# One creator-accounts record (at least) per reason of theirs.
+ACCOUNTS = [
+    account(THEIRS, ts=T0), account(OURS, region="ZZ", ts=T0), account(OURS, status="gold", ts=T0),
+    account(OURS, method="crypto", ts=T0), account(OURS, key=b"c-other", ts=T0), AccountInput(b"a b", None, T0),
+    AccountInput(OURS.encode(), b"{oops", T0), account(OURS, age=..., ts=T0),
+]
+
+
 def _dead_letters(engine, events: list[bytes]) -> Outputs:
     out = engine.process(events, list(range(100, 100 + len(events))))
     payouts = [_payout("p1", THEIRS, 5), _payout("p2", OURS, 10**15), _payout("p3", OURS, 1), b'{"payout_id":1}']
     engine.apply_payouts([model.decode_payout(p) for p in payouts], payouts, [7, 8, 9, 10], out)
+    feed(engine, ACCOUNTS, 20, out)
     return out
 
 
@@ -81,10 +92,28 @@ def test_the_rejects_the_engines_decide_are_worded_by_model(both, policy):
         model.PAYOUT_WRONG_PARTITION.of(payout_id="p1", creator_id=THEIRS, owner=1, partitions=PARTITIONS,
                                         partition=0),
         model.PAYOUT_OVER_BALANCE.of(payout_id="p2", milli_diamonds=10**15, balance=5 * us),
+        model.ACCOUNT_WRONG_PARTITION.of(creator_id=THEIRS, owner=1, partitions=PARTITIONS, partition=0),
+        model.ACCOUNT_UNKNOWN_REGION.of(creator_id=OURS, region="ZZ", policy_version=policy.version),
+        model.ACCOUNT_UNKNOWN_STATUS.of(creator_id=OURS, status="gold", policy_version=policy.version),
+        model.ACCOUNT_UNKNOWN_METHOD.of(creator_id=OURS, method="crypto", region="US", policy_version=policy.version),
+        model.ACCOUNT_KEY_MISMATCH.of(key="c-other", creator_id=OURS),
+        model.ACCOUNT_BAD_TOMBSTONE.of(key=b"a b"),
     ]
     for out in both:
         got = [(d.reason, d.detail) for d in out.dead_letters]
         assert sorted(g for g in got if g in expected) == sorted(expected)
+
+
+def test_a_gift_with_no_region_anywhere_is_worded_by_model():
+    """no_region: the gift names no region, its creator has no account record with one, the policy no default."""
+    policy = ACCOUNT_POLICIES["no default region"]
+    events = [gift(event_id="first", creator_id=OURS, ts=T0), gift(creator_id=OURS, region=...),
+              gift(creator_id=OURS, region="")]
+    outs = [engine.process(events, list(range(len(events))))
+            for engine in (PartitionEngine(policy), NativePartitionEngine(policy))]
+    expected = model.EVENT_REJECTIONS.no_region.of(creator_id=OURS, policy_version=policy.version)
+    assert [(d.reason, d.detail) for d in outs[0].dead_letters] == [expected, expected]
+    assert outs[1].dead_letters == outs[0].dead_letters
 
 
 def test_the_compiled_core_words_no_reject_itself():

@@ -15,6 +15,8 @@ from stream.engine.reference import PartitionEngine
 from stream.kafka.routing import partition_for
 from stream.runtime.replay import replay
 from stream.state.changelog import ChangelogWriter, restore_state
+from stream.state.tables import Account
+from tests.support.accounts import ACCOUNT_POLICIES, AccountInput, PayoutInput, account, account_sessions, closing
 from tests.support.differential import assert_same_outputs, run_side_by_side
 from tests.support.events import T0, gift, payout, sessions
 
@@ -179,3 +181,61 @@ def test_the_http_view_of_a_creator_is_the_same(policy):
     assert py.creator("c1") == native.creator("c1")
     assert native.creator("nobody") is None
     assert (py.watermark, py.close_cursor) == (native.watermark, native.close_cursor)
+
+
+# ---------------------------------------------------------------- creator accounts
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(items=account_sessions(), cuts=st.lists(st.integers(0, 60), max_size=4),
+       policy_name=st.sampled_from(list(ACCOUNT_POLICIES)), partitions=st.sampled_from([1, 2]))
+def test_native_engine_equals_the_reference_with_accounts(items, cuts, policy_name, partitions):
+    """Accounts interleaved with gifts and payouts: the same notices (those an account record triggers too), dead
+    letters, counters, changelog records and state; and the native engine restored from its changelog holds the
+    same state and goes on alike."""
+    run_side_by_side(ACCOUNT_POLICIES[policy_name], items, cuts, partition=partitions - 1, partitions=partitions,
+                     restore=True)
+
+
+def test_accounts_side_by_side_on_a_fixed_session():
+    """Each case once, as partition 1 of 2 under a policy with no default region (c0 and c4 are partition 0's)."""
+    policy = ACCOUNT_POLICIES["no default region"]
+    s = 1000
+    items = [
+        gift(event_id="1", creator_id="c1", diamond_count=2999, ts=T0),  # no account: the missing status's notice
+        gift(event_id="2", creator_id="c2", region=..., ts=T0 + 1 * s),  # no region anywhere: rejected
+        account("c2", "DE", "restricted", "bank", 30, T0 + 2 * s),
+        gift(event_id="3", creator_id="c2", region=..., diamond_count=1500, repeat_count=3, ts=T0 + 3 * s),  # in DE
+        account("c2", "DE", "verified", "bank", 30, T0 + 4 * s),  # eligible above the threshold: a notice now
+        PayoutInput(payout("p1", "c2", 4_000_000)),  # re-armed
+        closing("c2", T0 + 5 * s),
+        gift(event_id="4", creator_id="c2", region="US", diamond_count=2999, ts=T0 + 6 * s),  # closed: no notice
+        closing("c3", T0 + 7 * s),  # closed before anything named it: no region
+        gift(event_id="5", creator_id="c3", region=..., ts=T0 + 8 * s),  # rejected
+        gift(event_id="6", creator_id="c3", region="KR", gift_type=1, diamond_count=700, repeat_count=2,
+             group_id="g1", ts=T0 + 9 * s),
+        account("c3", "KR", "verified", "bank", 18, T0 + 10 * s),  # under KR's min age
+        gift(event_id="7", creator_id="c3", region="KR", gift_type=1, diamond_count=700, repeat_count=50,
+             group_id="g1", repeat_end=True, ts=T0 + 11 * s),
+        account("c3", "KR", "verified", "bank", 19, T0 + 12 * s),  # of age: a notice now
+        account("c5", status="gold", ts=T0), account("c5", method="crypto", ts=T0), account("c5", key=b"c1", ts=T0),
+        account("c0", ts=T0), closing("c4", T0), AccountInput(None, None, T0), AccountInput(b"c5", b"{oops", T0),
+        gift(event_id="8", creator_id="c0", ts=T0 + 13 * s),  # not this partition's
+        account("c5", "ID", "standard", "paypal", 40, T0 + 14 * s),
+        gift(event_id="9", creator_id="c5", region=..., diamond_count=500, ts=T0 + 15 * s),  # in ID: a notice
+        gift(event_id="9", creator_id="c5", region=..., diamond_count=500, ts=T0 + 15 * s),  # a duplicate
+    ]
+    result = run_side_by_side(policy, items, [3, 9, 14], partition=1, partitions=2, restore=True)
+    out = result.outputs
+    assert [(n.creator_id, n.trigger, n.account_status, n.payout_method, n.region) for n in out.notices] == [
+        ("c1", "gift", "standard", "paypal", "US"), ("c2", "account", "verified", "bank", "DE"),
+        ("c3", "account", "verified", "bank", "KR"), ("c5", "gift", "standard", "paypal", "ID")]
+    assert [d.reason for d in out.dead_letters] == [
+        "unknown_region", "unknown_region", "unknown_account_status", "unknown_payout_method", "key_mismatch",
+        "wrong_partition", "wrong_partition", "invalid_value", "not_json", "wrong_partition"]
+    assert "has no account record" in out.dead_letters[0].detail
+    assert out.stats["gifts_without_account"] == 1 and out.stats["duplicates"] == 1
+    assert (out.stats["accounts"], out.stats["accounts_closed"]) == (5, 2)
+    accounts = result.native.state.accounts
+    assert accounts["c2"] == Account("DE", "closed", "bank", 30, T0 + 5 * s)
+    assert accounts["c3"] == Account("KR", "verified", "bank", 19, T0 + 12 * s)
+    assert result.native.creator("c2").region == "DE" and result.native.sizes().accounts == 3

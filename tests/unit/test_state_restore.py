@@ -15,6 +15,8 @@ from hypothesis import strategies as st
 from stream.engine.native import NativePartitionEngine, native_available
 from stream.engine.reference import Outputs, PartitionEngine
 from stream.state.changelog import ChangelogWriter, StateRestore, body_records, engine_body, restore_state, state_body
+from tests.support.accounts import ACCOUNT_POLICIES, account_sessions
+from tests.support.differential import feed
 from tests.support.events import T0, gift, sessions
 
 KINDS = ["python", "native"] if native_available() else ["python"]
@@ -25,12 +27,13 @@ def engine_of(kind: str, policy, state=None):
     return cls(policy, state=state)
 
 
-def logged_run(kind: str, policy, records: list[bytes], cuts: list[int]):
-    """The records through one engine in batches: the engine, its writer and the whole changelog written."""
+def logged_run(kind: str, policy, records: list, cuts: list[int]):
+    """The records (gifts, or any inputs of tests.support.accounts) through one engine in batches: the engine, its
+    writer and the whole changelog written."""
     engine, writer, log = engine_of(kind, policy), ChangelogWriter(), []
     bounds = sorted({min(c, len(records)) for c in cuts} | {0, len(records)})
     for lo, hi in itertools.pairwise(bounds):
-        engine.process(records[lo:hi], list(range(lo, hi)))
+        feed(engine, records[lo:hi], lo, Outputs())
         log += writer.drain(engine)
     return engine, writer, log
 
@@ -79,6 +82,29 @@ def test_a_checkpoint_and_the_changelogs_tail_give_the_whole_logs_state(policy, 
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(items=account_sessions(), cuts=st.lists(st.integers(0, 60), max_size=4), chunk=st.integers(1, 50),
+       at=st.integers(0, 200), first=st.sampled_from(KINDS), then=st.sampled_from(KINDS),
+       policy_name=st.sampled_from(list(ACCOUNT_POLICIES)))
+def test_accounts_restore_from_the_changelog_and_from_a_checkpoint(items, cuts, chunk, at, first, then, policy_name):
+    """A changelog with account records (kind a) restores their accounts, and so does a checkpoint of them
+    topped up with the log's tail, for either engine."""
+    policy = ACCOUNT_POLICIES[policy_name]
+    engine, _writer, log = logged_run(first, policy, items, cuts)
+    expected, expected_writer = restore_state(log)
+    assert expected.accounts == engine.state.accounts
+    restored, restored_writer = restore(then, policy, log, chunk)
+    assert restored.state == expected
+    assert restored_writer.chunks == expected_writer.chunks
+    at = min(at, len(log))
+    state, writer = restore_state(log[:at])
+    body = engine_body(engine_of(first, policy, state), writer)
+    assert sorted(body_records(body)) == sorted(body_records(state_body(state, writer.chunks)))
+    restored, restored_writer = restore(then, policy, log[at:], 7, body)
+    assert restored.state == expected
+    assert restored_writer.chunks == expected_writer.chunks
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(records=sessions(), cut=st.integers(0, 200), then=st.sampled_from(KINDS))
 def test_a_restored_engine_continues_like_an_uninterrupted_one(policy, records, cut, then):
     whole = PartitionEngine(policy)
@@ -99,6 +125,8 @@ def test_a_restored_engine_continues_like_an_uninterrupted_one(policy, records, 
     (b"w:c1\x1e100", b"\x92\x01"),  # a pane tally cut short
     (b"d:60000:x", b"\x90"),  # a chunk start that is not a number
     (b"w:c9\x1e100", b"\x92\x01\x01"),  # a pane of a creator the log never names
+    (b"a:c1", b"\x94\xa2US\xa8verified\xa6paypal\x1e"),  # an account of 4 fields, not 5
+    (b"a:c1", b"\x95\xa2US\xa8verified\xa6paypal\xa21e\x01"),  # an age that is not a number
 ])
 def test_records_that_do_not_make_a_state_fail_the_restore(policy, kind, bad):
     engine = engine_of("python", policy)
