@@ -156,7 +156,7 @@ def test_state_moves_between_engines(policy, records, cut, first):
 
 
 def test_replay_routes_and_orders_outputs_like_the_reference(policy):
-    from stream.runtime.replay import read_session
+    from stream.kafka.session_files import read_session
 
     records = read_session("stream/data/demo-session.jsonl.gz")[:8000]
     ref = replay(records, policy, partitions=4, batch_size=1000, final=True, engine="python")
