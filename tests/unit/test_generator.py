@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import gzip
+import hashlib
 from collections import Counter, defaultdict
 from dataclasses import replace
 from itertools import pairwise
@@ -13,13 +14,18 @@ import orjson
 import pytest
 
 from load.generator import (
+    ACCOUNT_STATUSES,
+    BAD_ACCOUNT_KINDS,
+    BAD_PAYOUT_KINDS,
     DEFAULT_REGION_MIX,
     MALFORMED_KINDS,
     MAX_RECORD_BYTES,
+    PAYOUT_METHODS,
     REQUIRED_FIELDS,
     TrafficConfig,
     TrafficGenerator,
     generate,
+    generate_inputs,
     write_jsonl,
 )
 
@@ -341,3 +347,132 @@ def test_the_bundled_demo_accounts_are_what_make_demo_session_writes(tmp_path) -
     assert out.read_bytes() == data.joinpath("demo-accounts.jsonl").read_bytes()
     assert seen["account_triggered_notices"] and seen["closed"] and seen["kr_under_19"]
     assert len(seen["without_account"]) == 2
+
+
+# ------------------------------------------------------------------ creator accounts and payouts (generate_inputs)
+
+INPUTS_CFG = replace(SAMPLE_CFG, events=30_000, accounts=True)
+
+
+@pytest.fixture(scope="module")
+def inputs():
+    return generate_inputs(INPUTS_CFG)
+
+
+def test_the_gift_records_are_pinned_byte_for_byte() -> None:
+    """generate()'s bytes as they were before accounts and payouts came to the generator (sha256 of the JSONL)."""
+    records = generate(replace(SAMPLE_CFG, events=5_000))
+    digest = hashlib.sha256(b"".join(r + b"\n" for r in records)).hexdigest()
+    assert digest == "48035e898792d259aa79a328d78c07fd5912bcba5ba1cbb2f8e6f775b94c1a4e"
+
+
+def test_inputs_are_off_by_default_and_never_change_the_gifts(inputs) -> None:
+    off = generate_inputs(replace(INPUTS_CFG, accounts=False))
+    gifts = list(generate(replace(INPUTS_CFG, accounts=False)))
+    assert off.gifts == gifts and not off.payouts and not off.accounts and not off.account_times
+    assert list(generate(INPUTS_CFG)) == gifts  # generate() ignores the option
+    assert inputs.gifts == gifts  # and the gifts of generate_inputs do not depend on it
+    assert len(inputs.gift_times) == len(gifts) and inputs.gift_times == sorted(inputs.gift_times)
+    assert inputs.gift_times[0] == INPUTS_CFG.start_ts_ms
+
+
+def test_inputs_are_deterministic_and_seed_sensitive(inputs) -> None:
+    again = generate_inputs(INPUTS_CFG)
+    assert (again.payouts, again.payout_times, again.accounts, again.account_times) == (
+        inputs.payouts, inputs.payout_times, inputs.accounts, inputs.account_times)
+    other = generate_inputs(replace(INPUTS_CFG, seed=INPUTS_CFG.seed + 1))
+    assert other.payouts != inputs.payouts and other.accounts != inputs.accounts
+
+
+def test_accounts_have_every_kind(inputs) -> None:
+    st = inputs.input_stats
+    assert inputs.account_times == sorted(inputs.account_times) and len(inputs.accounts) == st.account_records
+    good, tombstones, bad = [], [], Counter()
+    first, last = inputs.gift_times[0], inputs.gift_times[-1]
+    for (key, value), t in zip(inputs.accounts, inputs.account_times, strict=True):
+        if value is None:
+            tombstones.append(key)
+            assert first <= t <= last  # closed during the run
+            continue
+        d = orjson.loads(value)
+        assert list(d) == ["creator_id", "region", "account_status", "payout_method", "age", "updated_ts"]
+        assert d["updated_ts"] == t
+        if d["account_status"] not in ACCOUNT_STATUSES:
+            bad["unknown_status"] += 1
+        elif d["payout_method"] not in PAYOUT_METHODS:
+            bad["unknown_method"] += 1
+        elif d["region"] not in KNOWN_REGIONS:
+            bad["unknown_region"] += 1
+        elif key != d["creator_id"].encode():
+            bad["key_mismatch"] += 1
+        else:
+            good.append(d)
+    assert dict(bad) == {k: v for k, v in st.bad_accounts.items() if v} and set(bad) == set(BAD_ACCOUNT_KINDS)
+    assert len(tombstones) == st.tombstones >= 1
+    assert {d["account_status"] for d in good} == set(ACCOUNT_STATUSES)
+    assert {d["payout_method"] for d in good} == set(PAYOUT_METHODS)
+    assert any(d["updated_ts"] < first for d in good) and any(d["updated_ts"] > first for d in good)
+    per_creator = defaultdict(list)
+    for d in good:
+        per_creator[d["creator_id"]].append(d)
+    assert len(per_creator) == st.accounts and sum(len(v) - 1 for v in per_creator.values()) == st.updates > 0
+    eligible = {"verified", "standard"}
+    ways = Counter((a["account_status"] in eligible, b["account_status"] in eligible)
+                   for ds in per_creator.values() for a, b in pairwise(ds)
+                   if a["account_status"] != b["account_status"])
+    assert ways[(True, False)] > 0 and ways[(False, True)] > 0  # status changes both ways
+    assert st.to_eligible > 0 and st.to_ineligible > 0
+    population = set(TrafficGenerator(INPUTS_CFG).creator_ids)
+    assert set(per_creator) <= population and len(per_creator) < len(population)  # some have none
+
+
+def test_payouts_fit_the_plain_gifts_before_them_and_some_must_fail(inputs) -> None:
+    """Re-derived from the records: each good payout is at most the creator's plain gifts that arrived before it
+    (at the lowest rate, 1/2 diamond a coin) minus what was paid before; the bad ones are of every kind."""
+    st = inputs.input_stats
+    assert inputs.payout_times == sorted(inputs.payout_times) and len(inputs.payouts) == st.payouts
+    plain: Counter[str] = Counter()
+    paid: Counter[str] = Counter()
+    seen: set[str] = set()
+    ids: Counter[str] = Counter()
+    good = bad = 0
+    gifts = iter(zip(inputs.gift_times, inputs.gifts, strict=True))
+    pending = next(gifts, None)
+    for t, raw in zip(inputs.payout_times, inputs.payouts, strict=True):
+        while pending is not None and pending[0] <= t:  # a gift of the same time comes first
+            d = is_valid(pending[1])
+            if d is not None and d["gift_type"] == 2 and d["event_id"] not in seen:
+                seen.add(d["event_id"])
+                plain[d["creator_id"]] += d["diamond_count"] * d["repeat_count"]
+            pending = next(gifts, None)
+        try:
+            p = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            bad += 1
+            continue
+        ids[p["payout_id"]] += 1
+        if ids[p["payout_id"]] > 1:
+            continue  # a resend
+        milli = p.get("milli_diamonds", 0)
+        if 1 <= milli <= plain[p["creator_id"]] * 500 - paid[p["creator_id"]]:
+            paid[p["creator_id"]] += milli
+            good += 1
+            assert p["ts"] == t
+        else:
+            bad += 1
+    assert good == st.good_payouts > 20 and sum(paid.values()) == st.good_payout_milli
+    assert bad == sum(st.bad_payouts.values()) and all(st.bad_payouts[k] >= 1 for k in BAD_PAYOUT_KINDS)
+    assert sum(n - 1 for n in ids.values()) == st.payout_duplicates > 0
+
+
+def test_in_time_order_merges_the_streams_with_the_tie_rule(inputs) -> None:
+    order = list(inputs.in_time_order())
+    assert Counter(kind for kind, _, _ in order) == {"gifts": len(inputs.gifts), "payouts": len(inputs.payouts),
+                                                       "accounts": len(inputs.accounts)}
+    assert [v for kind, _, v in order if kind == "payouts"] == inputs.payouts
+    assert [(k, v) for kind, k, v in order if kind == "accounts"] == inputs.accounts
+    # a payout follows the gift it comes after (same time, gifts first)
+    first_payout = next(i for i, (kind, _, _) in enumerate(order) if kind == "payouts")
+    assert order[first_payout - 1][0] == "gifts"
+    later = list(inputs.in_time_order(since=inputs.gift_times[0]))
+    assert len(order) - len(later) == sum(t < inputs.gift_times[0] for t in inputs.account_times) > 0
