@@ -14,6 +14,7 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from load.ground_truth import Rules
 from stream.config import WorkerConfig
 from stream.engine.policy import Policy
 
@@ -23,6 +24,15 @@ class Check:
     name: str
     passed: bool
     detail: str
+
+
+def truth_rules(policy: Policy) -> Rules:
+    """The policy's numbers the ground truth needs, as plain values (it shares no code with the engine)."""
+    return Rules(rates={r: rp.diamonds_per_coin for r, rp in policy.regions.items()},
+                 max_future_ms=policy.max_future_ms, horizon_ms=policy.dedupe_horizon_ms,
+                 max_bytes=policy.max_record_bytes, default_region=policy.default_region,
+                 statuses=frozenset(policy.statuses),
+                 methods={r: frozenset(rp.fees) for r, rp in policy.regions.items()})
 
 
 async def verify(cfg: WorkerConfig, policy: Policy) -> dict[str, Any]:
