@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import gzip
 import json
 import subprocess
@@ -11,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from load.latency import LatencySample, LatencyTracker, percentiles
@@ -293,7 +295,7 @@ def test_load_commands_are_in_the_cli_help():
     r = _cli("--help")
     assert r.returncode == 0 and b"generate" in r.stdout and b"run" in r.stdout and b"compare" in r.stdout
     r = _cli("run", "--help")
-    assert b"--rate" in r.stdout and b"--duration" in r.stdout and b"--out" in r.stdout
+    assert b"--rate" in r.stdout and b"--duration" in r.stdout and b"--out" in r.stdout and b"--accounts" in r.stdout
 
 
 # ------------------------------------------------------------------ the ground truth against the reference engine
@@ -420,3 +422,177 @@ def test_the_old_gift_only_call_still_agrees(policy):
         with contextlib.suppress(ValueError):
             parsed.append(json.loads(r))
     assert any(isinstance(d, dict) and "region" not in d and "creator_id" in d for d in parsed)  # they are there
+
+
+# ------------------------------------------------------------------ a run with payouts and accounts, no broker
+
+class _Cluster(_FakeProducer):
+    """A producer, consumer and admin client over in-memory topics of 3 partitions: it keeps every record it is
+    sent, with its key and the timestamp its batch was stamped with, and the group commits, at each poll, what was
+    in the topics at the previous one."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.topics: dict[tuple[str, int], list[tuple[bytes | None, bytes | None, int]]] = {}
+        self.seen: dict = {}
+        self.lookups = 0
+
+    def create_batch(self):
+        from aiokafka.producer.message_accumulator import BatchBuilder
+
+        return BatchBuilder(1 << 16, 0)  # aiokafka's own: a record appended with no timestamp is stamped then
+
+    async def send_batch(self, batch, topic, partition):
+        from aiokafka.record.default_records import DefaultRecordBatch
+
+        log = self.topics.setdefault((topic, partition), [])
+        batch._set_producer_state(1, 0, len(log))
+        built = DefaultRecordBatch(batch._build())
+        base = len(log)
+        log.extend((r.key, r.value, r.timestamp) for r in built)
+        if topic == "gifts":
+            self.next[partition] = len(log)
+        return _acked(base)
+
+    async def end_offsets(self, tps):
+        return {tp: len(self.topics.get((tp.topic, tp.partition), ())) for tp in tps}
+
+    async def close(self) -> None:
+        pass
+
+    async def find_coordinator(self, group_id):
+        self.lookups += 1
+        return 0
+
+    async def list_consumer_group_offsets(self, group_id, coordinator, tps):
+        now = {tp: len(self.topics.get((tp.topic, tp.partition), ())) for tp in tps}
+        committed = {tp: self.seen.get(tp, -1) for tp in tps}
+        self.seen.update(now)
+        return {tp: type("Om", (), {"offset": committed[tp]})() for tp in tps}
+
+    def consumer_records(self, topic: str, partitions: int = 3) -> dict[int, list]:
+        from aiokafka.structs import ConsumerRecord
+
+        return {p: [ConsumerRecord(topic, p, o, ts, 0, k, v, None, -1, -1, ())
+                    for o, (k, v, ts) in enumerate(self.topics.get((topic, p), []))] for p in range(partitions)}
+
+
+def _worker(policy, cluster: _Cluster, partitions: int = 3) -> tuple[dict[int, list], dict[int, list]]:
+    """What the workers commit for the cluster's inputs: each partition's three inputs merged by record timestamp
+    (stream.engine.order), run through the reference engine; (notices, changelog) as consumer records."""
+    from aiokafka.structs import ConsumerRecord
+
+    from stream.engine import model
+    from stream.engine.order import Input, Pending, feed, plan
+    from stream.engine.reference import Outputs, PartitionEngine
+    from stream.kafka.routing import PartitionCache
+
+    names = {Input.GIFTS: "gifts", Input.PAYOUTS: "payouts", Input.ACCOUNTS: "creator-accounts"}
+    notices, changelog = {}, {}
+    owners = PartitionCache(partitions)
+    for p in range(partitions):
+        engine = PartitionEngine(policy, p, source_topic="gifts", partitions=partitions, owners=owners)
+        queues = [Pending() for _ in Input]
+        for kind in Input:
+            log = cluster.topics.get((names[kind], p), [])
+            queues[kind].add(list(range(len(log))), [v for _, v, _ in log], [ts for _, _, ts in log],
+                             [k for k, _, _ in log])
+        out = Outputs()
+        for run in plan(queues, [True] * len(Input)):
+            feed(engine, run.input, queues[run.input].take(run.hi), out, names[run.input])
+        records, _, _ = engine.take_changelog()
+        notices[p] = [ConsumerRecord("payout-notices", p, i, 0, 0, None, model.encode(n), None, -1, -1, ())
+                      for i, n in enumerate(out.notices)]
+        changelog[p] = [ConsumerRecord("changelog", p, i, 0, 0, k, v, None, -1, -1, ())
+                        for i, (k, v) in enumerate(records)]
+    return notices, changelog
+
+
+def _inputs():
+    from load.generator import TrafficConfig, generate_inputs
+
+    return generate_inputs(TrafficConfig(seed=5, events=6_000, creators=30, senders=800, rate_per_s=20_000.0,
+                                         malformed_rate=0.01, accounts=True, payout_rate=0.01))
+
+
+async def test_paced_producer_sends_each_input_to_its_topic_in_one_order():
+    from load.producing import address_inputs
+    from stream.kafka.routing import partition_for
+
+    inputs = _inputs()
+    topics = {"gifts": "gifts", "payouts": "payouts", "accounts": "creator-accounts"}
+    routed = list(address_inputs(((topics[kind], k, v) for kind, k, v in inputs.in_time_order()), 3))
+    cluster = _Cluster()
+    acked: list[int] = []
+    pp = PacedProducer(cluster, "gifts", 3, rate=None, on_batch=lambda p, base, n, t: acked.append(n))
+    assert await pp.run(pp.shipments(routed, max_chunk=500)) == len(inputs.gifts)
+    await asyncio.sleep(0)
+    assert sum(acked) == len(inputs.gifts)  # the latency tracker hears of the gifts only
+    assert pp.sent_to == {"payouts": len(inputs.payouts), "creator-accounts": len(inputs.accounts)}
+    for topic, p in cluster.topics:
+        assert [v for _, v, _ in cluster.topics[topic, p]] == [v for t, _, q, v in routed if t == topic and q == p]
+        stamps = [ts for _, _, ts in cluster.topics[topic, p]]
+        assert stamps == sorted(stamps)  # stamped as sent, in the one order
+    for (k, v), _ in zip(inputs.accounts, inputs.account_times, strict=True):
+        assert (k, v) in [(key, value) for key, value, _ in cluster.topics["creator-accounts", partition_for(k, 3)]]
+    assert any(v is None for (t, _), log in cluster.topics.items() if t == "creator-accounts" for _, v, _ in log)
+
+
+@pytest.mark.parametrize("spoil", [None, "notice", "account"])
+async def test_load_run_with_accounts_and_payouts_produces_and_verifies_without_a_broker(tmp_path, policy,
+                                                                                        monkeypatch, spoil):
+    """`load run --accounts` over an in-memory cluster: the accounts older than the first gift go first, the rest
+    interleaved with the gifts and payouts; verify reads the topics back (with their timestamps) and passes on
+    what a worker would commit, and fails the matching check when a notice is lost or an account differs."""
+    from load.run import LoadRun, RunOptions
+    from stream.config import WorkerConfig
+    from stream.kafka import session_io
+    from stream.state.changelog_schema import ACCOUNT_PREFIX
+    from stream.state.tables import Account
+
+    cluster = _Cluster()
+    inputs = _inputs()
+
+    class Run(LoadRun):
+        async def _open(self) -> None:
+            self.producer, self.consumer, self.admin = cluster, cluster, cluster
+
+    async def read_topic(cfg, topic, committed_only=True):
+        if topic in (cfg.topics.notices, cfg.topics.changelog):
+            notices, changelog = _worker(policy, cluster)
+            if spoil == "notice":
+                notices[max(notices, key=lambda p: len(notices[p]))].pop()
+            if spoil == "account":  # one account of the changelog is not the one the inputs make
+                records = next(rs for rs in changelog.values() if any(r.key.startswith(ACCOUNT_PREFIX) for r in rs))
+                i = next(i for i, r in enumerate(records) if r.key.startswith(ACCOUNT_PREFIX))
+                other = Account("US", "verified", "paypal", 30, 0)
+                records[i] = dataclasses.replace(records[i], value=msgspec.msgpack.encode(other))
+            return notices if topic == cfg.topics.notices else changelog
+        return cluster.consumer_records(topic)
+
+    monkeypatch.setattr(session_io, "read_topic", read_topic)
+    opts = RunOptions(rate=50_000, duration=10, out=tmp_path / "r", generate_live=True, quiet=True)
+    report = await Run(WorkerConfig(group_id="g"), policy, inputs, opts).run()
+    r, v = report["results"], report["verification"]
+    first = inputs.gift_times[0]
+    early = sum(t < first for t in inputs.account_times)
+    assert r["produced"] == r["committed"] == len(inputs.gifts) and r["drained"]
+    assert r["produced_to"] == {"creator-accounts": len(inputs.accounts), "payouts": len(inputs.payouts)}
+    assert report["config"]["inputs"]["account_records"] == len(inputs.accounts)
+    stamps = {t: [ts for (topic, _), log in cluster.topics.items() if topic == t for _, _, ts in log]
+              for t in ("gifts", "creator-accounts")}
+    assert sum(ts < min(stamps["gifts"]) for ts in stamps["creator-accounts"]) >= early > 0  # the first ones first
+    assert v["records"] == len(inputs.gifts) and v["payouts"] == len(inputs.payouts)
+    assert v["account_records"] == len(inputs.accounts)
+    failed = {c["name"] for c in v["checks"] if not c["passed"]}
+    if spoil is None:
+        assert v["passed"] is True, json.dumps(v["checks"], indent=1)
+        details = {c["name"]: c["detail"] for c in v["checks"]}
+        assert "sent by an account update" in details["notices equal the offline replay's (byte for byte)"]
+        # in the order the run stamped them, every payout the generator sized to fit applied, and no other
+        applied = details["payouts applied equal the offline replay's and the ground truth's"]
+        assert applied.startswith(f"{inputs.input_stats.good_payouts:,} applied of {len(inputs.payouts):,}")
+    elif spoil == "notice":
+        assert failed == {"notices equal the offline replay's (byte for byte)"}
+    else:
+        assert failed == {"changelog accounts equal the offline replay's (and the ground truth's region and status)"}
