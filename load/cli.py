@@ -89,8 +89,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     import asyncio
+    from dataclasses import replace
 
-    from load.generator import generate
+    from load.generator import generate, generate_inputs
     from load.producing import traffic_config
     from load.run import LoadRun, RunOptions
     from stream.engine.policy import load_policy
@@ -100,13 +101,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.events is None:
         args.events = 2_000_000 if args.rate is None else math.ceil(args.rate * args.duration)
     traffic = traffic_config(args, args.rate)
+    if args.accounts:
+        traffic = replace(traffic, accounts=True, payout_rate=args.payout_rate)
     opts = RunOptions(rate=args.rate, duration=args.duration, out=Path(args.out), poll_interval=args.poll_interval,
                       warmup=args.warmup,
                       drain_timeout=args.drain_timeout, generate_live=args.generate_live,
                       verify=not args.no_verify, quiet=args.quiet,
                       partitions=args.partitions,
                       extra={"traffic": {k: v for k, v in asdict(traffic).items() if k != "regions"}})
-    report = asyncio.run(LoadRun(cfg, policy, generate(traffic), opts).run())
+    records = generate_inputs(traffic) if args.accounts else generate(traffic)
+    report = asyncio.run(LoadRun(cfg, policy, records, opts).run())
     r, v = report["results"], report["verification"]
     lat = r["latency_s"]
 
@@ -116,6 +120,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(f"produced {r['produced']:,} at {r['produce_rate'] or 0:,.0f}/s; committed {r['committed']:,} "
           f"({(r['throughput'] or 0):,.0f}/s); max lag {r['max_lag']:,}; latency p50 {f(lat['p50'])} "
           f"p90 {f(lat['p90'])} p99 {f(lat['p99'])} max {f(lat['max'])}", file=sys.stderr)
+    if r.get("produced_to"):
+        print("also produced " + ", ".join(f"{n:,} to {topic}" for topic, n in r["produced_to"].items()),
+              file=sys.stderr)
     steady = r.get("latency_after_warmup_s") or {}
     print(f"steady state (after the first {args.warmup:g} s): latency p50 {f(steady.get('p50'))} "
           f"p90 {f(steady.get('p90'))} p99 {f(steady.get('p99'))} max {f(steady.get('max'))}", file=sys.stderr)
@@ -198,7 +205,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("run", help="drive RUNNING workers at a rate; measure throughput, lag, latency; verify",
                        description="Produce traffic at --rate for --duration into the gifts topic of the "
-                                   "workers' config, poll the group's committed offsets, then verify the "
+                                   "workers' config (--accounts: with payouts and creator accounts into theirs), "
+                                   "poll the group's committed offsets, then verify the "
                                    "outputs against the offline replay and the independent ground truth. "
                                    "Start the workers first (giftstream worker --config SAME.toml).")
     p.add_argument("--rate", type=_rate, default=5_000.0, help="records/s of wall time, or 'max' (default 5000)")
@@ -217,6 +225,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="generate records while producing (constant memory, ~10 µs of CPU per record during "
                         "the run) instead of all of them before the clock starts (default; ~0.6 KiB per record)")
     p.add_argument("--quiet", action="store_true", help="no live progress line")
+    p.add_argument("--accounts", action="store_true",
+                   help="also produce creator accounts (the ones older than the first gift before the run) and "
+                        "payouts, interleaved with the gifts at the rate, to the config's accounts and payouts "
+                        "topics; verify them too (load.generator.generate_inputs)")
+    p.add_argument("--payout-rate", type=float, default=0.002, help="with --accounts: payouts per gift record")
     _kafka_args(p)
     _traffic_args(p, None)
     p.set_defaults(func=cmd_run)

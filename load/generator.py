@@ -45,17 +45,24 @@ from typing import BinaryIO
 import orjson
 
 __all__ = [
+    "ACCOUNT_STATUSES",
+    "BAD_ACCOUNT_KINDS",
+    "BAD_PAYOUT_KINDS",
     "DEFAULT_REGION_MIX",
     "DEFAULT_START_TS_MS",
     "GIFT_CATALOG",
     "MALFORMED_KINDS",
     "MAX_RECORD_BYTES",
+    "PAYOUT_METHODS",
     "REQUIRED_FIELDS",
     "GenerationStats",
     "Gift",
+    "InputStats",
+    "Inputs",
     "TrafficConfig",
     "TrafficGenerator",
     "generate",
+    "generate_inputs",
     "write_jsonl",
 ]
 
@@ -190,6 +197,20 @@ class TrafficConfig:
     malformed_rate: float = 0.002  # fraction of records that are malformed
     oversize_bytes: int = 70_000  # padding of an "oversize" malformed record
     regions: tuple[tuple[str, float], ...] = DEFAULT_REGION_MIX
+    # Creator accounts and payouts, for generate_inputs only (generate() makes gift records alone, whatever these
+    # say; the gift records are the same either way). Off by default.
+    accounts: bool = False  # generate_inputs also makes creator-accounts records and payouts
+    account_share: float = 0.8  # creators with an account record
+    account_before_start: float = 0.6  # of those, the accounts that exist before the first gift (others open later)
+    account_updates: float = 0.6  # mean updates per account during the run (status both ways, method, age, region)
+    account_close_rate: float = 0.05  # accounts closed by a tombstone during the run (about half reopen)
+    bad_account_rate: float = 0.03  # account records that are bad (one of BAD_ACCOUNT_KINDS)
+    payout_rate: float = 0.002  # payouts per gift record
+    bad_payout_rate: float = 0.1  # payouts that must be refused (one of BAD_PAYOUT_KINDS)
+    payout_duplicate_rate: float = 0.05  # payouts resent later (same payout_id: applied once)
+    # A good payout is at most the creator's plain gifts so far at this many milli-diamonds per coin: the lowest
+    # rate of the default policy (ID's 1/2 diamond), so it fits whatever region the engine prices them in.
+    payout_milli_per_coin: int = 500
 
     def __post_init__(self) -> None:
         if self.events < 0:
@@ -207,6 +228,13 @@ class TrafficConfig:
             "late_rate",
             "burst_start_frac",
             "burst_duration_frac",
+            "account_share",
+            "account_before_start",
+            "account_close_rate",
+            "bad_account_rate",
+            "payout_rate",
+            "bad_payout_rate",
+            "payout_duplicate_rate",
         ):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1]")
@@ -223,6 +251,8 @@ class TrafficConfig:
             raise ValueError("regions needs at least one positive weight")
         if self.burst_creator_rank is not None and not 0 <= self.burst_creator_rank < self.creators:
             raise ValueError("burst_creator_rank out of range")
+        if self.account_updates < 0 or self.payout_milli_per_coin < 1:
+            raise ValueError("account_updates must be >= 0 and payout_milli_per_coin >= 1")
 
     @property
     def nominal_span_ms(self) -> float:
@@ -428,9 +458,14 @@ class TrafficGenerator:
     # ---------------------------------------------------------------------------------------------- emitting
     # One pass: _pacing() (when gift actions start, the burst), _emit() (the records), _count() (the stats).
 
-    def _run(self) -> Iterator[bytes]:
+    def _run(self, times: list[int] | None = None) -> Iterator[bytes]:
         rng = random.Random(f"giftstream-traffic:{self.cfg.seed}")
-        return self._emit(rng)
+        return self._emit(rng, times)
+
+    def timed(self, times: list[int]) -> Iterator[bytes]:
+        """The records, as iterating does, each one's arrival time (ms of event time) appended to `times` as it is
+        yielded (non-decreasing: the order they arrive in)."""
+        return self._run(times)
 
     def _pacing(self) -> _Pacing:
         """Event-time pacing of the gift actions and the viral burst's window (recorded in the stats)."""
@@ -449,15 +484,18 @@ class TrafficGenerator:
             boost = 1.0
         return _Pacing(gap_ms, burst_lo, burst_hi, (boost - 1.0) / boost, gap_ms / boost)
 
-    def _emit(self, rng: random.Random) -> Iterator[bytes]:
+    def _emit(self, rng: random.Random, times: list[int] | None = None) -> Iterator[bytes]:
         """The records in arrival order. Each iteration emits one record: the first of a new gift action
         (single gift, first event of a streak, or a malformed record) when no queued record (a streak's
         later events, a duplicate resend) is due before the action's start time, else the earliest queued one.
 
         The per-record loop is one function on purpose, with locals only and no per-record calls other than
         random / orjson / heapq: cut into a method per step it was measurably slower (docs/benchmarks.md).
-        Only a streak's events (one call per streak) are built apart, by _streak_events."""
+        Only a streak's events (one call per streak) are built apart, by _streak_events. `times`: each record's
+        arrival time is appended to it (see timed)."""
         cfg = self.cfg
+        timed = times is not None
+        note = times.append if times is not None else None
         st = self.stats
         rand = rng.random
         log = math.log
@@ -605,6 +643,8 @@ class TrafficGenerator:
                     key, _, b = pop(heap)
                     pending -= 1
                 emitted += 1
+                if timed:
+                    note(key)  # type: ignore[misc]
                 yield b
                 if dup_p and rand() < dup_p and n_total - emitted - pending > 0:
                     # an exact resend of the record just emitted, arriving a little later
@@ -757,3 +797,330 @@ def write_jsonl(
         tmp.unlink(missing_ok=True)
         raise
     return gen.stats
+
+
+# ------------------------------------------------------------------------------------- accounts and payouts
+# generate_inputs: the gift records (byte-identical to generate()'s) with their arrival times and, with
+# TrafficConfig.accounts, the creator-accounts records and payouts of the same run, each stream in time order. They
+# come from random streams of their own (seeded from cfg.seed), so the gifts do not depend on them.
+
+# The account statuses of the default policy (stream/data/policy.default.toml): eligible for payouts or not.
+ACCOUNT_STATUSES: tuple[str, ...] = ("verified", "standard", "restricted", "suspended")
+_ELIGIBLE = ("verified", "standard")
+_INELIGIBLE = ("restricted", "suspended")
+_STATUS_WEIGHTS = (0.3, 0.45, 0.15, 0.1)
+PAYOUT_METHODS: tuple[str, ...] = ("paypal", "bank")
+_BANK_REGIONS = frozenset({"DE", "FR", "JP", "KR"})  # where the default policy's usual method is bank
+# Bad creator-accounts records, each refused by the engine (a dead letter) and changing no account.
+BAD_ACCOUNT_KINDS: tuple[str, ...] = (
+    "unknown_status",  # account_status "on_hold" (not a status of the policy)
+    "unknown_method",  # payout_method "crypto" (not offered in any region)
+    "unknown_region",  # region "ZZ"
+    "key_mismatch",  # the record's key is another creator's id
+)
+# Payouts that must be refused (dead letters), whatever order they are merged in.
+BAD_PAYOUT_KINDS: tuple[str, ...] = (
+    "too_large",  # more than 4 diamonds a coin of everything the creator gets in the run, and at least 10^10 diamonds
+    "unknown_creator",  # for a creator id outside the population (no balance)
+    "not_json",
+    "missing_field",  # no milli_diamonds
+    "zero_amount",  # milli_diamonds 0
+)
+_TOO_LARGE_MIN = 10**13  # milli-diamonds: 10^10 diamonds, above any balance a load run builds
+_PLAIN_SLACK_MS = 1_800_000  # a plain gift counts towards payouts only if its ts is within this of its arrival
+
+
+@dataclass(slots=True)
+class InputStats:
+    """What generate_inputs made besides the gifts."""
+
+    account_records: int = 0  # every record of the accounts stream (tombstones and bad ones included)
+    accounts: int = 0  # creators with an account
+    accounts_before_start: int = 0  # accounts whose first record comes before the first gift
+    statuses: dict[str, int] = field(default_factory=lambda: dict.fromkeys(ACCOUNT_STATUSES, 0))  # good records
+    methods: dict[str, int] = field(default_factory=lambda: dict.fromkeys(PAYOUT_METHODS, 0))
+    updates: int = 0  # good records of a creator after its first
+    to_eligible: int = 0  # status changes from an ineligible status to an eligible one
+    to_ineligible: int = 0
+    region_moves: int = 0
+    tombstones: int = 0
+    reopened: int = 0  # accounts opened again after their tombstone
+    kr_under_19: int = 0  # KR accounts of 18-year-olds (KR's min_age is 19 in the default policy)
+    bad_accounts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(BAD_ACCOUNT_KINDS, 0))
+    payouts: int = 0  # every record of the payouts stream
+    good_payouts: int = 0  # sized within the creator's plain gifts so far
+    good_payout_milli: int = 0
+    payout_duplicates: int = 0  # resends of a good payout
+    bad_payouts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(BAD_PAYOUT_KINDS, 0))
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(slots=True)
+class Inputs:
+    """A run's three input streams, each in time order (ms on the gifts' arrival clock): the gift records, the
+    payout records and the creator-accounts records as (key, value) with value None for a tombstone. An account
+    record's updated_ts and a payout's ts are its time."""
+
+    gifts: list[bytes]
+    gift_times: list[int]
+    payouts: list[bytes] = field(default_factory=list)
+    payout_times: list[int] = field(default_factory=list)
+    accounts: list[tuple[bytes, bytes | None]] = field(default_factory=list)
+    account_times: list[int] = field(default_factory=list)
+    stats: GenerationStats = field(default_factory=GenerationStats)
+    input_stats: InputStats = field(default_factory=InputStats)
+
+    def in_time_order(self, since: int | None = None) -> Iterator[tuple[str, bytes | None, bytes | None]]:
+        """(input, key, value) of every record (of those at or after `since`), in one order: by time, then
+        accounts before gifts before payouts (the engine's tie rule), then each stream's own order. input is
+        "accounts", "gifts" or "payouts"; key is given for accounts only (None: the record's creator_id)."""
+        streams = (
+            ((t, 0, i, "accounts", k, v) for i, (t, (k, v)) in enumerate(zip(self.account_times, self.accounts,
+                                                                             strict=True))),
+            ((t, 1, i, "gifts", None, v) for i, (t, v) in enumerate(zip(self.gift_times, self.gifts, strict=True))),
+            ((t, 2, i, "payouts", None, v) for i, (t, v) in enumerate(zip(self.payout_times, self.payouts,
+                                                                         strict=True))),
+        )
+        for t, _, _, kind, key, value in heapq.merge(*streams):
+            if since is None or t >= since:
+                yield kind, key, value
+
+
+def generate_inputs(cfg: TrafficConfig) -> Inputs:
+    """The gift records of generate(cfg) with their arrival times; with cfg.accounts also the run's creator
+    accounts and payouts (see TrafficConfig, BAD_ACCOUNT_KINDS, BAD_PAYOUT_KINDS). Equal configs give equal
+    bytes. Payouts are sized against the plain gifts that arrived before them: at most what those credited the
+    creator (at cfg.payout_milli_per_coin), minus what was paid already, so a payout fits the balance whenever it is
+    merged after those gifts (a gift and a payout of one time are merged gift first). That holds when the records'
+    timestamps follow the streams' times, as when each is stamped at send in this order (`load run`); stamped with
+    their own times instead (a session file's, stream.engine.order.file_timestamps), a gift of the dirt with a
+    far-future ts would hold its partition's later gifts back behind the payouts."""
+    gen = TrafficGenerator(cfg)
+    times: list[int] = []
+    gifts = list(gen.timed(times))
+    inputs = Inputs(gifts, times, stats=gen.stats)
+    if not cfg.accounts or not gifts:
+        return inputs
+    first, last = times[0], times[-1]
+    accounts = _accounts(gen, random.Random(f"giftstream-accounts:{cfg.seed}"), first, last, inputs.input_stats)
+    inputs.account_times = [t for t, _, _ in accounts]
+    inputs.accounts = [(k, v) for _, k, v in accounts]
+    payouts = _payouts(gen, gifts, times, random.Random(f"giftstream-payouts:{cfg.seed}"), inputs.input_stats)
+    inputs.payout_times = [t for t, _ in payouts]
+    inputs.payouts = [v for _, v in payouts]
+    return inputs
+
+
+def _usual_method(region: str) -> str:
+    return "bank" if region in _BANK_REGIONS else "paypal"
+
+
+def _accounts(gen: TrafficGenerator, rng: random.Random, first: int, last: int,
+              st: InputStats) -> list[tuple[int, bytes, bytes | None]]:
+    """The accounts stream: (time, key, value), in time order."""
+    cfg = gen.cfg
+    dumps = orjson.dumps
+    ids, regions = gen.creator_ids, gen.creator_regions
+    region_names = [r for r, _ in cfg.regions]
+    holders = [i for i in range(cfg.creators) if rng.random() < cfg.account_share]
+    # Every status at least once (with four holders or more), the rest by weight.
+    statuses = [*ACCOUNT_STATUSES[: len(holders)],
+                *rng.choices(ACCOUNT_STATUSES, _STATUS_WEIGHTS, k=max(0, len(holders) - len(ACCOUNT_STATUSES)))]
+    rng.shuffle(statuses)
+    closing = {i for i in holders if rng.random() < cfg.account_close_rate}
+    if holders and not closing and cfg.account_close_rate > 0:
+        closing.add(holders[rng.randrange(len(holders))])  # at least one tombstone
+    span = max(1, last - first)
+    p_more = cfg.account_updates / (1.0 + cfg.account_updates)  # geometric count with that mean
+    out: list[tuple[int, int, bytes, bytes | None]] = []  # (time, seq, key, value)
+    seq = 0
+
+    def emit(t: int, key: bytes, value: bytes | None) -> None:
+        nonlocal seq
+        out.append((t, seq, key, value))
+        seq += 1
+
+    def good(t: int, rec: dict) -> None:
+        rec["updated_ts"] = t
+        st.statuses[rec["account_status"]] += 1
+        st.methods[rec["payout_method"]] += 1
+        emit(t, rec["creator_id"].encode(), dumps(rec))
+
+    for i, status in zip(holders, statuses, strict=True):
+        cid, region = ids[i], regions[i]
+        method = _usual_method(region) if rng.random() < 0.75 else ("paypal" if region in _BANK_REGIONS else "bank")
+        age = 18 + min(62, int(rng.expovariate(1 / 12)))
+        if region == "KR" and rng.random() < 0.35:
+            age = 18
+            st.kr_under_19 += 1
+        if rng.random() < cfg.account_before_start:
+            t0 = first - 1 - int(rng.random() * DAY_MS)
+            st.accounts_before_start += 1
+        else:
+            t0 = first + int(rng.random() * span)
+        rec = {"creator_id": cid, "region": region, "account_status": status, "payout_method": method, "age": age,
+               "updated_ts": t0}
+        st.accounts += 1
+        good(t0, rec)
+        later = max(1, last - max(t0, first))
+        changes = []
+        while rng.random() < p_more:
+            changes.append(max(t0, first) + 1 + int(rng.random() * later))
+        changes.sort()
+        close_at = reopen_at = None
+        if i in closing:
+            close_at = max(t0, first) + 1 + int(rng.random() * later)
+            if rng.random() < 0.5 and close_at < last:
+                reopen_at = close_at + 1 + int(rng.random() * (last - close_at))
+        for t in changes:
+            if close_at is not None and close_at <= t and (reopen_at is None or t < reopen_at):
+                continue  # closed then: no update
+            r = rng.random()
+            if r < 0.55:  # a status change, eligible <-> not
+                now_eligible = rec["account_status"] in _ELIGIBLE
+                rec["account_status"] = rng.choice(_INELIGIBLE if now_eligible else _ELIGIBLE)
+                if now_eligible:
+                    st.to_ineligible += 1
+                else:
+                    st.to_eligible += 1
+            elif r < 0.75:
+                rec["payout_method"] = "bank" if rec["payout_method"] == "paypal" else "paypal"
+            elif r < 0.9:
+                rec["age"] = min(150, rec["age"] + 1)  # a birthday
+            else:
+                moved = [r2 for r2 in region_names if r2 != rec["region"]]
+                if moved:
+                    rec["region"] = rng.choice(moved)
+                    st.region_moves += 1
+            st.updates += 1
+            good(t, rec)
+        if close_at is not None:
+            emit(close_at, cid.encode(), None)
+            st.tombstones += 1
+            if reopen_at is not None:
+                st.reopened += 1
+                st.updates += 1
+                good(reopen_at, rec)
+
+    n_bad = max(len(BAD_ACCOUNT_KINDS), round(cfg.bad_account_rate * len(out))) \
+        if holders and cfg.bad_account_rate > 0 else 0
+    kinds: list[str] = []
+    for _ in range(n_bad):
+        if not kinds:
+            kinds = list(BAD_ACCOUNT_KINDS)
+            rng.shuffle(kinds)
+        kind = kinds.pop()
+        i = rng.randrange(cfg.creators)
+        cid, region = ids[i], regions[i]
+        rec = {"creator_id": cid, "region": region, "account_status": "standard", "payout_method":
+               _usual_method(region), "age": 30, "updated_ts": first + int(rng.random() * span)}
+        key = cid
+        if kind == "unknown_status":
+            rec["account_status"] = "on_hold"
+        elif kind == "unknown_method":
+            rec["payout_method"] = "crypto"
+        elif kind == "unknown_region":
+            rec["region"] = "ZZ"
+        else:  # key_mismatch
+            key = ids[(i + 1 + rng.randrange(max(1, cfg.creators - 1))) % cfg.creators] if cfg.creators > 1 \
+                else cid + "0"
+        st.bad_accounts[kind] += 1
+        emit(rec["updated_ts"], key.encode(), dumps(rec))
+    out.sort(key=lambda r: (r[0], r[1]))
+    st.account_records = len(out)
+    return [(t, k, v) for t, _, k, v in out]
+
+
+def _plain_gift(raw: bytes, known: frozenset[str]) -> dict | None:
+    """The record as a dict if it is a well-formed plain gift of a known region, else None."""
+    try:
+        d = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(d, dict) or d.get("gift_type") != 2 or d.get("region") not in known:
+        return None
+    for name in REQUIRED_FIELDS:
+        v = d.get(name)
+        if name == "repeat_end":
+            if type(v) is not bool:
+                return None
+        elif name in ("gift_id", "gift_type", "diamond_count", "repeat_count", "ts"):
+            if type(v) is not int:
+                return None
+        elif type(v) is not str:
+            return None
+    return d if d["diamond_count"] >= 1 and d["repeat_count"] >= 1 else None
+
+
+def _payouts(gen: TrafficGenerator, gifts: list[bytes], times: list[int], rng: random.Random,
+             st: InputStats) -> list[tuple[int, bytes]]:
+    """The payouts stream: (time, value), in time order. A payout comes right after a gift record (at its time)."""
+    cfg = gen.cfg
+    dumps = orjson.dumps
+    known = frozenset(r for r, _ in cfg.regions)
+    rate = cfg.payout_milli_per_coin
+    seen: set[str] = set()
+    plain: dict[str, int] = {}  # creator -> coins of its plain gifts so far
+    paid: dict[str, int] = {}  # creator -> milli-diamonds of its good payouts so far
+    total = gen.stats.coins_by_creator  # everything each creator is credited in the run, in coins
+    credited = sorted(total)
+    out: list[tuple[int, bytes]] = []
+    resend: list[tuple[int, int, bytes]] = []  # (gift index it follows, seq, value)
+    kinds: list[str] = []
+    n = 0
+    for i, raw in enumerate(gifts):
+        t = times[i]
+        d = _plain_gift(raw, known)
+        if d is not None and d["event_id"] not in seen and abs(t - d["ts"]) <= _PLAIN_SLACK_MS:
+            seen.add(d["event_id"])
+            plain[d["creator_id"]] = plain.get(d["creator_id"], 0) + d["diamond_count"] * d["repeat_count"]
+        while resend and resend[0][0] <= i:
+            out.append((t, heapq.heappop(resend)[2]))
+            st.payouts += 1
+        if not rng.random() < cfg.payout_rate:
+            continue
+        payout_id = f"po-{cfg.seed}-{n}"
+        n += 1
+        if rng.random() < cfg.bad_payout_rate:
+            if not kinds:
+                kinds = list(BAD_PAYOUT_KINDS)
+                rng.shuffle(kinds)
+            kind = kinds.pop()
+            creator = credited[rng.randrange(len(credited))] if credited else gen.creator_ids[0]
+            rec: dict = {"payout_id": payout_id, "creator_id": creator, "milli_diamonds": 1000, "ts": t}
+            if kind == "too_large":
+                rec["milli_diamonds"] = max(_TOO_LARGE_MIN, 4000 * total.get(creator, 0) + 1000)
+            elif kind == "unknown_creator":
+                rec["creator_id"] = str(rng.randrange(10**18, 6 * 10**18))  # below every population id
+            elif kind == "missing_field":
+                del rec["milli_diamonds"]
+            elif kind == "zero_amount":
+                rec["milli_diamonds"] = 0
+            st.bad_payouts[kind] += 1
+            value = (f"payout {payout_id} {creator} 1000".encode() if kind == "not_json" else dumps(rec))
+            out.append((t, value))
+            st.payouts += 1
+            continue
+        # A good payout: for the creator of this gift when it has money, else for the one with the most.
+        creator = d["creator_id"] if d is not None else None
+        if creator is None or plain.get(creator, 0) * rate - paid.get(creator, 0) < 1:
+            creator = max(plain, key=lambda c: (plain[c] * rate - paid.get(c, 0), c), default=None)
+        available = plain[creator] * rate - paid.get(creator, 0) if creator is not None else 0
+        if available < 1:
+            continue
+        milli = available if rng.random() < 0.1 else max(1, int(available * (0.1 + 0.8 * rng.random())))
+        paid[creator] = paid.get(creator, 0) + milli
+        value = dumps({"payout_id": payout_id, "creator_id": creator, "milli_diamonds": milli, "ts": t})
+        out.append((t, value))
+        st.payouts += 1
+        st.good_payouts += 1
+        st.good_payout_milli += milli
+        if rng.random() < cfg.payout_duplicate_rate:
+            heapq.heappush(resend, (i + 1 + rng.randrange(2_000), n, value))
+            st.payout_duplicates += 1
+    while resend:  # resends due after the last gift
+        out.append((times[-1], heapq.heappop(resend)[2]))
+        st.payouts += 1
+    return out

@@ -1,5 +1,6 @@
 """Producing load: records keyed and partitioned like stream.kafka.session_io.produce_session, packed into producer
-batches and sent at a target rate (PacedProducer); `load generate --to-kafka` (produce_to_kafka)."""
+batches and sent at a target rate (PacedProducer), to one topic or, with a run's payouts and creator accounts, to
+each input's topic (address_inputs); `load generate --to-kafka` (produce_to_kafka)."""
 
 from __future__ import annotations
 
@@ -22,8 +23,10 @@ if TYPE_CHECKING:
 
     from stream._native import RecordBatchBuilder
 
-# A record ready to send: (key, partition, value).
+# A record ready to send: (key, partition, value), for the producer's topic.
 Addressed = tuple[bytes | None, int, bytes]
+# A record ready to send to a topic of its own: (topic, key, partition, value); value None is a tombstone.
+Routed = tuple[str, bytes | None, int, bytes | None]
 
 
 def address(records: Iterable[bytes], partitions: int | PartitionCache) -> Iterator[Addressed]:
@@ -37,16 +40,34 @@ def address(records: Iterable[bytes], partitions: int | PartitionCache) -> Itera
         yield (None, 0, raw) if key is None else (key, partition_of[key], raw)
 
 
+def address_inputs(records: Iterable[tuple[str, bytes | None, bytes | None]],
+                   partitions: int | PartitionCache) -> Iterator[Routed]:
+    """(topic, key, value) records, each with the partition Kafka's default partitioner gives its key (keyless
+    ones to partition 0), lazily. A record given no key is keyed by its creator_id (gifts and payouts, as
+    produce_session keys them); the creator accounts come with theirs (a tombstone has nothing else)."""
+    from stream.kafka.session_io import key_of
+
+    partition_of = partitions if isinstance(partitions, PartitionCache) else PartitionCache(partitions)
+    for topic, key, value in records:
+        if key is None and value is not None:
+            key, _ = key_of(value)
+        yield topic, key, (0 if key is None else partition_of[key]), value
+
+
 # A producer batch: aiokafka's (producer.create_batch()) or stream._native's RecordBatchBuilder.
 Batch: TypeAlias = "BatchBuilder | RecordBatchBuilder"
-# One tick's records packed into producer batches: (partition, batch, records in it), in sending order.
-Shipment = list[tuple[int, Batch, int]]
+# One tick's records packed into producer batches: (partition, batch, records in it, topic), in sending order.
+Shipment = list[tuple[int, Batch, int, str]]
 
 
 class PacedProducer:
     """Sends records keyed by creator_id to the partition Kafka's default partitioner picks (keyless ones to
     partition 0) at `rate` records/s of wall time (None = as fast as the producer takes them). Every batch's
     (partition, base offset, count, send time) goes to on_batch when the broker acks it.
+
+    The records are `topic`'s (Addressed) or each of its own topic's (Routed: a run's gifts, payouts and creator
+    accounts, interleaved in one order; the topics have `partitions` partitions each). The rate counts them all;
+    `sent` and on_batch count `topic`'s only (the other topics' counts are in sent_to).
 
     The records go in shipments (`shipments`): one tick's worth (rate * tick records; max_chunk at max rate)
     packed into one producer batch per partition, sent when the clock reaches the tick. `run` takes them
@@ -61,7 +82,9 @@ class PacedProducer:
                  max_batch_bytes: int = 1 << 20) -> None:
         self.producer, self.topic, self.partitions, self.rate = producer, topic, partitions, rate
         self.on_batch, self.tick, self.clock = on_batch, tick, clock
-        self.sent = 0
+        self.sent = 0  # records of `topic` sent
+        self.sent_to: dict[str, int] = {}  # records sent to each other topic
+        self._paced = 0  # records of every topic sent (what the rate counts)
         self._partition_of = PartitionCache(partitions)
         self._pending: set[asyncio.Future] = set()
         self._native: type[RecordBatchBuilder] | None = None
@@ -74,32 +97,35 @@ class PacedProducer:
     def address(self, records: Iterable[bytes]) -> Iterator[Addressed]:
         return address(records, self._partition_of)
 
-    def shipments(self, records: Iterable[Addressed], max_chunk: int = 20_000) -> Iterator[Shipment]:
+    def shipments(self, records: Iterable[Addressed] | Iterable[Routed], max_chunk: int = 20_000
+                  ) -> Iterator[Shipment]:
         """The records cut into ticks and packed, lazily."""
         size = max_chunk if self.rate is None else max(1, round(self.rate * self.tick))
         it = iter(records)
         while chunk := list(itertools.islice(it, size)):
             yield self.pack(chunk)
 
-    def pack(self, chunk: Iterable[Addressed]) -> Shipment:
-        """Records into producer batches, a batch per partition (more when one fills), in sending order."""
+    def pack(self, chunk: Iterable[Addressed] | Iterable[Routed]) -> Shipment:
+        """Records into producer batches, a batch per topic and partition (more when one fills), in sending order.
+        All the records of one shipment are stamped alike when it is sent."""
         out: list[list[Any]] = []
-        current: dict[int, list[Any]] = {}  # partition -> its open entry [partition, batch, records]
-        for key, p, raw in chunk:
-            entry = current.get(p)
+        current: dict[tuple[str, int], list[Any]] = {}  # (topic, partition) -> its open [partition, batch, n, topic]
+        for item in chunk:
+            topic, key, p, raw = item if len(item) == 4 else (self.topic, *item)
+            entry = current.get((topic, p))
             if entry is None or not self._add(entry[1], key, raw):
-                entry = current[p] = [p, self._new_batch(), 0]
+                entry = current[topic, p] = [p, self._new_batch(), 0, topic]
                 out.append(entry)
                 self._add(entry[1], key, raw)  # a fresh batch takes its first record
             entry[2] += 1
-        return [(p, batch, n) for p, batch, n in out]
+        return [(p, batch, n, topic) for p, batch, n, topic in out]
 
     def _new_batch(self) -> Batch:
         if self._native is None:
             return self.producer.create_batch()
         return self._native(self._max_batch_bytes, False, 0, capacity=0)  # stamped when sent
 
-    def _add(self, batch: Batch, key: bytes | None, raw: bytes) -> bool:
+    def _add(self, batch: Batch, key: bytes | None, raw: bytes | None) -> bool:
         if self._native is None:
             return batch.append(key=key, value=raw, timestamp=None) is not None
         return batch.add(key, raw)
@@ -107,13 +133,18 @@ class PacedProducer:
     async def _ship(self, shipment: Shipment) -> None:
         t = self.clock()
         now_ms = int(time.time() * 1000)
-        for p, batch, count in shipment:
+        for p, batch, count, topic in shipment:
             if self._native is not None:
                 batch.set_timestamp(now_ms)
-            fut = await self.producer.send_batch(batch, self.topic, partition=p)
+            fut = await self.producer.send_batch(batch, topic, partition=p)
             self._pending.add(fut)
-            fut.add_done_callback(functools.partial(self._acked, p, count, t))
-            self.sent += count
+            self._paced += count
+            if topic == self.topic:
+                fut.add_done_callback(functools.partial(self._acked, p, count, t))
+                self.sent += count
+            else:
+                fut.add_done_callback(self._pending.discard)
+                self.sent_to[topic] = self.sent_to.get(topic, 0) + count
 
     def _acked(self, p: int, count: int, t: float, f: asyncio.Future) -> None:
         self._pending.discard(f)
@@ -122,11 +153,13 @@ class PacedProducer:
 
     async def run(self, shipments: Iterable[Shipment], duration: float | None = None,
                   stop: asyncio.Event | None = None) -> int:
-        """Send until the shipments run out, `duration` seconds pass or `stop` is set; returns records sent."""
+        """Send until the shipments run out, `duration` seconds pass or `stop` is set; returns the records of
+        `topic` sent (sent_to has the other topics')."""
         start = self.clock()
+        paced0 = self._paced
         for shipment in shipments:
             if self.rate is not None:  # due once the clock has reached its last record
-                due = (self.sent + sum(n for _, _, n in shipment)) / self.rate
+                due = (self._paced - paced0 + sum(n for _, _, n, _ in shipment)) / self.rate
                 wait = due - (self.clock() - start)
                 if wait > 0:
                     await asyncio.sleep(wait)

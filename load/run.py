@@ -13,6 +13,14 @@ Measurements:
   * consumer lag over time: end offsets - committed offsets, summed over partitions;
   * end-to-end latency of every produced record: the time its offset was first seen committed minus the
     wall-clock time its batch was handed to the producer (load/latency.py).
+With creator accounts and payouts (`--accounts`: load.generator.generate_inputs), the accounts that exist before the
+first gift are produced first, unpaced, before the clock starts; then the gifts, the payouts and the later account
+updates go interleaved in the generator's time order (load.generator.Inputs.in_time_order), at the target rate
+counting them all, each to its topic (cfg.topics), keyed by creator_id. Every record is stamped with the wall clock
+when its shipment is sent, as the gifts are: the workers merge a partition's inputs by those timestamps, so they
+see the generator's order (records of one shipment share a timestamp, which the tie rule orders accounts, gifts,
+payouts, as the generator does). The latency and throughput figures are the gifts'; the run has drained when the
+group has committed every input topic to its end.
 Verification (after the group has caught up): load/verify.py.
 The report (report.json, report.md, rate.png, lag.png, latency.png; load/report.py) goes to --out.
 """
@@ -34,8 +42,9 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
+from load.generator import Inputs
 from load.latency import LatencyTracker, percentiles
-from load.producing import PacedProducer, Shipment
+from load.producing import PacedProducer, Shipment, address_inputs
 from load.report import write_report
 from load.timeline import Point, poll_period, series
 from load.verify import verify
@@ -82,8 +91,9 @@ class Progress:
 
 
 class LoadRun:
-    """One `load run`: drive the running workers of cfg.group_id with `records`, measure, verify, write the
-    report. `await LoadRun(cfg, policy, records, opts).run()` does it all once and returns the report.
+    """One `load run`: drive the running workers of cfg.group_id with `records` (gift records, or a run's
+    Inputs: gifts, payouts and creator accounts), measure, verify, write the report.
+    `await LoadRun(cfg, policy, records, opts).run()` does it all once and returns the report.
 
     While it runs: `points` (one per committed-offset poll) and `tracker` (per-record latency) fill up; the
     clock (`clock()`) reads seconds since producing started."""
@@ -95,9 +105,15 @@ class LoadRun:
     admin: AIOKafkaAdminClient
     pp: PacedProducer
 
-    def __init__(self, cfg: WorkerConfig, policy: Policy, records: Iterator[bytes], opts: RunOptions) -> None:
-        self.cfg, self.policy, self.records, self.opts = cfg, policy, records, opts
+    def __init__(self, cfg: WorkerConfig, policy: Policy, records: Iterator[bytes] | Inputs,
+                 opts: RunOptions) -> None:
+        self.cfg, self.policy, self.opts = cfg, policy, opts
+        self.inputs = records if isinstance(records, Inputs) else None
+        self.records: Iterator[bytes] = iter(records.gifts) if isinstance(records, Inputs) else records
         self.topic = cfg.topics.gifts
+        # The other input topics the run produces to (with Inputs), and what it sent to each.
+        self.other_topics = [cfg.topics.payouts, cfg.topics.accounts] if self.inputs is not None else []
+        self.sent_to: dict[str, int] = {}
         self.tracker = LatencyTracker()
         self.points: list[Point] = []
         self.progress = Progress(enabled=not opts.quiet and sys.stderr.isatty())
@@ -154,9 +170,15 @@ class LoadRun:
         """Generate (unless live), produce while polling, then poll until the group has caught up."""
         self.partitions = len(await self.producer.partitions_for(self.topic))
         self._tps = [TopicPartition(self.topic, p) for p in range(self.partitions)]
+        for topic in self.other_topics:
+            n = len(await self.producer.partitions_for(topic))
+            if n != self.partitions:
+                raise RuntimeError(f"topic {topic} has {n} partitions, {self.topic} {self.partitions}: the inputs "
+                                   "must be co-partitioned")
         self.pp = PacedProducer(self.producer, self.topic, self.partitions, self.opts.rate,
                                 on_batch=self.tracker.sent, clock=self.clock,
                                 native_batches=not self.opts.generate_live)
+        await self._produce_first_accounts()
         shipments = self._shipments()
         self._base_end = {tp.partition: o for tp, o in (await self.consumer.end_offsets(self._tps)).items()}
         self._base_committed = await self._committed_offsets()
@@ -164,19 +186,50 @@ class LoadRun:
         await self._produce(shipments)
         await self._drain()
 
+    async def _produce_first_accounts(self) -> None:
+        """With Inputs: the accounts that exist before the first gift, sent (unpaced) and acked before the clock
+        starts, so that their timestamps come before every gift's."""
+        inputs = self.inputs
+        if inputs is None or not inputs.gifts:
+            return
+        first = inputs.gift_times[0]
+        early = [("accounts", k, v) for (k, v), t in zip(inputs.accounts, inputs.account_times, strict=True)
+                 if t < first]
+        if not early:
+            return
+        pp = PacedProducer(self.producer, self.cfg.topics.accounts, self.partitions, None,
+                           native_batches=not self.opts.generate_live)
+        sent = await pp.run(pp.shipments(self._routed(early)))
+        self.sent_to[self.cfg.topics.accounts] = sent
+        self.progress.show(f"produced {sent:,} account records before the first gift", force=True)
+
+    def _routed(self, records: Iterable[tuple[str, bytes | None, bytes | None]]) -> Iterator:
+        """Inputs.in_time_order's records to their topics, addressed."""
+        topics = {"gifts": self.topic, "payouts": self.cfg.topics.payouts, "accounts": self.cfg.topics.accounts}
+        return address_inputs(((topics[kind], key, value) for kind, key, value in records), self.partitions)
+
+    def _addressed(self) -> Iterator:
+        """The records of the paced run, addressed: the gifts (with Inputs: interleaved with the payouts and the
+        account records from the first gift on)."""
+        if self.inputs is None:
+            return self.pp.address(self.records)
+        since = self.inputs.gift_times[0] if self.inputs.gifts else None
+        return self._routed(self.inputs.in_time_order(since=since))
+
     def _shipments(self) -> Iterable[Shipment]:
         if self.opts.generate_live:
-            self.generation = {"traffic_generation": "live, while producing"}
-            return self.pp.shipments(self.pp.address(self.records))
+            self.generation = {"traffic_generation": "live, while producing" if self.inputs is None else
+                               "before the run, packed into batches while producing"}
+            return self.pp.shipments(self._addressed())
         started = time.monotonic()
         # Generated, addressed and packed into producer batches before the clock starts (see PacedProducer):
         # the run only hands batches over. About 0.6 KiB per record, held until sent.
-        shipments = list(self.pp.shipments(self.pp.address(self.records)))
+        shipments = list(self.pp.shipments(self._addressed()))
         _return_freed_memory()
         # Many held objects: a full collection in the run would walk them all and stall the poller, whose
         # stamps are the latency measurement. They live until sent: freeze them.
         gc.freeze()
-        packed = sum(n for shipment in shipments for _, _, n in shipment)
+        packed = sum(n for shipment in shipments for _, _, n, _ in shipment)
         self.generation = {"traffic_generation": f"before the run: {packed:,} records generated and packed in "
                                                  f"{time.monotonic() - started:.1f} s"}
         self.progress.show(f"generated {packed:,} records", force=True)
@@ -189,6 +242,8 @@ class LoadRun:
         try:
             self.sent = await self.pp.run(shipments, duration=self.opts.duration)
         finally:
+            for topic, n in self.pp.sent_to.items():
+                self.sent_to[topic] = self.sent_to.get(topic, 0) + n
             self.last_send = self.clock()
             producing_done.set()
             await poll_task
@@ -206,26 +261,38 @@ class LoadRun:
         while self.clock() - self.last_send < self.opts.drain_timeout:
             lag = await self._poll_once()
             self._show("draining")
-            if lag == 0 and self.tracker.pending_records() == 0:
+            if lag == 0 and self.tracker.pending_records() == 0 and await self._other_lag() == 0:
                 self.drained_at = self.clock()
                 break
             started = await self._tick(started)
         self._show("drained" if self.drained_at is not None else "NOT drained", force=True)
         self.progress.done()
 
-    async def _committed_offsets(self) -> dict[int, int]:
+    async def _group_offsets(self, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
+        """The group's committed offsets of `tps` (0 where it never committed)."""
         # list_consumer_group_offsets looks the group coordinator up on every call unless told it: one more
         # round trip per poll. Look it up once, and again after an error (it moved).
         group = self.cfg.group_id
         if self._coordinator is None:
             self._coordinator = await self.admin.find_coordinator(group)
         try:
-            got = await self.admin.list_consumer_group_offsets(group, self._coordinator, self._tps)
+            got = await self.admin.list_consumer_group_offsets(group, self._coordinator, tps)
         except KafkaError:
             self._coordinator = await self.admin.find_coordinator(group)
-            got = await self.admin.list_consumer_group_offsets(group, self._coordinator, self._tps)
-        return {tp.partition: (o.offset if o is not None and o.offset >= 0 else 0)
-                for tp, o in got.items() if tp.topic == self.topic}
+            got = await self.admin.list_consumer_group_offsets(group, self._coordinator, tps)
+        wanted = set(tps)
+        return {tp: (o.offset if o is not None and o.offset >= 0 else 0) for tp, o in got.items() if tp in wanted}
+
+    async def _committed_offsets(self) -> dict[int, int]:
+        return {tp.partition: o for tp, o in (await self._group_offsets(self._tps)).items()}
+
+    async def _other_lag(self) -> int:
+        """End offsets minus the group's committed offsets, summed over the other input topics' partitions."""
+        if not self.other_topics:
+            return 0
+        tps = [TopicPartition(topic, p) for topic in self.other_topics for p in range(self.partitions)]
+        committed, ends = await asyncio.gather(self._group_offsets(tps), self.consumer.end_offsets(tps))
+        return sum(max(0, ends[tp] - committed.get(tp, 0)) for tp in tps)
 
     async def _stamped_committed(self) -> tuple[dict[int, int], float]:
         c = await self._committed_offsets()
@@ -278,6 +345,7 @@ class LoadRun:
         steady = percentiles([s for s in tracker.samples if s.committed_at >= self.opts.warmup])
         commit_points = [p for p in points if p.committed > 0]
         first = next((p for p in points if p.committed > 0), None)
+        other = {"produced_to": dict(self.sent_to)} if self.other_topics else {}
         return {
             "produced": sent,
             "produce_seconds": round(last_send, 3),
@@ -294,6 +362,7 @@ class LoadRun:
             "latency_after_warmup_s": steady,
             # The latency resolution: a record is stamped at the first poll that sees it committed.
             "poll_period_s": poll_period(points),
+            **other,
         }
 
     def _config(self) -> dict[str, Any]:
@@ -301,7 +370,15 @@ class LoadRun:
         return {"rate": opts.rate or "max", "duration_s": opts.duration, "topic": self.topic,
                 "partitions": self.partitions, "group": cfg.group_id, "bootstrap": cfg.bootstrap_servers,
                 "poll_interval_s": opts.poll_interval, "warmup_s": opts.warmup, **self.generation,
-                "policy_version": self.policy.version, **opts.extra}
+                "policy_version": self.policy.version, **self._inputs_config(), **opts.extra}
+
+    def _inputs_config(self) -> dict[str, Any]:
+        inputs = self.inputs
+        if inputs is None:
+            return {}
+        return {"inputs": {"payouts_topic": self.cfg.topics.payouts, "accounts_topic": self.cfg.topics.accounts,
+                           "payouts": len(inputs.payouts), "account_records": len(inputs.accounts),
+                           **inputs.input_stats.to_dict()}}
 
     async def _verification(self, results: dict[str, Any]) -> dict[str, Any]:
         if not self.opts.verify:

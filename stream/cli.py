@@ -79,7 +79,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
             print(f"NOTICE {n.notice_id:<28} {n.region} {n.account_status:<9} balance "
                   f"{n.balance_milli_diamonds // 1000:>9,} diamonds  gross ${n.gross_cents / 100:>9,.2f}  "
                   f"service fee ${n.service_fee_cents / 100:>8,.2f}  {n.payout_method} fee "
-                  f"${n.method_fee_cents / 100:>6,.2f}  net ${n.net_cents / 100:>9,.2f}")
+                  f"${n.method_fee_cents / 100:>6,.2f}  net ${n.net_cents / 100:>9,.2f}"
+                  + ("  (sent by an account update)" if n.trigger == "account" else ""))
         if len(result.outputs.notices) > args.show:
             print(f"... and {len(result.outputs.notices) - args.show} more notices")
         top = sorted(result.outputs.window_totals, key=lambda w: -w.milli_diamonds)[: args.show]

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import gzip
 import json
 import subprocess
@@ -10,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from load.latency import LatencySample, LatencyTracker, percentiles
@@ -292,4 +295,304 @@ def test_load_commands_are_in_the_cli_help():
     r = _cli("--help")
     assert r.returncode == 0 and b"generate" in r.stdout and b"run" in r.stdout and b"compare" in r.stdout
     r = _cli("run", "--help")
-    assert b"--rate" in r.stdout and b"--duration" in r.stdout and b"--out" in r.stdout
+    assert b"--rate" in r.stdout and b"--duration" in r.stdout and b"--out" in r.stdout and b"--accounts" in r.stdout
+
+
+# ------------------------------------------------------------------ the ground truth against the reference engine
+
+def _account(creator: str, region: str, status: str = "standard", method: str = "paypal", age: int = 30,
+             ts: int = 0) -> bytes:
+    return json.dumps({"creator_id": creator, "region": region, "account_status": status, "payout_method": method,
+                       "age": age, "updated_ts": ts}).encode()
+
+
+def _cross_check(policy, gifts, payouts=(), accounts=(), partitions: int = 1, batch_size: int = 20_000):
+    """The replay (the reference engine, to end of session) and the independent ground truth of one session whose
+    records carry the given record timestamps: gifts and payouts (value, timestamp), accounts (key, value,
+    timestamp). Their balances must be equal; returns both."""
+    from load.ground_truth import expected_inputs, route
+    from load.verify import truth_rules
+    from stream.runtime.replay import AccountRecord, Session, replay
+
+    gifts, payouts, accounts = list(gifts), list(payouts), list(accounts)
+    session = Session([v for v, _ in gifts], [v for v, _ in payouts], [AccountRecord(k, v, t) for k, v, t in accounts],
+                      gift_times=[t for _, t in gifts], payout_times=[t for _, t in payouts])
+    result = replay(session, policy, partitions=partitions, batch_size=batch_size, final=True, engine="python")
+    truth = expected_inputs(route(partitions, gifts, payouts, accounts), partitions, truth_rules(policy))
+    got = {c: s.balance for e in result.engines.values() for c, s in e.state.creators.items()}
+    assert got == truth["balances"]
+    assert result.summary["payouts"] == truth["payouts"] and not truth["payouts_undecided"]
+    assert {c: (a.region, a.account_status) for e in result.engines.values()
+            for c, a in e.state.accounts.items()} == truth["accounts"]
+    refused = {"payouts": 0, "creator-accounts": 0}
+    for d in result.outputs.dead_letters:
+        if d.source_topic in refused:
+            refused[d.source_topic] += 1
+    assert refused == {"payouts": truth["payouts_refused"], "creator-accounts": truth["accounts_refused"]}
+    return result, truth
+
+
+@pytest.mark.parametrize("batch_size", [20_000, 97])
+def test_ground_truth_with_accounts_and_payouts_agrees_with_the_replay(policy, batch_size):
+    """A generated run with accounts and payouts, each record stamped with its time on the run's clock (as `load
+    run` stamps them at send, in that order): the ground truth and the reference engine agree exactly."""
+    from load.generator import TrafficConfig, generate_inputs
+
+    inputs = generate_inputs(TrafficConfig(seed=11, events=20_000, creators=40, senders=1_500, rate_per_s=40.0,
+                                           malformed_rate=0.01, accounts=True, payout_rate=0.004))
+    result, truth = _cross_check(
+        policy, zip(inputs.gifts, inputs.gift_times, strict=True),
+        zip(inputs.payouts, inputs.payout_times, strict=True),
+        [(k, v, t) for (k, v), t in zip(inputs.accounts, inputs.account_times, strict=True)],
+        partitions=3, batch_size=batch_size)
+    st = inputs.input_stats
+    assert truth["payouts"] == st.good_payouts and truth["payout_duplicates"] == st.payout_duplicates
+    assert truth["payouts_refused"] == sum(st.bad_payouts.values())
+    assert truth["accounts_refused"] == sum(st.bad_accounts.values())
+    assert any(n.trigger == "account" for n in result.outputs.notices)
+
+
+def test_a_payout_stamped_like_the_gift_that_credits_its_money_applies(policy):
+    """One producer batch carries one timestamp: a payout that shares it with the gift that credits its money is
+    merged after the gift (the tie rule), so it applies; a milli-diamond more would not."""
+    from tests.support.events import T0, gift, payout
+
+    g = gift(creator_id="c1", diamond_count=5, ts=T0)  # 5,000 milli-diamonds in the US
+    _, truth = _cross_check(policy, [(g, 1_000)], [(payout("p1", "c1", 5_000), 1_000)])
+    assert truth["payouts"] == 1 and truth["balances"] == {"c1": 0}
+    _, truth = _cross_check(policy, [(g, 1_000)], [(payout("p2", "c1", 5_001), 1_000)])
+    assert truth["payouts"] == 0 and truth["payouts_refused"] == 1 and truth["balances"] == {"c1": 5_000}
+
+
+def test_the_record_timestamps_decide_the_order(policy):
+    from tests.support.events import T0, gift, payout
+
+    g = gift(creator_id="c1", diamond_count=10, ts=T0)  # a US gift: 10,000 milli-diamonds, 5,000 if priced in ID
+    moved = (b"c1", _account("c1", "ID", ts=T0), 2_000)
+    _, before = _cross_check(policy, [(g, 3_000)], accounts=[moved])  # the account is older than the gift
+    _, after = _cross_check(policy, [(g, 1_000)], accounts=[moved])
+    assert before["balances"] == {"c1": 5_000} and after["balances"] == {"c1": 10_000}
+    # a payout stamped before its gift finds no balance; after it, it applies
+    _, early = _cross_check(policy, [(g, 1_000)], [(payout("p1", "c1", 4_000), 500)])
+    _, late = _cross_check(policy, [(g, 1_000)], [(payout("p1", "c1", 4_000), 1_500)])
+    assert early["balances"] == {"c1": 10_000} and late["balances"] == {"c1": 6_000}
+    # each input keeps its offset order: a gift stamped 100 holds back the gift stamped 50 behind it, so the payout
+    # stamped 60 comes before both (sorting by timestamp would put one gift before it)
+    g2 = gift(creator_id="c1", diamond_count=10, ts=T0 + 1)
+    _, held = _cross_check(policy, [(g, 100), (g2, 50)], [(payout("p1", "c1", 10_000), 60)])
+    assert held["payouts"] == 0 and held["balances"] == {"c1": 20_000}
+    # a closed account keeps its region; closed without one, the creator keeps the region of its latest credit
+    closed = (b"c1", None, 2_500)
+    _, kept = _cross_check(policy, [(g, 3_000)], accounts=[moved, closed])
+    assert kept["balances"] == {"c1": 5_000} and kept["accounts"] == {"c1": ("ID", "closed")}
+    in_id = gift(creator_id="c1", diamond_count=10, region="ID", ts=T0)
+    no_region = gift(creator_id="c1", diamond_count=10, region="", ts=T0)
+    _, home = _cross_check(policy, [(in_id, 1_000), (no_region, 3_000)], accounts=[closed])
+    assert home["accounts"] == {"c1": ("ID", "closed")} and home["balances"] == {"c1": 10_000}  # not US's 15,000
+
+
+def test_ground_truth_refuses_the_account_records_the_engine_refuses(policy):
+    from tests.support.events import T0, gift
+
+    g = gift(creator_id="c1", diamond_count=10, ts=T0)
+    bad = [(b"c1", _account("c1", "ID", status="on_hold"), 10), (b"c1", _account("c1", "ID", method="crypto"), 20),
+           (b"c1", _account("c1", "ZZ"), 30), (b"c2", _account("c1", "ID"), 40), (None, None, 50),
+           (b"c1", b'{"creator_id": "c1", "creator_id": "c1"}', 60), (b"c1", b"not json", 70)]
+    _, truth = _cross_check(policy, [(g, 1_000)], accounts=bad)
+    assert truth["accounts_refused"] == len(bad) and truth["balances"] == {"c1": 10_000} and not truth["accounts"]
+
+
+def test_the_old_gift_only_call_still_agrees(policy):
+    """expected() of gift records alone: region-less gifts (the dirt's missing_field drops the region sometimes)
+    are priced in the policy's default region, as the engine does."""
+    from load.generator import TrafficConfig, generate
+    from load.ground_truth import expected
+    from stream.runtime.replay import replay
+
+    records = list(generate(TrafficConfig(seed=2, events=20_000, creators=40, senders=1_500, rate_per_s=300.0,
+                                          malformed_rate=0.03)))
+    rates = {r: rp.diamonds_per_coin for r, rp in policy.regions.items()}
+    truth = expected(records, rates, 3, policy.max_future_ms, policy.dedupe_horizon_ms, policy.max_record_bytes,
+                     default_region=policy.default_region)
+    result = replay(records, policy, partitions=3, final=True, engine="python")
+    assert {c: s.balance for e in result.engines.values() for c, s in e.state.creators.items()} == truth["balances"]
+    assert result.summary["accepted"] == truth["accepted"]
+    parsed = []
+    for r in records:
+        with contextlib.suppress(ValueError):
+            parsed.append(json.loads(r))
+    assert any(isinstance(d, dict) and "region" not in d and "creator_id" in d for d in parsed)  # they are there
+
+
+# ------------------------------------------------------------------ a run with payouts and accounts, no broker
+
+class _Cluster(_FakeProducer):
+    """A producer, consumer and admin client over in-memory topics of 3 partitions: it keeps every record it is
+    sent, with its key and the timestamp its batch was stamped with, and the group commits, at each poll, what was
+    in the topics at the previous one."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.topics: dict[tuple[str, int], list[tuple[bytes | None, bytes | None, int]]] = {}
+        self.seen: dict = {}
+        self.lookups = 0
+
+    def create_batch(self):
+        from aiokafka.producer.message_accumulator import BatchBuilder
+
+        return BatchBuilder(1 << 16, 0)  # aiokafka's own: a record appended with no timestamp is stamped then
+
+    async def send_batch(self, batch, topic, partition):
+        from aiokafka.record.default_records import DefaultRecordBatch
+
+        log = self.topics.setdefault((topic, partition), [])
+        batch._set_producer_state(1, 0, len(log))
+        built = DefaultRecordBatch(batch._build())
+        base = len(log)
+        log.extend((r.key, r.value, r.timestamp) for r in built)
+        if topic == "gifts":
+            self.next[partition] = len(log)
+        return _acked(base)
+
+    async def end_offsets(self, tps):
+        return {tp: len(self.topics.get((tp.topic, tp.partition), ())) for tp in tps}
+
+    async def close(self) -> None:
+        pass
+
+    async def find_coordinator(self, group_id):
+        self.lookups += 1
+        return 0
+
+    async def list_consumer_group_offsets(self, group_id, coordinator, tps):
+        now = {tp: len(self.topics.get((tp.topic, tp.partition), ())) for tp in tps}
+        committed = {tp: self.seen.get(tp, -1) for tp in tps}
+        self.seen.update(now)
+        return {tp: type("Om", (), {"offset": committed[tp]})() for tp in tps}
+
+    def consumer_records(self, topic: str, partitions: int = 3) -> dict[int, list]:
+        from aiokafka.structs import ConsumerRecord
+
+        return {p: [ConsumerRecord(topic, p, o, ts, 0, k, v, None, -1, -1, ())
+                    for o, (k, v, ts) in enumerate(self.topics.get((topic, p), []))] for p in range(partitions)}
+
+
+def _worker(policy, cluster: _Cluster, partitions: int = 3) -> tuple[dict[int, list], dict[int, list]]:
+    """What the workers commit for the cluster's inputs: each partition's three inputs merged by record timestamp
+    (stream.engine.order), run through the reference engine; (notices, changelog) as consumer records."""
+    from aiokafka.structs import ConsumerRecord
+
+    from stream.engine import model
+    from stream.engine.order import Input, Pending, feed, plan
+    from stream.engine.reference import Outputs, PartitionEngine
+    from stream.kafka.routing import PartitionCache
+
+    names = {Input.GIFTS: "gifts", Input.PAYOUTS: "payouts", Input.ACCOUNTS: "creator-accounts"}
+    notices, changelog = {}, {}
+    owners = PartitionCache(partitions)
+    for p in range(partitions):
+        engine = PartitionEngine(policy, p, source_topic="gifts", partitions=partitions, owners=owners)
+        queues = [Pending() for _ in Input]
+        for kind in Input:
+            log = cluster.topics.get((names[kind], p), [])
+            queues[kind].add(list(range(len(log))), [v for _, v, _ in log], [ts for _, _, ts in log],
+                             [k for k, _, _ in log])
+        out = Outputs()
+        for run in plan(queues, [True] * len(Input)):
+            feed(engine, run.input, queues[run.input].take(run.hi), out, names[run.input])
+        records, _, _ = engine.take_changelog()
+        notices[p] = [ConsumerRecord("payout-notices", p, i, 0, 0, None, model.encode(n), None, -1, -1, ())
+                      for i, n in enumerate(out.notices)]
+        changelog[p] = [ConsumerRecord("changelog", p, i, 0, 0, k, v, None, -1, -1, ())
+                        for i, (k, v) in enumerate(records)]
+    return notices, changelog
+
+
+def _inputs():
+    from load.generator import TrafficConfig, generate_inputs
+
+    return generate_inputs(TrafficConfig(seed=5, events=6_000, creators=30, senders=800, rate_per_s=20_000.0,
+                                         malformed_rate=0.01, accounts=True, payout_rate=0.01))
+
+
+async def test_paced_producer_sends_each_input_to_its_topic_in_one_order():
+    from load.producing import address_inputs
+    from stream.kafka.routing import partition_for
+
+    inputs = _inputs()
+    topics = {"gifts": "gifts", "payouts": "payouts", "accounts": "creator-accounts"}
+    routed = list(address_inputs(((topics[kind], k, v) for kind, k, v in inputs.in_time_order()), 3))
+    cluster = _Cluster()
+    acked: list[int] = []
+    pp = PacedProducer(cluster, "gifts", 3, rate=None, on_batch=lambda p, base, n, t: acked.append(n))
+    assert await pp.run(pp.shipments(routed, max_chunk=500)) == len(inputs.gifts)
+    await asyncio.sleep(0)
+    assert sum(acked) == len(inputs.gifts)  # the latency tracker hears of the gifts only
+    assert pp.sent_to == {"payouts": len(inputs.payouts), "creator-accounts": len(inputs.accounts)}
+    for topic, p in cluster.topics:
+        assert [v for _, v, _ in cluster.topics[topic, p]] == [v for t, _, q, v in routed if t == topic and q == p]
+        stamps = [ts for _, _, ts in cluster.topics[topic, p]]
+        assert stamps == sorted(stamps)  # stamped as sent, in the one order
+    for (k, v), _ in zip(inputs.accounts, inputs.account_times, strict=True):
+        assert (k, v) in [(key, value) for key, value, _ in cluster.topics["creator-accounts", partition_for(k, 3)]]
+    assert any(v is None for (t, _), log in cluster.topics.items() if t == "creator-accounts" for _, v, _ in log)
+
+
+@pytest.mark.parametrize("spoil", [None, "notice", "account"])
+async def test_load_run_with_accounts_and_payouts_produces_and_verifies_without_a_broker(tmp_path, policy,
+                                                                                        monkeypatch, spoil):
+    """`load run --accounts` over an in-memory cluster: the accounts older than the first gift go first, the rest
+    interleaved with the gifts and payouts; verify reads the topics back (with their timestamps) and passes on
+    what a worker would commit, and fails the matching check when a notice is lost or an account differs."""
+    from load.run import LoadRun, RunOptions
+    from stream.config import WorkerConfig
+    from stream.kafka import session_io
+    from stream.state.changelog_schema import ACCOUNT_PREFIX
+    from stream.state.tables import Account
+
+    cluster = _Cluster()
+    inputs = _inputs()
+
+    class Run(LoadRun):
+        async def _open(self) -> None:
+            self.producer, self.consumer, self.admin = cluster, cluster, cluster
+
+    async def read_topic(cfg, topic, committed_only=True):
+        if topic in (cfg.topics.notices, cfg.topics.changelog):
+            notices, changelog = _worker(policy, cluster)
+            if spoil == "notice":
+                notices[max(notices, key=lambda p: len(notices[p]))].pop()
+            if spoil == "account":  # one account of the changelog is not the one the inputs make
+                records = next(rs for rs in changelog.values() if any(r.key.startswith(ACCOUNT_PREFIX) for r in rs))
+                i = next(i for i, r in enumerate(records) if r.key.startswith(ACCOUNT_PREFIX))
+                other = Account("US", "verified", "paypal", 30, 0)
+                records[i] = dataclasses.replace(records[i], value=msgspec.msgpack.encode(other))
+            return notices if topic == cfg.topics.notices else changelog
+        return cluster.consumer_records(topic)
+
+    monkeypatch.setattr(session_io, "read_topic", read_topic)
+    opts = RunOptions(rate=50_000, duration=10, out=tmp_path / "r", generate_live=True, quiet=True)
+    report = await Run(WorkerConfig(group_id="g"), policy, inputs, opts).run()
+    r, v = report["results"], report["verification"]
+    first = inputs.gift_times[0]
+    early = sum(t < first for t in inputs.account_times)
+    assert r["produced"] == r["committed"] == len(inputs.gifts) and r["drained"]
+    assert r["produced_to"] == {"creator-accounts": len(inputs.accounts), "payouts": len(inputs.payouts)}
+    assert report["config"]["inputs"]["account_records"] == len(inputs.accounts)
+    stamps = {t: [ts for (topic, _), log in cluster.topics.items() if topic == t for _, _, ts in log]
+              for t in ("gifts", "creator-accounts")}
+    assert sum(ts < min(stamps["gifts"]) for ts in stamps["creator-accounts"]) >= early > 0  # the first ones first
+    assert v["records"] == len(inputs.gifts) and v["payouts"] == len(inputs.payouts)
+    assert v["account_records"] == len(inputs.accounts)
+    failed = {c["name"] for c in v["checks"] if not c["passed"]}
+    if spoil is None:
+        assert v["passed"] is True, json.dumps(v["checks"], indent=1)
+        details = {c["name"]: c["detail"] for c in v["checks"]}
+        assert "sent by an account update" in details["notices equal the offline replay's (byte for byte)"]
+        # in the order the run stamped them, every payout the generator sized to fit applied, and no other
+        applied = details["payouts applied equal the offline replay's and the ground truth's"]
+        assert applied.startswith(f"{inputs.input_stats.good_payouts:,} applied of {len(inputs.payouts):,}")
+    elif spoil == "notice":
+        assert failed == {"notices equal the offline replay's (byte for byte)"}
+    else:
+        assert failed == {"changelog accounts equal the offline replay's (and the ground truth's region and status)"}
