@@ -6,8 +6,10 @@ tests and by the load harness (`giftstream load run`).
 
 With payouts and creator accounts (expected_inputs), a partition's three inputs are merged into one sequence the
 way stream/engine/order.py's docstring says (written again here, not imported): each input stays in offset order;
-the next record is the input head with the smallest record timestamp; at equal timestamps accounts go before gifts
-before payouts. Along that sequence:
+the next record is the input head with the smallest time; at equal times accounts go before gifts before payouts. A
+record's time is the one it holds (a gift's and a payout's `ts`, an account's `updated_ts`), a tombstone's its Kafka
+timestamp, and 0 for a record whose time cannot be read; a gift more than max_future past the partition's watermark
+(the highest time of the gifts accepted so far) counts as at the watermark. Along that sequence:
   * an account record (valid: its key is its creator_id, known region and status, a method its region offers) sets
     the creator's account; a tombstone (null value) closes it, keeping the region it had (a creator closed without
     ever having an account keeps the region of its latest credit);
@@ -25,7 +27,7 @@ from __future__ import annotations
 import json
 import re
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from fractions import Fraction
 
@@ -170,12 +172,26 @@ def route(partitions: int, gifts: Iterable[tuple[bytes, int]] = (), payouts: Ite
     return out
 
 
-def merged(inputs: PartitionInputs) -> Iterable[tuple[int, Rec]]:
-    """(input, record) of a partition in the one order of its inputs (the module docstring)."""
+def own_time(kind: int, r: Rec) -> int:
+    """The time the merge orders a record by (the module docstring)."""
+    if r.value is None:
+        return r.ts if kind == ACCOUNTS else 0
+    rec = _loads(r.value)
+    t = rec.get("updated_ts" if kind == ACCOUNTS else "ts") if isinstance(rec, dict) else None
+    return t if type(t) is int and 0 <= t < 2**63 else 0
+
+
+def merged(inputs: PartitionInputs, watermark: Callable[[], int | None] = lambda: None,
+           max_future_ms: int = 0) -> Iterable[tuple[int, Rec]]:
+    """(input, record) of a partition in the one order of its inputs (the module docstring). watermark(): the
+    partition's watermark now (asked before each record): a gift more than max_future_ms past it counts as at it."""
     queues = {ACCOUNTS: inputs.accounts, GIFTS: inputs.gifts, PAYOUTS: inputs.payouts}
+    times = {kind: [own_time(kind, r) for r in q] for kind, q in queues.items()}
     pos = dict.fromkeys(queues, 0)
     while True:
-        heads = [(q[pos[kind]].ts, kind) for kind, q in queues.items() if pos[kind] < len(q)]
+        wm = watermark()
+        heads = [(wm if kind == GIFTS and wm is not None and t > wm + max_future_ms else t, kind)
+                 for kind, q in queues.items() if pos[kind] < len(q) for t in (times[kind][pos[kind]],)]
         if not heads:
             return
         _, kind = min(heads)
@@ -217,10 +233,10 @@ class _Truth:
         return self.partitions == 1 or partition_of(creator.encode(), self.partitions) == p
 
     def run(self, p: int, inputs: PartitionInputs) -> None:
-        watermark: int | None = None
-        for kind, rec in merged(inputs):
+        marks: list[int | None] = [None]  # the partition's watermark, which the merge asks before each record
+        for kind, rec in merged(inputs, lambda: marks[0], self.rules.max_future_ms):
             if kind == GIFTS:
-                watermark = self.gift(p, rec, watermark)
+                marks[0] = self.gift(p, rec, marks[0])
             elif kind == PAYOUTS:
                 self.payout(p, rec)
             else:

@@ -93,7 +93,8 @@ def demo_accounts(records: list[bytes], start_ms: int) -> list[bytes]:
         75 minutes (gifts before it are gifts without an account).
     """
     from stream.engine.policy import load_policy
-    from stream.runtime.replay import replay, tombstone_line
+    from stream.kafka.session_files import tombstone_line
+    from stream.runtime.replay import replay
 
     gifts = Counter()
     coins: Counter[str] = Counter()
@@ -156,7 +157,8 @@ def check_demo_accounts(records: list[bytes], accounts_path: Path) -> dict:
     """Replay the session with its accounts (the reference engine) and check that the demo shows what
     demo_accounts promises; returns what it saw. Raises AssertionError when something is missing."""
     from stream.engine.policy import CLOSED, load_policy
-    from stream.runtime.replay import Session, read_accounts, replay
+    from stream.kafka.session_files import read_accounts
+    from stream.runtime.replay import Session, replay
 
     accounts = read_accounts(accounts_path)
     result = replay(Session(records, accounts=accounts), load_policy(), engine="python")
@@ -186,7 +188,7 @@ def check_demo_accounts(records: list[bytes], accounts_path: Path) -> dict:
 
 def write_demo_accounts(session: Path, out: Path, start_ms: int) -> dict:
     """demo_accounts of the session file into `out` (one record a line), checked (check_demo_accounts)."""
-    from stream.runtime.replay import read_session
+    from stream.kafka.session_files import read_session
 
     records = read_session(session)
     lines = demo_accounts(records, start_ms)

@@ -17,9 +17,10 @@ With creator accounts and payouts (`--accounts`: load.generator.generate_inputs)
 first gift are produced first, unpaced, before the clock starts; then the gifts, the payouts and the later account
 updates go interleaved in the generator's time order (load.generator.Inputs.in_time_order), at the target rate
 counting them all, each to its topic (cfg.topics), keyed by creator_id. Every record is stamped with the wall clock
-when its shipment is sent, as the gifts are: the workers merge a partition's inputs by those timestamps, so they
-see the generator's order (records of one shipment share a timestamp, which the tie rule orders accounts, gifts,
-payouts, as the generator does). The latency and throughput figures are the gifts'; the run has drained when the
+when its shipment is sent, as the gifts are; the workers merge a partition's inputs by the times the records hold
+(stream.engine.order), so they see the generator's order, except a tombstone, which has no value and is ordered by
+its send stamp (verify replays it with the same stamp, read back). The latency and throughput figures are the
+gifts'; the run has drained when the
 group has committed every input topic to its end.
 Verification (after the group has caught up): load/verify.py.
 The report (report.json, report.md, rate.png, lag.png, latency.png; load/report.py) goes to --out.

@@ -1,12 +1,13 @@
 """Verification of a load run (after the group has caught up), against what an independent computation says:
 
   * the offline replay (stream.runtime.replay.replay, same partition count) of the input topics' records, read back
-    partition by partition in offset order with their Kafka record timestamps (the workers merge a partition's
-    gifts, payouts and creator accounts by those: stream.engine.order): live notices byte-identical to the
+    partition by partition in offset order, with the accounts' Kafka timestamps (the workers merge a partition's
+    gifts, payouts and creator accounts by the times the records hold, a tombstone by its Kafka timestamp:
+    stream.engine.order): live notices byte-identical to the
     replay's (the ones an account update sent included), notice ids unique (no duplicate notice), per-creator
     balances, creator accounts and applied payouts restored from the changelog equal to the replay's;
-  * the naive ground truth (load/ground_truth.py, shares no code with the engine), given the same records and
-    timestamps: the changelog state with every open streak timed out and every window closed (end_of_stream)
+  * the naive ground truth (load/ground_truth.py, shares no code with the engine), given the same records: the
+    changelog state with every open streak timed out and every window closed (end_of_stream)
     gives the same per-creator balances as the ground truth, the same accounts (region and status) and the same
     number of applied payouts, and no payout is one the ground truth cannot decide.
 All three input topics are read whether or not this run produced to them: the workers consume all three.
@@ -72,8 +73,7 @@ async def verify(cfg: WorkerConfig, policy: Policy) -> dict[str, Any]:
 
     gifts, payouts, accounts = flat(per_gifts), flat(per_payouts), flat(per_accounts)
     session = Session([m.value or b"" for m in gifts], [m.value or b"" for m in payouts],
-                      [AccountRecord(m.key, m.value, m.timestamp) for m in accounts],
-                      gift_times=[m.timestamp for m in gifts], payout_times=[m.timestamp for m in payouts])
+                      [AccountRecord(m.key, m.value, m.timestamp) for m in accounts])
     # The offline side runs the Python reference engine: the live workers run the compiled one by default, so
     # this also checks one implementation against the other.
     offline = replay(session, policy, partitions=partitions, engine="python", source=t.gifts,

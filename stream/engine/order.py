@@ -8,9 +8,15 @@ They are merged into one sequence as Kafka Streams merges the partitions of a ta
      of its instant; a payout follows the gifts whose money it pays out);
   4. the merge goes on only while it can decide: every input has a record waiting, or is known to have none
      (caught up, absent, or waited for long enough: the worker's max_task_idle_ms). Offline every input is
-     complete, so a replay decides everything at once.
-Because the order depends only on the records (their timestamps and offsets), a live run, a restart, a rebuild by a
-new group and an offline replay process the same sequence, and so make the same bytes.
+     complete, so a replay decides everything at once;
+  5. a gift whose time is more than the policy's max_future past the partition's watermark (a bad time: the
+     engine rejects it) counts as at the watermark, decided when it is the head of its input, with the watermark
+     the merged records before it leave (`gift_time`).
+Because the order depends only on the records (their times and offsets) and on the state the records before them
+made, a live run, a restart, a rebuild by a new group and an offline replay process the same sequence, and so make
+the same bytes, as long as each record is on the broker by the time the merge takes a record of another input with
+a later time (max_task_idle_ms is the slack). A record appended later than that (a payout produced an hour after
+its time) is merged where it is found, live, and by its time offline: the one way the two can differ.
 
 A record's timestamp is taken from the record itself, as a Kafka Streams TimestampExtractor would (`record_time`):
 a gift's and a payout's `ts`, an account's `updated_ts`. So the order does not depend on how a producer stamped
@@ -24,7 +30,7 @@ it goes as soon as it is at the head of its input.
 from __future__ import annotations
 
 import enum
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import msgspec
@@ -70,7 +76,8 @@ class Pending:
         """The merge's timestamp of every record held (record_time; a tombstone's is its Kafka timestamp)."""
         if len(self.times) < len(self.offsets):
             kind, values, kafka = self.kind, self.values, self.kafka_ts
-            self.times += [kafka[i] if values[i] is None else record_time(kind, values[i]) or 0
+            tombstones = kind is Input.ACCOUNTS  # a null gift or payout is bad input: time 0, as unreadable
+            self.times += [kafka[i] if values[i] is None and tombstones else record_time(kind, values[i]) or 0
                            for i in range(len(self.times), len(values))]
         return self.times
 
@@ -94,36 +101,65 @@ class Run:
     hi: int
 
 
-def plan(pending: Sequence[Pending], exhausted: Sequence[bool]) -> list[Run]:
+def plan(pending: Sequence[Pending], exhausted: Sequence[bool], watermark: int | None = None,
+         max_future_ms: int | None = None) -> list[Run]:
     """The runs the merge can decide now, in order (the module docstring's rules). pending[i] and exhausted[i] are
     Input i's: exhausted means no record of it can come before what it has waiting (it is caught up, absent, or
-    waited for long enough). The Pendings are not changed: take each run's records with Pending.take(run.hi)."""
+    waited for long enough). watermark, max_future_ms: the partition's engine's, for rule 5 (gift_time). The
+    Pendings are not changed: take each run's records with Pending.take(run.hi), then plan again (`runs` does):
+    after a run of gifts beside another input's records, the watermark may have moved, so the plan stops there."""
     pos = [p.start for p in pending]
     ends = [len(p.offsets) for p in pending]
     runs: list[Run] = []
     waiting = [i for i in range(len(pending)) if pos[i] < ends[i]]
     if len(waiting) == 1 and all(exhausted[i] for i in range(len(pending)) if i not in waiting):
         return [Run(Input(waiting[0]), pos[waiting[0]], ends[waiting[0]])]  # one input alone: no time to compare
+    bound = None if watermark is None or max_future_ms is None else watermark + max_future_ms
     while True:
         if any(pos[i] == ends[i] and not exhausted[i] for i in range(len(pending))):
             return runs
-        heads = [(pending[i].stamps[pos[i]], i) for i in range(len(pending)) if pos[i] < ends[i]]  # by rank too
+        heads = [(gift_time(pending[i].stamps[pos[i]], watermark, bound) if i == Input.GIFTS
+                  else pending[i].stamps[pos[i]], i) for i in range(len(pending)) if pos[i] < ends[i]]
         if not heads:
             return runs
-        heads.sort()
+        heads.sort()  # by time, then by rank (the tie rule)
         _, first = heads[0]
         stamps, j, end = pending[first].stamps, pos[first], ends[first]
         if len(heads) == 1:
-            j = end  # nothing else waits: the whole input goes
-        else:
-            # The head goes while it sorts before the next input's head: before its timestamp, or at it when
-            # the tie rule ranks this input first.
-            limit, other = heads[1]
-            while j < end and (stamps[j] < limit or (stamps[j] == limit and first < other)):
-                j += 1
-            j = max(j, pos[first] + 1)  # the head itself sorted first
+            runs.append(Run(Input(first), j, end))  # nothing else waits: the whole input goes
+            pos[first] = end
+            continue
+        # The head goes, then the records after it while they sort before the next input's head: before its time,
+        # or at it when the tie rule ranks this input first. A gift past the bound ends a run of gifts: its time
+        # is decided when it is the head, with the watermark the gifts before it leave.
+        limit, other = heads[1]
+        j += 1
+        while j < end and (stamps[j] < limit or (stamps[j] == limit and first < other)):
+            if first == Input.GIFTS and bound is not None and stamps[j] > bound:
+                break
+            j += 1
         runs.append(Run(Input(first), pos[first], j))
         pos[first] = j
+        if first == Input.GIFTS:
+            return runs  # the gifts may move the watermark: plan again from here
+
+
+def gift_time(ts: int, watermark: int | None, bound: int | None) -> int:
+    """Rule 5: a gift's time, unless it is more than max_future_ms past the watermark (bound); such a gift is
+    rejected by the engine (ts_too_far_future) and counts as at the watermark, so a bad time cannot hold the gifts
+    behind it back while the other inputs' records overtake them."""
+    return ts if bound is None or ts <= bound else watermark
+
+
+def runs(pending: Sequence[Pending], exhausted: Callable[[], Sequence[bool]],
+         watermark: Callable[[], int | None], max_future_ms: int) -> Iterator[Run]:
+    """Every run the merge can decide, planned again after each plan's runs (take each before asking for the next):
+    exhausted() and watermark() are asked anew each time."""
+    while True:
+        planned = plan(pending, exhausted(), watermark(), max_future_ms)
+        if not planned:
+            return
+        yield from planned
 
 
 def feed(engine: Engine, kind: Input, records: tuple[list[int], list[bytes | None], list[int], list[bytes | None]],

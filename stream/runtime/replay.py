@@ -21,7 +21,7 @@ from pathlib import Path
 
 from stream.engine import model
 from stream.engine.native import make_engine
-from stream.engine.order import Input, Pending, feed, plan
+from stream.engine.order import Input, Pending, feed, runs
 from stream.engine.policy import Policy
 from stream.engine.protocol import Engine, Outputs
 from stream.kafka.routing import PartitionCache, partition_for
@@ -144,7 +144,7 @@ def _replay_merged(session: Session, policy: Policy, partitions: int, batch_size
     everything = [True] * len(Input)
     for p in range(partitions):
         e, queues = engines[p], pending[p]
-        for run in plan(queues, everything):
+        for run in runs(queues, lambda: everything, lambda e=e: e.watermark, policy.max_future_ms):
             for lo in range(run.lo, run.hi, batch_size):
                 n = feed(e, run.input, queues[run.input].take(min(run.hi, lo + batch_size)), out, names[run.input])
                 e.clear_changes()

@@ -33,7 +33,7 @@ from aiokafka.structs import OffsetAndMetadata
 from stream.config import WorkerConfig
 from stream.engine import model
 from stream.engine.native import make_engine, resolve_kind
-from stream.engine.order import Input, Pending, feed, plan
+from stream.engine.order import Input, Pending, feed, runs
 from stream.engine.policy import Policy
 from stream.engine.protocol import Engine, Outputs
 from stream.kafka.aiokafka_patches import NotAMember
@@ -383,22 +383,20 @@ class PartitionTask:
         Records of an input wait while another input may still deliver an earlier one (see `_exhausted`)."""
         t = self.cfg.topics
         engine = self.engine
-        exhausted = [self._exhausted(kind) for kind in Input]
-        runs = plan(self.pending, exhausted)
         positions: dict[TopicPartition, int] = {}
         count = 0
         stamps: list[int] = []
-        if runs:
-            self.clean = False  # until this batch commits
         topics = {Input.GIFTS: t.gifts, Input.PAYOUTS: t.payouts, Input.ACCOUNTS: t.accounts}
-        for run in runs:
+        for run in runs(self.pending, lambda: [self._exhausted(kind) for kind in Input], lambda: engine.watermark,
+                        self.policy.max_future_ms):
+            self.clean = False  # until this batch commits
             records = self.pending[run.input].take(run.hi)
             count += feed(engine, run.input, records, out, topics[run.input])
             positions[self.input_tps[run.input]] = records[0][-1] + 1
             if run.input is Input.GIFTS:
                 stamps += records[2]
         self._pause_full_inputs()
-        if not runs:
+        if not count:
             return positions, [], 0, stamps
         if NATIVE_CHANGELOG:
             changelog = self.writer.drain_batches(engine, CHANGELOG_BATCH_BYTES, self.cfg.exactly_once)

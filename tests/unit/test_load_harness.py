@@ -307,18 +307,18 @@ def _account(creator: str, region: str, status: str = "standard", method: str = 
 
 
 def _cross_check(policy, gifts, payouts=(), accounts=(), partitions: int = 1, batch_size: int = 20_000):
-    """The replay (the reference engine, to end of session) and the independent ground truth of one session whose
-    records carry the given record timestamps: gifts and payouts (value, timestamp), accounts (key, value,
-    timestamp). Their balances must be equal; returns both."""
+    """The replay (the reference engine, to end of session) and the independent ground truth of one session: gift and
+    payout records, accounts (key, value, Kafka timestamp: a tombstone's time). Their balances must be equal;
+    returns both. (The merge orders every other record by the time it holds.)"""
     from load.ground_truth import expected_inputs, route
     from load.verify import truth_rules
     from stream.runtime.replay import AccountRecord, Session, replay
 
     gifts, payouts, accounts = list(gifts), list(payouts), list(accounts)
-    session = Session([v for v, _ in gifts], [v for v, _ in payouts], [AccountRecord(k, v, t) for k, v, t in accounts],
-                      gift_times=[t for _, t in gifts], payout_times=[t for _, t in payouts])
+    session = Session(gifts, payouts, [AccountRecord(k, v, t) for k, v, t in accounts])
     result = replay(session, policy, partitions=partitions, batch_size=batch_size, final=True, engine="python")
-    truth = expected_inputs(route(partitions, gifts, payouts, accounts), partitions, truth_rules(policy))
+    truth = expected_inputs(route(partitions, [(g, 0) for g in gifts], [(q, 0) for q in payouts], accounts), partitions,
+                            truth_rules(policy))
     got = {c: s.balance for e in result.engines.values() for c, s in e.state.creators.items()}
     assert got == truth["balances"]
     assert result.summary["payouts"] == truth["payouts"] and not truth["payouts_undecided"]
@@ -334,15 +334,14 @@ def _cross_check(policy, gifts, payouts=(), accounts=(), partitions: int = 1, ba
 
 @pytest.mark.parametrize("batch_size", [20_000, 97])
 def test_ground_truth_with_accounts_and_payouts_agrees_with_the_replay(policy, batch_size):
-    """A generated run with accounts and payouts, each record stamped with its time on the run's clock (as `load
-    run` stamps them at send, in that order): the ground truth and the reference engine agree exactly."""
+    """A generated run with accounts and payouts (tombstones stamped with their time on the run's clock, as `load run`
+    stamps them at send): the ground truth and the reference engine agree exactly."""
     from load.generator import TrafficConfig, generate_inputs
 
     inputs = generate_inputs(TrafficConfig(seed=11, events=20_000, creators=40, senders=1_500, rate_per_s=40.0,
                                            malformed_rate=0.01, accounts=True, payout_rate=0.004))
     result, truth = _cross_check(
-        policy, zip(inputs.gifts, inputs.gift_times, strict=True),
-        zip(inputs.payouts, inputs.payout_times, strict=True),
+        policy, inputs.gifts, inputs.payouts,
         [(k, v, t) for (k, v), t in zip(inputs.accounts, inputs.account_times, strict=True)],
         partitions=3, batch_size=batch_size)
     st = inputs.input_stats
@@ -352,42 +351,47 @@ def test_ground_truth_with_accounts_and_payouts_agrees_with_the_replay(policy, b
     assert any(n.trigger == "account" for n in result.outputs.notices)
 
 
-def test_a_payout_stamped_like_the_gift_that_credits_its_money_applies(policy):
-    """One producer batch carries one timestamp: a payout that shares it with the gift that credits its money is
-    merged after the gift (the tie rule), so it applies; a milli-diamond more would not."""
+def test_a_payout_at_the_time_of_the_gift_that_credits_its_money_applies(policy):
+    """A payout that holds the time of the gift that credits its money is merged after the gift (the tie rule), so
+    it applies; a milli-diamond more would not."""
     from tests.support.events import T0, gift, payout
 
     g = gift(creator_id="c1", diamond_count=5, ts=T0)  # 5,000 milli-diamonds in the US
-    _, truth = _cross_check(policy, [(g, 1_000)], [(payout("p1", "c1", 5_000), 1_000)])
+    _, truth = _cross_check(policy, [g], [payout("p1", "c1", 5_000)])  # payout() is at T0
     assert truth["payouts"] == 1 and truth["balances"] == {"c1": 0}
-    _, truth = _cross_check(policy, [(g, 1_000)], [(payout("p2", "c1", 5_001), 1_000)])
+    _, truth = _cross_check(policy, [g], [payout("p2", "c1", 5_001)])
     assert truth["payouts"] == 0 and truth["payouts_refused"] == 1 and truth["balances"] == {"c1": 5_000}
 
 
-def test_the_record_timestamps_decide_the_order(policy):
-    from tests.support.events import T0, gift, payout
+def _payout_at(pid: str, creator: str, milli: int, ts: int) -> bytes:
+    return json.dumps({"payout_id": pid, "creator_id": creator, "milli_diamonds": milli, "ts": ts}).encode()
 
-    g = gift(creator_id="c1", diamond_count=10, ts=T0)  # a US gift: 10,000 milli-diamonds, 5,000 if priced in ID
-    moved = (b"c1", _account("c1", "ID", ts=T0), 2_000)
-    _, before = _cross_check(policy, [(g, 3_000)], accounts=[moved])  # the account is older than the gift
-    _, after = _cross_check(policy, [(g, 1_000)], accounts=[moved])
+
+def test_the_times_the_records_hold_decide_the_order(policy):
+    from tests.support.events import T0, gift
+
+    g = gift(creator_id="c1", diamond_count=10, ts=T0 + 1_000)  # a US gift: 10,000 milli-diamonds, 5,000 in ID
+    moved = (b"c1", _account("c1", "ID", ts=T0 + 2_000), 0)
+    _, after = _cross_check(policy, [g], accounts=[moved])  # the account is newer than the gift
+    _, before = _cross_check(policy, [gift(creator_id="c1", diamond_count=10, ts=T0 + 3_000)], accounts=[moved])
     assert before["balances"] == {"c1": 5_000} and after["balances"] == {"c1": 10_000}
-    # a payout stamped before its gift finds no balance; after it, it applies
-    _, early = _cross_check(policy, [(g, 1_000)], [(payout("p1", "c1", 4_000), 500)])
-    _, late = _cross_check(policy, [(g, 1_000)], [(payout("p1", "c1", 4_000), 1_500)])
+    # a payout older than its gift finds no balance; after it, it applies
+    _, early = _cross_check(policy, [g], [_payout_at("p1", "c1", 4_000, T0 + 500)])
+    _, late = _cross_check(policy, [g], [_payout_at("p1", "c1", 4_000, T0 + 1_500)])
     assert early["balances"] == {"c1": 10_000} and late["balances"] == {"c1": 6_000}
-    # each input keeps its offset order: a gift stamped 100 holds back the gift stamped 50 behind it, so the payout
-    # stamped 60 comes before both (sorting by timestamp would put one gift before it)
-    g2 = gift(creator_id="c1", diamond_count=10, ts=T0 + 1)
-    _, held = _cross_check(policy, [(g, 100), (g2, 50)], [(payout("p1", "c1", 10_000), 60)])
+    # each input keeps its offset order: a gift at 100 holds back the gift at 50 behind it, so the payout at 60
+    # comes before both (sorting by time would put one gift before it)
+    g100, g50 = (gift(creator_id="c1", diamond_count=10, ts=T0 + t) for t in (100, 50))
+    _, held = _cross_check(policy, [g100, g50], [_payout_at("p1", "c1", 10_000, T0 + 60)])
     assert held["payouts"] == 0 and held["balances"] == {"c1": 20_000}
-    # a closed account keeps its region; closed without one, the creator keeps the region of its latest credit
-    closed = (b"c1", None, 2_500)
-    _, kept = _cross_check(policy, [(g, 3_000)], accounts=[moved, closed])
+    # a tombstone is ordered by its Kafka timestamp; a closed account keeps its region
+    closed = (b"c1", None, T0 + 2_500)
+    _, kept = _cross_check(policy, [gift(creator_id="c1", diamond_count=10, ts=T0 + 3_000)], accounts=[moved, closed])
     assert kept["balances"] == {"c1": 5_000} and kept["accounts"] == {"c1": ("ID", "closed")}
-    in_id = gift(creator_id="c1", diamond_count=10, region="ID", ts=T0)
-    no_region = gift(creator_id="c1", diamond_count=10, region="", ts=T0)
-    _, home = _cross_check(policy, [(in_id, 1_000), (no_region, 3_000)], accounts=[closed])
+    # closed without an account, the creator keeps the region of its latest credit
+    in_id = gift(creator_id="c1", diamond_count=10, region="ID", ts=T0 + 1_000)
+    no_region = gift(creator_id="c1", diamond_count=10, region="", ts=T0 + 3_000)
+    _, home = _cross_check(policy, [in_id, no_region], accounts=[closed])
     assert home["accounts"] == {"c1": ("ID", "closed")} and home["balances"] == {"c1": 10_000}  # not US's 15,000
 
 
@@ -398,7 +402,7 @@ def test_ground_truth_refuses_the_account_records_the_engine_refuses(policy):
     bad = [(b"c1", _account("c1", "ID", status="on_hold"), 10), (b"c1", _account("c1", "ID", method="crypto"), 20),
            (b"c1", _account("c1", "ZZ"), 30), (b"c2", _account("c1", "ID"), 40), (None, None, 50),
            (b"c1", b'{"creator_id": "c1", "creator_id": "c1"}', 60), (b"c1", b"not json", 70)]
-    _, truth = _cross_check(policy, [(g, 1_000)], accounts=bad)
+    _, truth = _cross_check(policy, [g], accounts=bad)
     assert truth["accounts_refused"] == len(bad) and truth["balances"] == {"c1": 10_000} and not truth["accounts"]
 
 
@@ -478,12 +482,12 @@ class _Cluster(_FakeProducer):
 
 
 def _worker(policy, cluster: _Cluster, partitions: int = 3) -> tuple[dict[int, list], dict[int, list]]:
-    """What the workers commit for the cluster's inputs: each partition's three inputs merged by record timestamp
+    """What the workers commit for the cluster's inputs: each partition's three inputs merged in their one order
     (stream.engine.order), run through the reference engine; (notices, changelog) as consumer records."""
     from aiokafka.structs import ConsumerRecord
 
     from stream.engine import model
-    from stream.engine.order import Input, Pending, feed, plan
+    from stream.engine.order import Input, Pending, feed, runs
     from stream.engine.reference import Outputs, PartitionEngine
     from stream.kafka.routing import PartitionCache
 
@@ -492,13 +496,13 @@ def _worker(policy, cluster: _Cluster, partitions: int = 3) -> tuple[dict[int, l
     owners = PartitionCache(partitions)
     for p in range(partitions):
         engine = PartitionEngine(policy, p, source_topic="gifts", partitions=partitions, owners=owners)
-        queues = [Pending() for _ in Input]
+        queues = [Pending(kind) for kind in Input]
         for kind in Input:
             log = cluster.topics.get((names[kind], p), [])
             queues[kind].add(list(range(len(log))), [v for _, v, _ in log], [ts for _, _, ts in log],
                              [k for k, _, _ in log])
         out = Outputs()
-        for run in plan(queues, [True] * len(Input)):
+        for run in runs(queues, lambda: [True] * len(Input), lambda e=engine: e.watermark, policy.max_future_ms):
             feed(engine, run.input, queues[run.input].take(run.hi), out, names[run.input])
         records, _, _ = engine.take_changelog()
         notices[p] = [ConsumerRecord("payout-notices", p, i, 0, 0, None, model.encode(n), None, -1, -1, ())

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import random
 
-from stream.engine.order import Input, Pending, plan, record_time
+from stream.engine.order import Input, Pending, gift_time, plan, record_time, runs
 
 A, G, P = Input.ACCOUNTS, Input.GIFTS, Input.PAYOUTS
 
@@ -25,7 +25,7 @@ def queues(**stamps: list[int]) -> list[Pending]:
 def merged(qs: list[Pending], exhausted: list[bool] | None = None) -> list[tuple[Input, int]]:
     """(input, offset) in the order the plan takes them."""
     order = []
-    for run in plan(qs, exhausted or [True] * 3):
+    for run in runs(qs, lambda: exhausted or [True] * 3, lambda: None, 3_600_000):
         order += [(run.input, o) for o in qs[run.input].take(run.hi)[0]]
     return order
 
@@ -90,3 +90,27 @@ def test_one_input_alone_is_taken_whole_without_reading_a_time():
     q[G].add([0, 1], [b"x", b"y"], [0, 0])
     assert plan(q, [True, True, False]) == [] and plan(q, [True, False, True])[0].hi == 2
     assert q[G].times == []  # never looked into
+
+
+def test_a_gift_with_a_bad_time_counts_as_at_the_watermark_so_it_holds_nothing_back():
+    far = 10**12  # past watermark + max_future: the engine rejects it (ts_too_far_future)
+    qs = queues(gifts=[far, 20, 30], payouts=[25])
+    order = []
+    for run in runs(qs, lambda: [True] * 3, lambda: 10, 100):  # watermark 10, max_future 100
+        order += [(run.input, o) for o in qs[run.input].take(run.hi)[0]]
+    # at the watermark (10): the bad gift goes first and the gift at 20 is not overtaken by the payout at 25
+    assert order == [(G, 0), (G, 1), (P, 0), (G, 2)]
+    assert gift_time(far, 10, 110) == 10 and gift_time(50, 10, 110) == 50 and gift_time(far, None, None) == far
+
+
+def test_a_gift_past_the_bound_ends_a_run_and_is_decided_with_the_watermark_before_it():
+    marks = [0]
+    qs = queues(gifts=[50, 150, 160], payouts=[155])
+    order = []
+    for run in runs(qs, lambda: [True] * 3, lambda: marks[0], 100):  # bound 100 at first
+        for o, v in zip(*qs[run.input].take(run.hi)[:2], strict=True):
+            order.append((run.input, o))
+            if run.input is G:
+                marks[0] = max(marks[0], record_time(G, v))  # the engine's watermark after the gift
+    # 150 is past the first bound (100) but not past the one the gift at 50 leaves (150): it keeps its time
+    assert order == [(G, 0), (G, 1), (P, 0), (G, 2)]
