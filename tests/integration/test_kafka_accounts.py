@@ -62,10 +62,11 @@ def three_inputs(creators: int = 40) -> Session:
             accounts.append(AccountRecord(c.encode(), account(c, "verified", t + 150)))
         elif k % 5 == 0:
             accounts.append(AccountRecord(c.encode(), account(c, "standard", t, "DE", "bank")))
+        if k == 1:  # closed between its payout and its second gift (in its input's time order)
+            accounts.append(AccountRecord(c.encode(), None, t + 250))
         gifts.append(gift(2 * k, c, 2_000, t + 100))
         payouts.append(payout(f"p{k}", c, 2_000_000, t + 200))
         gifts.append(gift(2 * k + 1, c, 2_000, t + 300))
-    accounts.append(AccountRecord(b"c1", None, T0 + 1000 + 250))  # closed between its payout and its second gift
     return Session(gifts, payouts, accounts)
 
 
