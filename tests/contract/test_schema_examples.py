@@ -25,6 +25,7 @@ DRAFT_2020_12 = "https://json-schema.org/draft/2020-12/schema"
 
 EXPECTED_SCHEMAS = {
     "gift-event",
+    "creator-account",
     "payout-notice",
     "window-total",
     "late-gift",
@@ -32,7 +33,7 @@ EXPECTED_SCHEMAS = {
     "policy",
 }
 # Records we consume from upstream may carry extra fields; records we produce may not.
-OPEN_SCHEMAS = {"gift-event"}
+OPEN_SCHEMAS = {"gift-event", "creator-account"}
 
 
 def _schema_names() -> list[str]:
@@ -120,6 +121,34 @@ def test_gift_event_schema_lists_all_known_fields() -> None:
     fields = msgspec.structs.fields(GiftEvent)
     assert set(schema["properties"]) == {f.name for f in fields}
     assert set(schema["required"]) == {f.name for f in fields if f.required}
+
+
+def test_creator_account_schema_lists_the_records_fields() -> None:
+    """The schema and the decoder (stream.engine.model.CreatorAccount) name the same fields, all required."""
+    import msgspec
+
+    from stream.engine.model import CreatorAccount
+
+    schema = _schema("creator-account")
+    fields = msgspec.structs.fields(CreatorAccount)
+    assert list(schema["properties"]) == list(schema["required"]) == [f.name for f in fields]
+    assert all(f.required for f in fields)
+
+
+def test_creator_account_examples_are_accepted_by_the_engine(policy) -> None:
+    """Each valid example decodes (keyed by its creator_id) and passes the default policy's checks; each invalid
+    one is refused by the decoder or the engine too."""
+    from stream.engine.model import CreatorAccount, decode_account
+    from stream.engine.reference import Outputs, PartitionEngine
+
+    for valid in (True, False):
+        for path in _examples("creator-account", invalid=not valid):
+            raw = path.read_bytes()
+            key = str(json.loads(raw).get("creator_id", "")).encode()
+            decoded = decode_account(key, raw, 0)
+            out = Outputs()
+            PartitionEngine(policy).apply_accounts([decoded], [raw], None, out)
+            assert (type(decoded) is CreatorAccount and not out.dead_letters) is valid, (path.name, out.dead_letters)
 
 
 def test_gift_event_allows_unknown_upstream_fields() -> None:
