@@ -197,12 +197,41 @@ def test_policy_toml_example_regions() -> None:
     assert [code for code, s in regions.items() if not s["eligible"]] == ["TR"]
 
 
+def _round_half_up(num: int, den: int) -> int:
+    return (2 * num + den) // (2 * den)
+
+
 def test_payout_notice_examples_are_arithmetically_consistent() -> None:
+    """The cross-field rules of the schema's description, on every valid example (written out again here)."""
     for n in _valid_records("payout-notice"):
         assert n["notice_id"] == f"pn-{n['creator_id']}-{n['crossing_seq']}"
+        assert n["gross_cents"] == _round_half_up(n["balance_milli_diamonds"] * 5000, 1000 * 10_000)  # $0.005/diamond
         assert n["payable_cents"] == min(n["gross_cents"], n["daily_cap_cents"])
-        assert n["net_cents"] == n["payable_cents"] - n["fee_cents"]
+        assert n["service_fee_cents"] == _round_half_up(n["payable_cents"] * n["service_fee_bps"], 10_000)
+        assert n["net_cents"] == n["payable_cents"] - n["service_fee_cents"] - n["method_fee_cents"] >= 0
         assert n["gross_cents"] >= n["threshold_cents"]
+        assert (n["trigger_event_id"] is None) is (n["trigger"] == "account")
+    assert {n["trigger"] for n in _valid_records("payout-notice")} == {"gift", "account"}
+
+
+def test_payout_notice_schema_ties_the_trigger_event_id_to_the_trigger() -> None:
+    v = _validator("payout-notice")
+    [gift] = [n for n in _valid_records("payout-notice") if n["creator_id"] == "6812345678901234567"]
+    assert v.is_valid(gift) and not v.is_valid({**gift, "trigger_event_id": None})
+    assert v.is_valid({**gift, "trigger": "account", "trigger_event_id": None})
+    assert not v.is_valid({**gift, "trigger": "payout"})
+
+
+def test_engine_output_examples_are_what_the_engine_writes(policy) -> None:
+    """The payout-notice examples and the key_mismatch dead letter are the reference engine's outputs on the
+    built-in policy (regenerate: python -m tests.support.schema_examples --write)."""
+    from tests.support.schema_examples import generate
+
+    files = generate(policy)
+    assert {rel for rel in files if rel.startswith("payout-notice/")} == {
+        str(p.relative_to(EXAMPLE_DIR)) for p in _examples("payout-notice", invalid=False)}
+    for rel, text in files.items():
+        assert (EXAMPLE_DIR / rel).read_text(encoding="utf-8") == text, rel
 
 
 def _assert_window_bounds(window: dict[str, Any]) -> None:
