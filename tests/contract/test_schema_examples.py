@@ -164,9 +164,27 @@ def test_policy_toml_example_validates() -> None:
     assert errors == []
 
 
+def _statuses(policy: dict[str, Any]) -> dict[str, bool]:
+    statuses = policy.get("account_statuses", {"standard": {"eligible": True}})  # the loader's default
+    return {name: spec["eligible"] for name, spec in statuses.items()}
+
+
+def _thresholds(policy: dict[str, Any], settings: dict[str, Any]) -> dict[str, int]:
+    """threshold_cents as a table status -> cents (an integer is every status's)."""
+    t = settings["threshold_cents"]
+    return dict.fromkeys(_statuses(policy), t) if isinstance(t, int) else t
+
+
 def _effective_region_settings(policy: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Each region's settings: the defaults overridden key by key, a threshold table laid over the defaults'."""
     defaults = policy["defaults"]
-    return {code: {**defaults, **override} for code, override in policy.get("regions", {}).items()}
+    regions = {}
+    for code, override in policy.get("regions", {}).items():
+        merged = {**defaults, **override}
+        if isinstance(override.get("threshold_cents"), dict):
+            merged["threshold_cents"] = {**_thresholds(policy, defaults), **override["threshold_cents"]}
+        regions[code] = merged
+    return regions
 
 
 @pytest.mark.parametrize(
@@ -176,21 +194,33 @@ def _effective_region_settings(policy: dict[str, Any]) -> dict[str, dict[str, An
 )
 def test_policy_examples_cross_field_rules(policy: dict[str, Any]) -> None:
     # Rules the loader enforces that JSON Schema cannot express.
-    for settings in [policy["defaults"], *_effective_region_settings(policy).values()]:
+    statuses = _statuses(policy)
+    regions = _effective_region_settings(policy)
+    for settings in [policy["defaults"], *regions.values()]:
         assert settings["payout_method"] in settings["fees"]
         rate = Fraction(settings["diamonds_per_coin"])
         assert rate > 0
         assert (rate * 1000).denominator == 1, "diamonds_per_coin must be a multiple of 1/1000"
+    for settings in regions.values() if regions else [policy["defaults"]]:
+        thresholds = _thresholds(policy, settings)
+        assert set(thresholds) <= set(statuses)
+        assert {s for s, eligible in statuses.items() if eligible} <= set(thresholds)
+    accounts = policy.get("accounts", {})
+    assert accounts.get("missing_status", next(iter(statuses)) if len(statuses) == 1 else "standard") in statuses
+    assert accounts.get("default_region") is None or accounts["default_region"] in regions
 
 
 def test_policy_toml_example_regions() -> None:
     policy = _load_policy_toml()
     regions = _effective_region_settings(policy)
     assert set(regions) == {"US", "GB", "DE", "FR", "BR", "MX", "ID", "JP", "KR", "TR"}
-    thresholds = {code: s["threshold_cents"] for code, s in regions.items()}
-    assert all(100 <= t <= 10_000 for t in thresholds.values())  # $1 .. $100
-    assert min(thresholds.values()) == 100
-    assert max(thresholds.values()) == 10_000
+    thresholds = [t for s in regions.values() for t in _thresholds(policy, s).values()]
+    assert all(100 <= t <= 10_000 for t in thresholds)  # $1 .. $100
+    assert min(thresholds) == 100
+    assert max(thresholds) == 10_000
+    assert all(_thresholds(policy, s)["verified"] <= _thresholds(policy, s)["standard"] for s in regions.values())
+    assert regions["KR"]["min_age"] == 19 and policy["defaults"]["min_age"] == 18
+    assert set(_statuses(policy)) == {"verified", "standard", "restricted", "suspended"}
     assert all(s["daily_cap_cents"] == 100_000 for s in regions.values())  # $1,000 per day
     assert regions["KR"]["eligible"] is True
     assert regions["TR"]["eligible"] is False
@@ -199,6 +229,18 @@ def test_policy_toml_example_regions() -> None:
 
 def _round_half_up(num: int, den: int) -> int:
     return (2 * num + den) // (2 * den)
+
+
+def test_policy_examples_with_regions_load(policy) -> None:
+    """The loader takes the TOML example and every JSON example that lists regions (one without regions is
+    a schema example only: the loader needs at least one), and agrees with the built-in policy's statuses."""
+    from stream.engine.policy import load_policy, parse_policy
+
+    assert load_policy(POLICY_TOML).statuses == policy.statuses
+    for path in _examples("policy", invalid=False):
+        data = _load_json(path)
+        if data.get("regions"):
+            parse_policy(data, path.name)
 
 
 def test_payout_notice_examples_are_arithmetically_consistent() -> None:
