@@ -149,12 +149,17 @@ def test_late_gift_counts_toward_balance_and_is_reported(policy):
 
 
 def test_notice_on_crossing_with_exact_money(policy):
-    # US: threshold $10 = 2000 diamonds; $0.005/diamond; paypal 2.9%
+    # US, no account record (status standard): threshold $10 = 2000 diamonds; $0.005/diamond; service fee 25%;
+    # paypal 2.9% of what the service fee leaves
     eng, out = run(policy, [gift(diamond_count=1999), gift(diamond_count=1, event_id="trigger", ts=T0 + 5)])
     [n] = out.notices
     assert (n.notice_id, n.crossing_seq, n.balance_milli_diamonds) == ("pn-c1-1", 1, 2_000_000)
-    assert (n.gross_cents, n.payable_cents, n.fee_cents, n.net_cents) == (1000, 1000, 29, 971)
-    assert (n.trigger_event_id, n.trigger_ts, n.policy_version) == ("trigger", T0 + 5, policy.version)
+    assert (n.account_status, n.payout_method, n.threshold_cents) == ("standard", "paypal", 1000)
+    # 25% of 1000 = 250; 2.9% of 750 = 21.75 -> 22 (half up); 1000 - 250 - 22 = 728
+    assert (n.gross_cents, n.payable_cents, n.service_fee_bps, n.service_fee_cents, n.method_fee_cents,
+            n.net_cents) == (1000, 1000, 2500, 250, 22, 728)
+    assert (n.trigger, n.trigger_event_id, n.trigger_ts, n.policy_version) == ("gift", "trigger", T0 + 5,
+                                                                               policy.version)
     eng.process([gift(diamond_count=5000)], None, out)
     assert len(out.notices) == 1  # already above: no second notice until a payout re-arms
 
@@ -174,7 +179,8 @@ def test_daily_cap_limits_payable_and_ineligible_region_never_notifies(policy):
     eng, out = run(policy, [gift(diamond_count=500_000), gift(creator_id="c2", region="TR", diamond_count=10**6)])
     [n] = out.notices
     assert n.gross_cents == 250_000 and n.payable_cents == 100_000  # $2,500 capped at $1,000/day
-    assert n.fee_cents == 2_900 and n.net_cents == 97_100
+    # the service fee is on the payable amount, 25% = 25,000; paypal 2.9% of 75,000 = 2,175
+    assert (n.service_fee_cents, n.method_fee_cents, n.net_cents) == (25_000, 2_175, 72_825)
     assert balance(eng, "c2") == 10**9
 
 
