@@ -1,4 +1,4 @@
-"""Test inputs: gift and payout records, and random sessions (hypothesis) of gifts good and bad."""
+"""Test inputs: gift, account and payout records, and random sessions (hypothesis) of gifts good and bad."""
 
 from __future__ import annotations
 
@@ -19,6 +19,13 @@ def gift(**fields) -> bytes:
     rec.update(fields)
     return orjson.dumps({k: v for k, v in rec.items() if v is not ...})
 
+
+def account(**fields) -> bytes:
+    """A valid creator-accounts value (a verified US creator c1 paid by paypal) with overrides; `...` drops a field."""
+    rec = {"creator_id": "c1", "region": "US", "account_status": "verified", "payout_method": "paypal", "age": 30,
+           "updated_ts": T0}
+    rec.update(fields)
+    return orjson.dumps({k: v for k, v in rec.items() if v is not ...})
 
 
 def payout(pid: str, creator: str, milli: int) -> bytes:
