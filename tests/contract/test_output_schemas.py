@@ -11,7 +11,8 @@ from jsonschema import Draft202012Validator
 
 from stream.cli import _default_session
 from stream.engine import model
-from stream.runtime.replay import read_session, replay
+from stream.kafka.session_files import read_session
+from stream.runtime.replay import replay
 
 SCHEMAS = Path(__file__).resolve().parents[2] / "schemas"
 
@@ -47,5 +48,21 @@ def test_the_accepted_input_of_the_demo_session_validates(policy):
 def test_notice_money_adds_up(demo):
     for n in demo.outputs.notices:
         assert n.payable_cents == min(n.gross_cents, n.daily_cap_cents)
-        assert n.net_cents == n.payable_cents - n.fee_cents >= 0
+        assert n.service_fee_cents == (n.payable_cents * n.service_fee_bps + 5_000) // 10_000  # half up
+        assert n.net_cents == n.payable_cents - n.service_fee_cents - n.method_fee_cents >= 0
         assert n.gross_cents >= n.threshold_cents
+        assert (n.trigger, n.trigger_event_id is not None) == ("gift", True)  # the demo session has no accounts
+
+
+def test_the_outputs_of_a_session_with_accounts_validate(policy):
+    """Account-triggered notices (trigger_event_id null) and the dead letters of creator-accounts records."""
+    from tests.support.schema_examples import run
+
+    out = run(policy)
+    assert {n.trigger for n in out.notices} == {"gift", "account"}
+    assert {d.source_topic for d in out.dead_letters} == {"creator-accounts"}
+    for schema, records in (("payout-notice", out.notices), ("dead-letter", out.dead_letters)):
+        v = validator(schema)
+        for r in records:
+            errors = list(v.iter_errors(orjson.loads(model.encode(r))))
+            assert not errors, (r, errors[0].message)

@@ -25,6 +25,7 @@ DRAFT_2020_12 = "https://json-schema.org/draft/2020-12/schema"
 
 EXPECTED_SCHEMAS = {
     "gift-event",
+    "creator-account",
     "payout-notice",
     "window-total",
     "late-gift",
@@ -32,7 +33,7 @@ EXPECTED_SCHEMAS = {
     "policy",
 }
 # Records we consume from upstream may carry extra fields; records we produce may not.
-OPEN_SCHEMAS = {"gift-event"}
+OPEN_SCHEMAS = {"gift-event", "creator-account"}
 
 
 def _schema_names() -> list[str]:
@@ -122,6 +123,34 @@ def test_gift_event_schema_lists_all_known_fields() -> None:
     assert set(schema["required"]) == {f.name for f in fields if f.required}
 
 
+def test_creator_account_schema_lists_the_records_fields() -> None:
+    """The schema and the decoder (stream.engine.model.CreatorAccount) name the same fields, all required."""
+    import msgspec
+
+    from stream.engine.model import CreatorAccount
+
+    schema = _schema("creator-account")
+    fields = msgspec.structs.fields(CreatorAccount)
+    assert list(schema["properties"]) == list(schema["required"]) == [f.name for f in fields]
+    assert all(f.required for f in fields)
+
+
+def test_creator_account_examples_are_accepted_by_the_engine(policy) -> None:
+    """Each valid example decodes (keyed by its creator_id) and passes the default policy's checks; each invalid
+    one is refused by the decoder or the engine too."""
+    from stream.engine.model import CreatorAccount, decode_account
+    from stream.engine.reference import Outputs, PartitionEngine
+
+    for valid in (True, False):
+        for path in _examples("creator-account", invalid=not valid):
+            raw = path.read_bytes()
+            key = str(json.loads(raw).get("creator_id", "")).encode()
+            decoded = decode_account(key, raw, 0)
+            out = Outputs()
+            PartitionEngine(policy).apply_accounts([decoded], [raw], None, out)
+            assert (type(decoded) is CreatorAccount and not out.dead_letters) is valid, (path.name, out.dead_letters)
+
+
 def test_gift_event_allows_unknown_upstream_fields() -> None:
     record = _load_json(EXAMPLE_DIR / "gift-event" / "streak-final-event.json")
     record["some_future_upstream_field"] = {"nested": [1, 2, 3]}
@@ -135,9 +164,27 @@ def test_policy_toml_example_validates() -> None:
     assert errors == []
 
 
+def _statuses(policy: dict[str, Any]) -> dict[str, bool]:
+    statuses = policy.get("account_statuses", {"standard": {"eligible": True}})  # the loader's default
+    return {name: spec["eligible"] for name, spec in statuses.items()}
+
+
+def _thresholds(policy: dict[str, Any], settings: dict[str, Any]) -> dict[str, int]:
+    """threshold_cents as a table status -> cents (an integer is every status's)."""
+    t = settings["threshold_cents"]
+    return dict.fromkeys(_statuses(policy), t) if isinstance(t, int) else t
+
+
 def _effective_region_settings(policy: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Each region's settings: the defaults overridden key by key, a threshold table laid over the defaults'."""
     defaults = policy["defaults"]
-    return {code: {**defaults, **override} for code, override in policy.get("regions", {}).items()}
+    regions = {}
+    for code, override in policy.get("regions", {}).items():
+        merged = {**defaults, **override}
+        if isinstance(override.get("threshold_cents"), dict):
+            merged["threshold_cents"] = {**_thresholds(policy, defaults), **override["threshold_cents"]}
+        regions[code] = merged
+    return regions
 
 
 @pytest.mark.parametrize(
@@ -147,33 +194,86 @@ def _effective_region_settings(policy: dict[str, Any]) -> dict[str, dict[str, An
 )
 def test_policy_examples_cross_field_rules(policy: dict[str, Any]) -> None:
     # Rules the loader enforces that JSON Schema cannot express.
-    for settings in [policy["defaults"], *_effective_region_settings(policy).values()]:
+    statuses = _statuses(policy)
+    regions = _effective_region_settings(policy)
+    for settings in [policy["defaults"], *regions.values()]:
         assert settings["payout_method"] in settings["fees"]
         rate = Fraction(settings["diamonds_per_coin"])
         assert rate > 0
         assert (rate * 1000).denominator == 1, "diamonds_per_coin must be a multiple of 1/1000"
+    for settings in regions.values() if regions else [policy["defaults"]]:
+        thresholds = _thresholds(policy, settings)
+        assert set(thresholds) <= set(statuses)
+        assert {s for s, eligible in statuses.items() if eligible} <= set(thresholds)
+    accounts = policy.get("accounts", {})
+    assert accounts.get("missing_status", next(iter(statuses)) if len(statuses) == 1 else "standard") in statuses
+    assert accounts.get("default_region") is None or accounts["default_region"] in regions
 
 
 def test_policy_toml_example_regions() -> None:
     policy = _load_policy_toml()
     regions = _effective_region_settings(policy)
     assert set(regions) == {"US", "GB", "DE", "FR", "BR", "MX", "ID", "JP", "KR", "TR"}
-    thresholds = {code: s["threshold_cents"] for code, s in regions.items()}
-    assert all(100 <= t <= 10_000 for t in thresholds.values())  # $1 .. $100
-    assert min(thresholds.values()) == 100
-    assert max(thresholds.values()) == 10_000
+    thresholds = [t for s in regions.values() for t in _thresholds(policy, s).values()]
+    assert all(100 <= t <= 10_000 for t in thresholds)  # $1 .. $100
+    assert min(thresholds) == 100
+    assert max(thresholds) == 10_000
+    assert all(_thresholds(policy, s)["verified"] <= _thresholds(policy, s)["standard"] for s in regions.values())
+    assert regions["KR"]["min_age"] == 19 and policy["defaults"]["min_age"] == 18
+    assert set(_statuses(policy)) == {"verified", "standard", "restricted", "suspended"}
     assert all(s["daily_cap_cents"] == 100_000 for s in regions.values())  # $1,000 per day
     assert regions["KR"]["eligible"] is True
     assert regions["TR"]["eligible"] is False
     assert [code for code, s in regions.items() if not s["eligible"]] == ["TR"]
 
 
+def _round_half_up(num: int, den: int) -> int:
+    return (2 * num + den) // (2 * den)
+
+
+def test_policy_examples_with_regions_load(policy) -> None:
+    """The loader takes the TOML example and every JSON example that lists regions (one without regions is
+    a schema example only: the loader needs at least one), and agrees with the built-in policy's statuses."""
+    from stream.engine.policy import load_policy, parse_policy
+
+    assert load_policy(POLICY_TOML).statuses == policy.statuses
+    for path in _examples("policy", invalid=False):
+        data = _load_json(path)
+        if data.get("regions"):
+            parse_policy(data, path.name)
+
+
 def test_payout_notice_examples_are_arithmetically_consistent() -> None:
+    """The cross-field rules of the schema's description, on every valid example (written out again here)."""
     for n in _valid_records("payout-notice"):
         assert n["notice_id"] == f"pn-{n['creator_id']}-{n['crossing_seq']}"
+        assert n["gross_cents"] == _round_half_up(n["balance_milli_diamonds"] * 5000, 1000 * 10_000)  # $0.005/diamond
         assert n["payable_cents"] == min(n["gross_cents"], n["daily_cap_cents"])
-        assert n["net_cents"] == n["payable_cents"] - n["fee_cents"]
+        assert n["service_fee_cents"] == _round_half_up(n["payable_cents"] * n["service_fee_bps"], 10_000)
+        assert n["net_cents"] == n["payable_cents"] - n["service_fee_cents"] - n["method_fee_cents"] >= 0
         assert n["gross_cents"] >= n["threshold_cents"]
+        assert (n["trigger_event_id"] is None) is (n["trigger"] == "account")
+    assert {n["trigger"] for n in _valid_records("payout-notice")} == {"gift", "account"}
+
+
+def test_payout_notice_schema_ties_the_trigger_event_id_to_the_trigger() -> None:
+    v = _validator("payout-notice")
+    [gift] = [n for n in _valid_records("payout-notice") if n["creator_id"] == "6812345678901234567"]
+    assert v.is_valid(gift) and not v.is_valid({**gift, "trigger_event_id": None})
+    assert v.is_valid({**gift, "trigger": "account", "trigger_event_id": None})
+    assert not v.is_valid({**gift, "trigger": "payout"})
+
+
+def test_engine_output_examples_are_what_the_engine_writes(policy) -> None:
+    """The payout-notice examples and the key_mismatch dead letter are the reference engine's outputs on the
+    built-in policy (regenerate: python -m tests.support.schema_examples --write)."""
+    from tests.support.schema_examples import generate
+
+    files = generate(policy)
+    assert {rel for rel in files if rel.startswith("payout-notice/")} == {
+        str(p.relative_to(EXAMPLE_DIR)) for p in _examples("payout-notice", invalid=False)}
+    for rel, text in files.items():
+        assert (EXAMPLE_DIR / rel).read_text(encoding="utf-8") == text, rel
 
 
 def _assert_window_bounds(window: dict[str, Any]) -> None:

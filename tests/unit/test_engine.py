@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import base64
+import tomllib
+from importlib import resources
 
 import pytest
 
+from stream.engine import model
+from stream.engine.model import decode_account, decode_payout
 from stream.engine.native import Engine, make_engine
+from stream.engine.policy import parse_policy
 from stream.engine.reference import Outputs
+from stream.kafka.routing import PartitionCache, partition_for
 from stream.state.tables import restore, snapshot
-from tests.support.events import T0, gift
+from tests.support.events import T0, account, gift, payout
 
 pytestmark = pytest.mark.usefixtures("both_engines")  # every test runs on both engines
 
@@ -149,12 +155,17 @@ def test_late_gift_counts_toward_balance_and_is_reported(policy):
 
 
 def test_notice_on_crossing_with_exact_money(policy):
-    # US: threshold $10 = 2000 diamonds; $0.005/diamond; paypal 2.9%
+    # US, no account record (status standard): threshold $10 = 2000 diamonds; $0.005/diamond; service fee 25%;
+    # paypal 2.9% of what the service fee leaves
     eng, out = run(policy, [gift(diamond_count=1999), gift(diamond_count=1, event_id="trigger", ts=T0 + 5)])
     [n] = out.notices
     assert (n.notice_id, n.crossing_seq, n.balance_milli_diamonds) == ("pn-c1-1", 1, 2_000_000)
-    assert (n.gross_cents, n.payable_cents, n.fee_cents, n.net_cents) == (1000, 1000, 29, 971)
-    assert (n.trigger_event_id, n.trigger_ts, n.policy_version) == ("trigger", T0 + 5, policy.version)
+    assert (n.account_status, n.payout_method, n.threshold_cents) == ("standard", "paypal", 1000)
+    # 25% of 1000 = 250; 2.9% of 750 = 21.75 -> 22 (half up); 1000 - 250 - 22 = 728
+    assert (n.gross_cents, n.payable_cents, n.service_fee_bps, n.service_fee_cents, n.method_fee_cents,
+            n.net_cents) == (1000, 1000, 2500, 250, 22, 728)
+    assert (n.trigger, n.trigger_event_id, n.trigger_ts, n.policy_version) == ("gift", "trigger", T0 + 5,
+                                                                               policy.version)
     eng.process([gift(diamond_count=5000)], None, out)
     assert len(out.notices) == 1  # already above: no second notice until a payout re-arms
 
@@ -174,7 +185,8 @@ def test_daily_cap_limits_payable_and_ineligible_region_never_notifies(policy):
     eng, out = run(policy, [gift(diamond_count=500_000), gift(creator_id="c2", region="TR", diamond_count=10**6)])
     [n] = out.notices
     assert n.gross_cents == 250_000 and n.payable_cents == 100_000  # $2,500 capped at $1,000/day
-    assert n.fee_cents == 2_900 and n.net_cents == 97_100
+    # the service fee is on the payable amount, 25% = 25,000; paypal 2.9% of 75,000 = 2,175
+    assert (n.service_fee_cents, n.method_fee_cents, n.net_cents) == (25_000, 2_175, 72_825)
     assert balance(eng, "c2") == 10**9
 
 
@@ -196,3 +208,246 @@ def test_invalid_utf8_inside_a_string_is_a_dead_letter_not_a_crash(policy):
     eng, out = run(policy, [gift(), raw])
     assert [d.reason for d in out.dead_letters] == ["not_json"]
     assert balance(eng) == 5_000
+
+
+# ------------------------------------------------------------------------------------- creator accounts
+
+
+def acct(**fields) -> tuple[bytes | None, bytes, int]:
+    """A creator-accounts record (key, value, record time): events.account(**fields), keyed by its creator_id."""
+    return fields.get("creator_id", "c1").encode(), account(**fields), fields.get("updated_ts", T0)
+
+
+def tomb(creator: str = "c1", ts: int = T0) -> tuple[bytes, None, int]:
+    """A tombstone: the creator's account is closed as of ts."""
+    return creator.encode(), None, ts
+
+
+def accounts(eng, out: Outputs, *records, offsets: list[int] | None = None) -> None:
+    eng.apply_accounts([decode_account(*r) for r in records], [r[1] for r in records], offsets, out)
+
+
+def pay(eng, out: Outputs, pid: str, milli: int, creator: str = "c1") -> None:
+    raw = payout(pid, creator, milli)
+    eng.apply_payouts([decode_payout(raw)], [raw], None, out)
+
+
+def fields(a) -> tuple:
+    return a.region, a.account_status, a.payout_method, a.age, a.updated_ts
+
+
+def custom(change) -> object:
+    """The built-in policy with `change` applied to its data."""
+    data = tomllib.loads(resources.files("stream.data").joinpath("policy.default.toml").read_text())
+    change(data)
+    return parse_policy(data, "test")
+
+
+def test_a_creator_without_an_account_gets_the_gifts_region_or_the_default_and_the_missing_status(policy):
+    eng, out = run(policy, [gift(creator_id="c1", region="ID"), gift(creator_id="c2", region=...),
+                            gift(creator_id="c3", region="DE", diamond_count=4_000)])
+    assert balance(eng, "c1") == 2_500 and eng.creator("c1").region == "ID"  # the gift's region: 1/2 diamond a coin
+    assert balance(eng, "c2") == 5_000 and eng.creator("c2").region == "US"  # none: accounts.default_region
+    assert out.stats["gifts_without_account"] == 3 and eng.account("c1") is None
+    [n] = out.notices  # DE, status standard (accounts.missing_status): $20 = 4,000 diamonds, the region's method
+    assert (n.creator_id, n.region, n.account_status, n.payout_method, n.threshold_cents) == (
+        "c3", "DE", "standard", "bank", 2000)
+    accounts(eng, out, acct(creator_id="c1"))
+    eng.process([gift(creator_id="c1", region="ID"), gift(creator_id="c2")], None, out)
+    assert out.stats["gifts_without_account"] == 4  # c1 has an account now; c2 still has none
+    assert balance(eng, "c1") == 2_500 + 5_000  # priced in the account's region (US), not the gift's
+
+
+def test_a_gift_without_a_region_needs_an_account_or_a_default_region():
+    strict = custom(lambda d: d["accounts"].pop("default_region"))
+    eng = make_engine(strict)
+    out = eng.process([gift(region=...)], [0])
+    [d] = out.dead_letters
+    assert (d.reason, d.detail) == model.EVENT_REJECTIONS.no_region.of(creator_id="c1", policy_version=strict.version)
+    assert eng.creator("c1") is None and "gifts_without_account" not in out.stats
+    accounts(eng, out, acct(creator_id="c2", region="KR", payout_method="bank"), tomb("c3"))
+    eng.process([gift(creator_id="c2", region=...), gift(creator_id="c3", region=...)], [1, 2], out)
+    assert balance(eng, "c2") == 5_000 and eng.creator("c2").region == "KR"  # the account names the region
+    # an account closed before any record named a region has none
+    assert [(d.reason, d.offset) for d in out.dead_letters] == [("unknown_region", 0), ("unknown_region", 2)]
+
+
+@pytest.mark.parametrize(("before", "after", "coins"), [
+    ({"account_status": "suspended"}, {"account_status": "verified"}, 1_500),
+    ({"account_status": "restricted"}, {"account_status": "standard"}, 2_500),
+    ({"age": 17}, {"age": 18}, 1_500),  # min_age 18
+    ({"region": "KR", "payout_method": "bank", "age": 18}, {"region": "KR", "payout_method": "bank", "age": 19},
+     12_000),  # KR: min_age 19, verified $50 = 10,000 diamonds
+    ({"region": "TR"}, {"region": "US"}, 1_500),  # TR pays nobody
+    (None, {}, 1_500),  # no record: standard's $10 is 2,000 diamonds; a verified account's $5 is 1,000
+], ids=["suspended-verified", "restricted-standard", "age-17-18", "kr-age-18-19", "tr-us", "no-record-verified"])
+def test_a_creator_who_becomes_eligible_above_the_threshold_gets_the_notice_then(policy, before, after, coins):
+    eng, out = make_engine(policy), Outputs()
+    if before is not None:
+        accounts(eng, out, acct(**before))
+    eng.process([gift(diamond_count=coins)], None, out)
+    assert not out.notices and eng.creator("c1").balance == coins * 1000
+    update = acct(**after, updated_ts=T0 + 99)
+    accounts(eng, out, update)
+    [n] = out.notices
+    assert (n.trigger, n.trigger_event_id, n.trigger_ts) == ("account", None, T0 + 99)
+    assert (n.crossing_seq, n.balance_milli_diamonds) == (1, coins * 1000)
+    assert (n.account_status, n.region) == (after.get("account_status", "verified"), after.get("region", "US"))
+    accounts(eng, out, update)  # the same record again, then more gifts: the notice is out already
+    eng.process([gift(diamond_count=coins)], None, out)
+    assert len(out.notices) == 1 and eng.creator("c1").crossings == 1
+
+
+@pytest.mark.parametrize("ineligible", [
+    acct(account_status="suspended", updated_ts=T0 + 10), acct(account_status="restricted", updated_ts=T0 + 10),
+    acct(age=17, updated_ts=T0 + 10), tomb("c1", T0 + 10),
+], ids=["suspended", "restricted", "under-age", "closed"])
+def test_an_ineligible_account_gets_no_notice_while_so_and_its_crossing_waits(policy, ineligible):
+    eng, out = make_engine(policy), Outputs()
+    accounts(eng, out, acct())
+    eng.process([gift(diamond_count=1_500)], None, out)  # verified: $5 = 1,000 diamonds
+    pay(eng, out, "p1", 1_500_000)  # re-armed
+    accounts(eng, out, ineligible)
+    eng.process([gift(diamond_count=1_500), gift(diamond_count=3_000), gift(diamond_count=10_000)], None, out)
+    assert [n.crossing_seq for n in out.notices] == [1]  # nothing while ineligible, however high the balance
+    assert eng.creator("c1").balance == 14_500_000 and not eng.creator("c1").above
+    accounts(eng, out, acct(updated_ts=T0 + 20))  # in good standing again (a new record reopens a closed one)
+    assert [(n.crossing_seq, n.trigger, n.balance_milli_diamonds) for n in out.notices] == [
+        (1, "gift", 1_500_000), (2, "account", 14_500_000)]
+
+
+def test_an_account_change_does_not_reprice_credits_already_made(policy):
+    eng, out = make_engine(policy), Outputs()
+    accounts(eng, out, acct(region="ID"))
+    eng.process([gift(diamond_count=10, region="US")], None, out)  # the account's region wins: 1/2 diamond a coin
+    assert balance(eng) == 5_000 and eng.creator("c1").region == "ID"
+    eng.process([gift(gift_type=1, group_id="g", diamond_count=10, repeat_count=4, ts=T0 + 1)], None, out)  # opens
+    accounts(eng, out, acct(region="US", updated_ts=T0 + 2))
+    assert balance(eng) == 5_000 and eng.creator("c1").region == "US"  # not re-priced; the region follows
+    eng.process([gift(diamond_count=10, region="ID", ts=T0 + 3)], None, out)  # priced in US now
+    assert balance(eng) == 5_000 + 10_000
+    eng.process([gift(gift_type=1, group_id="g", diamond_count=10, repeat_count=6, repeat_end=True, ts=T0 + 4)],
+                None, out)
+    assert balance(eng) == 15_000 + 6 * 10 * 500  # the streak keeps the region of its first event (ID)
+    assert out.stats["gifts_without_account"] == 0
+
+
+def test_closing_an_account_stops_notices_and_keeps_its_region(policy):
+    eng, out = make_engine(policy), Outputs()
+    accounts(eng, out, acct(region="KR", payout_method="bank"), tomb("c1", T0 + 5))
+    assert fields(eng.account("c1")) == ("KR", "closed", "bank", 30, T0 + 5)
+    eng.process([gift(region=..., diamond_count=20_000), gift(region="ID", diamond_count=20_000)], None, out)
+    assert balance(eng) == 40_000_000 and eng.creator("c1").region == "KR"  # priced in KR, 1 diamond a coin
+    assert not out.notices and "gifts_without_account" not in out.stats  # closed is not "no account"
+    assert (out.stats["accounts"], out.stats["accounts_closed"]) == (1, 1)
+    # Closing a creator with no account record: the region of its credits; one with nothing here: no region.
+    eng.process([gift(creator_id="c2", region="ID")], None, out)
+    accounts(eng, out, tomb("c2", T0 + 6), tomb("c3", T0 + 7))
+    assert fields(eng.account("c2")) == ("ID", "closed", "", 0, T0 + 6)
+    assert fields(eng.account("c3")) == ("", "closed", "", 0, T0 + 7)
+    eng.process([gift(creator_id="c3", region=..., diamond_count=5_000)], None, out)
+    assert balance(eng, "c3") == 5_000_000 and eng.creator("c3").region == "US" and not out.notices
+    # A notice out already stays out; the closed account gets no new one after a payout.
+    accounts(eng, out, acct(creator_id="c4"))
+    eng.process([gift(creator_id="c4", diamond_count=1_000)], None, out)
+    accounts(eng, out, tomb("c4", T0 + 8))
+    pay(eng, out, "p4", 1_000_000, "c4")
+    eng.process([gift(creator_id="c4", diamond_count=5_000)], None, out)
+    assert [n.notice_id for n in out.notices] == ["pn-c4-1"]
+
+
+def owned_by(partition: int, partitions: int, prefix: str = "c") -> str:
+    return next(c for c in (f"{prefix}{i}" for i in range(1000)) if partition_for(c.encode(), partitions) == partition)
+
+
+def test_bad_account_records_are_dead_letters_and_the_engine_goes_on(policy):
+    mine, theirs = owned_by(0, 2), owned_by(1, 2)
+    eng = make_engine(policy, 0, partitions=2, owners=PartitionCache(2))
+    out = Outputs()
+    key = mine.encode()
+    bad = [
+        (acct(creator_id=mine, region="ZZ"), "unknown_region"),
+        (acct(creator_id=mine, account_status="gold"), "unknown_account_status"),
+        (acct(creator_id=mine, account_status="closed"), "unknown_account_status"),  # reserved for tombstones
+        (acct(creator_id=mine, payout_method="cheque"), "unknown_payout_method"),
+        ((b"c-other", account(creator_id=mine), T0), "key_mismatch"),
+        ((None, account(creator_id=mine), T0), "key_mismatch"),
+        ((key, b"{oops", T0), "not_json"),
+        ((key, b"[1, 2]", T0), "not_object"),
+        (acct(creator_id=mine, age=...), "missing_field"),
+        (acct(creator_id=mine, age="30"), "wrong_type"),
+        (acct(creator_id=mine, age=151), "invalid_value"),
+        (acct(creator_id=mine, updated_ts=-1), "invalid_value"),
+        ((key, account(creator_id=mine)[:-1] + b',"age":31}', T0), "duplicate_key"),
+        ((b"a b", None, T0), "invalid_value"),  # a tombstone's key must be a creator id
+        ((None, None, T0), "invalid_value"),
+        (acct(creator_id=theirs), "wrong_partition"),
+        (tomb(theirs), "wrong_partition"),
+    ]
+    good = acct(creator_id=mine, updated_ts=T0 - 1)
+    records = [good, *(r for r, _ in bad)]
+    accounts(eng, out, *records, offsets=list(range(100, 100 + len(records))))
+    assert [d.reason for d in out.dead_letters] == [reason for _, reason in bad]
+    assert [d.offset for d in out.dead_letters] == list(range(101, 101 + len(bad)))
+    assert {(d.source_topic, d.partition) for d in out.dead_letters} == {("creator-accounts", 0)}
+    assert [base64.b64decode(d.raw_b64) for d in out.dead_letters] == [r[1] or b"" for r, _ in bad]
+    assert out.dead_letters[0].detail == f"the account of creator {mine}: region 'ZZ' is not in policy {policy.version}"
+    assert out.dead_letters[4].detail == f"the record's key 'c-other' is not its creator_id '{mine}'"
+    assert out.stats["accounts"] == 1 and sum(v for k, v in out.stats.items() if k.startswith("rejected.")) == len(bad)
+    assert fields(eng.account(mine)) == ("US", "verified", "paypal", 30, T0 - 1) and eng.account(theirs) is None
+    eng.process([gift(creator_id=mine, diamond_count=1_000)], None, out)  # still verified: $5 = 1,000 diamonds
+    [n] = out.notices
+    assert (n.creator_id, n.account_status, n.threshold_cents) == (mine, "verified", 500)
+
+
+@pytest.mark.parametrize(("record", "coins", "money"), [
+    # gross = 100,000 diamonds x $0.005 = 50,000 cents; service 25% = 12,500; paypal 2.9% of 37,500 = 1087.5 -> 1088
+    (acct(), 100_000, (50_000, 50_000, 2500, 12_500, 1088, 36_412)),
+    # bank: a fixed 25 cents
+    (acct(region="DE", payout_method="bank"), 100_000, (50_000, 50_000, 2500, 12_500, 25, 37_475)),
+    (acct(payout_method="bank"), 100_000, (50_000, 50_000, 2500, 12_500, 25, 37_475)),  # the account's method
+    # KR: service 30% = 15,000
+    (acct(region="KR", payout_method="bank", age=19), 100_000, (50_000, 50_000, 3000, 15_000, 25, 34_975)),
+    # ID: 1/2 diamond a coin = 50,000 diamonds = 25,000 cents; service 20% = 5,000; 2.9% of 20,000 = 580
+    (acct(region="ID"), 100_000, (25_000, 25_000, 2000, 5_000, 580, 19_420)),
+    # 1,001 diamonds = 500.5 cents -> 501; 25% = 125.25 -> 125; 2.9% of 376 = 10.904 -> 11
+    (acct(), 1_001, (501, 501, 2500, 125, 11, 365)),
+    # the daily cap: $2,500 capped at $1,000; 25% = 25,000; 2.9% of 75,000 = 2,175
+    (acct(), 500_000, (250_000, 100_000, 2500, 25_000, 2_175, 72_825)),
+], ids=["us-paypal", "de-bank", "us-bank", "kr-bank", "id-paypal", "half-cents", "daily-cap"])
+def test_the_fee_breakdown_of_a_notice(policy, record, coins, money):
+    eng, out = make_engine(policy), Outputs()
+    accounts(eng, out, record)
+    eng.process([gift(diamond_count=coins)], None, out)
+    [n] = out.notices
+    assert (n.gross_cents, n.payable_cents, n.service_fee_bps, n.service_fee_cents, n.method_fee_cents,
+            n.net_cents) == money
+    assert n.daily_cap_cents == 100_000 and n.payout_method == decode_account(*record).payout_method
+
+
+def test_a_payout_rearms_against_the_accounts_threshold(policy):
+    eng, out = make_engine(policy), Outputs()
+    accounts(eng, out, acct())  # verified: $5 = 1,000 diamonds (a creator without a record would need 2,000)
+    eng.process([gift(diamond_count=1_500)], None, out)
+    pay(eng, out, "p1", 1_000_000)  # 500 diamonds left: below the threshold, re-armed
+    eng.process([gift(diamond_count=600)], None, out)
+    assert [(n.crossing_seq, n.threshold_cents) for n in out.notices] == [(1, 500), (2, 500)]
+    pay(eng, out, "p2", 100_000)  # 1,000 diamonds left: still at the threshold, not re-armed
+    eng.process([gift(diamond_count=1)], None, out)
+    assert len(out.notices) == 2
+    accounts(eng, out, acct(account_status="suspended", updated_ts=T0 + 1))
+    pay(eng, out, "p3", 1_000_000)  # a payout while there is no threshold re-arms too
+    eng.process([gift(diamond_count=2_000)], None, out)
+    assert len(out.notices) == 2 and not eng.creator("c1").above
+    accounts(eng, out, acct(updated_ts=T0 + 2))
+    assert [(n.crossing_seq, n.trigger) for n in out.notices] == [(1, "gift"), (2, "gift"), (3, "account")]
+
+
+def test_accounts_survive_snapshot_restore(policy):
+    eng, out = make_engine(policy), Outputs()
+    accounts(eng, out, acct(region="ID"), tomb("c2", T0 + 1))
+    again = make_engine(policy, state=restore(snapshot(eng.state)))
+    assert fields(again.account("c1")) == ("ID", "verified", "paypal", 30, T0)
+    assert fields(again.account("c2")) == ("", "closed", "", 0, T0 + 1)
+    again.process([gift(diamond_count=10, region=...)], None, out)
+    assert balance(again) == 5_000 and again.sizes().accounts == 2

@@ -123,6 +123,25 @@ def test_the_schemas_hold_every_id_to_the_models_pattern():
     for field in ("event_id", "room_id", "creator_id", "sender_id"):
         assert props[field]["pattern"] == model.ID_PATTERN, field
     assert props["group_id"]["pattern"] == model.GROUP_ID_PATTERN
+    accounts = Path(__file__).resolve().parents[2] / "schemas/creator-account.schema.json"
+    assert json.loads(accounts.read_text())["properties"]["creator_id"]["pattern"] == model.ID_PATTERN
+
+
+def test_hostile_account_records_are_dead_letters(policy):
+    """The account decoder holds records to the same structure and id rules as the gift decoder."""
+    from tests.support.events import account
+
+    records = [account()[:-1] + b',"x":' + b"[" * 40 + b"]" * 40 + b"}",  # too deep
+               account()[:-1] + b',"age":31}',  # a key twice: msgspec would keep the last
+               account(creator_id="a\x1fb"), account(creator_id="a\n"), account(creator_id="x" * 65),
+               account(region="US", payout_method="x" * 33)]
+    reasons = ["too_deep", "duplicate_key", "invalid_value", "invalid_value", "invalid_value", "invalid_value"]
+    eng = make_engine(policy)
+    keys = [b"c1", b"c1", b"a\x1fb", b"a\n", b"x" * 65, b"c1"]
+    out = eng.process([], None)
+    eng.apply_accounts([model.decode_account(k, r, T0) for k, r in zip(keys, records, strict=True)], records, None, out)
+    assert [d.reason for d in out.dead_letters] == reasons
+    assert eng.account("c1") is None and not out.stats.get("accounts")
 
 
 # ------------------------------------------------------------------------------------- 4. partition ownership
