@@ -171,13 +171,21 @@ def feed(engine: Engine, kind: Input, records: tuple[list[int], list[bytes | Non
         return 0
     if kind is Input.GIFTS:
         engine.process([v if v is not None else b"" for v in values], offsets, out)
-    elif kind is Input.PAYOUTS:
+        return len(offsets)
+    limit = engine.policy.max_record_bytes  # the gifts' decoder holds them to it; the others' here
+    if kind is Input.PAYOUTS:
         raws = [v if v is not None else b"" for v in values]
-        engine.apply_payouts([model.decode_payout(r) for r in raws], raws, offsets, out, source_topic)
+        engine.apply_payouts([_oversize(r, limit) or model.decode_payout(r) for r in raws], raws, offsets, out,
+                             source_topic)
     else:
-        engine.apply_accounts([model.decode_account(k, v, t) for k, v, t in zip(keys, values, kafka_ts, strict=True)],
-                              values, offsets, out, source_topic)
+        engine.apply_accounts([(v is not None and _oversize(v, limit)) or model.decode_account(k, v, t)
+                               for k, v, t in zip(keys, values, kafka_ts, strict=True)], values, offsets, out,
+                              source_topic)
     return len(offsets)
+
+
+def _oversize(raw: bytes, limit: int) -> tuple[str, str] | None:
+    return (model.OVERSIZE, f"record is {len(raw)} bytes, limit {limit}") if len(raw) > limit else None
 
 
 # ---------------------------------------------------------------- the time of a record of a session file
