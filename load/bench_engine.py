@@ -13,7 +13,11 @@ Then, each measured as the best of R fresh repeats (new engines, nothing cached 
       the compiled engine (the default; it decodes natively, so it can beat (a));
   (c) the engine with ``partitions=1`` (no routing);
   (d) the Python reference engine, ``partitions=1``, once (it is several times slower): the ratio of (c)
-      to (d) is what compiling the engine bought, measured in the same run.
+      to (d) is what compiling the engine bought, measured in the same run;
+  (e) (b)'s gift records with the run's creator accounts and payouts (``load.generator.generate_inputs`` with
+      ``accounts=True``: an account for most creators, updates, tombstones, a payout every 500 gifts), merged per
+      partition in the one order of the inputs (stream.engine.order): what the merge and the accounts cost. Its
+      rate counts the gift records, so (e) / (b) is the price per gift.
 
 "Events" are records: everything in the file, duplicates and malformed ones included. Also reported:
 peak RSS (``resource.getrusage``, a high-water mark, sampled after each phase), the RSS still held with
@@ -23,6 +27,7 @@ run (b)'s result alive, and the size of the live state after run (b) (see ``stat
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gc
 import os
 import platform
@@ -33,10 +38,11 @@ from collections.abc import Callable, Iterable
 from itertools import islice
 from typing import Any
 
-from load.generator import REALISTIC_DIRT, TrafficConfig, generate
+from load.generator import REALISTIC_DIRT, TrafficConfig, generate, generate_inputs
 from stream.engine import model
 from stream.engine.policy import load_policy
-from stream.runtime.replay import DEFAULT_PARTITIONS, replay
+from stream.kafka.session_files import AccountRecord
+from stream.runtime.replay import DEFAULT_PARTITIONS, Session, replay
 from stream.state.tables import PartitionState, snapshot
 
 DEFAULT_EVENTS = 1_000_000
@@ -175,8 +181,15 @@ def main(argv: list[str] | None = None) -> int:
     live_after = current_rss_mib()
     size = state_size([e.state for e in res.engines.values()])
     summary = res.summary
+    res = None
+    inputs = generate_inputs(dataclasses.replace(bench_config(args.events, args.seed), accounts=True))
+    session = Session(records, pre_read(inputs.payouts), [AccountRecord(k, v) for k, v in inputs.accounts])
+    t_merged, merged = best_of(args.repeat, lambda: replay(session, policy, partitions=args.partitions))
+    merged_summary = merged.summary
+    merged = None
 
-    rate = {k: n / t for k, t in (("decode", t_dec), ("one", t_one), ("p", t_p), ("ref", t_ref))}
+    rate = {k: n / t for k, t in (("decode", t_dec), ("one", t_one), ("p", t_p), ("ref", t_ref),
+                                  ("merged", t_merged))}
     us = {k: 1e6 / r for k, r in rate.items()}
     P = args.partitions
     say("")
@@ -187,6 +200,10 @@ def main(argv: list[str] | None = None) -> int:
         f"  ratio to decode {rate['p'] / rate['decode']:.2f}")
     say(f"(d) Python reference engine, 1 partition {rate['ref']:>12,.0f} events/s  {us['ref']:6.2f} µs/event"
         f"  compiled / reference: {rate['one'] / rate['ref']:.1f}x")
+    say(f"(e) engine, {P} partitions, with {len(session.accounts):,} account records and {len(session.payouts):,} "
+        f"payouts merged in {rate['merged']:>12,.0f} gift events/s  {us['merged']:6.2f} µs/event  ratio to (b) "
+        f"{rate['merged'] / rate['p']:.2f}; {merged_summary['accounts']:,} accounts, "
+        f"{merged_summary['payouts']:,} payouts applied, {merged_summary['notices']:,} notices")
     say(f"    engine beyond decoding: {us['one'] - us['decode']:.2f} µs/event (1 partition), "
         f"{us['p'] - us['decode']:.2f} µs/event ({P} partitions)")
     say(f"    target 1,000,000 events/s: {'reached' if rate['p'] >= 1e6 else 'NOT reached'}"

@@ -65,7 +65,10 @@ class Pending:
         return len(self.offsets) - self.start
 
     def add(self, offsets: list[int], values: list[bytes | None], kafka_ts: list[int],
-            keys: list[bytes | None] | None = None) -> None:
+            keys: list[bytes | None] | None = None, times: list[int] | None = None) -> None:
+        """times: the records' merge times when the caller read them already (they must be record_time's)."""
+        if times is not None and len(self.times) == len(self.offsets):
+            self.times += times
         self.offsets += offsets
         self.values += values
         self.kafka_ts += kafka_ts

@@ -24,7 +24,7 @@ from stream.engine.native import make_engine
 from stream.engine.order import Input, Pending, feed, runs
 from stream.engine.policy import Policy
 from stream.engine.protocol import Engine, Outputs
-from stream.kafka.routing import PartitionCache, partition_for
+from stream.kafka.routing import PartitionCache
 from stream.kafka.session_files import AccountRecord, key_of, write_session
 
 DEFAULT_PARTITIONS = 6
@@ -128,18 +128,24 @@ def _replay_merged(session: Session, policy: Policy, partitions: int, batch_size
              Input.ACCOUNTS: topics.get(Input.ACCOUNTS, "creator-accounts")}
     pending = {p: [Pending(kind) for kind in Input] for p in range(partitions)}
 
-    def route(kind: Input, keys: list[bytes | None], values: list[bytes | None], given: list[int | None] | None
-              ) -> None:
-        for i, (key, value) in enumerate(zip(keys, values, strict=True)):
-            p = 0 if key is None else partition_for(key, partitions)  # Kafka's partitioner, as produced
-            queue = pending[p][kind]
-            ts = given[i] if given is not None and given[i] is not None else 0  # the Kafka timestamp, if known
-            queue.add([len(queue.offsets)], [value], [ts], [key])  # offsets count from 0 per partition
+    def route(kind: Input, keys: list[bytes | None], values: list[bytes | None], kafka_ts: list[int],
+              times: list[int | None]) -> None:
+        """Each record to its partition's input (Kafka's partitioner on its key, as produced; keyless to 0), its
+        offset counting from 0 per partition as Kafka's do."""
+        shares: dict[int, list[int]] = {}
+        for i, key in enumerate(keys):
+            shares.setdefault(0 if key is None else owners[key], []).append(i)
+        for p, idx in shares.items():
+            share_times = [times[i] for i in idx]
+            pending[p][kind].add(list(range(len(idx))), [values[i] for i in idx], [kafka_ts[i] for i in idx],
+                                 [keys[i] for i in idx], None if None in share_times else share_times)
 
-    route(Input.GIFTS, [key_of(r)[0] for r in session.gifts], session.gifts, None)
-    route(Input.PAYOUTS, [key_of(r)[0] for r in session.payouts], session.payouts, None)
+    for kind, raws in ((Input.GIFTS, session.gifts), (Input.PAYOUTS, session.payouts)):
+        keyed = [key_of(r) for r in raws]  # (creator_id, ts): the ts is the record's time when it is a valid one
+        route(kind, [k for k, _ in keyed], raws, [0] * len(raws),
+              [t if k is not None and 0 <= t < 2**63 else None for k, t in keyed])
     route(Input.ACCOUNTS, [a.key for a in session.accounts], [a.value for a in session.accounts],
-          [a.ts for a in session.accounts])
+          [a.ts or 0 for a in session.accounts], [None] * len(session.accounts))
     out = Outputs()
     everything = [True] * len(Input)
     for p in range(partitions):
