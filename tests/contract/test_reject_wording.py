@@ -139,8 +139,9 @@ def test_a_gift_without_a_region_and_nothing_to_name_one_is_worded_by_model(poli
 
     strict = dataclasses.replace(policy, default_region=None)
     outs = []
+    records = [gift(event_id="first", creator_id=OURS), gift(creator_id=OURS, region=...)]  # the same for each
     for engine in _engines(strict):
-        out = engine.process([gift(event_id="first", creator_id=OURS), gift(creator_id=OURS, region=...)], [0, 1])
+        out = engine.process(records, [0, 1])
         outs.append(out.dead_letters)
     assert [(d.reason, d.detail) for d in outs[0]] == [
         model.EVENT_REJECTIONS.no_region.of(creator_id=OURS, policy_version=strict.version)]
