@@ -115,7 +115,8 @@ pub struct Creator {
     pub credited: i128,
     pub paid_out: i128,
     pub crossings: i64,
-    pub above: bool,
+    pub above: bool, // a notice is out, not re-armed yet
+    pub low: i128,   // the lowest balance since the last notice (a payout lowers it; under the threshold: re-armed)
     pub panes: Panes,                // pane start -> tally
     pub dirty: bool,                 // changed since the last drain (listed in Dirty::creators)
     pub changed_panes: Vec<i64>,     // tallies whose flag is set (a creator holds up to a day of panes)
@@ -152,7 +153,7 @@ pub struct Tally {
 
 impl Creator {
     pub fn new(region: &str) -> Self {
-        Creator { region: region.to_owned(), balance: 0, credited: 0, paid_out: 0, crossings: 0, above: false,
+        Creator { region: region.to_owned(), balance: 0, credited: 0, paid_out: 0, crossings: 0, above: false, low: 0,
                   panes: Panes::default(), dirty: false, changed_panes: Vec::new(), account: None }
     }
 }
@@ -371,6 +372,7 @@ fn mark_creator(dirty: &mut Dirty, c: &mut Creator, creator_id: &str) {
 fn notice(outputs: &mut Vec<Output>, stats: &mut Stats, c: &mut Creator, creator_id: &str, event_id: String, ts: i64) {
     c.crossings += 1;
     c.above = true;
+    c.low = c.balance;
     stats.notices += 1;
     outputs.push(Output::Notice { creator_id: creator_id.to_owned(), region: c.region.clone(), crossing_seq: c.crossings,
                                   balance: c.balance, event_id, ts });
@@ -769,6 +771,9 @@ impl Engine {
             self.state.creators.get_mut(creator_id).expect("credited creator")
         };
         if let Some(t) = threshold {
+            if c.above && c.low < t {
+                c.above = false; // re-armed (the creator is marked changed above)
+            }
             if !c.above && c.balance >= t {
                 notice(&mut self.outputs, &mut self.stats, c, creator_id, event_id.to_string(), ts);
             }
@@ -959,8 +964,11 @@ impl Engine {
         }
         c.balance -= milli;
         c.paid_out += milli;
-        let threshold = self.cfg.threshold(&c.region, c.account.as_ref());
-        if c.above && threshold.is_none_or(|t| c.balance < t) {
+        if c.balance < c.low {
+            c.low = c.balance;
+        }
+        // re-armed when the lowest balance since the notice is under the threshold; with none, only `low` moves
+        if c.above && self.cfg.threshold(&c.region, c.account.as_ref()).is_some_and(|t| c.low < t) {
             c.above = false;
         }
         self.stats.payouts += 1;
@@ -1019,6 +1027,12 @@ impl Engine {
             }
         }
         if let Some(t) = self.cfg.threshold(&c.region, c.account.as_ref()) {
+            if c.above && c.low < t {
+                c.above = false; // re-armed: the balance was under this threshold since the notice
+                if track {
+                    mark_creator(&mut self.dirty, c, creator_id);
+                }
+            }
             if !c.above && c.balance >= t {
                 if track {
                     mark_creator(&mut self.dirty, c, creator_id);
