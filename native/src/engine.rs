@@ -102,9 +102,16 @@ impl Settings {
                        age: a.age.clamp(i32::MIN.into(), i32::MAX.into()) as i32 }
     }
 
-    /// The creator's threshold now: its region's rule and its account (stream.engine.reference's _threshold).
+    /// The creator's threshold now: its region's rule and its account (stream.engine.reference's _threshold). A
+    /// region or status the policy does not have (state restored under an older policy) has none.
     pub fn threshold(&self, region: &str, account: Option<&AccountBrief>) -> Option<i128> {
         self.regions.get(region)?.threshold(account)
+    }
+
+    /// An account naming a region the policy does not have (restored under an older policy): its creator's gifts
+    /// cannot be priced (they are rejected unknown_region).
+    pub fn unknown_region(&self, a: &Account) -> bool {
+        !a.region.is_empty() && self.regions.get(&a.region).is_none()
     }
 }
 
@@ -327,6 +334,7 @@ pub enum Reject {
     TooFarFuture { ts: i64, watermark: i64 },
     TooOld { ts: i64, watermark: i64 },
     NoRegion { creator_id: String }, // the gift names no region, its creator's account none, the policy no default
+    AccountRegion { creator_id: String, region: String }, // the creator's account names a region the policy lacks
 }
 
 pub enum Output {
@@ -412,26 +420,34 @@ pub struct Engine {
     next_timer: i64,
     /// Off for an offline replay, which has no changelog: then nothing is marked changed (set at creation).
     pub track_changes: bool,
+    /// Accounts naming a region the policy does not have (Settings::unknown_region; only a restored state holds
+    /// them, as account records are checked against the policy): while there are none, a gift needs no account
+    /// lookup to know its price.
+    unknown_region_accounts: usize,
 }
 
 impl Engine {
     pub fn new(cfg: Settings, state: State, track_changes: bool) -> Self {
         let mut e = Engine { cfg, state, dirty: Dirty::default(), stats: Stats::default(), outputs: Vec::new(),
                              heap: BinaryHeap::new(), min_bucket: None, next_timer: -1,
-                             track_changes };
+                             track_changes, unknown_region_accounts: 0 };
         e.rebuild_timers();
         e.brief_accounts();
         e
     }
 
-    /// Each creator's Creator::account from State::accounts (a state loaded or restored has none set).
+    /// Each creator's Creator::account from State::accounts (a state loaded or restored has none set), and the
+    /// count of accounts naming a region the policy does not have.
     fn brief_accounts(&mut self) {
         let (cfg, st) = (&self.cfg, &mut self.state);
+        let mut unknown = 0;
         for (cid, a) in &st.accounts {
             if let Some(c) = st.creators.get_mut(cid) {
                 c.account = Some(cfg.brief(a));
             }
+            unknown += usize::from(cfg.unknown_region(a));
         }
+        self.unknown_region_accounts = unknown;
     }
 
     /// Note a streak key as changed (or deleted, when it is gone).
@@ -535,6 +551,14 @@ impl Engine {
             && self.state.accounts.get(ev.creator_id.as_ref()).is_none_or(|a| a.region.is_empty()) {
             self.outputs.push(Output::Reject { index, reject: Reject::NoRegion { creator_id: ev.creator_id.to_string() } });
             return;
+        }
+        if self.unknown_region_accounts != 0 {
+            // the gift would be priced in its account's region, which the policy does not have
+            if let Some(a) = self.state.accounts.get(ev.creator_id.as_ref()).filter(|a| self.cfg.unknown_region(a)) {
+                let reject = Reject::AccountRegion { creator_id: ev.creator_id.to_string(), region: a.region.to_string() };
+                self.outputs.push(Output::Reject { index, reject });
+                return;
+            }
         }
         if let Some(wm) = self.state.watermark {
             if ts > wm + self.cfg.max_future_ms {
@@ -1001,8 +1025,10 @@ impl Engine {
         let updated_ts = account.updated_ts;
         let brief = self.cfg.brief(&account);
         let track = self.track_changes;
+        self.unknown_region_accounts += usize::from(self.cfg.unknown_region(&account)); // a closing keeps its region
         let listed = match st.accounts.get_mut(creator_id) {
             Some(a) => {
+                self.unknown_region_accounts -= usize::from(self.cfg.unknown_region(a));
                 let listed = a.dirty;
                 *a = Account { dirty: listed || track, ..account };
                 listed

@@ -60,11 +60,12 @@ struct RejectTexts {
     too_far_future: Py<PyAny>,
     too_old: Py<PyAny>,
     no_region: Py<PyAny>,
+    account_region: Py<PyAny>,
 }
 
 /// (name, milli_diamonds per coin, min_age, the threshold of each account status in `statuses` order)
 type RegionArg = (String, i128, i64, Vec<Option<i128>>);
-type RejectsArg = (Py<PyAny>, Py<PyAny>, Py<PyAny>, Py<PyAny>, Py<PyAny>);
+type RejectsArg = (Py<PyAny>, Py<PyAny>, Py<PyAny>, Py<PyAny>, Py<PyAny>, Py<PyAny>);
 const OUTPUTS_KEPT: usize = 1 << 16; // outputs a batch's buffer keeps room for between batches
 type WindowArg = (String, i64, i64);
 
@@ -173,7 +174,7 @@ impl Core {
                   late_cls: classes.1, missed_cls: classes.2,
                   reject_texts: RejectTexts { wrong_partition: rejects.0, unknown_region: rejects.1,
                                               too_far_future: rejects.2, too_old: rejects.3,
-                                              no_region: rejects.4 } })
+                                              no_region: rejects.4, account_region: rejects.5 } })
     }
 
     /// One batch of raw records of this partition, in offset order.
@@ -543,6 +544,12 @@ impl Core {
                                 p.set_item("creator_id", creator_id)?;
                                 p.set_item("policy_version", self.version.bind(py))?;
                                 reject_text(&texts.no_region, &p)?
+                            }
+                            Reject::AccountRegion { creator_id, region } => {
+                                p.set_item("creator_id", creator_id)?;
+                                p.set_item("region", region)?;
+                                p.set_item("policy_version", self.version.bind(py))?;
+                                reject_text(&texts.account_region, &p)?
                             }
                         };
                         let (reason, detail) = (text.get_item(0)?, text.get_item(1)?);

@@ -351,17 +351,22 @@ class PartitionEngine(EngineEdges):
 
     def _rejected(self, ev: GiftEvent) -> tuple[str, str] | None:
         """Why an event that decoded cannot be processed here (reason, detail), or None: its creator belongs to
-        another partition, the policy does not know its region, or its time is out of the watermark's bounds."""
+        another partition, the policy does not know its region (the gift's, or its creator's account's), or its time
+        is out of the watermark's bounds."""
         if ev.creator_id not in self.state.creators:  # a creator with state here was credited here: ours
             owner = self._not_ours(ev.creator_id)
             if owner is not None:
                 return model.EVENT_REJECTIONS.wrong_partition.of(
                     creator_id=ev.creator_id, owner=owner, partitions=self.partitions, partition=self.partition)
+        home = self._account_region(ev.creator_id)
         if ev.region:
             if ev.region not in self._rates:
                 return model.EVENT_REJECTIONS.unknown_region.of(region=ev.region, policy_version=self.policy.version)
-        elif self._default_region is None and not self._account_region(ev.creator_id):
+        elif self._default_region is None and not home:
             return model.EVENT_REJECTIONS.no_region.of(creator_id=ev.creator_id, policy_version=self.policy.version)
+        if home and home not in self._rates:  # an account restored under an older policy: no price for its gifts
+            return model.EVENT_REJECTIONS.account_region.of(creator_id=ev.creator_id, region=home,
+                                                            policy_version=self.policy.version)
         wm = self.state.watermark
         if wm is not None and ev.ts > wm + self._future:
             return model.EVENT_REJECTIONS.too_far_future.of(ts=ev.ts, max_future_ms=self._future, watermark=wm)
@@ -523,10 +528,14 @@ class PartitionEngine(EngineEdges):
         could go or a notice out could re-arm: a credit, a payout applied, an account record."""
         account = self.state.accounts.get(creator_id)
         if account is None:
-            return self._missing[c.region]
-        if account.account_status == CLOSED or account.age < self._min_age[c.region]:
+            return self._missing.get(c.region)
+        if account.account_status == CLOSED:
             return None
-        return self._thresholds[c.region, account.account_status]
+        # A region or status the policy does not have (an account restored under an older policy): no threshold.
+        min_age = self._min_age.get(c.region)
+        if min_age is None or account.age < min_age:
+            return None
+        return self._thresholds.get((c.region, account.account_status))
 
     def _add_to_pane(self, c: CreatorState, creator_id: str, pane: int, milli: int) -> None:
         self.dirty.panes.add((creator_id, pane))

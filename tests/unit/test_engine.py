@@ -518,6 +518,69 @@ def test_an_older_creator_record_without_low_restores_with_low_its_balance(polic
             _restored(policy, [(b"c:c1", msgspec.msgpack.encode(fields))])
 
 
+def _older_policy():
+    """The built-in policy with a status ("partner") and a region (NZ) more: a state kept from it meets a policy
+    without them."""
+    def more(data):
+        data["account_statuses"]["partner"] = {"eligible": True}
+        data["defaults"]["threshold_cents"]["partner"] = 500
+        data["regions"]["US"]["threshold_cents"]["partner"] = 500
+        data["regions"]["NZ"] = {}
+    return custom(more)
+
+
+def _kept_state(older, *steps) -> list[tuple[bytes, bytes | None]]:
+    """The changelog records of an engine under `older` after `steps` (each a callable of the engine and out)."""
+    from stream.state.changelog import ChangelogWriter
+
+    eng, out, writer = make_engine(older), Outputs(), ChangelogWriter()
+    for step in steps:
+        step(eng, out)
+    return writer.drain(eng)
+
+
+def test_a_restored_account_whose_status_the_policy_dropped_gets_no_notice_and_no_crash(policy):
+    older = _older_policy()
+    log = _kept_state(older, lambda e, o: accounts(e, o, acct(account_status="partner")),
+                      lambda e, o: e.process([gift(diamond_count=1_500)], None, o),  # notice 1 under partner's $5
+                      lambda e, o: accounts(e, o, acct(creator_id="c2", account_status="partner")),
+                      lambda e, o: e.process([gift(creator_id="c2", diamond_count=100)], None, o))
+    eng, out = _restored(policy, log), Outputs()
+    assert eng.account("c1").account_status == "partner" and eng.creator("c1").above
+    eng.process([gift(diamond_count=5_000), gift(creator_id="c2", diamond_count=5_000)], None, out)
+    pay(eng, out, "p1", 6_000_000)  # c1: 500 diamonds left; no threshold: nothing re-arms
+    pay(eng, out, "p2", 100_000, "c2")
+    eng.process([gift(diamond_count=5_000), gift(creator_id="c2", diamond_count=5_000)], None, out)
+    assert not out.notices and not out.dead_letters
+    assert (balance(eng), balance(eng, "c2")) == (5_500_000, 10_000_000)
+    assert eng.creator("c1").above and not eng.creator("c2").above
+    accounts(eng, out, acct(updated_ts=T0 + 1), acct(creator_id="c2", updated_ts=T0 + 1))  # statuses it has
+    assert [(n.notice_id, n.trigger, n.account_status) for n in out.notices] == [
+        ("pn-c1-2", "account", "verified"), ("pn-c2-1", "account", "verified")]  # c1 was paid under $5 since
+
+
+def test_a_restored_account_whose_region_the_policy_dropped_prices_nothing_and_crashes_nothing(policy):
+    older = _older_policy()
+    log = _kept_state(older, lambda e, o: accounts(e, o, acct(region="NZ"), acct(creator_id="c2", region="NZ")),
+                      lambda e, o: e.process([gift(diamond_count=1_500), gift(creator_id="c2")], None, o))
+    eng, out = _restored(policy, log), Outputs()
+    assert eng.creator("c1").region == "NZ" and eng.creator("c1").above
+    eng.process([gift(diamond_count=10), gift(creator_id="c2", region=...), gift(creator_id="c3")], [0, 1, 2], out)
+    [d1, d2] = out.dead_letters  # its gifts cannot be priced: in the account's region, which has no rate now
+    assert (d1.reason, d1.detail, d1.offset) == (*model.EVENT_REJECTIONS.account_region.of(
+        creator_id="c1", region="NZ", policy_version=policy.version), 0)
+    assert (d2.reason, d2.offset) == ("unknown_region", 1) and balance(eng, "c3") == 5_000
+    pay(eng, out, "p1", 1_000_000)  # no threshold in a region the policy lacks: the payout applies, nothing re-arms
+    accounts(eng, out, tomb("c2", T0 + 1))  # closed, keeping NZ: still no price
+    eng.process([gift(creator_id="c2")], [3], out)
+    assert [d.offset for d in out.dead_letters] == [0, 1, 3] and eng.creator("c1").above and not out.notices
+    accounts(eng, out, acct(updated_ts=T0 + 2), acct(creator_id="c2", updated_ts=T0 + 2))  # back in the US
+    eng.process([gift(diamond_count=600, ts=T0 + 3), gift(creator_id="c2", diamond_count=1_000, ts=T0 + 3)], [4, 5],
+                out)
+    assert [n.notice_id for n in out.notices] == ["pn-c1-2", "pn-c2-1"] and len(out.dead_letters) == 3
+    assert (balance(eng), balance(eng, "c2")) == (1_100_000, 1_005_000)
+
+
 def test_accounts_survive_snapshot_restore(policy):
     eng, out = make_engine(policy), Outputs()
     accounts(eng, out, acct(region="ID"), tomb("c2", T0 + 1))
