@@ -6,7 +6,8 @@ from typing import Literal, Protocol, Self
 from stream.engine.model import EventRejections, GiftEvent, LateGift, MissedWindow, WindowTotal
 from stream.engine.protocol import Outputs
 
-_CreatorTuple = tuple[str, int, int, int, int, bool]  # (region, balance, credited, paid_out, crossings, above)
+# (region, balance, credited, paid_out, crossings, above, low): stream.state.tables.CREATOR_FIELDS
+_CreatorTuple = tuple[str, int, int, int, int, bool, int]
 _PaneTally = tuple[int, int, int]  # (pane start, milli_diamonds, credits)
 # (creator_id, region, diamond_count, count, credited, last_ts, last_event_id, open)
 _StreakTuple = tuple[str, str, int, int, int, int, str, bool]

@@ -57,7 +57,10 @@ layout!(/// The cursor record's value (CURSOR_FIELDS).
     CursorField { Watermark = "watermark", CloseCursor = "close_cursor" });
 layout!(/// A creator's value (CREATOR_FIELDS): CreatorState's fields but its panes.
     CreatorField { Region = "region", Balance = "balance", Credited = "credited", PaidOut = "paid_out",
-                   Crossings = "crossings", Above = "above" });
+                   Crossings = "crossings", Above = "above", Low = "low" });
+/// A creator record written before `low` (the last field) holds the others only: its `low` is its balance
+/// (CREATOR_FALLBACKS: the field whose value a left-out trailing field takes).
+pub const CREATOR_FALLBACKS: &[(CreatorField, CreatorField)] = &[(CreatorField::Low, CreatorField::Balance)];
 layout!(/// A pane tally's value (PANE_FIELDS).
     PaneField { MilliDiamonds = "milli_diamonds", Credits = "credits" });
 layout!(/// A streak's value (STREAK_FIELDS): stream.state.tables.Streak's fields in declaration order.
@@ -104,6 +107,8 @@ pub fn describe() -> Described {
             ("account", names(&AccountField::ALL.iter().map(|f| f.name()).collect::<Vec<_>>())),
         ])),
         ("defaults", Table(vec![("streak", Table(vec![(StreakField::Open.name(), Bool(STREAK_OPEN_DEFAULT))]))])),
+        ("fallbacks", Table(vec![("creator", Table(CREATOR_FALLBACKS.iter()
+            .map(|(field, from)| (field.name(), Text(from.name().to_owned()))).collect()))])),
         ("payout_value", Text(String::from_utf8(PAYOUT_VALUE.to_vec()).expect("ASCII"))),
     ])
 }
@@ -136,6 +141,7 @@ pub fn creator_value(c: &Creator) -> Result<Vec<u8>, TooBig> {
             CreatorField::PaidOut => w.int(c.paid_out).ok_or(TooBig)?,
             CreatorField::Crossings => w.int(c.crossings as i128).ok_or(TooBig)?,
             CreatorField::Above => w.bool(c.above),
+            CreatorField::Low => w.int(c.low).ok_or(TooBig)?,
         }
     }
     Ok(w.0)
@@ -317,10 +323,13 @@ impl Restore {
             return Some(());
         };
         let mut r = Reader::new(v);
-        (r.array()? == CreatorField::ALL.len()).then_some(())?;
-        let (mut region, mut balance, mut credited, mut paid_out, mut crossings, mut above) =
-            (None, None, None, None, None, None);
-        for f in CreatorField::ALL {
+        let n = r.array()?;
+        let all = CreatorField::ALL;
+        // an older record leaves out the trailing fields CREATOR_FALLBACKS names (`low`)
+        (all.len() - CREATOR_FALLBACKS.len()..=all.len()).contains(&n).then_some(())?;
+        let (mut region, mut balance, mut credited, mut paid_out, mut crossings, mut above, mut low) =
+            (None, None, None, None, None, None, None);
+        for f in &all[..n] {
             match f {
                 CreatorField::Region => region = Some(r.str()?),
                 CreatorField::Balance => balance = Some(r.int()?),
@@ -328,11 +337,13 @@ impl Restore {
                 CreatorField::PaidOut => paid_out = Some(r.int()?),
                 CreatorField::Crossings => crossings = Some(r.i64()?),
                 CreatorField::Above => above = Some(r.bool()?),
+                CreatorField::Low => low = Some(r.int()?),
             }
         }
         r.done().then_some(())?;
         let (region, balance, credited, paid_out, crossings, above) =
             (region?, balance?, credited?, paid_out?, crossings?, above?);
+        let low = low.unwrap_or(balance); // CREATOR_FALLBACKS: an older record's low is its balance
         let c = match self.creators.get_mut(cid) {
             Some(c) => c,
             None => self.creators.entry(cid.to_owned()).or_insert_with(|| Creator::new(region)),
@@ -340,7 +351,8 @@ impl Restore {
         if c.region != region {
             c.region = region.to_owned();
         }
-        (c.balance, c.credited, c.paid_out, c.crossings, c.above) = (balance, credited, paid_out, crossings, above);
+        (c.balance, c.credited, c.paid_out, c.crossings, c.above, c.low) =
+            (balance, credited, paid_out, crossings, above, low);
         if !self.unknown.is_empty() {
             self.unknown.remove(cid);
         }

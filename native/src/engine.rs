@@ -102,9 +102,16 @@ impl Settings {
                        age: a.age.clamp(i32::MIN.into(), i32::MAX.into()) as i32 }
     }
 
-    /// The creator's threshold now: its region's rule and its account (stream.engine.reference's _threshold).
+    /// The creator's threshold now: its region's rule and its account (stream.engine.reference's _threshold). A
+    /// region or status the policy does not have (state restored under an older policy) has none.
     pub fn threshold(&self, region: &str, account: Option<&AccountBrief>) -> Option<i128> {
         self.regions.get(region)?.threshold(account)
+    }
+
+    /// An account naming a region the policy does not have (restored under an older policy): its creator's gifts
+    /// cannot be priced (they are rejected unknown_region).
+    pub fn unknown_region(&self, a: &Account) -> bool {
+        !a.region.is_empty() && self.regions.get(&a.region).is_none()
     }
 }
 
@@ -115,7 +122,8 @@ pub struct Creator {
     pub credited: i128,
     pub paid_out: i128,
     pub crossings: i64,
-    pub above: bool,
+    pub above: bool, // a notice is out, not re-armed yet
+    pub low: i128,   // the lowest balance since the last notice (a payout lowers it; under the threshold: re-armed)
     pub panes: Panes,                // pane start -> tally
     pub dirty: bool,                 // changed since the last drain (listed in Dirty::creators)
     pub changed_panes: Vec<i64>,     // tallies whose flag is set (a creator holds up to a day of panes)
@@ -152,7 +160,7 @@ pub struct Tally {
 
 impl Creator {
     pub fn new(region: &str) -> Self {
-        Creator { region: region.to_owned(), balance: 0, credited: 0, paid_out: 0, crossings: 0, above: false,
+        Creator { region: region.to_owned(), balance: 0, credited: 0, paid_out: 0, crossings: 0, above: false, low: 0,
                   panes: Panes::default(), dirty: false, changed_panes: Vec::new(), account: None }
     }
 }
@@ -326,6 +334,7 @@ pub enum Reject {
     TooFarFuture { ts: i64, watermark: i64 },
     TooOld { ts: i64, watermark: i64 },
     NoRegion { creator_id: String }, // the gift names no region, its creator's account none, the policy no default
+    AccountRegion { creator_id: String, region: String }, // the creator's account names a region the policy lacks
 }
 
 pub enum Output {
@@ -371,6 +380,7 @@ fn mark_creator(dirty: &mut Dirty, c: &mut Creator, creator_id: &str) {
 fn notice(outputs: &mut Vec<Output>, stats: &mut Stats, c: &mut Creator, creator_id: &str, event_id: String, ts: i64) {
     c.crossings += 1;
     c.above = true;
+    c.low = c.balance;
     stats.notices += 1;
     outputs.push(Output::Notice { creator_id: creator_id.to_owned(), region: c.region.clone(), crossing_seq: c.crossings,
                                   balance: c.balance, event_id, ts });
@@ -410,26 +420,34 @@ pub struct Engine {
     next_timer: i64,
     /// Off for an offline replay, which has no changelog: then nothing is marked changed (set at creation).
     pub track_changes: bool,
+    /// Accounts naming a region the policy does not have (Settings::unknown_region; only a restored state holds
+    /// them, as account records are checked against the policy): while there are none, a gift needs no account
+    /// lookup to know its price.
+    unknown_region_accounts: usize,
 }
 
 impl Engine {
     pub fn new(cfg: Settings, state: State, track_changes: bool) -> Self {
         let mut e = Engine { cfg, state, dirty: Dirty::default(), stats: Stats::default(), outputs: Vec::new(),
                              heap: BinaryHeap::new(), min_bucket: None, next_timer: -1,
-                             track_changes };
+                             track_changes, unknown_region_accounts: 0 };
         e.rebuild_timers();
         e.brief_accounts();
         e
     }
 
-    /// Each creator's Creator::account from State::accounts (a state loaded or restored has none set).
+    /// Each creator's Creator::account from State::accounts (a state loaded or restored has none set), and the
+    /// count of accounts naming a region the policy does not have.
     fn brief_accounts(&mut self) {
         let (cfg, st) = (&self.cfg, &mut self.state);
+        let mut unknown = 0;
         for (cid, a) in &st.accounts {
             if let Some(c) = st.creators.get_mut(cid) {
                 c.account = Some(cfg.brief(a));
             }
+            unknown += usize::from(cfg.unknown_region(a));
         }
+        self.unknown_region_accounts = unknown;
     }
 
     /// Note a streak key as changed (or deleted, when it is gone).
@@ -533,6 +551,14 @@ impl Engine {
             && self.state.accounts.get(ev.creator_id.as_ref()).is_none_or(|a| a.region.is_empty()) {
             self.outputs.push(Output::Reject { index, reject: Reject::NoRegion { creator_id: ev.creator_id.to_string() } });
             return;
+        }
+        if self.unknown_region_accounts != 0 {
+            // the gift would be priced in its account's region, which the policy does not have
+            if let Some(a) = self.state.accounts.get(ev.creator_id.as_ref()).filter(|a| self.cfg.unknown_region(a)) {
+                let reject = Reject::AccountRegion { creator_id: ev.creator_id.to_string(), region: a.region.to_string() };
+                self.outputs.push(Output::Reject { index, reject });
+                return;
+            }
         }
         if let Some(wm) = self.state.watermark {
             if ts > wm + self.cfg.max_future_ms {
@@ -769,6 +795,9 @@ impl Engine {
             self.state.creators.get_mut(creator_id).expect("credited creator")
         };
         if let Some(t) = threshold {
+            if c.above && c.low < t {
+                c.above = false; // re-armed (the creator is marked changed above)
+            }
             if !c.above && c.balance >= t {
                 notice(&mut self.outputs, &mut self.stats, c, creator_id, event_id.to_string(), ts);
             }
@@ -959,8 +988,11 @@ impl Engine {
         }
         c.balance -= milli;
         c.paid_out += milli;
-        let threshold = self.cfg.threshold(&c.region, c.account.as_ref());
-        if c.above && threshold.is_none_or(|t| c.balance < t) {
+        if c.balance < c.low {
+            c.low = c.balance;
+        }
+        // re-armed when the lowest balance since the notice is under the threshold; with none, only `low` moves
+        if c.above && self.cfg.threshold(&c.region, c.account.as_ref()).is_some_and(|t| c.low < t) {
             c.above = false;
         }
         self.stats.payouts += 1;
@@ -993,8 +1025,10 @@ impl Engine {
         let updated_ts = account.updated_ts;
         let brief = self.cfg.brief(&account);
         let track = self.track_changes;
+        self.unknown_region_accounts += usize::from(self.cfg.unknown_region(&account)); // a closing keeps its region
         let listed = match st.accounts.get_mut(creator_id) {
             Some(a) => {
+                self.unknown_region_accounts -= usize::from(self.cfg.unknown_region(a));
                 let listed = a.dirty;
                 *a = Account { dirty: listed || track, ..account };
                 listed
@@ -1019,6 +1053,12 @@ impl Engine {
             }
         }
         if let Some(t) = self.cfg.threshold(&c.region, c.account.as_ref()) {
+            if c.above && c.low < t {
+                c.above = false; // re-armed: the balance was under this threshold since the notice
+                if track {
+                    mark_creator(&mut self.dirty, c, creator_id);
+                }
+            }
             if !c.above && c.balance >= t {
                 if track {
                     mark_creator(&mut self.dirty, c, creator_id);

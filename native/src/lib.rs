@@ -60,11 +60,12 @@ struct RejectTexts {
     too_far_future: Py<PyAny>,
     too_old: Py<PyAny>,
     no_region: Py<PyAny>,
+    account_region: Py<PyAny>,
 }
 
 /// (name, milli_diamonds per coin, min_age, the threshold of each account status in `statuses` order)
 type RegionArg = (String, i128, i64, Vec<Option<i128>>);
-type RejectsArg = (Py<PyAny>, Py<PyAny>, Py<PyAny>, Py<PyAny>, Py<PyAny>);
+type RejectsArg = (Py<PyAny>, Py<PyAny>, Py<PyAny>, Py<PyAny>, Py<PyAny>, Py<PyAny>);
 const OUTPUTS_KEPT: usize = 1 << 16; // outputs a batch's buffer keeps room for between batches
 type WindowArg = (String, i64, i64);
 
@@ -173,7 +174,7 @@ impl Core {
                   late_cls: classes.1, missed_cls: classes.2,
                   reject_texts: RejectTexts { wrong_partition: rejects.0, unknown_region: rejects.1,
                                               too_far_future: rejects.2, too_old: rejects.3,
-                                              no_region: rejects.4 } })
+                                              no_region: rejects.4, account_region: rejects.5 } })
     }
 
     /// One batch of raw records of this partition, in offset order.
@@ -305,9 +306,9 @@ impl Core {
                   seen_buckets: Vec<(i64, Vec<String>)>, streak_buckets: Vec<(i64, Vec<String>)>,
                   payouts: Vec<String>, accounts: Vec<(String, AccountTuple)>, pane_creators: Vec<(i64, Vec<String>)>) {
         let mut st = State { watermark, close_cursor, ..Default::default() };
-        for (cid, (region, balance, credited, paid_out, crossings, above), panes) in creators {
+        for (cid, (region, balance, credited, paid_out, crossings, above, low), panes) in creators {
             let panes = panes.into_iter().map(|(p, milli, credits)| (p, Tally { milli, credits, dirty: false })).collect();
-            st.creators.insert(cid, Creator { region, balance, credited, paid_out, crossings, above, panes,
+            st.creators.insert(cid, Creator { region, balance, credited, paid_out, crossings, above, low, panes,
                                               dirty: false, changed_panes: Vec::new(), account: None });
         }
         for (key, (creator_id, region, diamond_count, count, credited, last_ts, last_event_id, open)) in streaks {
@@ -362,7 +363,7 @@ impl Core {
         Ok(PyBytes::new(py, &body))
     }
 
-    /// One creator's (region, balance, credited, paid_out, crossings, above, {pane: [milli, credits]}) or None.
+    /// One creator's ((region, balance, credited, paid_out, crossings, above, low), [(pane, milli, credits)]) or None.
     fn creator(&self, creator_id: &str) -> Option<(CreatorTuple, PaneTallies)> {
         self.engine.state.creators.get(creator_id)
             .map(|c| (creator_tuple(c), c.panes.iter().map(|(p, t)| (*p, t.milli, t.credits)).collect()))
@@ -385,7 +386,7 @@ impl Core {
     }
 }
 
-type CreatorTuple = (String, i128, i128, i128, i64, bool);
+type CreatorTuple = (String, i128, i128, i128, i64, bool, i128); // stream.state.tables.CREATOR_FIELDS
 type PaneTallies = Vec<(i64, i128, i64)>; // (pane start, milli_diamonds, credits)
 /// Receives each changelog record: key, value (None for a tombstone).
 type RecordSink<'s> = &'s mut dyn FnMut(&[u8], Option<&[u8]>) -> PyResult<()>;
@@ -397,7 +398,7 @@ fn account_tuple(a: &Account) -> AccountTuple {
 }
 
 fn creator_tuple(c: &Creator) -> CreatorTuple {
-    (c.region.clone(), c.balance, c.credited, c.paid_out, c.crossings, c.above)
+    (c.region.clone(), c.balance, c.credited, c.paid_out, c.crossings, c.above, c.low)
 }
 
 fn streak_tuple(s: &Streak) -> StreakTuple {
@@ -543,6 +544,12 @@ impl Core {
                                 p.set_item("creator_id", creator_id)?;
                                 p.set_item("policy_version", self.version.bind(py))?;
                                 reject_text(&texts.no_region, &p)?
+                            }
+                            Reject::AccountRegion { creator_id, region } => {
+                                p.set_item("creator_id", creator_id)?;
+                                p.set_item("region", region)?;
+                                p.set_item("policy_version", self.version.bind(py))?;
+                                reject_text(&texts.account_region, &p)?
                             }
                         };
                         let (reason, detail) = (text.get_item(0)?, text.get_item(1)?);

@@ -193,6 +193,7 @@ class EventRejections(NamedTuple):
     too_far_future: Rejection  # ts, max_future_ms, watermark
     too_old: Rejection  # ts, dedupe_horizon_ms, watermark
     no_region: Rejection  # creator_id, policy_version
+    account_region: Rejection  # creator_id, region, policy_version
 
 
 EVENT_REJECTIONS = EventRejections(
@@ -205,6 +206,9 @@ EVENT_REJECTIONS = EventRejections(
                                   "watermark {watermark})"),
     no_region=Rejection(UNKNOWN_REGION, "the gift names no region, creator {creator_id} has no account record and "
                                         "policy {policy_version} has no accounts.default_region"),
+    # an account kept from an older policy: the gift would be priced in its region, which this policy does not have
+    account_region=Rejection(UNKNOWN_REGION, "the account of creator {creator_id} names region {region!r}, which is "
+                                             "not in policy {policy_version}"),
 )
 # The rejects of a decoded payout (both engines' payout loop is Python: stream.engine.reference.EngineEdges).
 PAYOUT_WRONG_PARTITION = Rejection(WRONG_PARTITION, "payout {payout_id} is for creator {creator_id}, who belongs to "

@@ -54,7 +54,7 @@ class Changes:
 
     watermark: int | None
     close_cursor: int | None
-    creators: list[tuple[str, tuple | None]]  # (region, balance, credited, paid_out, crossings, above)
+    creators: list[tuple[str, tuple | None]]  # tables.CREATOR_FIELDS (region, balance, ..., above, low)
     panes: list[tuple[str, int, list[int] | None]]  # (creator, pane start, [milli_diamonds, credits])
     streaks: list[tuple[str, Streak | None]]
     seen_chunks: list[tuple[int, int, list[str]]]  # (bucket, index of the first new id, the new ids)

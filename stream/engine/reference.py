@@ -11,8 +11,12 @@ A credit adds to the balance and to the pane of its event time, and emits a noti
 crosses the creator's threshold from below (its account's region and status; see stream.engine.policy). A credit
 is priced at the rate of its region when it is made (an account's region, else the gift's, else the policy's
 default region) and never again; an account record changes the region and threshold from then on, and emits the
-notice of a balance already above an eligible account's threshold. Because every decision depends only on the
-sequence of the partition's records, the outputs do not depend on how the sequence is cut into batches.
+notice of a balance already above an eligible account's threshold. A notice out re-arms (the next crossing can
+notify) once the lowest balance since it (`low`, lowered only by payouts) is under the threshold in effect when
+the threshold is evaluated (at a credit, a payout applied or an account record); while the creator has no
+threshold nothing re-arms, and nothing is lost: the check runs again when it has one. Because every decision
+depends only on the sequence of the partition's records, the outputs do not depend on how the sequence is cut into
+batches.
 """
 
 from __future__ import annotations
@@ -165,7 +169,8 @@ class EngineEdges:
 
     def apply_payouts(self, payouts: list[Payout | tuple[str, str]], raws: list[bytes],
                       offsets: list[int] | None, out: Outputs, source_topic: str = "payouts") -> None:
-        """Payouts made by the payment system: idempotent by payout_id; re-arm the threshold."""
+        """Payouts made by the payment system: idempotent by payout_id; each lowers the balance (and the lowest
+        balance since the last notice), which may re-arm the threshold."""
         for i, p in enumerate(payouts):
             offset = offsets[i] if offsets else None
             if type(p) is tuple:
@@ -346,17 +351,22 @@ class PartitionEngine(EngineEdges):
 
     def _rejected(self, ev: GiftEvent) -> tuple[str, str] | None:
         """Why an event that decoded cannot be processed here (reason, detail), or None: its creator belongs to
-        another partition, the policy does not know its region, or its time is out of the watermark's bounds."""
+        another partition, the policy does not know its region (the gift's, or its creator's account's), or its time
+        is out of the watermark's bounds."""
         if ev.creator_id not in self.state.creators:  # a creator with state here was credited here: ours
             owner = self._not_ours(ev.creator_id)
             if owner is not None:
                 return model.EVENT_REJECTIONS.wrong_partition.of(
                     creator_id=ev.creator_id, owner=owner, partitions=self.partitions, partition=self.partition)
+        home = self._account_region(ev.creator_id)
         if ev.region:
             if ev.region not in self._rates:
                 return model.EVENT_REJECTIONS.unknown_region.of(region=ev.region, policy_version=self.policy.version)
-        elif self._default_region is None and not self._account_region(ev.creator_id):
+        elif self._default_region is None and not home:
             return model.EVENT_REJECTIONS.no_region.of(creator_id=ev.creator_id, policy_version=self.policy.version)
+        if home and home not in self._rates:  # an account restored under an older policy: no price for its gifts
+            return model.EVENT_REJECTIONS.account_region.of(creator_id=ev.creator_id, region=home,
+                                                            policy_version=self.policy.version)
         wm = self.state.watermark
         if wm is not None and ev.ts > wm + self._future:
             return model.EVENT_REJECTIONS.too_far_future.of(ts=ev.ts, max_future_ms=self._future, watermark=wm)
@@ -506,18 +516,26 @@ class PartitionEngine(EngineEdges):
         out.stats["credits"] += 1
         out.stats["milli_diamonds"] += milli
         threshold = self._threshold(creator_id, c)
-        if threshold is not None and not c.above and c.balance >= threshold:
-            self._notice(c, creator_id, event_id, ts, out)
+        if threshold is not None:
+            if c.above and c.low < threshold:
+                c.above = False  # re-armed (the creator is marked changed above)
+            if not c.above and c.balance >= threshold:
+                self._notice(c, creator_id, event_id, ts, out)
 
     def _threshold(self, creator_id: str, c: CreatorState) -> int | None:
         """The creator's threshold now (None: no notice while so): its account's region, status and age, or the
-        missing status's threshold in its region when it has no account record."""
+        missing status's threshold in its region when it has no account record. Evaluated only where a notice
+        could go or a notice out could re-arm: a credit, a payout applied, an account record."""
         account = self.state.accounts.get(creator_id)
         if account is None:
-            return self._missing[c.region]
-        if account.account_status == CLOSED or account.age < self._min_age[c.region]:
+            return self._missing.get(c.region)
+        if account.account_status == CLOSED:
             return None
-        return self._thresholds[c.region, account.account_status]
+        # A region or status the policy does not have (an account restored under an older policy): no threshold.
+        min_age = self._min_age.get(c.region)
+        if min_age is None or account.age < min_age:
+            return None
+        return self._thresholds.get((c.region, account.account_status))
 
     def _add_to_pane(self, c: CreatorState, creator_id: str, pane: int, milli: int) -> None:
         self.dirty.panes.add((creator_id, pane))
@@ -557,6 +575,7 @@ class PartitionEngine(EngineEdges):
     def _notice(self, c: CreatorState, creator_id: str, event_id: str, ts: int, out: Outputs) -> None:
         c.crossings += 1
         c.above = True
+        c.low = c.balance
         out.stats["notices"] += 1
         self.hooks.emit_notice(out, creator_id, c.region, c.crossings, c.balance, event_id, ts)
 
@@ -644,9 +663,12 @@ class PartitionEngine(EngineEdges):
         self.dirty.creators.add(p.creator_id)
         c.balance -= p.milli_diamonds
         c.paid_out += p.milli_diamonds
-        threshold = self._threshold(p.creator_id, c)
-        if c.above and (threshold is None or c.balance < threshold):
-            c.above = False
+        if c.balance < c.low:
+            c.low = c.balance
+        if c.above:
+            threshold = self._threshold(p.creator_id, c)
+            if threshold is not None and c.low < threshold:
+                c.above = False  # re-armed; while there is no threshold a payout only lowers `low`
         out.stats["payouts"] += 1
         return None
 
@@ -675,7 +697,12 @@ class PartitionEngine(EngineEdges):
             c.region = account.region
             self.dirty.creators.add(creator_id)
         threshold = self._threshold(creator_id, c)
-        if threshold is not None and not c.above and c.balance >= threshold:
+        if threshold is None:
+            return
+        if c.above and c.low < threshold:
+            c.above = False  # re-armed: the balance was under this threshold since the notice
+            self.dirty.creators.add(creator_id)
+        if not c.above and c.balance >= threshold:
             self.dirty.creators.add(creator_id)
             self._notice(c, creator_id, "", account.updated_ts, out)
 

@@ -33,6 +33,7 @@ from stream.state.changelog_schema import (
     ACCOUNT_PREFIX,
     BODY_LENGTH,
     CREATOR,
+    CREATOR_FALLBACKS,
     CREATOR_PREFIX,
     CURSOR,
     CURSOR_KEY,
@@ -74,6 +75,23 @@ def _decode_streak(value: bytes) -> Streak:
     if value[:1] and (0x80 <= value[0] <= 0x8f or value[0] in (0xde, 0xdf)):  # a msgpack map: the older form
         return Streak(*msgspec.structs.astuple(_dec_streak_map.decode(value)))
     return _dec_streak.decode(value)
+
+
+# A creator record may leave out the trailing fields CREATOR_FALLBACKS names (an older one): the indexes of the fields
+# whose values they take, in order.
+_CREATOR_SHORTEST = len(CREATOR_FIELDS) - len(CREATOR_FALLBACKS)
+assert set(CREATOR_FIELDS[_CREATOR_SHORTEST:]) == set(CREATOR_FALLBACKS)
+_CREATOR_FALLBACK_AT = [CREATOR_FIELDS.index(CREATOR_FALLBACKS[f]) for f in CREATOR_FIELDS[_CREATOR_SHORTEST:]]
+
+
+def _creator_fields(key: bytes, value: bytes) -> list:
+    fields = _dec_any.decode(value)
+    if type(fields) is not list or not _CREATOR_SHORTEST <= len(fields) <= len(CREATOR_FIELDS):
+        raise ValueError(f"creator record {key!r} is not an array of {_CREATOR_SHORTEST} to {len(CREATOR_FIELDS)} "
+                         "fields")
+    n = len(fields)
+    fields.extend([fields[i] for i in _CREATOR_FALLBACK_AT[n - _CREATOR_SHORTEST:]])
+    return fields
 
 
 _dec_ids = msgspec.msgpack.Decoder(list[str])
@@ -159,10 +177,7 @@ def restore_state(records: Iterable[Record]) -> tuple[PartitionState, ChangelogW
         if kind == CURSOR:
             st.watermark, st.close_cursor = _dec_any.decode(value)
         elif kind == CREATOR:
-            fields = _dec_any.decode(value)
-            if len(fields) != len(CREATOR_FIELDS):
-                raise ValueError(f"creator record {key!r} holds {len(fields)} fields")
-            st.creators[name] = CreatorState(*fields)
+            st.creators[name] = CreatorState(*_creator_fields(key, value))
         elif kind == PANE:
             cid, pane = name.rsplit(PANE_SEP, 1)
             panes.append((cid, int(pane), _dec_any.decode(value)))

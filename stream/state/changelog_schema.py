@@ -13,7 +13,10 @@ int in its smallest msgpack form, as msgspec writes it); None is a tombstone (th
   cursor   m                                CURSOR_FIELDS [watermark, close_cursor]    never
                                             (nil before the first event)
   creator  c:<creator id>                   CREATOR_FIELDS [region, balance, credited, never
-                                            paid_out, crossings, above]
+                                            paid_out, crossings, above, low]; a
+                                            record written before `low` holds the
+                                            first six: its low is its balance
+                                            (CREATOR_FALLBACKS)
   pane     w:<creator id>\\x1e<pane start>   PANE_FIELDS [milli_diamonds, credits]      when the pane is dropped
   streak   s:<streak key>                   STREAK_FIELDS: Streak's fields in their    when it expires
                                             declaration order (an older map form of
@@ -54,6 +57,9 @@ PAYOUT_VALUE = b"1"
 
 CURSOR_FIELDS = ("watermark", "close_cursor")  # PartitionState's fields of these names
 # CREATOR_FIELDS: CreatorState's fields but its panes (stream.state.tables), which are records of their own
+# Trailing creator fields an older record leaves out, each with the field whose value it then takes. low (the lowest
+# balance since the last notice) is unknown then: the balance, so nothing re-arms until a payout lowers it.
+CREATOR_FALLBACKS = {"low": "balance"}
 PANE_FIELDS = ("milli_diamonds", "credits")  # the two ints of a pane tally (CreatorState.panes)
 STREAK_FIELDS: tuple[str, ...] = Streak.__struct_fields__  # an array_like Struct: encoded in this order
 ACCOUNT_FIELDS: tuple[str, ...] = Account.__struct_fields__  # an array_like Struct: encoded in this order
@@ -74,5 +80,6 @@ SCHEMA = {
     "fields": {"cursor": CURSOR_FIELDS, "creator": CREATOR_FIELDS, "pane": PANE_FIELDS, "streak": STREAK_FIELDS,
                "account": ACCOUNT_FIELDS},
     "defaults": {"streak": STREAK_DEFAULTS},
+    "fallbacks": {"creator": CREATOR_FALLBACKS},
     "payout_value": PAYOUT_VALUE.decode(),
 }

@@ -22,11 +22,12 @@ class CreatorState(Struct, gc=False):
     credited: int = 0  # lifetime milli-diamonds credited
     paid_out: int = 0  # lifetime milli-diamonds paid out
     crossings: int = 0  # notices emitted so far (the next notice's sequence is crossings + 1)
-    above: bool = False  # a notice is out and no payout has brought the balance under the threshold yet
+    above: bool = False  # a notice is out, not re-armed yet (its lowest balance since was not under the threshold)
+    low: int = 0  # the lowest balance since the last notice (payouts lower it; see stream.engine.reference)
     panes: dict[int, list[int]] = {}  # pane start ms -> [milli_diamonds, credits] for open windows
 
 
-CreatorFields = tuple[str, int, int, int, int, bool]
+CreatorFields = tuple[str, int, int, int, int, bool, int]
 # A creator without its panes, in declaration order: its changelog record (`c:`, stream.state.changelog_schema)
 # and what the native engine is handed. The panes come last, so CreatorState(*fields) rebuilds one.
 CREATOR_FIELDS: tuple[str, ...] = tuple(f for f in CreatorState.__struct_fields__ if f != "panes")

@@ -30,8 +30,9 @@ from stream.engine import model
 from stream.engine.native import NativePartitionEngine, native_available
 from stream.engine.policy import parse_policy
 from stream.engine.reference import Outputs, PartitionEngine
+from stream.state import changelog_schema as schema
 from stream.state.changelog import ChangelogWriter, StateRestore, body_records, engine_body, restore_state, state_body
-from stream.state.tables import PartitionState, Streak
+from stream.state.tables import CreatorState, PartitionState, Streak
 
 GOLDEN = Path(__file__).resolve().parent / "golden" / "changelog.json"
 T0 = 1_764_000_000_000  # a whole hour
@@ -128,10 +129,17 @@ def _session() -> list[dict]:
     ]
     return [
         {"events": [], "accounts": [], "payouts": []},  # nothing yet: the cursor record with no watermark
+        # c1 is paid under its threshold: its low goes down with it, re-armed
         {"events": step1, "accounts": accounts1, "payouts": [_payout("p-1", "c1", 1_000_000)]},
+        # big's low goes down, still above the threshold: not re-armed
         {"events": step2, "accounts": accounts2,
          "payouts": [_payout("9000000000000000000", "big", 2**40), _payout("p-1", "c1", 1)]},
-        {"events": step3, "accounts": accounts3, "payouts": [_payout("p-" + "y" * 62, "c3", 1)]},
+        # c2, closed (no threshold), is paid under the threshold: its low goes down, nothing re-arms yet
+        {"events": step3, "accounts": accounts3,
+         "payouts": [_payout("p-" + "y" * 62, "c3", 1), _payout("p-c2", "c2", 2_000_000)]},
+        # c2 verified again: re-armed at the account record (its balance is under the threshold: no notice)
+        {"events": [], "accounts": [_account("c2", "US", "verified", 30, T0 + 668 * s)], "payouts": []},
+        {"events": [_gift("400", "c2", T0 + 669 * s, diamonds=1000)], "accounts": [], "payouts": []},  # notice 2
     ]
 
 
@@ -213,6 +221,7 @@ def generate() -> dict:
     body = state_body(engine.state, writer.chunks)
     legacy = msgspec.msgpack.encode({"creator_id": "c9", "region": "US", "diamond_count": 5, "count": 3,
                                      "credited": 3, "last_ts": T0, "last_event_id": "e9", "open": False})
+    legacy_creator = msgspec.msgpack.encode(("US", 2_500_000, 3_000_000, 500_000, 2, True))  # before `low`
     return {
         "about": "The changelog's exact bytes for a fixed session: see tests/contract/test_changelog_golden.py.",
         "regenerate": "python -m tests.contract.test_changelog_golden --write",
@@ -223,6 +232,7 @@ def generate() -> dict:
                  "sorted_hex": _frame(_sorted(body_records(body))).hex()},
         "state": _state_view(engine.state),
         "legacy_streak": {"key": "s:r9\x1fs9\x1f1\x1fg9", "value": legacy.hex()},
+        "legacy_creator": {"key": "c:c8", "value": legacy_creator.hex()},
     }
 
 
@@ -274,15 +284,39 @@ def test_the_session_holds_each_account_case(golden, kind):
     notice an account record triggers: the fixture's records cover what they change."""
     engine, out = _engine(kind, _policy(golden)), Outputs()
     _run(engine, golden["steps"], ChangelogWriter().drain, out)
-    assert [(n.creator_id, n.trigger, n.account_status) for n in out.notices] == [
-        ("c1", "gift", "standard"), ("big", "gift", "standard"), ("c2", "account", "verified")]
+    assert [(n.creator_id, n.crossing_seq, n.trigger, n.account_status) for n in out.notices] == [
+        ("c1", 1, "gift", "standard"), ("big", 1, "gift", "standard"), ("c2", 1, "account", "verified"),
+        ("c2", 2, "gift", "verified")]
     assert not out.dead_letters
-    assert (out.stats["accounts"], out.stats["accounts_closed"]) == (4, 2)
+    assert (out.stats["accounts"], out.stats["accounts_closed"]) == (5, 2)
     assert out.stats["gifts_without_account"] > 0
     accounts = golden["state"]["accounts"]
     assert accounts["c1"] == ["US", "closed", "", 0, T0 + 67_000]
-    assert accounts["c2"] == ["US", "closed", "paypal", 30, T0 + 665_000]
+    closed = dict(_from_json(golden["steps"][3]["records"]))[b"a:c2"]
+    assert msgspec.msgpack.decode(closed) == ["US", "closed", "paypal", 30, T0 + 665_000]
+    assert accounts["c2"] == ["US", "verified", "paypal", 30, T0 + 668_000]
     assert golden["state"]["creators"][LONG_CREATOR][0] == "US"  # moved from TR by its account
+
+
+def test_the_session_holds_each_rearm_case(golden):
+    """The creator records after each step: a payout lowering `low` with a re-arm (c1) and without (big), a payout
+    with no threshold lowering it (c2, closed: not re-armed), the re-arm at an account record, a notice setting low."""
+    fields = list(schema.CREATOR_FIELDS)
+    above, low, balance = fields.index("above"), fields.index("low"), fields.index("balance")
+
+    def creator(step: int, cid: str) -> list:
+        return msgspec.msgpack.decode(dict(_from_json(golden["steps"][step]["records"]))[f"c:{cid}".encode()])
+
+    c1 = creator(1, "c1")
+    assert not c1[above] and c1[low] == c1[balance] == 1_541_000
+    big = creator(2, "big")
+    assert big[above] and big[low] == big[balance] == 10**16 - 2**40
+    c2 = creator(3, "c2")
+    assert c2[above] and c2[low] == c2[balance] == 1_055_000  # closed: no threshold, not re-armed
+    c2 = creator(4, "c2")
+    assert not c2[above] and c2[low] == 1_055_000  # verified again: re-armed by the account record
+    c2 = creator(5, "c2")
+    assert c2[above] and c2[low] == c2[balance] == 2_055_000 and c2[fields.index("crossings")] == 2
 
 
 @pytest.mark.parametrize("kind", ENGINES)
@@ -367,6 +401,21 @@ def test_both_decoders_read_the_older_streak_form(golden, kind):
 
     engine, _ = asyncio.run(restore())
     assert engine.state.streaks == {key[2:].decode(): Streak("c9", "US", 5, 3, 3, T0, "e9", False)}
+
+
+@pytest.mark.parametrize("kind", ENGINES)
+def test_both_decoders_read_the_older_creator_form(golden, kind):
+    """Creator records written before `low`: six fields, and the low is the balance (CREATOR_FALLBACKS)."""
+    key, value = golden["legacy_creator"]["key"].encode(), bytes.fromhex(golden["legacy_creator"]["value"])
+    assert schema.CREATOR_FALLBACKS == {"low": "balance"}
+
+    async def restore():
+        r = StateRestore(lambda st: _engine(kind, _policy(golden), st), native=kind == "native")
+        r.apply([key], [value])
+        return await r.finish()
+
+    engine, _ = asyncio.run(restore())
+    assert engine.state.creators == {"c8": CreatorState("US", 2_500_000, 3_000_000, 500_000, 2, True, 2_500_000)}
 
 
 if __name__ == "__main__":

@@ -21,8 +21,12 @@ def test_the_layouts_are_the_structs():
     assert tuple(f.name for f in msgspec.structs.fields(Streak)) == schema.STREAK_FIELDS
     assert schema.STREAK_DEFAULTS == {"open": True}
     assert (*schema.CREATOR_FIELDS, "panes") == CreatorState.__struct_fields__
-    c = CreatorState("US", 1, 2, 3, 4, True)
+    c = CreatorState("US", 1, 2, 3, 4, True, 5)
     assert creator_fields(c) == tuple(getattr(c, f) for f in schema.CREATOR_FIELDS)
+    # an older creator record leaves out the trailing fields that fall back on another's value
+    assert schema.CREATOR_FIELDS[-len(schema.CREATOR_FALLBACKS):] == tuple(schema.CREATOR_FALLBACKS) == ("low",)
+    assert set(schema.CREATOR_FALLBACKS.values()) <= set(schema.CREATOR_FIELDS)
+    assert schema.SCHEMA["fallbacks"] == {"creator": {"low": "balance"}}
     s = Streak("c", "US", 1, 2, 3, 4, "e", False)
     assert msgspec.msgpack.decode(msgspec.msgpack.encode(s)) == [getattr(s, f) for f in schema.STREAK_FIELDS]
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import tomllib
 from importlib import resources
 
+import msgspec
 import pytest
 
 from stream.engine import model
@@ -14,7 +16,7 @@ from stream.engine.native import Engine, make_engine
 from stream.engine.policy import parse_policy
 from stream.engine.reference import Outputs
 from stream.kafka.routing import PartitionCache, partition_for
-from stream.state.tables import restore, snapshot
+from stream.state.tables import Account, restore, snapshot
 from tests.support.events import T0, account, gift, payout
 
 pytestmark = pytest.mark.usefixtures("both_engines")  # every test runs on both engines
@@ -436,11 +438,147 @@ def test_a_payout_rearms_against_the_accounts_threshold(policy):
     eng.process([gift(diamond_count=1)], None, out)
     assert len(out.notices) == 2
     accounts(eng, out, acct(account_status="suspended", updated_ts=T0 + 1))
-    pay(eng, out, "p3", 1_000_000)  # a payout while there is no threshold re-arms too
+    pay(eng, out, "p3", 1_000_000)  # no threshold while suspended: it lowers the lowest balance, re-arms nothing yet
     eng.process([gift(diamond_count=2_000)], None, out)
-    assert len(out.notices) == 2 and not eng.creator("c1").above
-    accounts(eng, out, acct(updated_ts=T0 + 2))
+    c = eng.creator("c1")
+    assert len(out.notices) == 2 and c.above and (c.low, c.balance) == (1_000, 2_001_000)
+    accounts(eng, out, acct(updated_ts=T0 + 2))  # verified: the balance went under its threshold since notice 2
     assert [(n.crossing_seq, n.trigger) for n in out.notices] == [(1, "gift"), (2, "gift"), (3, "account")]
+    assert eng.creator("c1").low == 2_001_000  # a notice starts the lowest balance again
+
+
+@pytest.mark.parametrize("during", ["suspended", "verified"])
+def test_a_payout_that_keeps_the_balance_at_the_threshold_rearms_nothing_whatever_the_status(policy, during):
+    """The payout's status does not matter: suspended (no threshold) or verified, a balance that never went under the
+    threshold since the notice gets no second one when the account is verified (again)."""
+    eng, out = make_engine(policy), Outputs()
+    accounts(eng, out, acct())  # verified: $5 = 1,000 diamonds
+    eng.process([gift(diamond_count=2_500)], None, out)
+    accounts(eng, out, acct(account_status=during, updated_ts=T0 + 1))
+    pay(eng, out, "p1", 1_500_000)  # 1,000 diamonds left: at the threshold, never under it
+    accounts(eng, out, acct(updated_ts=T0 + 2))
+    eng.process([gift(diamond_count=500)], None, out)
+    assert [n.crossing_seq for n in out.notices] == [1]
+    c = eng.creator("c1")
+    assert (c.above, c.low, c.balance, c.crossings) == (True, 1_000_000, 1_500_000, 1)
+
+
+def test_a_balance_paid_under_the_threshold_while_ineligible_crosses_again_when_eligible(policy):
+    """The crossing is not lost: paid out under the threshold while suspended (no threshold then, nothing re-arms),
+    the account verified again re-arms it, and the next credits cross from below."""
+    eng, out = make_engine(policy), Outputs()
+    accounts(eng, out, acct())  # verified: $5 = 1,000 diamonds
+    eng.process([gift(diamond_count=2_500)], None, out)
+    accounts(eng, out, acct(account_status="suspended", updated_ts=T0 + 1))
+    pay(eng, out, "p1", 2_000_000)  # 500 diamonds left
+    assert eng.creator("c1").above  # not re-armed while there is no threshold
+    accounts(eng, out, acct(updated_ts=T0 + 2))  # re-armed: under the threshold since the notice; no notice (500)
+    c = eng.creator("c1")
+    assert (c.above, c.low, c.balance) == (False, 500_000, 500_000) and len(out.notices) == 1
+    eng.process([gift(diamond_count=400, ts=T0 + 3), gift(diamond_count=600, ts=T0 + 4, event_id="again")], None, out)
+    assert [(n.crossing_seq, n.trigger, n.trigger_event_id, n.balance_milli_diamonds) for n in out.notices][1:] == [
+        (2, "gift", "again", 1_500_000)]
+
+
+def _restored(policy, records: list[tuple[bytes, bytes | None]]):
+    """An engine of the kind under test (GIFTSTREAM_ENGINE) on the state changelog records rebuild."""
+    from stream.engine.native import resolve_kind
+    from stream.state.changelog import StateRestore
+
+    async def rebuild():
+        restore = StateRestore(lambda st: make_engine(policy, state=st), native=resolve_kind() == "native")
+        restore.apply([k for k, _ in records], [v for _, v in records])
+        return await restore.finish()
+
+    return asyncio.run(rebuild())[0]
+
+
+def test_an_older_creator_record_without_low_restores_with_low_its_balance(policy):
+    """A creator record written before `low` (six fields): its low is its balance, so nothing re-arms until a
+    payout takes the balance under the threshold."""
+    verified = msgspec.msgpack.encode(Account("US", "verified", "paypal", 30, T0))
+    eng = _restored(policy, [
+        (b"c:c1", msgspec.msgpack.encode(("US", 2_500_000, 3_000_000, 500_000, 1, True))),  # the older form
+        (b"c:c2", msgspec.msgpack.encode(("US", 2_500_000, 2_500_000, 0, 1, True, 700_000))),  # with its low
+        (b"a:c1", verified), (b"a:c2", verified)])
+    c1, c2 = eng.creator("c1"), eng.creator("c2")
+    assert (c1.balance, c1.credited, c1.paid_out, c1.crossings, c1.above, c1.low) == (
+        2_500_000, 3_000_000, 500_000, 1, True, 2_500_000)
+    assert (c2.above, c2.low) == (True, 700_000)
+    out = Outputs()
+    eng.process([gift(diamond_count=1, creator_id="c1"), gift(diamond_count=1, creator_id="c2")], None, out)
+    assert [n.notice_id for n in out.notices] == ["pn-c2-2"]  # c2's low was under the threshold, c1's is not
+    pay(eng, out, "p1", 1_400_000)  # c1: 1,101 diamonds left, at or above the threshold
+    eng.process([gift(diamond_count=1, creator_id="c1")], None, out)
+    pay(eng, out, "p2", 200_000)  # 902 diamonds left: under it, re-armed
+    eng.process([gift(diamond_count=100, creator_id="c1")], None, out)
+    assert [n.notice_id for n in out.notices] == ["pn-c2-2", "pn-c1-2"]
+    for fields in [("US", 1, 1, 0, 0), ("US", 1, 1, 0, 0, False, 1, 1)]:  # five fields, or eight: not a creator
+        with pytest.raises(ValueError):  # when the record is read (native) or when the state is made
+            _restored(policy, [(b"c:c1", msgspec.msgpack.encode(fields))])
+
+
+def _older_policy():
+    """The built-in policy with a status ("partner") and a region (NZ) more: a state kept from it meets a policy
+    without them."""
+    def more(data):
+        data["account_statuses"]["partner"] = {"eligible": True}
+        data["defaults"]["threshold_cents"]["partner"] = 500
+        data["regions"]["US"]["threshold_cents"]["partner"] = 500
+        data["regions"]["NZ"] = {}
+    return custom(more)
+
+
+def _kept_state(older, *steps) -> list[tuple[bytes, bytes | None]]:
+    """The changelog records of an engine under `older` after `steps` (each a callable of the engine and out)."""
+    from stream.state.changelog import ChangelogWriter
+
+    eng, out, writer = make_engine(older), Outputs(), ChangelogWriter()
+    for step in steps:
+        step(eng, out)
+    return writer.drain(eng)
+
+
+def test_a_restored_account_whose_status_the_policy_dropped_gets_no_notice_and_no_crash(policy):
+    older = _older_policy()
+    log = _kept_state(older, lambda e, o: accounts(e, o, acct(account_status="partner")),
+                      lambda e, o: e.process([gift(diamond_count=1_500)], None, o),  # notice 1 under partner's $5
+                      lambda e, o: accounts(e, o, acct(creator_id="c2", account_status="partner")),
+                      lambda e, o: e.process([gift(creator_id="c2", diamond_count=100)], None, o))
+    eng, out = _restored(policy, log), Outputs()
+    assert eng.account("c1").account_status == "partner" and eng.creator("c1").above
+    eng.process([gift(diamond_count=5_000), gift(creator_id="c2", diamond_count=5_000)], None, out)
+    pay(eng, out, "p1", 6_000_000)  # c1: 500 diamonds left; no threshold: nothing re-arms
+    pay(eng, out, "p2", 100_000, "c2")
+    eng.process([gift(diamond_count=5_000), gift(creator_id="c2", diamond_count=5_000)], None, out)
+    assert not out.notices and not out.dead_letters
+    assert (balance(eng), balance(eng, "c2")) == (5_500_000, 10_000_000)
+    assert eng.creator("c1").above and not eng.creator("c2").above
+    accounts(eng, out, acct(updated_ts=T0 + 1), acct(creator_id="c2", updated_ts=T0 + 1))  # statuses it has
+    assert [(n.notice_id, n.trigger, n.account_status) for n in out.notices] == [
+        ("pn-c1-2", "account", "verified"), ("pn-c2-1", "account", "verified")]  # c1 was paid under $5 since
+
+
+def test_a_restored_account_whose_region_the_policy_dropped_prices_nothing_and_crashes_nothing(policy):
+    older = _older_policy()
+    log = _kept_state(older, lambda e, o: accounts(e, o, acct(region="NZ"), acct(creator_id="c2", region="NZ")),
+                      lambda e, o: e.process([gift(diamond_count=1_500), gift(creator_id="c2")], None, o))
+    eng, out = _restored(policy, log), Outputs()
+    assert eng.creator("c1").region == "NZ" and eng.creator("c1").above
+    eng.process([gift(diamond_count=10), gift(creator_id="c2", region=...), gift(creator_id="c3")], [0, 1, 2], out)
+    [d1, d2] = out.dead_letters  # its gifts cannot be priced: in the account's region, which has no rate now
+    assert (d1.reason, d1.detail, d1.offset) == (*model.EVENT_REJECTIONS.account_region.of(
+        creator_id="c1", region="NZ", policy_version=policy.version), 0)
+    assert (d2.reason, d2.offset) == ("unknown_region", 1) and balance(eng, "c3") == 5_000
+    pay(eng, out, "p1", 1_000_000)  # no threshold in a region the policy lacks: the payout applies, nothing re-arms
+    accounts(eng, out, tomb("c2", T0 + 1))  # closed, keeping NZ: still no price
+    eng.process([gift(creator_id="c2")], [3], out)
+    assert [d.offset for d in out.dead_letters] == [0, 1, 3] and eng.creator("c1").above and not out.notices
+    accounts(eng, out, acct(updated_ts=T0 + 2), acct(creator_id="c2", updated_ts=T0 + 2))  # back in the US
+    eng.process([gift(diamond_count=600, ts=T0 + 3), gift(creator_id="c2", diamond_count=1_000, ts=T0 + 3)], [4, 5],
+                out)
+    assert [n.notice_id for n in out.notices] == ["pn-c1-2", "pn-c2-1"] and len(out.dead_letters) == 3
+    assert (balance(eng), balance(eng, "c2")) == (1_100_000, 1_005_000)
 
 
 def test_accounts_survive_snapshot_restore(policy):

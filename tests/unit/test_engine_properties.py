@@ -82,7 +82,7 @@ def _reference(policy, steps: list[tuple[str, list]], partitions: int) -> dict:
     regions = policy.regions
     watermark: dict[int, int] = {}
     seen: set[str] = set()
-    creators: dict[str, dict] = {}  # creator -> region, balance, crossings, above
+    creators: dict[str, dict] = {}  # creator -> region, balance, crossings, above, low
     accounts: dict[str, dict] = {}  # creator -> region, status, method, age, ts
     streaks: dict[tuple, dict] = {}
     paid: set[str] = set()
@@ -116,11 +116,20 @@ def _reference(policy, steps: list[tuple[str, list]], partitions: int) -> dict:
         cents, c = threshold_cents(creator), creators[creator]
         return cents is not None and c["balance"] * regions[c["region"]].diamond_value_micro_usd >= cents * 10**7
 
+    def look(creator: str) -> None:
+        """The threshold is looked at (a credit, a payout, an account record): a notice out re-arms when the lowest
+        balance since it was worth less than the threshold now. No threshold now: it waits (nothing is forgotten,
+        the lowest balance is kept)."""
+        cents, c = threshold_cents(creator), creators[creator]
+        if c["above"] and cents is not None and c["low"] * regions[c["region"]].diamond_value_micro_usd < cents * 10**7:
+            c["above"] = False
+
     def notice(creator: str, event_id: str | None, ts: int) -> None:
         c, a = creators[creator], accounts.get(creator)
         rp = regions[c["region"]]
         c["crossings"] += 1
         c["above"] = True
+        c["low"] = c["balance"]  # the lowest balance since this notice, so far
         method = rp.payout_method if a is None else a["method"]
         gross = _half_up(c["balance"] * rp.diamond_value_micro_usd, 1000 * 10_000)
         payable = min(gross, rp.daily_cap_cents)
@@ -144,10 +153,11 @@ def _reference(policy, steps: list[tuple[str, list]], partitions: int) -> dict:
 
     def credit(creator: str, region: str, milli: int, ts: int, event_id: str) -> None:
         home = account_region(creator) or region  # the creator's region follows its account, else its credits
-        c = creators.setdefault(creator, {"region": home, "balance": 0, "crossings": 0, "above": False})
+        c = creators.setdefault(creator, {"region": home, "balance": 0, "crossings": 0, "above": False, "low": 0})
         c["region"] = home
         c["balance"] += milli
         credits.append((creator, ts, milli))
+        look(creator)
         if not c["above"] and reached(creator):
             notice(creator, event_id, ts)
 
@@ -242,6 +252,7 @@ def _reference(policy, steps: list[tuple[str, list]], partitions: int) -> dict:
             return
         if accounts[creator]["region"]:
             c["region"] = accounts[creator]["region"]
+        look(creator)
         if not c["above"] and reached(creator):
             notice(creator, None, accounts[creator]["ts"])
 
@@ -258,8 +269,8 @@ def _reference(policy, steps: list[tuple[str, list]], partitions: int) -> dict:
             return raw
         paid.add(rec["payout_id"])
         c["balance"] -= rec["milli_diamonds"]
-        if c["above"] and not reached(rec["creator_id"]):
-            c["above"] = False  # re-armed
+        c["low"] = min(c["low"], c["balance"])
+        look(rec["creator_id"])  # the one way down: a payout under the threshold re-arms, at once or when looked at
         return raw
 
     handle = {"gifts": gift_record, "accounts": lambda r: account_record(*r), "payouts": payout_record}
@@ -430,7 +441,9 @@ def test_reference_agrees_with_a_hand_count(policy):
     assert ref["balances"] == {"c1": (10 + 45) * 1000} and not ref["notices"]
     # ID (1/2 diamond a coin) verified: $1 = 200 diamonds; 2,000 coins = 1,000 diamonds = 500 cents; the service
     # fee 20% = 100; paypal 2.9% of 400 = 11.6 -> 12; net 388. Then the account moves to US, suspended: the payout
-    # re-arms, the next gift is priced in US, and its crossing waits for the account to be verified.
+    # takes the balance to 0 (nothing re-arms without a threshold), the next gift is priced in US, and its crossing
+    # waits for the account to be verified, which re-arms the notice (the balance was under its threshold) and sends
+    # the next one.
     steps = [("accounts", [(b"c2", account(creator_id="c2", region="ID"), T0)]),
              ("gifts", [gift(creator_id="c2", region=..., diamond_count=2_000, event_id="x")]),
              ("accounts", [(b"c2", account(creator_id="c2", account_status="suspended", updated_ts=T0 + 1), T0 + 1)]),
