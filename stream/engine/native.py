@@ -83,7 +83,7 @@ class NativePartitionEngine(EngineEdges):
             track_changes, statuses=statuses, missing_status=policy.missing_status,
             default_region=policy.default_region, max_json_depth=model.MAX_JSON_DEPTH, partition=partition,
             partitions=partitions, rejects=model.EVENT_REJECTIONS, hooks=self.hooks)
-        self.hooks.account_of = self.account  # the notices' status and payout method
+        self.hooks.attach(self)  # the notices' status and payout method
         if state is not None:
             self._load(state)
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import base64
 import heapq
+import weakref
 from collections.abc import Callable, MutableMapping, Sequence
 from dataclasses import dataclass, field
 
@@ -114,7 +115,7 @@ class EngineHooks:
         self.policy = policy
         self.partition = partition
         self.source_topic = source_topic
-        self.account_of: Callable[[str], Account | None] = lambda creator_id: None  # the engine's, once it is built
+        self._engine: Callable[[], EngineEdges | None] = lambda: None  # the engine's weak reference (attach)
 
     def decode_one(self, raw: bytes) -> GiftEvent | tuple[str, str]:
         """A record the native decoder is not certain about: msgspec's event, or its (reason, detail)."""
@@ -127,11 +128,18 @@ class EngineHooks:
         out.dead_letters.append(dead_letter(self.policy, self.partition, source_topic or self.source_topic,
                                             reason, detail, raw, offset))
 
+    def attach(self, engine: EngineEdges) -> None:
+        """The engine whose accounts the notices read. Held weakly: the compiled core holds these hooks, and a cycle
+        through it (an extension object the cyclic GC cannot look into) would never be freed."""
+        self._engine = weakref.ref(engine)
+
     def emit_notice(self, out: Outputs, creator_id: str, region: str, crossing_seq: int, balance: int,
                     event_id: str, ts: int) -> None:
         """The notice of a creator's `crossing_seq`-th threshold crossing (the engine counts it); event_id "": an
         account record made it."""
-        out.notices.append(payout_notice(self.policy, creator_id, region, self.account_of(creator_id), crossing_seq,
+        engine = self._engine()
+        account = engine.account(creator_id) if engine is not None else None
+        out.notices.append(payout_notice(self.policy, creator_id, region, account, crossing_seq,
                                          balance, event_id, ts))
 
 
@@ -250,7 +258,7 @@ class PartitionEngine(EngineEdges):
         self.hooks = EngineHooks(policy, partition, source_topic)
         self.state = state if state is not None else PartitionState()
         self.dirty = Dirty()
-        self.hooks.account_of = self.account
+        self.hooks.attach(self)
         self._rates = {r: p.milli_diamonds_per_coin for r, p in policy.regions.items()}
         # (region, status) -> threshold (None: no notice), and the thresholds of creators without an account
         self._thresholds = {(r, s): policy.threshold_milli(r, s) for r in policy.regions for s in policy.statuses}

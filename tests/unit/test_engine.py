@@ -589,3 +589,19 @@ def test_accounts_survive_snapshot_restore(policy):
     assert fields(again.account("c2")) == ("", "closed", "", 0, T0 + 1)
     again.process([gift(diamond_count=10, region=...)], None, out)
     assert balance(again) == 5_000 and again.sizes().accounts == 2
+
+
+def test_an_engine_dropped_is_freed(policy, both_engines):
+    """Nothing holds an engine but its owner: the hooks the compiled core holds reach it only weakly (a cycle
+    through the core, which the cyclic GC cannot look into, leaked every replay's and every restore's engine)."""
+    import gc
+    import weakref
+
+    from stream.engine.native import make_engine
+
+    engine = make_engine(policy)
+    engine.process([gift()], [0])
+    gone = weakref.ref(engine)
+    del engine
+    gc.collect()
+    assert gone() is None
