@@ -179,6 +179,7 @@ class PartitionTask:
         self.pending = [Pending(kind) for kind in Input]
         self._idle_since: list[float | None] = [None for _ in Input]
         self._paused: set[TopicPartition] = set()
+        self.capped = False  # the last batch stopped at batch_max_records with records of its turn still waiting
         self.state = TaskState.CREATED
         self.progress = RestoreProgress()
         self.engine: Engine | None = None
@@ -390,11 +391,17 @@ class PartitionTask:
         for run in runs(self.pending, lambda: [self._exhausted(kind) for kind in Input], lambda: engine.watermark,
                         self.policy.max_future_ms):
             self.clean = False  # until this batch commits
-            records = self.pending[run.input].take(run.hi)
+            queue = self.pending[run.input]
+            # At most batch_max_records a batch, as a poll would hand over: records gathered while an input was
+            # waited for must not make one long call that stops the event loop (and the heartbeat).
+            records = queue.take(min(run.hi, queue.start + self.cfg.batch_max_records - count))
             count += feed(engine, run.input, records, out, topics[run.input])
             positions[self.input_tps[run.input]] = records[0][-1] + 1
             if run.input is Input.GIFTS:
                 stamps += records[2]
+            if count >= self.cfg.batch_max_records:
+                break  # the rest next time (`capped`: the worker polls again at once)
+        self.capped = count >= self.cfg.batch_max_records
         self._pause_full_inputs()
         if not count:
             return positions, [], 0, stamps

@@ -188,7 +188,10 @@ class Worker:
                                               "exactly_once": cfg.exactly_once, "columnar_fetch": columnar})
             while not self._stopping.is_set():
                 self._start_due_restores()
-                data = await self._consumer.getmany(timeout_ms=cfg.batch_max_ms, max_records=self._max_polled)
+                # A task with a batch's worth still waiting its turn goes on at once; else wait for records.
+                backlog = any(task.capped for task in self.tasks.values())
+                data = await self._consumer.getmany(timeout_ms=0 if backlog else cfg.batch_max_ms,
+                                                    max_records=self._max_polled)
                 self._last_poll = time.monotonic()
                 if data or any(task.has_pending() for task in self.tasks.values()):
                     async with self._lock:
