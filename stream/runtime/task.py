@@ -414,11 +414,9 @@ class PartitionTask:
     def _exhausted(self, kind: Input) -> bool:
         """True when no record of this input can come before the ones the others have waiting: it is not assigned
         (its topic does not exist), or it is caught up (its position is at the end a read_committed reader can
-        reach, as of its last fetch) and has been for max_task_idle_ms, or the oldest record waiting in another
-        input was appended (its Kafka timestamp) max_task_idle_ms ago or more: the slack is per waiting record, so
-        an input that keeps receiving records (payouts every few ms) cannot hold the others back for longer. An
-        input with records on the broker that are not polled yet is never exhausted: the others wait for them
-        (Kafka Streams' rule), so the order does not depend on which fetch came back first."""
+        reach, as of its last fetch) and has been for max_task_idle_ms. An input with records on the broker that
+        are not polled yet is never exhausted: the others wait for them (Kafka Streams' rule), so the order does
+        not depend on which fetch came back first."""
         tp = self.input_tps.get(kind)
         if tp is None:
             return True
@@ -429,17 +427,13 @@ class PartitionTask:
         if position is None or end is None or position < end:
             self._idle_since[kind] = None
             return False
-        idle = self.cfg.max_task_idle_ms
-        if idle <= 0:
+        if self.cfg.max_task_idle_ms <= 0:
             return True
         now = time.monotonic()
         since = self._idle_since[kind]
         if since is None:
             self._idle_since[kind] = since = now
-        if (now - since) * 1000 >= idle:
-            return True
-        appended = [p.kafka_ts[p.start] for p in self.pending if len(p)]
-        return bool(appended) and time.time() * 1000 - min(appended) >= idle
+        return (now - since) * 1000 >= self.cfg.max_task_idle_ms
 
     def _pause_full_inputs(self) -> None:
         """An input holding more than PENDING_PER_INPUT batches waiting for another is paused until it drains."""

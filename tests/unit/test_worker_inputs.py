@@ -4,7 +4,6 @@ the fake cluster (tests/support/fake_kafka.py); tests/integration/test_kafka_acc
 from __future__ import annotations
 
 import asyncio
-import time
 
 import orjson
 from aiokafka import TopicPartition
@@ -89,23 +88,4 @@ async def test_records_wait_while_another_input_may_still_deliver_an_earlier_one
     assert committed(cluster, t.gifts, 0) in (None, 0)  # the gift waits (the first transaction commits 0)
     lagging.clear()
     await run_until(worker, lambda: committed(cluster, t.gifts, 0) == 1)
-    await stop(worker, run)
-
-
-async def test_a_record_waits_at_most_max_task_idle_ms_after_it_was_appended(cfg):
-    """The slack is per waiting record: a gift appended long ago goes at once, however recently the payouts input
-    (empty, caught up) was last seen active; a fresh one waits for the slack."""
-    from dataclasses import replace
-
-    slow = replace(cfg, max_task_idle_ms=60_000)
-    cluster = FakeCluster(PARTITIONS)
-    cid = creators_of(0, 1)[0]
-    t = slow.topics
-    cluster.append(t.gifts, 0, cid.encode(), gift(event_id="e1", creator_id=cid, diamond_count=2_500), timestamp=T0)
-    worker, _, run = await start(slow, cluster)
-    await run_until(worker, lambda: committed(cluster, t.gifts, 0) == 1)  # long before 60 s
-    fresh = int(time.time() * 1000)
-    cluster.append(t.gifts, 0, cid.encode(), gift(event_id="e2", creator_id=cid, diamond_count=1), timestamp=fresh)
-    await asyncio.sleep(0.5)
-    assert committed(cluster, t.gifts, 0) == 1  # appended just now: it waits (up to 60 s) for a payout before it
     await stop(worker, run)
