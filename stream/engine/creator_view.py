@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from msgspec import Struct
 
-from stream.engine.policy import CLOSED, Policy
+from stream.engine.policy import Policy
 from stream.state.tables import Account, CreatorState
 
 
@@ -63,7 +63,8 @@ def open_windows(c: CreatorState, policy: Policy, close_cursor: int) -> list[Ope
 
 
 def account_view(a: Account, policy: Policy) -> AccountView:
-    eligible = a.account_status != CLOSED and a.region in policy.regions and \
+    # policy.threshold_milli is None for a closed account too (CLOSED is never one of the policy's statuses)
+    eligible = a.region in policy.regions and \
         policy.threshold_milli(a.region, a.account_status, a.age) is not None
     cents = policy.regions[a.region].thresholds_cents.get(a.account_status) if eligible else None
     return AccountView(a.region, a.account_status, a.payout_method, a.age, a.updated_ts, eligible, cents)

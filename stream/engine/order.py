@@ -213,7 +213,11 @@ def record_time(kind: Input, value: bytes | None) -> int | None:
         got = _time_decoders[kind].decode(value)
     except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
         return None
-    t = got.ts if kind is not Input.ACCOUNTS else got.updated_ts
+    return valid_time(got.ts if kind is not Input.ACCOUNTS else got.updated_ts)
+
+
+def valid_time(t: object) -> int | None:
+    """A record's time as the merge takes it: an int in [0, 2**63), else None (unreadable: the merge uses 0)."""
     return t if type(t) is int and 0 <= t < 2**63 else None
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from stream.engine import model
 from stream.engine.native import make_engine
-from stream.engine.order import Input, Pending, feed, runs
+from stream.engine.order import Input, Pending, feed, runs, valid_time
 from stream.engine.policy import Policy
 from stream.engine.protocol import Engine, Outputs
 from stream.kafka.routing import PartitionCache
@@ -143,7 +143,7 @@ def _replay_merged(session: Session, policy: Policy, partitions: int, batch_size
     for kind, raws in ((Input.GIFTS, session.gifts), (Input.PAYOUTS, session.payouts)):
         keyed = [key_of(r) for r in raws]  # (creator_id, ts): the ts is the record's time when it is a valid one
         route(kind, [k for k, _ in keyed], raws, [0] * len(raws),
-              [t if k is not None and 0 <= t < 2**63 else None for k, t in keyed])
+              [valid_time(t) if k is not None else None for k, t in keyed])
     route(Input.ACCOUNTS, [a.key for a in session.accounts], [a.value for a in session.accounts],
           [a.ts or 0 for a in session.accounts], [None] * len(session.accounts))
     out = Outputs()

@@ -4,7 +4,6 @@ money, a rebuild by a new group, and the offline replay of the same three inputs
 from __future__ import annotations
 
 import asyncio
-import os
 import uuid
 from collections import Counter
 from dataclasses import replace
@@ -24,9 +23,9 @@ from stream.runtime.worker import Worker
 from stream.state.changelog import restore_state
 from tests.support.events import T0
 from tests.support.kafka_checks import PARTITIONS, topics_of_its_own, wait_drained
+from tests.support.processes import BOOTSTRAP
 
 pytestmark = pytest.mark.kafka
-BOOTSTRAP = os.environ.get("GIFTSTREAM_TEST_BOOTSTRAP", "127.0.0.1:19092")
 
 
 @pytest.fixture

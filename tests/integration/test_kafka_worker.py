@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
-import os
 import random
 import signal
 import subprocess
@@ -37,9 +36,9 @@ from tests.support.kafka_checks import (
     wait_drained,
     wait_for,
 )
+from tests.support.processes import BOOTSTRAP
 
 pytestmark = pytest.mark.kafka
-BOOTSTRAP = os.environ.get("GIFTSTREAM_TEST_BOOTSTRAP", "127.0.0.1:19092")
 ROOT = Path(__file__).resolve().parents[2]
 
 
