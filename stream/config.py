@@ -31,7 +31,7 @@ class WorkerConfig:
     batch_max_ms: int = 200  # getmany bound on waiting when no record is buffered
     fetch_max_wait_ms: int = 20  # broker-side wait of a fetch with no new data (see SETTING_HELP)
     commit_interval_ms: int = 0  # least time from one batch to the next (one transaction per partition each)
-    max_task_idle_ms: int = 100  # how long an input that is caught up but empty holds the others back (see help)
+    max_task_idle_ms: int = 100  # the merge's slack for records appended a little apart (see help)
     session_timeout_ms: int = 10_000  # a silent (killed) worker's partitions move after this long
     progress_timeout_ms: int = 15_000  # /readyz: longest a partition may go without progress
     liveness_timeout_ms: int = 120_000  # /healthz: longest a partition may go without progress
@@ -94,12 +94,11 @@ SETTING_HELP = {
                           "the worker and the broker) and up to that much more latency; 0 = next batch at once",
     "max_task_idle_ms": "the inputs of a partition (gifts, payouts, creator-accounts) are merged by the time each "
                         "record holds (stream/engine/order.py); an input with records on the broker not yet "
-                        "fetched always holds the others back, one that is caught up holds them back this long, in "
-                        "ms, in case a record with an earlier time is about to arrive (Kafka Streams' "
-                        "max.task.idle.ms): the slack for producers that append the records of one moment to the "
-                        "inputs a little apart; 0 = go on as soon as it is caught up (the order then depends on "
-                        "arrival: a load run with payouts and accounts failed verification with 0 and passed with "
-                        "100, docs/benchmarks.md)",
+                        "fetched always holds the others back, and one that is caught up lets a record of another "
+                        "input go once it was caught up as of a fetch sent this long, in ms, after that record was "
+                        "on the broker: the slack for producers that append a record that belongs before another "
+                        "a little after it (and for their clocks). While another input is empty, every record "
+                        "waits about this long; 0 = go on as soon as a fetch sent after the record says caught up",
     "exactly_once": "true: transactions + read_committed; false: at-least-once (comparison only)",
     "http_port": "port for /metrics /healthz /readyz /creators/<id>; 0 = no HTTP",
     "security_protocol": "PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL",

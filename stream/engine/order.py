@@ -6,17 +6,26 @@ They are merged into one sequence as Kafka Streams merges the partitions of a ta
   2. the next record is the head with the smallest record timestamp among the inputs' heads;
   3. at equal timestamps, the tie rule: creator-accounts, then gifts, then payouts (an account applies to the gifts
      of its instant; a payout follows the gifts whose money it pays out);
-  4. the merge goes on only while it can decide: every input has a record waiting, or is known to have none
-     (caught up, absent, or waited for long enough: the worker's max_task_idle_ms). Offline every input is
-     complete, so a replay decides everything at once;
+  4. the merge goes on only while it can decide: the head may go when every input without a record waiting is
+     known to hold none that belongs before it (its horizon, below). Offline every input is complete, so a replay
+     decides everything at once;
   5. a gift whose time is more than the policy's max_future past the partition's watermark (a bad time: the
      engine rejects it) counts as at the watermark, decided when it is the head of its input, with the watermark
      the merged records before it leave (`gift_time`).
 Because the order depends only on the records (their times and offsets) and on the state the records before them
 made, a live run, a restart, a rebuild by a new group and an offline replay process the same sequence, and so make
-the same bytes, as long as each record is on the broker by the time the merge takes a record of another input with
-a later time (max_task_idle_ms is the slack). A record appended later than that (a payout produced an hour after
-its time) is merged where it is found, live, and by its time offline: the one way the two can differ.
+the same bytes, as long as the merge never decides without a record that belongs before the one it takes.
+
+Live, that is the horizon's job. Each record waiting carries a wall-clock time by which it was on the broker
+(`Pending.add`'s arrived_ms: when the first fetch that saw it came back). An input with nothing waiting has a
+horizon: it was caught up (position at the end a read_committed reader can reach) as of a fetch sent at S, so every
+record appended to it before S is already here, and its horizon is S - max_task_idle_ms: a record of another input
+that was on the broker by then may go past it. The
+promise rests on one assumption about the producers, the worker's max_task_idle_ms: a record that belongs before a
+record of another input is appended no later than that long after it. Nothing about lag, pauses or which fetch came
+back first enters the order: a worker that is behind, starved of CPU or just restarted waits for fresher fetches,
+not for a timer. A record appended later than the slack (a payout produced an hour after its time) is merged where
+it is found, live, and by its time offline: the one way the two can differ.
 
 A record's timestamp is taken from the record itself, as a Kafka Streams TimestampExtractor would (`record_time`):
 a gift's and a payout's `ts`, an account's `updated_ts`. So the order does not depend on how a producer stamped
@@ -37,6 +46,9 @@ import msgspec
 
 from stream.engine import model
 from stream.engine.protocol import Engine, Outputs
+
+FINISHED = 2**63 - 1  # the horizon of an input that can deliver nothing more (offline; a topic not assigned)
+UNKNOWN = -1  # the horizon of an input that may still deliver anything (not caught up, or not fetched yet)
 
 
 class Input(enum.IntEnum):
@@ -59,20 +71,36 @@ class Pending:
     kafka_ts: list[int] = field(default_factory=list)
     keys: list[bytes | None] = field(default_factory=list)  # kept for the accounts (a tombstone has only its key)
     times: list[int] = field(default_factory=list)  # the merge's timestamps of the first len(times) records
+    # By when the records were on the broker, per add: (index after its last record, wall-clock ms), rising.
+    arrivals: list[tuple[int, int]] = field(default_factory=list)
     start: int = 0  # index of the next record to process
 
     def __len__(self) -> int:
         return len(self.offsets) - self.start
 
     def add(self, offsets: list[int], values: list[bytes | None], kafka_ts: list[int],
-            keys: list[bytes | None] | None = None, times: list[int] | None = None) -> None:
-        """times: the records' merge times when the caller read them already (they must be record_time's)."""
+            keys: list[bytes | None] | None = None, times: list[int] | None = None, arrived_ms: int = 0) -> None:
+        """times: the records' merge times when the caller read them already (they must be record_time's).
+        arrived_ms: a wall-clock ms by which they were on the broker (0 offline, where every input is complete)."""
         if times is not None and len(self.times) == len(self.offsets):
             self.times += times
         self.offsets += offsets
         self.values += values
         self.kafka_ts += kafka_ts
         self.keys += keys if keys is not None else [None] * len(offsets)
+        if self.arrivals:
+            arrived_ms = max(arrived_ms, self.arrivals[-1][1])  # a clock set back must not reorder the adds
+        self.arrivals.append((len(self.offsets), arrived_ms))
+
+    def arrived_by(self, horizon: int, hi: int) -> int:
+        """The end of the records before index `hi` that were on the broker by `horizon` (arrivals rise, so they
+        are the first ones); at or below `start` when none were."""
+        first = 0
+        for end, arrived in self.arrivals:
+            if arrived > horizon:
+                return min(first, hi)
+            first = end
+        return hi
 
     @property
     def stamps(self) -> list[int]:
@@ -92,6 +120,10 @@ class Pending:
         taken = self.offsets[lo:end], self.values[lo:end], self.kafka_ts[lo:end], self.keys[lo:end]
         if self.start == len(self.offsets):  # all processed: start the lists afresh
             self.offsets, self.values, self.kafka_ts, self.keys, self.times, self.start = [], [], [], [], [], 0
+            self.arrivals = []
+        else:
+            while self.arrivals and self.arrivals[0][0] <= self.start:
+                del self.arrivals[0]  # adds all done with
         return taken
 
 
@@ -104,38 +136,40 @@ class Run:
     hi: int
 
 
-def plan(pending: Sequence[Pending], exhausted: Sequence[bool], watermark: int | None = None,
+def plan(pending: Sequence[Pending], horizons: Sequence[int], watermark: int | None = None,
          max_future_ms: int | None = None) -> list[Run]:
-    """The runs the merge can decide now, in order (the module docstring's rules). pending[i] and exhausted[i] are
-    Input i's: exhausted means no record of it can come before what it has waiting (it is caught up, absent, or
-    waited for long enough). watermark, max_future_ms: the partition's engine's, for rule 5 (gift_time). The
-    Pendings are not changed: take each run's records with Pending.take(run.hi), then plan again (`runs` does):
-    after a run of gifts beside another input's records, the watermark may have moved, so the plan stops there."""
+    """The runs the merge can decide now, in order (the module docstring's rules). pending[i] and horizons[i] are
+    Input i's: while it has nothing waiting, a record of another input that was on the broker by horizons[i] may
+    go past it (FINISHED: anything may; UNKNOWN: nothing may). watermark, max_future_ms: the partition's engine's, for
+    rule 5 (gift_time). The Pendings are not changed: take each run's records with Pending.take(run.hi), then plan
+    again (`runs` does): after a run of gifts beside another input's records, the watermark may have moved, so the
+    plan stops there."""
     pos = [p.start for p in pending]
     ends = [len(p.offsets) for p in pending]
     runs: list[Run] = []
-    waiting = [i for i in range(len(pending)) if pos[i] < ends[i]]
-    if len(waiting) == 1 and all(exhausted[i] for i in range(len(pending)) if i not in waiting):
-        return [Run(Input(waiting[0]), pos[waiting[0]], ends[waiting[0]])]  # one input alone: no time to compare
     bound = None if watermark is None or max_future_ms is None else watermark + max_future_ms
     while True:
-        if any(pos[i] == ends[i] and not exhausted[i] for i in range(len(pending))):
+        waiting = [i for i in range(len(pending)) if pos[i] < ends[i]]
+        if not waiting:
             return runs
-        heads = [(gift_time(pending[i].stamps[pos[i]], watermark, bound) if i == Input.GIFTS
-                  else pending[i].stamps[pos[i]], i) for i in range(len(pending)) if pos[i] < ends[i]]
-        if not heads:
+        # How far the inputs with nothing waiting let the others go.
+        horizon = min((horizons[i] for i in range(len(pending)) if pos[i] == ends[i]), default=FINISHED)
+        if len(waiting) == 1:  # one input alone: no time to compare, only the horizon of the others
+            first = waiting[0]
+            end = pending[first].arrived_by(horizon, ends[first])
+            if end > pos[first]:
+                runs.append(Run(Input(first), pos[first], end))
             return runs
-        heads.sort()  # by time, then by rank (the tie rule)
-        _, first = heads[0]
-        stamps, j, end = pending[first].stamps, pos[first], ends[first]
-        if len(heads) == 1:
-            runs.append(Run(Input(first), j, end))  # nothing else waits: the whole input goes
-            pos[first] = end
-            continue
+        heads = sorted((gift_time(pending[i].stamps[pos[i]], watermark, bound) if i == Input.GIFTS
+                        else pending[i].stamps[pos[i]], i) for i in waiting)  # by time, then rank (the tie rule)
+        (_, first), (limit, other) = heads[0], heads[1]
+        stamps, j = pending[first].stamps, pos[first]
+        end = pending[first].arrived_by(horizon, ends[first])
+        if end <= j:
+            return runs  # the head waits for an input that may still deliver a record before it
         # The head goes, then the records after it while they sort before the next input's head: before its time,
         # or at it when the tie rule ranks this input first. A gift past the bound ends a run of gifts: its time
         # is decided when it is the head, with the watermark the gifts before it leave.
-        limit, other = heads[1]
         j += 1
         while j < end and (stamps[j] < limit or (stamps[j] == limit and first < other)):
             if first == Input.GIFTS and bound is not None and stamps[j] > bound:
@@ -154,12 +188,12 @@ def gift_time(ts: int, watermark: int | None, bound: int | None) -> int:
     return ts if bound is None or ts <= bound else watermark
 
 
-def runs(pending: Sequence[Pending], exhausted: Callable[[], Sequence[bool]],
+def runs(pending: Sequence[Pending], horizons: Callable[[], Sequence[int]],
          watermark: Callable[[], int | None], max_future_ms: int) -> Iterator[Run]:
     """Every run the merge can decide, planned again after each plan's runs (take each before asking for the next):
-    exhausted() and watermark() are asked anew each time."""
+    horizons() and watermark() are asked anew each time."""
     while True:
-        planned = plan(pending, exhausted(), watermark(), max_future_ms)
+        planned = plan(pending, horizons(), watermark(), max_future_ms)
         if not planned:
             return
         yield from planned

@@ -1,5 +1,6 @@
-"""What the worker needs of aiokafka 0.14 beyond its public API: one correction (`install()`, idempotent)
-and one question to the group coordinator (`confirm_membership`). Both are tied to this aiokafka version.
+"""What the worker needs of aiokafka 0.14 beyond its public API: one correction and one note (`install()`,
+idempotent), and one question to the group coordinator (`confirm_membership`). All are tied to this aiokafka
+version.
 
 The correction.
 
@@ -10,14 +11,26 @@ so that reply reads as "nothing committed": `consumer.committed(tp)` returns Non
 position by auto_offset_reset (the log start). A worker that believes it then re-reads, and may re-commit,
 a partition from the start. With the fix the top-level error is raised exactly as the per-partition codes are,
 so aiokafka's own retry loops (fetch_committed_offsets, the position refresh) ask again.
+
+The note.
+
+A fetch response tells, per partition, the end a reader can reach (high watermark, last stable offset), and
+aiokafka keeps the last one. The merge of a partition's inputs (stream.engine.order) also needs to know how fresh
+that end is: every record appended before the fetch was *sent* is below it (the broker answers later, holding a
+fetch up to fetch_max_wait_ms), and every record below it was appended by the time the answer came. So
+`_proc_fetch_request` is wrapped to note, on each partition the response updated, that send time (wall-clock ms)
+as `TopicPartitionState.fetch_sent_ms`, and each new end with its receive time in `TopicPartitionState.ends_seen`
+(rising; clients.appended_by reads and prunes it).
 """
 
 from __future__ import annotations
 
 import collections
+import time
 
 import aiokafka
 from aiokafka import errors as Errors
+from aiokafka.consumer.fetcher import Fetcher
 from aiokafka.consumer.group_coordinator import GroupCoordinator
 from aiokafka.protocol.commit import OffsetFetchRequest
 from aiokafka.protocol.group import HeartbeatRequest
@@ -64,13 +77,45 @@ async def _do_fetch_commit_offsets(self: GroupCoordinator, partitions) -> dict[T
     return offsets
 
 
+_proc_fetch_request = Fetcher._proc_fetch_request
+
+
+async def _proc_fetch_request_noting_send_time(self: Fetcher, assignment, node_id, request) -> bool:
+    sent_ms = int(time.time() * 1000)  # just before aiokafka sends it: never later than the broker's answer
+    try:
+        return await _proc_fetch_request(self, assignment, node_id, request)
+    finally:
+        for topic, partitions in request.topics:
+            for partition, *_ in partitions:
+                state = assignment.state_value(TopicPartition(topic, partition))
+                # aiokafka stamps `timestamp` (ms, its receive time) on each partition the response updated; one
+                # stamped in the very ms of the send is left unnoted (it could be the previous response's): an
+                # older send time only makes the merge wait for the next fetch
+                if state is not None and state.timestamp is not None and state.timestamp > sent_ms:
+                    state.fetch_sent_ms = sent_ms
+                    _note_end(state)
+
+
+ENDS_SEEN = 4096  # ends kept per partition; dropping the oldest only makes clients.appended_by answer later
+
+
+def _note_end(state) -> None:
+    end = state.lso if state.lso is not None and state.lso >= 0 else state.highwater
+    seen = getattr(state, "ends_seen", None)
+    if seen is None:
+        seen = state.ends_seen = collections.deque(maxlen=ENDS_SEEN)
+    if end is not None and (not seen or end > seen[-1][0]):
+        seen.append((end, state.timestamp))
+
+
 def install() -> None:
-    """Patch aiokafka (once). Refuses another aiokafka version: the patched method is version-specific."""
+    """Patch aiokafka (once). Refuses another aiokafka version: the patched methods are version-specific."""
     if aiokafka.__version__ != SUPPORTED_AIOKAFKA:
         raise RuntimeError(f"stream.kafka.aiokafka_patches is written for aiokafka {SUPPORTED_AIOKAFKA}, found "
-                           f"{aiokafka.__version__}: check that the OffsetFetch top-level error is handled, then "
-                           "update the fix")
+                           f"{aiokafka.__version__}: check that the OffsetFetch top-level error is handled and that "
+                           "Fetcher._proc_fetch_request still stamps TopicPartitionState.timestamp, then update")
     GroupCoordinator._do_fetch_commit_offsets = _do_fetch_commit_offsets
+    Fetcher._proc_fetch_request = _proc_fetch_request_noting_send_time
 
 
 class NotAMember(Exception):

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
@@ -77,20 +77,45 @@ class KafkaClients:
         return AIOKafkaProducer(acks="all", enable_idempotence=True, **self._producer_options())
 
 
-def fetched_up_to(consumer: AIOKafkaConsumer, tp: Any) -> tuple[int | None, int | None]:
-    """(position, end) of an assigned partition: the next offset the consumer hands out and, as of its last fetch
-    response, the end a reader can reach (the last stable offset under read_committed, else the high watermark).
-    None for what is not known yet (no position, or no fetch answered since the partition was assigned)."""
+class FetchedUpTo(NamedTuple):
+    """Where an assigned partition stands (clients.fetched_up_to); None for what is not known yet."""
+
+    position: int | None  # the next offset the consumer hands out
+    end: int | None  # as of the last fetch response: the last stable offset under read_committed, else the HW
+    sent_ms: int | None  # when that fetch was sent (wall-clock ms): every record appended before is below `end`
+
+
+def fetched_up_to(consumer: AIOKafkaConsumer, tp: Any) -> FetchedUpTo:
+    """Where an assigned partition stands as of its last fetch (FetchedUpTo; aiokafka_patches notes the send
+    time)."""
     answer = getattr(consumer, "fetched_up_to", None)  # a test's fake consumer answers for itself
     if answer is not None:
         return answer(tp)
     subscription = consumer._subscription.subscription  # aiokafka 0.14 has no public synchronous getter
     state = subscription.assignment.state_value(tp) if subscription and subscription.assignment else None
     if state is None:
-        return None, None
+        return FetchedUpTo(None, None, None)
     position = state.position if state.has_valid_position else None
     end = state.lso if state.lso is not None and state.lso >= 0 else state.highwater
-    return position, end
+    return FetchedUpTo(position, end, getattr(state, "fetch_sent_ms", None))
+
+
+def appended_by(consumer: AIOKafkaConsumer, tp: Any, last_offset: int) -> int | None:
+    """A wall-clock ms by which the records of tp up to last_offset were on the broker: when the first fetch whose
+    end was past last_offset came back (aiokafka_patches notes the ends). None when not known (then: now). Records
+    read from a backlog get the time their backlog was first seen, not the time they are polled. Forgets the ends
+    at or below last_offset: ask in offset order."""
+    answer = getattr(consumer, "appended_by", None)  # a test's fake consumer answers for itself
+    if answer is not None:
+        return answer(tp, last_offset)
+    subscription = consumer._subscription.subscription
+    state = subscription.assignment.state_value(tp) if subscription and subscription.assignment else None
+    seen = getattr(state, "ends_seen", None)
+    if not seen:
+        return None
+    while seen and seen[0][0] <= last_offset:
+        seen.popleft()
+    return seen[0][1] if seen else None
 
 
 async def close_within(aw: Awaitable, what: str, partition: int | None = None,

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from stream.engine import model
 from stream.engine.native import make_engine
-from stream.engine.order import Input, Pending, feed, runs, valid_time
+from stream.engine.order import FINISHED, Input, Pending, feed, runs, valid_time
 from stream.engine.policy import Policy
 from stream.engine.protocol import Engine, Outputs
 from stream.kafka.routing import PartitionCache
@@ -147,7 +147,7 @@ def _replay_merged(session: Session, policy: Policy, partitions: int, batch_size
     route(Input.ACCOUNTS, [a.key for a in session.accounts], [a.value for a in session.accounts],
           [a.ts or 0 for a in session.accounts], [None] * len(session.accounts))
     out = Outputs()
-    everything = [True] * len(Input)
+    everything = [FINISHED] * len(Input)  # every input complete
     for p in range(partitions):
         e, queues = engines[p], pending[p]
         for run in runs(queues, lambda: everything, lambda e=e: e.watermark, policy.max_future_ms):

@@ -33,11 +33,18 @@ from aiokafka.structs import OffsetAndMetadata
 from stream.config import WorkerConfig
 from stream.engine import model
 from stream.engine.native import make_engine, resolve_kind
-from stream.engine.order import Input, Pending, feed, runs
+from stream.engine.order import FINISHED, UNKNOWN, Input, Pending, feed, runs
 from stream.engine.policy import Policy
 from stream.engine.protocol import Engine, Outputs
 from stream.kafka.aiokafka_patches import NotAMember
-from stream.kafka.clients import CLOSE_TIMEOUT_S, PRODUCER_BATCH_BYTES, KafkaClients, close_within, fetched_up_to
+from stream.kafka.clients import (
+    CLOSE_TIMEOUT_S,
+    PRODUCER_BATCH_BYTES,
+    KafkaClients,
+    appended_by,
+    close_within,
+    fetched_up_to,
+)
 from stream.kafka.columnar_fetch import columns_of
 from stream.kafka.routing import PartitionCache, partition_for
 from stream.runtime.restore import ChangelogReader
@@ -174,10 +181,8 @@ class PartitionTask:
             if assigned is None or topic in assigned}
         self.inputs = tuple(self.input_tps.values())
         self.kinds = {tp: kind for kind, tp in self.input_tps.items()}
-        # The merge (stream.engine.order): each input's records waiting for their turn, and since when an empty,
-        # caught-up input has held the others back (max_task_idle_ms).
+        # The merge (stream.engine.order): each input's records waiting for their turn.
         self.pending = [Pending(kind) for kind in Input]
-        self._idle_since: list[float | None] = [None for _ in Input]
         self._paused: set[TopicPartition] = set()
         self.capped = False  # the last batch stopped at batch_max_records with records of its turn still waiting
         self.state = TaskState.CREATED
@@ -373,7 +378,9 @@ class PartitionTask:
         """Polled records of one of the inputs: they wait for their turn in the merge."""
         kind = self.kinds[tp]
         offsets, values, stamps, keys = columns_of(msgs, with_keys=kind is Input.ACCOUNTS)
-        self.pending[kind].add(offsets, values, stamps, keys)
+        now_ms = int(time.time() * 1000)
+        seen_ms = appended_by(self.consumer, tp, offsets[-1]) if offsets else None
+        self.pending[kind].add(offsets, values, stamps, keys, arrived_ms=min(now_ms, seen_ms or now_ms))
 
     def has_pending(self) -> bool:
         return any(len(p) for p in self.pending)
@@ -381,14 +388,14 @@ class PartitionTask:
     def process(self, out: Outputs) -> tuple[dict[TopicPartition, int], list, int, list[int]]:
         """Run the engine over the records whose turn has come in the merged order of the inputs (stream.engine.order).
         Returns the positions after them, the changelog of what changed, the record count and the gifts' timestamps.
-        Records of an input wait while another input may still deliver an earlier one (see `_exhausted`)."""
+        Records of an input wait while another input may still deliver an earlier one (see `_horizon`)."""
         t = self.cfg.topics
         engine = self.engine
         positions: dict[TopicPartition, int] = {}
         count = 0
         stamps: list[int] = []
         topics = {Input.GIFTS: t.gifts, Input.PAYOUTS: t.payouts, Input.ACCOUNTS: t.accounts}
-        for run in runs(self.pending, lambda: [self._exhausted(kind) for kind in Input], lambda: engine.watermark,
+        for run in runs(self.pending, lambda: [self._horizon(kind) for kind in Input], lambda: engine.watermark,
                         self.policy.max_future_ms):
             self.clean = False  # until this batch commits
             queue = self.pending[run.input]
@@ -411,29 +418,21 @@ class PartitionTask:
             changelog = self.writer.drain(engine)
         return positions, changelog, count, stamps
 
-    def _exhausted(self, kind: Input) -> bool:
-        """True when no record of this input can come before the ones the others have waiting: it is not assigned
-        (its topic does not exist), or it is caught up (its position is at the end a read_committed reader can
-        reach, as of its last fetch) and has been for max_task_idle_ms. An input with records on the broker that
-        are not polled yet is never exhausted: the others wait for them (Kafka Streams' rule), so the order does
-        not depend on which fetch came back first."""
+    def _horizon(self, kind: Input) -> int:
+        """How far this input, while it has nothing waiting, lets the others go (stream.engine.order, rule 4): a
+        record of another input that was on the broker by this wall-clock ms may go past it. FINISHED when it is not
+        assigned (its topic does not exist); when it is caught up (its position at the end a read_committed reader
+        can reach) as of a fetch sent at S, S - max_task_idle_ms: every record appended to it before S is here, and
+        the producers append a record that belongs before another at most that long after it. UNKNOWN while it has
+        records on the broker not polled yet, or before its first fetch: the others wait for them (Kafka Streams'
+        rule), so the order depends neither on which fetch came back first nor on how far behind the worker is."""
         tp = self.input_tps.get(kind)
         if tp is None:
-            return True
-        if len(self.pending[kind]):
-            self._idle_since[kind] = None
-            return False
-        position, end = fetched_up_to(self.consumer, tp)
-        if position is None or end is None or position < end:
-            self._idle_since[kind] = None
-            return False
-        if self.cfg.max_task_idle_ms <= 0:
-            return True
-        now = time.monotonic()
-        since = self._idle_since[kind]
-        if since is None:
-            self._idle_since[kind] = since = now
-        return (now - since) * 1000 >= self.cfg.max_task_idle_ms
+            return FINISHED
+        position, end, sent_ms = fetched_up_to(self.consumer, tp)
+        if position is None or end is None or sent_ms is None or position < end:
+            return UNKNOWN
+        return sent_ms - self.cfg.max_task_idle_ms
 
     def _pause_full_inputs(self) -> None:
         """An input holding more than PENDING_PER_INPUT batches waiting for another is paused until it drains."""

@@ -188,10 +188,7 @@ class Worker:
                                               "exactly_once": cfg.exactly_once, "columnar_fetch": columnar})
             while not self._stopping.is_set():
                 self._start_due_restores()
-                # A task with a batch's worth still waiting its turn goes on at once; else wait for records.
-                backlog = any(task.capped for task in self.tasks.values())
-                data = await self._consumer.getmany(timeout_ms=0 if backlog else cfg.batch_max_ms,
-                                                    max_records=self._max_polled)
+                data = await self._consumer.getmany(timeout_ms=self._poll_timeout_ms(), max_records=self._max_polled)
                 self._last_poll = time.monotonic()
                 if data or any(task.has_pending() for task in self.tasks.values()):
                     async with self._lock:
@@ -207,6 +204,17 @@ class Worker:
                         await asyncio.sleep(rest)
         finally:
             await self._shutdown()
+
+    def _poll_timeout_ms(self) -> int:
+        """A task with a batch's worth still waiting its turn goes on at once; one whose records wait for a fresher
+        fetch of another input (stream.engine.order's horizon; fetches answer within fetch_max_wait_ms) looks
+        again that soon; else wait for records."""
+        tasks = self.tasks.values()
+        if any(task.capped for task in tasks):
+            return 0
+        if any(task.state is TaskState.RUNNING and task.has_pending() for task in tasks):
+            return min(self.cfg.batch_max_ms, self.cfg.fetch_max_wait_ms)
+        return self.cfg.batch_max_ms
 
     def _subscribe(self) -> None:
         t = self.cfg.topics

@@ -16,7 +16,7 @@ from aiokafka.record.default_records import DefaultRecordBatch
 
 from stream.config import WorkerConfig
 from stream.kafka.aiokafka_patches import NotAMember
-from stream.kafka.clients import KafkaClients
+from stream.kafka.clients import FetchedUpTo, KafkaClients
 
 
 @dataclass
@@ -268,9 +268,13 @@ class FakeGroupConsumer:
 
     highwater = last_stable_offset
 
-    def fetched_up_to(self, tp: TopicPartition) -> tuple[int | None, int | None]:
-        """stream.kafka.clients.fetched_up_to's answer: every log is always fetched to its end."""
-        return self.positions.get(tp, 0), self.last_stable_offset(tp)
+    def fetched_up_to(self, tp: TopicPartition) -> FetchedUpTo:
+        """stream.kafka.clients.fetched_up_to's answer: every log is fetched to its end, by a fetch sent now."""
+        return FetchedUpTo(self.positions.get(tp, 0), self.last_stable_offset(tp), int(time.time() * 1000))
+
+    def appended_by(self, tp: TopicPartition, last_offset: int) -> int | None:
+        """stream.kafka.clients.appended_by's answer: not known (the task takes the time it gets the records)."""
+        return None
 
     async def commit(self, offsets: dict) -> None:
         self.cluster.offsets.update({tp: om.offset for tp, om in offsets.items()})

@@ -487,7 +487,7 @@ def _worker(policy, cluster: _Cluster, partitions: int = 3) -> tuple[dict[int, l
     from aiokafka.structs import ConsumerRecord
 
     from stream.engine import model
-    from stream.engine.order import Input, Pending, feed, runs
+    from stream.engine.order import FINISHED, Input, Pending, feed, runs
     from stream.engine.reference import Outputs, PartitionEngine
     from stream.kafka.routing import PartitionCache
 
@@ -502,7 +502,7 @@ def _worker(policy, cluster: _Cluster, partitions: int = 3) -> tuple[dict[int, l
             queues[kind].add(list(range(len(log))), [v for _, v, _ in log], [ts for _, _, ts in log],
                              [k for k, _, _ in log])
         out = Outputs()
-        for run in runs(queues, lambda: [True] * len(Input), lambda e=engine: e.watermark, policy.max_future_ms):
+        for run in runs(queues, lambda: [FINISHED] * len(Input), lambda e=engine: e.watermark, policy.max_future_ms):
             feed(engine, run.input, queues[run.input].take(run.hi), out, names[run.input])
         records, _, _ = engine.take_changelog()
         notices[p] = [ConsumerRecord("payout-notices", p, i, 0, 0, None, model.encode(n), None, -1, -1, ())

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import random
 
-from stream.engine.order import Input, Pending, gift_time, plan, record_time, runs
+from stream.engine.order import FINISHED, UNKNOWN, Input, Pending, gift_time, plan, record_time, runs
 
 A, G, P = Input.ACCOUNTS, Input.GIFTS, Input.PAYOUTS
+F, U = FINISHED, UNKNOWN  # an input's horizon: complete, or may still deliver anything
 
 
 def value(kind: Input, ts: int) -> bytes:
@@ -22,10 +23,10 @@ def queues(**stamps: list[int]) -> list[Pending]:
     return qs
 
 
-def merged(qs: list[Pending], exhausted: list[bool] | None = None) -> list[tuple[Input, int]]:
+def merged(qs: list[Pending], horizons: list[int] | None = None) -> list[tuple[Input, int]]:
     """(input, offset) in the order the plan takes them."""
     order = []
-    for run in runs(qs, lambda: exhausted or [True] * 3, lambda: None, 3_600_000):
+    for run in runs(qs, lambda: horizons or [F] * 3, lambda: None, 3_600_000):
         order += [(run.input, o) for o in qs[run.input].take(run.hi)[0]]
     return order
 
@@ -43,17 +44,17 @@ def test_an_input_keeps_its_offset_order_whatever_its_timestamps():
 
 def test_the_merge_waits_for_an_input_that_may_still_deliver():
     qs = queues(gifts=[10, 20], payouts=[])
-    assert merged(qs, [True, True, False]) == []  # payouts not caught up: nothing can be decided
-    assert merged(qs, [True, True, True]) == [(G, 0), (G, 1)]
+    assert merged(qs, [F, F, U]) == []  # payouts not caught up: nothing can be decided
+    assert merged(qs, [F, F, F]) == [(G, 0), (G, 1)]
 
 
 def test_the_merge_stops_where_an_input_runs_dry():
     qs = queues(gifts=[10, 20, 30], payouts=[15])
-    # payouts is not exhausted: once its one record is taken, gifts after 15 must wait for its next one
-    assert merged(qs, [True, True, False]) == [(G, 0), (P, 0)]
+    # payouts may still deliver: once its one record is taken, gifts after 15 must wait for its next one
+    assert merged(qs, [F, F, U]) == [(G, 0), (P, 0)]
     assert len(qs[G]) == 2
     qs[P].add([1], [value(P, 25)], [0])
-    assert merged(qs, [True, True, True]) == [(G, 1), (P, 1), (G, 2)]
+    assert merged(qs, [F, F, F]) == [(G, 1), (P, 1), (G, 2)]
 
 
 def test_any_cut_of_the_inputs_into_polls_gives_the_same_order():
@@ -72,8 +73,8 @@ def test_any_cut_of_the_inputs_into_polls_gives_the_same_order():
             kind = Input[name.upper()]
             qs[kind].add(list(range(fed[name], fed[name] + len(ts))), [value(kind, t) for t in ts], [0] * len(ts))
             fed[name] += len(ts)
-            exhausted = [fed[k.name.lower()] == len(stamps[k.name.lower()]) for k in Input]
-            got += merged(qs, exhausted)
+            horizons = [F if fed[k.name.lower()] == len(stamps[k.name.lower()]) else U for k in Input]
+            got += merged(qs, horizons)
         assert got == want
 
 
@@ -88,7 +89,7 @@ def test_a_record_is_ordered_by_the_time_it_holds_a_tombstone_by_its_kafka_times
 def test_one_input_alone_is_taken_whole_without_reading_a_time():
     q = [Pending(kind) for kind in Input]
     q[G].add([0, 1], [b"x", b"y"], [0, 0])
-    assert plan(q, [True, True, False]) == [] and plan(q, [True, False, True])[0].hi == 2
+    assert plan(q, [F, F, U]) == [] and plan(q, [F, U, F])[0].hi == 2
     assert q[G].times == []  # never looked into
 
 
@@ -96,7 +97,7 @@ def test_a_gift_with_a_bad_time_counts_as_at_the_watermark_so_it_holds_nothing_b
     far = 10**12  # past watermark + max_future: the engine rejects it (ts_too_far_future)
     qs = queues(gifts=[far, 20, 30], payouts=[25])
     order = []
-    for run in runs(qs, lambda: [True] * 3, lambda: 10, 100):  # watermark 10, max_future 100
+    for run in runs(qs, lambda: [F] * 3, lambda: 10, 100):  # watermark 10, max_future 100
         order += [(run.input, o) for o in qs[run.input].take(run.hi)[0]]
     # at the watermark (10): the bad gift goes first and the gift at 20 is not overtaken by the payout at 25
     assert order == [(G, 0), (G, 1), (P, 0), (G, 2)]
@@ -107,7 +108,7 @@ def test_a_gift_past_the_bound_ends_a_run_and_is_decided_with_the_watermark_befo
     marks = [0]
     qs = queues(gifts=[50, 150, 160], payouts=[155])
     order = []
-    for run in runs(qs, lambda: [True] * 3, lambda: marks[0], 100):  # bound 100 at first
+    for run in runs(qs, lambda: [F] * 3, lambda: marks[0], 100):  # bound 100 at first
         for o, v in zip(*qs[run.input].take(run.hi)[:2], strict=True):
             order.append((run.input, o))
             if run.input is G:

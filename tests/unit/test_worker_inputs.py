@@ -4,12 +4,14 @@ the fake cluster (tests/support/fake_kafka.py); tests/integration/test_kafka_acc
 from __future__ import annotations
 
 import asyncio
+import time
 
 import orjson
 from aiokafka import TopicPartition
 
 from stream.engine import model
 from stream.engine.policy import load_policy
+from stream.kafka.clients import FetchedUpTo
 from stream.runtime.worker import Worker
 from tests.support.events import T0, gift, payout
 from tests.support.fake_kafka import FakeClients, FakeCluster
@@ -21,6 +23,10 @@ __all__ = ["cfg"]  # the fixture
 def dead_letters(cluster: FakeCluster, topic: str) -> list[model.DeadLetter]:
     return [model.decode_dead_letter(m.value) for (tp, log) in cluster.logs.items() if tp.topic == topic
             for m in log if not m.control]
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
 
 
 def committed(cluster: FakeCluster, topic: str, p: int) -> int | None:
@@ -77,7 +83,7 @@ async def test_records_wait_while_another_input_may_still_deliver_an_earlier_one
     def group_consumer(*args, **kwargs):
         consumer = make(*args, **kwargs)
         answer = consumer.fetched_up_to
-        consumer.fetched_up_to = lambda tp: (0, 1) if tp in lagging else answer(tp)
+        consumer.fetched_up_to = lambda tp: FetchedUpTo(0, 1, now_ms()) if tp in lagging else answer(tp)
         return consumer
 
     clients.group_consumer = group_consumer
@@ -89,3 +95,41 @@ async def test_records_wait_while_another_input_may_still_deliver_an_earlier_one
     lagging.clear()
     await run_until(worker, lambda: committed(cluster, t.gifts, 0) == 1)
     await stop(worker, run)
+
+
+async def test_an_input_caught_up_only_as_of_an_old_fetch_holds_the_others_back(cfg):
+    # Seen in load runs with payouts flowing while the worker was starved of CPU: the gifts' last fetch had come
+    # back caught up, the next one was slow to come back, and 100 ms later the merge took the gifts input for
+    # exhausted; the payout went before the gift that was already on the broker and was dead-lettered as
+    # "exceeds the balance". Caught up as of a fetch sent before the payout arrived says nothing about the gift.
+    cluster = FakeCluster(PARTITIONS)
+    cid = creators_of(0, 1)[0]
+    t = cfg.topics
+    cluster.append(t.payouts, 0, cid.encode(), payout("p1", cid, 2_500_000), timestamp=T0)
+    gifts = TopicPartition(t.gifts, 0)
+    stale = [now_ms() - 1_000]  # the gifts' last answered fetch: caught up (an empty log), sent a second ago
+    clients = FakeClients(cfg, cluster)
+    make = clients.group_consumer
+
+    def group_consumer(*args, **kwargs):
+        consumer = make(*args, **kwargs)
+        answer = consumer.fetched_up_to
+        consumer.fetched_up_to = lambda tp: (FetchedUpTo(0, 0, stale[0]) if tp == gifts and stale
+                                             else answer(tp))
+        return consumer
+
+    clients.group_consumer = group_consumer
+    worker = Worker(cfg, load_policy(), clients=clients)
+    run = asyncio.create_task(worker.run())
+    await run_until(worker, lambda: 0 in worker.tasks and worker.tasks[0].has_pending())
+    await asyncio.sleep(3 * cfg.max_task_idle_ms / 1000)  # well past max_task_idle_ms of the old fetch
+    assert committed(cluster, t.payouts, 0) in (None, 0)  # the payout waits for a fresher fetch of the gifts
+    # The fresher fetch: the gift that credits the money was on the broker, with the earlier time.
+    cluster.append(t.gifts, 0, cid.encode(), gift(event_id="e1", creator_id=cid, diamond_count=2_500), timestamp=T0)
+    stale.clear()
+    await run_until(worker, lambda: committed(cluster, t.payouts, 0) == 1 and committed(cluster, t.gifts, 0) == 1)
+    creator = worker.tasks[0].engine.creator(cid)
+    await stop(worker, run)
+    assert dead_letters(cluster, t.dlq) == []
+    assert (creator.balance, creator.paid_out) == (0, 2_500_000)
+
