@@ -408,7 +408,9 @@ class PartitionTask:
                 stamps += records[2]
             if count >= self.cfg.batch_max_records:
                 break  # the rest next time (`capped`: the worker polls again at once)
-        self.capped = count >= self.cfg.batch_max_records
+        # (a batch that took exactly the last record waiting is not capped: nothing would be left to go on with,
+        # and the worker would poll without ever waiting, starving the heartbeat)
+        self.capped = count >= self.cfg.batch_max_records and self.has_pending()
         self._pause_full_inputs()
         if not count:
             return positions, [], 0, stamps

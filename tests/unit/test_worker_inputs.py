@@ -4,6 +4,7 @@ the fake cluster (tests/support/fake_kafka.py); tests/integration/test_kafka_acc
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 
 import orjson
@@ -133,3 +134,20 @@ async def test_an_input_caught_up_only_as_of_an_old_fetch_holds_the_others_back(
     assert dead_letters(cluster, t.dlq) == []
     assert (creator.balance, creator.paid_out) == (0, 2_500_000)
 
+
+async def test_a_batch_that_takes_the_last_record_waiting_leaves_the_worker_waiting_for_records(cfg):
+    # Seen on the broker (test_a_woken_zombie...): a batch of exactly batch_max_records took every record waiting,
+    # the task stayed `capped`, and the worker polled with timeout 0 without ever waiting: the event loop never
+    # read a fetch response or sent a heartbeat, and the group expelled the worker 6 s later.
+    cfg = dataclasses.replace(cfg, batch_max_records=2)
+    cluster = FakeCluster(PARTITIONS)
+    cid = creators_of(0, 1)[0]
+    t = cfg.topics
+    for i in range(2):
+        cluster.append(t.gifts, 0, cid.encode(), gift(event_id=f"e{i}", creator_id=cid, diamond_count=1),
+                       timestamp=T0)
+    worker, _, run = await start(cfg, cluster)
+    await run_until(worker, lambda: committed(cluster, t.gifts, 0) == 2)
+    capped, polls = worker.tasks[0].capped, worker._poll_timeout_ms()
+    await stop(worker, run)
+    assert not capped and polls == cfg.batch_max_ms
