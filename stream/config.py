@@ -95,10 +95,11 @@ SETTING_HELP = {
     "max_task_idle_ms": "the inputs of a partition (gifts, payouts, creator-accounts) are merged by the time each "
                         "record holds (stream/engine/order.py); an input with records on the broker not yet "
                         "fetched always holds the others back, and one that is caught up lets a record of another "
-                        "input go once it was caught up as of a fetch sent this long, in ms, after that record was "
-                        "on the broker: the slack for producers that append a record that belongs before another "
-                        "a little after it (and for their clocks). While another input is empty, every record "
-                        "waits about this long; 0 = go on as soon as a fetch sent after the record says caught up",
+                        "input go once it was caught up as of a fetch sent this long, in ms, after the fetch that "
+                        "brought that record: the slack for producers that append a record that belongs before "
+                        "another a little after it. While another input is empty, every record waits about this "
+                        "long; 0 = as soon as the same fetch or a later one says caught up (Kafka Streams' "
+                        "max.task.idle.ms = 0; exact when producers append in order)",
     "exactly_once": "true: transactions + read_committed; false: at-least-once (comparison only)",
     "http_port": "port for /metrics /healthz /readyz /creators/<id>; 0 = no HTTP",
     "security_protocol": "PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL",

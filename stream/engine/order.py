@@ -16,16 +16,20 @@ Because the order depends only on the records (their times and offsets) and on t
 made, a live run, a restart, a rebuild by a new group and an offline replay process the same sequence, and so make
 the same bytes, as long as the merge never decides without a record that belongs before the one it takes.
 
-Live, that is the horizon's job. Each record waiting carries a wall-clock time by which it was on the broker
-(`Pending.add`'s arrived_ms: when the first fetch that saw it came back). An input with nothing waiting has a
-horizon: it was caught up (position at the end a read_committed reader can reach) as of a fetch sent at S, so every
-record appended to it before S is already here, and its horizon is S - max_task_idle_ms: a record of another input
-that was on the broker by then may go past it. The
-promise rests on one assumption about the producers, the worker's max_task_idle_ms: a record that belongs before a
-record of another input is appended no later than that long after it. Nothing about lag, pauses or which fetch came
-back first enters the order: a worker that is behind, starved of CPU or just restarted waits for fresher fetches,
-not for a timer. A record appended later than the slack (a payout produced an hour after its time) is merged where
-it is found, live, and by its time offline: the one way the two can differ.
+Live, that is the horizon's job. Fetches are named by the wall-clock time they were sent. Each record waiting
+carries the first fetch that reported it on the broker (`Pending.add`'s arrived_ms). An input with nothing waiting
+has a horizon: the last fetch as of which it was caught up (position at the end a read_committed reader can reach),
+minus max_task_idle_ms. A record may go past that input when its fetch is not later than the horizon: a broker
+answers one fetch after another, so the same or a later fetch saw the waiting input's log at least as late as the
+record's, and nothing that was on the broker before the record is missing. That is Kafka Streams' rule
+(max.task.idle.ms = 0: wait for what the brokers already have, not for what producers may still send), and it
+holds whatever the worker's lag, pauses or CPU. max_task_idle_ms adds slack for producers that append a record
+belonging before another a little after it (default 100 ms: a load run's harness starved of CPU appends the topics
+of one moment tens of ms apart), and for inputs led by other brokers than the gifts' (their fetches are answered
+apart, up to fetch_max_wait_ms); every record then waits that long while another input is empty. A worker that is
+behind, starved of CPU or just restarted waits for fresher fetches, not for a timer. A record appended later than
+the slack (a payout produced an hour after its time) is merged where it is found, live, and by its time offline:
+the one way the two can differ.
 
 A record's timestamp is taken from the record itself, as a Kafka Streams TimestampExtractor would (`record_time`):
 a gift's and a payout's `ts`, an account's `updated_ts`. So the order does not depend on how a producer stamped

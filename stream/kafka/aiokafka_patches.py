@@ -15,12 +15,11 @@ so aiokafka's own retry loops (fetch_committed_offsets, the position refresh) as
 The note.
 
 A fetch response tells, per partition, the end a reader can reach (high watermark, last stable offset), and
-aiokafka keeps the last one. The merge of a partition's inputs (stream.engine.order) also needs to know how fresh
-that end is: every record appended before the fetch was *sent* is below it (the broker answers later, holding a
-fetch up to fetch_max_wait_ms), and every record below it was appended by the time the answer came. So
-`_proc_fetch_request` is wrapped to note, on each partition the response updated, that send time (wall-clock ms)
-as `TopicPartitionState.fetch_sent_ms`, and each new end with its receive time in `TopicPartitionState.ends_seen`
-(rising; clients.appended_by reads and prunes it).
+aiokafka keeps the last one. The merge of a partition's inputs (stream.engine.order) also needs to know which
+fetch that end came from: it names fetches by the time they were sent. So `_proc_fetch_request` is wrapped to note,
+on each partition the response updated, that send time (wall-clock ms) as `TopicPartitionState.fetch_sent_ms`, and
+each new end with the send time of the fetch that first reported it in `TopicPartitionState.ends_seen` (rising;
+clients.first_fetch_sent reads and prunes it).
 """
 
 from __future__ import annotations
@@ -93,19 +92,19 @@ async def _proc_fetch_request_noting_send_time(self: Fetcher, assignment, node_i
                 # older send time only makes the merge wait for the next fetch
                 if state is not None and state.timestamp is not None and state.timestamp > sent_ms:
                     state.fetch_sent_ms = sent_ms
-                    _note_end(state)
+                    _note_end(state, sent_ms)
 
 
 ENDS_SEEN = 4096  # ends kept per partition; dropping the oldest only makes clients.appended_by answer later
 
 
-def _note_end(state) -> None:
+def _note_end(state, sent_ms: int) -> None:
     end = state.lso if state.lso is not None and state.lso >= 0 else state.highwater
     seen = getattr(state, "ends_seen", None)
     if seen is None:
         seen = state.ends_seen = collections.deque(maxlen=ENDS_SEEN)
     if end is not None and (not seen or end > seen[-1][0]):
-        seen.append((end, state.timestamp))
+        seen.append((end, sent_ms))
 
 
 def install() -> None:

@@ -82,7 +82,7 @@ class FetchedUpTo(NamedTuple):
 
     position: int | None  # the next offset the consumer hands out
     end: int | None  # as of the last fetch response: the last stable offset under read_committed, else the HW
-    sent_ms: int | None  # when that fetch was sent (wall-clock ms): every record appended before is below `end`
+    sent_ms: int | None  # when that fetch was sent (wall-clock ms)
 
 
 def fetched_up_to(consumer: AIOKafkaConsumer, tp: Any) -> FetchedUpTo:
@@ -100,12 +100,12 @@ def fetched_up_to(consumer: AIOKafkaConsumer, tp: Any) -> FetchedUpTo:
     return FetchedUpTo(position, end, getattr(state, "fetch_sent_ms", None))
 
 
-def appended_by(consumer: AIOKafkaConsumer, tp: Any, last_offset: int) -> int | None:
-    """A wall-clock ms by which the records of tp up to last_offset were on the broker: when the first fetch whose
-    end was past last_offset came back (aiokafka_patches notes the ends). None when not known (then: now). Records
-    read from a backlog get the time their backlog was first seen, not the time they are polled. Forgets the ends
-    at or below last_offset: ask in offset order."""
-    answer = getattr(consumer, "appended_by", None)  # a test's fake consumer answers for itself
+def first_fetch_sent(consumer: AIOKafkaConsumer, tp: Any, last_offset: int) -> int | None:
+    """When the first fetch that reported an end past last_offset of tp was sent (wall-clock ms; aiokafka_patches
+    notes the ends): the records up to there were on the broker by the time that fetch was answered. None when not
+    known. Records read from a backlog get the fetch that first saw their backlog, not the one they came with.
+    Forgets the ends at or below last_offset: ask in offset order."""
+    answer = getattr(consumer, "first_fetch_sent", None)  # a test's fake consumer answers for itself
     if answer is not None:
         return answer(tp, last_offset)
     subscription = consumer._subscription.subscription

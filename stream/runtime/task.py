@@ -41,9 +41,9 @@ from stream.kafka.clients import (
     CLOSE_TIMEOUT_S,
     PRODUCER_BATCH_BYTES,
     KafkaClients,
-    appended_by,
     close_within,
     fetched_up_to,
+    first_fetch_sent,
 )
 from stream.kafka.columnar_fetch import columns_of
 from stream.kafka.routing import PartitionCache, partition_for
@@ -378,9 +378,9 @@ class PartitionTask:
         """Polled records of one of the inputs: they wait for their turn in the merge."""
         kind = self.kinds[tp]
         offsets, values, stamps, keys = columns_of(msgs, with_keys=kind is Input.ACCOUNTS)
-        now_ms = int(time.time() * 1000)
-        seen_ms = appended_by(self.consumer, tp, offsets[-1]) if offsets else None
-        self.pending[kind].add(offsets, values, stamps, keys, arrived_ms=min(now_ms, seen_ms or now_ms))
+        now_ms = int(time.time() * 1000)  # later than any fetch that brought them: the safe side when not known
+        sent_ms = first_fetch_sent(self.consumer, tp, offsets[-1]) if offsets else None
+        self.pending[kind].add(offsets, values, stamps, keys, arrived_ms=min(now_ms, sent_ms or now_ms))
 
     def has_pending(self) -> bool:
         return any(len(p) for p in self.pending)
@@ -422,12 +422,11 @@ class PartitionTask:
 
     def _horizon(self, kind: Input) -> int:
         """How far this input, while it has nothing waiting, lets the others go (stream.engine.order, rule 4): a
-        record of another input that was on the broker by this wall-clock ms may go past it. FINISHED when it is not
-        assigned (its topic does not exist); when it is caught up (its position at the end a read_committed reader
-        can reach) as of a fetch sent at S, S - max_task_idle_ms: every record appended to it before S is here, and
-        the producers append a record that belongs before another at most that long after it. UNKNOWN while it has
-        records on the broker not polled yet, or before its first fetch: the others wait for them (Kafka Streams'
-        rule), so the order depends neither on which fetch came back first nor on how far behind the worker is."""
+        record of another input first reported by a fetch sent by this wall-clock ms may go past it. FINISHED when
+        it is not assigned (its topic does not exist); S - max_task_idle_ms when it is caught up (its position at
+        the end a read_committed reader can reach) as of a fetch sent at S. UNKNOWN while it has records on the
+        broker not polled yet, or before its first fetch: the others wait for them (Kafka Streams' rule), so the
+        order depends neither on which fetch came back first nor on how far behind the worker is."""
         tp = self.input_tps.get(kind)
         if tp is None:
             return FINISHED

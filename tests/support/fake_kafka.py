@@ -272,8 +272,8 @@ class FakeGroupConsumer:
         """stream.kafka.clients.fetched_up_to's answer: every log is fetched to its end, by a fetch sent now."""
         return FetchedUpTo(self.positions.get(tp, 0), self.last_stable_offset(tp), int(time.time() * 1000))
 
-    def appended_by(self, tp: TopicPartition, last_offset: int) -> int | None:
-        """stream.kafka.clients.appended_by's answer: not known (the task takes the time it gets the records)."""
+    def first_fetch_sent(self, tp: TopicPartition, last_offset: int) -> int | None:
+        """stream.kafka.clients.first_fetch_sent's answer: not known (the task takes the time it gets the records)."""
         return None
 
     async def commit(self, offsets: dict) -> None:
