@@ -369,6 +369,18 @@ impl Core {
             .map(|c| (creator_tuple(c), c.panes.iter().map(|(p, t)| (*p, t.milli, t.credits)).collect()))
     }
 
+    /// What the state needs the policy to price (stream.engine.protocol.PricedIn): the regions of the open streaks,
+    /// and the (region, payout method) of every account that is not closed, each once, sorted.
+    fn priced_in(&self) -> (Vec<String>, Vec<(String, String)>) {
+        let st = &self.engine.state;
+        let regions: std::collections::BTreeSet<String> =
+            st.streaks.values().filter(|s| s.open).map(|s| s.region.to_string()).collect();
+        let methods: std::collections::BTreeSet<(String, String)> = st.accounts.values()
+            .filter(|a| a.status != engine::CLOSED)
+            .map(|a| (a.region.to_string(), a.payout_method.clone())).collect();
+        (regions.into_iter().collect(), methods.into_iter().collect())
+    }
+
     /// (creators, streaks, dedupe ids, pane tallies, open streaks, summed balance, accounts) held now.
     fn sizes(&self) -> (usize, usize, usize, usize, usize, i128, usize) {
         let st = &self.engine.state;

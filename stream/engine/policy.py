@@ -22,7 +22,10 @@ from dataclasses import dataclass
 from fractions import Fraction
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from stream.engine.protocol import PricedIn
 
 MILLI = 1000  # milli-diamonds per diamond
 MICRO_USD_PER_CENT = 10_000
@@ -122,6 +125,20 @@ class Policy:
         if not self.statuses.get(status, False) or (age is not None and age < rp.min_age):
             return None
         return rp.threshold_milli(status)
+
+    def cannot_price(self, priced: PricedIn) -> list[str]:
+        """What of a partition's state (kept from an older policy) this policy cannot price, in words; empty when
+        it can. An open streak credits its coins at its region's rate when it closes, and an account's notice
+        charges its method's fee in its region: without them the engine cannot go on (a region of accounts alone
+        is fine: their gifts are dead-lettered `account_region` until a newer account record)."""
+        problems = [f"open streaks priced in region {r!r}, which policy {self.version} does not have"
+                    for r in sorted(priced.streak_regions - self.regions.keys())]
+        for region, method in sorted(priced.account_methods):
+            rp = self.regions.get(region)
+            if rp is not None and method not in rp.fees:
+                problems.append(f"accounts in {region} paid by {method!r}, which policy {self.version} does not "
+                                f"offer there")
+        return problems
 
     @property
     def pane_ms(self) -> int:

@@ -47,6 +47,16 @@ class StateSizes:
     accounts: int = 0  # account records held
 
 
+@dataclass(frozen=True)
+class PricedIn:
+    """What a partition's state needs its policy to price (Policy.cannot_price): the regions its open streaks were
+    priced in (their coins are credited at that region's rate when they close), and the (region, payout method)
+    of each account that is not closed (its notices charge that method's fee in that region)."""
+
+    streak_regions: frozenset[str]
+    account_methods: frozenset[tuple[str, str]]
+
+
 @dataclass
 class Changes:
     """What changed since the last changelog drain, as values (the reference engine's take_changes;
@@ -180,4 +190,8 @@ class Engine(Protocol):
 
     def sizes(self) -> StateSizes:
         """How much state the engine holds."""
+        ...
+
+    def priced_in(self) -> PricedIn:
+        """What its state needs the policy to price (checked after a restore: state kept from an older policy)."""
         ...

@@ -40,7 +40,7 @@ from stream.engine.model import (
     WindowTotal,
 )
 from stream.engine.policy import CLOSED, Policy, bps_of
-from stream.engine.protocol import Changelog, Changes, ChunkStarts, Outputs, StateSizes
+from stream.engine.protocol import Changelog, Changes, ChunkStarts, Outputs, PricedIn, StateSizes
 from stream.state.changelog import RecordsRestore, encode_changes, record_batches, state_body
 from stream.state.changelog_schema import STREAK_KEY_SEP
 from stream.state.tables import RETENTION_BUCKET_MS, Account, CreatorState, PartitionState, Streak, creator_fields
@@ -787,6 +787,12 @@ class PartitionEngine(EngineEdges):
 
     def creator(self, creator_id: str) -> CreatorState | None:
         return self.state.creators.get(creator_id)
+
+    def priced_in(self) -> PricedIn:
+        st = self.state
+        return PricedIn(frozenset(s.region for s in st.streaks.values() if s.open),
+                        frozenset((a.region, a.payout_method) for a in st.accounts.values()
+                                  if a.account_status != CLOSED))
 
     def sizes(self) -> StateSizes:
         st = self.state

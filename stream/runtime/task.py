@@ -93,6 +93,11 @@ def outcome_of(error: BaseException) -> TaskCorrupted | TaskMigrated:
     return TaskCorrupted(f"{type(error).__name__}: {error}")
 
 
+class PolicyRefusesState(Exception):
+    """The restored state needs what the policy does not have (Policy.cannot_price): an operator's mistake; the
+    task retries with backoff and reports it (/readyz), and a worker restarted with a fixed policy goes on."""
+
+
 class MissingTopics(Exception):
     """Topics the worker writes to do not exist (it never creates them: `giftstream topics create` does)."""
 
@@ -233,6 +238,9 @@ class PartitionTask:
                 await asyncio.wait_for(self.producer.start(), STEP_TIMEOUT_S)
             await asyncio.wait_for(self.outputs.learn(self.producer), STEP_TIMEOUT_S)
             self.engine, self.writer = await self._restore_state()
+            refused = self.policy.cannot_price(self.engine.priced_in())
+            if refused:  # the engine would stop at the first such streak or notice: refuse before any batch
+                raise PolicyRefusesState("the state cannot be priced: " + "; ".join(refused))
             positions = await asyncio.wait_for(self._committed_positions(), STEP_TIMEOUT_S)
             if self.cfg.exactly_once:
                 await asyncio.wait_for(self._first_transaction(positions), STEP_TIMEOUT_S)

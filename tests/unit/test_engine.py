@@ -605,3 +605,28 @@ def test_an_engine_dropped_is_freed(policy, both_engines):
     del engine
     gc.collect()
     assert gone() is None
+
+
+def test_the_state_names_what_a_policy_must_price_and_a_policy_without_it_says_so(policy):
+    # Seen: a worker restarted with a policy that dropped a region of an open streak, or a payout method an
+    # account uses, restored and then stopped at that streak's close or that account's notice (KeyError).
+    eng = make_engine(policy)
+    out = Outputs()
+    accounts(eng, out, acct(creator_id="c1", region="DE", payout_method="bank"),
+             acct(creator_id="c2", region="TR", payout_method="paypal"), tomb("c2", T0 + 1))
+    eng.process([gift(creator_id="c3", region="TR", gift_type=1, repeat_count=2, group_id="g1")], [0], out)
+    priced = eng.priced_in()
+    assert priced.streak_regions == {"TR"}  # the open streak; c2's closed account is not priced
+    assert priced.account_methods == {("DE", "bank")}
+    assert policy.cannot_price(priced) == []
+    data = tomllib.loads(resources.files("stream.data").joinpath("policy.default.toml").read_text())
+    del data["regions"]["TR"]
+    bank = data["defaults"]["fees"].pop("bank")  # offered in the regions whose usual method it is, but not in DE
+    for name, region in data["regions"].items():
+        if region.get("payout_method") == "bank" and name != "DE":
+            region.setdefault("fees", {})["bank"] = bank
+    data["regions"]["DE"]["payout_method"] = "paypal"
+    narrower = parse_policy({**data, "policy_version": "narrow"})
+    assert narrower.cannot_price(priced) == [
+        "open streaks priced in region 'TR', which policy narrow does not have",
+        "accounts in DE paid by 'bank', which policy narrow does not offer there"]

@@ -6,12 +6,14 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
+import tomllib
+from importlib import resources
 
 import orjson
 from aiokafka import TopicPartition
 
 from stream.engine import model
-from stream.engine.policy import load_policy
+from stream.engine.policy import load_policy, parse_policy
 from stream.kafka.clients import FetchedUpTo
 from stream.runtime.worker import Worker
 from tests.support.events import T0, gift, payout
@@ -151,3 +153,34 @@ async def test_a_batch_that_takes_the_last_record_waiting_leaves_the_worker_wait
     capped, polls = worker.tasks[0].capped, worker._poll_timeout_ms()
     await stop(worker, run)
     assert not capped and polls == cfg.batch_max_ms
+
+
+def policy_without_tr():
+    data = tomllib.loads(resources.files("stream.data").joinpath("policy.default.toml").read_text())
+    del data["regions"]["TR"]
+    return parse_policy({**data, "policy_version": "without-tr"})
+
+
+async def test_a_policy_that_cannot_price_the_restored_state_is_refused_before_any_batch(cfg):
+    # Seen: a worker restarted with a policy that dropped TR restored a partition holding an open TR streak, went
+    # on, and died at the streak's timeout (the engine raised "a streak's region is in the policy").
+    cluster = FakeCluster(PARTITIONS)
+    cid, other = creators_of(0, 2)
+    t = cfg.topics
+    cluster.append(t.gifts, 0, cid.encode(), gift(event_id="e1", creator_id=cid, region="TR", gift_type=1,
+                                                  repeat_count=3, group_id="g1"), timestamp=T0)
+    worker, _, run = await start(cfg, cluster)
+    await run_until(worker, lambda: committed(cluster, t.gifts, 0) == 1)
+    await stop(worker, run)
+    # A gift an hour later would time the streak out.
+    cluster.append(t.gifts, 0, other.encode(), gift(event_id="e2", creator_id=other, ts=T0 + 3_600_000),
+                   timestamp=T0 + 3_600_000)
+    worker = Worker(cfg, policy_without_tr(), clients=FakeClients(cfg, cluster))
+    run = asyncio.create_task(worker.run())
+    await run_until(worker, lambda: run.done() or (0 in worker.tasks and worker.tasks[0].progress.last_error))
+    assert not run.done()  # the worker goes on (live), the partition waits for a policy that can price it
+    error, health = worker.tasks[0].progress.last_error, worker.health()
+    await stop(worker, run)
+    assert "open streaks priced in region 'TR', which policy without-tr does not have" in error
+    assert any("partition 0" in r and "cannot be priced" in r for r in health.reasons)  # /readyz says why
+    assert committed(cluster, t.gifts, 0) == 1  # nothing processed under that policy
