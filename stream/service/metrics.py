@@ -107,7 +107,7 @@ class Metrics:
         lags = {}
         for tp in tps:
             end = consumer.last_stable_offset(tp)
-            if end is None:
+            if end is None or end < 0:  # -1 under read_uncommitted (at-least-once): the high watermark is the end
                 end = consumer.highwater(tp)
             if end is not None:
                 lags[tp] = lag = max(0, end - await consumer.position(tp))

@@ -6,6 +6,7 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 import pytest
+from aiokafka import TopicPartition
 
 from stream.engine.reference import StateSizes
 from stream.service import metrics as metrics_module
@@ -53,3 +54,26 @@ def test_state_size_every_limits_how_often_the_engines_are_asked(monkeypatch: py
     assert engine.calls == 2 and gauge(m, "giftstream_state_creators") == 11
     m.set_state_size({}, every=0.0)  # without `every` (restore, release): always
     assert gauge(m, "giftstream_state_creators") == 0
+
+
+class Positions:
+    """A consumer's answers for observe_lag: read_uncommitted's last stable offset is always -1."""
+
+    def __init__(self, lso: int | None, highwater: int, position: int) -> None:
+        self.lso, self.hw, self.pos = lso, highwater, position
+
+    def last_stable_offset(self, tp) -> int | None:
+        return self.lso
+
+    def highwater(self, tp) -> int:
+        return self.hw
+
+    async def position(self, tp) -> int:
+        return self.pos
+
+
+async def test_lag_under_read_uncommitted_is_measured_from_the_high_watermark() -> None:
+    # Seen: an at-least-once worker reported lag 0 (max(0, -1 - position)) however far behind it was.
+    tp = TopicPartition("gifts", 0)
+    assert await Metrics().observe_lag(Positions(-1, 10, 4), [tp]) == {tp: 6}
+    assert await Metrics().observe_lag(Positions(8, 10, 4), [tp]) == {tp: 4}  # read_committed: the LSO
