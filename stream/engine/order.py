@@ -75,7 +75,8 @@ class Pending:
     kafka_ts: list[int] = field(default_factory=list)
     keys: list[bytes | None] = field(default_factory=list)  # kept for the accounts (a tombstone has only its key)
     times: list[int] = field(default_factory=list)  # the merge's timestamps of the first len(times) records
-    # By when the records were on the broker, per add: (index after its last record, wall-clock ms), rising.
+    # The fetch that first reported the records, per add: (index after its last record, its send time in
+    # wall-clock ms), rising.
     arrivals: list[tuple[int, int]] = field(default_factory=list)
     start: int = 0  # index of the next record to process
 
@@ -85,7 +86,8 @@ class Pending:
     def add(self, offsets: list[int], values: list[bytes | None], kafka_ts: list[int],
             keys: list[bytes | None] | None = None, times: list[int] | None = None, arrived_ms: int = 0) -> None:
         """times: the records' merge times when the caller read them already (they must be record_time's).
-        arrived_ms: a wall-clock ms by which they were on the broker (0 offline, where every input is complete)."""
+        arrived_ms: the send time (wall-clock ms) of the fetch that first reported them (0 offline, where every
+        input is complete)."""
         if times is not None and len(self.times) == len(self.offsets):
             self.times += times
         self.offsets += offsets
@@ -97,8 +99,8 @@ class Pending:
         self.arrivals.append((len(self.offsets), arrived_ms))
 
     def arrived_by(self, horizon: int, hi: int) -> int:
-        """The end of the records before index `hi` that were on the broker by `horizon` (arrivals rise, so they
-        are the first ones); at or below `start` when none were."""
+        """The end of the records before index `hi` first reported by a fetch sent by `horizon` (arrivals rise,
+        so they are the first ones); at or below `start` when none were."""
         first = 0
         for end, arrived in self.arrivals:
             if arrived > horizon:
@@ -143,11 +145,11 @@ class Run:
 def plan(pending: Sequence[Pending], horizons: Sequence[int], watermark: int | None = None,
          max_future_ms: int | None = None) -> list[Run]:
     """The runs the merge can decide now, in order (the module docstring's rules). pending[i] and horizons[i] are
-    Input i's: while it has nothing waiting, a record of another input that was on the broker by horizons[i] may
-    go past it (FINISHED: anything may; UNKNOWN: nothing may). watermark, max_future_ms: the partition's engine's, for
-    rule 5 (gift_time). The Pendings are not changed: take each run's records with Pending.take(run.hi), then plan
-    again (`runs` does): after a run of gifts beside another input's records, the watermark may have moved, so the
-    plan stops there."""
+    Input i's: while it has nothing waiting, a record of another input first reported by a fetch sent by
+    horizons[i] may go past it (FINISHED: anything may; UNKNOWN: nothing may). watermark, max_future_ms: the
+    partition's engine's, for rule 5 (gift_time). The Pendings are not changed: take each run's records with
+    Pending.take(run.hi), then plan again (`runs` does): after a run of gifts beside another input's records, the
+    watermark may have moved, so the plan stops there."""
     pos = [p.start for p in pending]
     ends = [len(p.offsets) for p in pending]
     runs: list[Run] = []
