@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import random
 
-from stream.engine.order import FINISHED, UNKNOWN, Input, Pending, gift_time, plan, record_time, runs
+from stream.engine.order import FINISHED, UNKNOWN, Input, Pending, Run, gift_time, plan, record_time, runs
 
 A, G, P = Input.ACCOUNTS, Input.GIFTS, Input.PAYOUTS
 F, U = FINISHED, UNKNOWN  # an input's horizon: complete, or may still deliver anything
@@ -115,3 +115,21 @@ def test_a_gift_past_the_bound_ends_a_run_and_is_decided_with_the_watermark_befo
                 marks[0] = max(marks[0], record_time(G, v))  # the engine's watermark after the gift
     # 150 is past the first bound (100) but not past the one the gift at 50 leaves (150): it keeps its time
     assert order == [(G, 0), (G, 1), (P, 0), (G, 2)]
+
+
+def test_a_record_passes_an_empty_input_once_that_input_was_caught_up_as_of_the_fetch_that_brought_it():
+    q = [Pending(kind) for kind in Input]
+    q[G].add([0, 1], [value(G, 10), value(G, 20)], [0, 0], arrived_ms=1_000)  # first reported by a fetch sent at 1000
+    q[G].add([2], [value(G, 30)], [0], arrived_ms=1_050)
+    # payouts caught up as of a fetch sent before 1000: nothing may pass it yet; as of 1000: the first two
+    assert plan(q, [F, F, 999]) == []
+    assert plan(q, [F, F, 1_000]) == [Run(G, 0, 2)]
+    assert plan(q, [F, F, 1_050])[0].hi == 3
+    # beside another input's records, the horizon of the empty one still bounds the run
+    q[A].add([0], [value(A, 25)], [0], arrived_ms=900)
+    assert plan(q, [F, F, 1_000]) == [Run(G, 0, 2)]
+    q[G].take(2)
+    assert plan(q, [F, F, 1_000]) == [Run(A, 0, 1)]  # the account at 25, before the gift at 30
+    q[A].take(1)
+    assert plan(q, [F, F, 1_000]) == [] and plan(q, [1_000, F, 1_050]) == [] \
+        and plan(q, [1_050, F, 1_050]) == [Run(G, 2, 3)]  # every empty input must be caught up as of 1050
