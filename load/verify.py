@@ -87,9 +87,10 @@ async def verify(cfg: WorkerConfig, policy: Policy) -> dict[str, Any]:
     dup = len(ids) - len(set(ids))
     same = sorted(live_notices) == sorted(want_notices)
     by_account = sum(n.trigger == "account" for n in decoded)
+    apart = "" if same else _notices_apart(live_notices, want_notices)
     checks.append(Check("notices equal the offline replay's (byte for byte)", same,
                         f"{len(live_notices):,} live ({by_account:,} sent by an account update), "
-                        f"{len(want_notices):,} offline"))
+                        f"{len(want_notices):,} offline{apart}"))
     checks.append(Check("no duplicate notice (unique notice ids)", dup == 0,
                         f"{len(set(ids)):,} unique ids, {dup:,} duplicates"))
 
@@ -151,3 +152,16 @@ async def verify(cfg: WorkerConfig, policy: Policy) -> dict[str, Any]:
     return {"passed": all(c.passed for c in checks), "checks": [asdict(c) for c in checks],
             "records": len(gifts), "payouts": len(payouts), "account_records": len(accounts),
             "partitions": partitions, "seconds": round(time.monotonic() - started, 2)}
+
+
+def _notices_apart(live: list[bytes], want: list[bytes]) -> str:
+    """Where the live notices and the replay's part, for the report: the ids only one side has, and those both
+    have with other bytes (a few of each)."""
+    from stream.engine import model
+
+    mine = {model.decode_notice(n).notice_id: n for n in live}
+    theirs = {model.decode_notice(w).notice_id: w for w in want}
+    only_live = sorted(mine.keys() - theirs.keys())[:5]
+    only_replay = sorted(theirs.keys() - mine.keys())[:5]
+    changed = sorted(i for i in mine.keys() & theirs.keys() if mine[i] != theirs[i])[:5]
+    return f"; only live: {only_live}, only offline: {only_replay}, different bytes: {changed}"

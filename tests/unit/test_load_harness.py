@@ -600,3 +600,16 @@ async def test_load_run_with_accounts_and_payouts_produces_and_verifies_without_
         assert failed == {"notices equal the offline replay's (byte for byte)"}
     else:
         assert failed == {"changelog accounts equal the offline replay's (and the ground truth's region and status)"}
+
+
+def test_a_failed_notice_check_names_the_notices_that_differ():
+    from load.verify import _notices_apart
+    from stream.engine import model
+    from stream.engine.policy import load_policy
+    from stream.engine.reference import payout_notice
+
+    policy = load_policy()
+    a, b, c = (model.encode(payout_notice(policy, cid, "US", None, 1, 3_000_000, "e1", 0)) for cid in "abc")
+    b2 = model.encode(payout_notice(policy, "b", "US", None, 1, 4_000_000, "e1", 0))
+    assert _notices_apart([a, b], [b2, c]) == "; only live: ['pn-a-1'], only offline: ['pn-c-1'], " \
+                                             "different bytes: ['pn-b-1']"
