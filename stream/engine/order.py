@@ -24,9 +24,10 @@ answers one fetch after another, so the same or a later fetch saw the waiting in
 record's, and nothing that was on the broker before the record is missing. That is Kafka Streams' rule
 (max.task.idle.ms = 0: wait for what the brokers already have, not for what producers may still send), and it
 holds whatever the worker's lag, pauses or CPU. max_task_idle_ms adds slack for producers that append a record
-belonging before another a little after it (default 100 ms: a load run's harness starved of CPU appends the topics
-of one moment tens of ms apart), and for inputs led by other brokers than the gifts' (their fetches are answered
-apart, up to fetch_max_wait_ms); every record then waits that long while another input is empty. A worker that is
+belonging before another a little after it (default 100 ms; a load run's gifts reach their topic up to 2 s after
+their own time, and without the slack its verification fails, docs/benchmarks.md), and for inputs led by other
+brokers than the gifts' (their fetches are answered apart, up to fetch_max_wait_ms); every record then waits that
+long while another input is empty. A worker that is
 behind, starved of CPU or just restarted waits for fresher fetches, not for a timer. A record appended later than
 the slack (a payout produced an hour after its time) is merged where it is found, live, and by its time offline:
 the one way the two can differ.
