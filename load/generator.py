@@ -872,10 +872,11 @@ class Inputs:
     stats: GenerationStats = field(default_factory=GenerationStats)
     input_stats: InputStats = field(default_factory=InputStats)
 
-    def in_time_order(self, since: int | None = None) -> Iterator[tuple[str, bytes | None, bytes | None]]:
+    def in_time_order(self, since: int | None = None) -> Iterator[tuple[str, bytes | None, bytes | None, int]]:
         """(input, key, value) of every record (of those at or after `since`), in one order: by time, then
         accounts before gifts before payouts (the engine's tie rule), then each stream's own order. input is
-        "accounts", "gifts" or "payouts"; key is given for accounts only (None: the record's creator_id)."""
+        "accounts", "gifts" or "payouts"; key is given for accounts only (None: the record's creator_id); the time
+        is the record's on the run's clock (a tombstone holds none: its producer stamps the Kafka record with it)."""
         streams = (
             ((t, 0, i, "accounts", k, v) for i, (t, (k, v)) in enumerate(zip(self.account_times, self.accounts,
                                                                              strict=True))),
@@ -885,7 +886,7 @@ class Inputs:
         )
         for t, _, _, kind, key, value in heapq.merge(*streams):
             if since is None or t >= since:
-                yield kind, key, value
+                yield kind, key, value, t
 
 
 def generate_inputs(cfg: TrafficConfig) -> Inputs:

@@ -25,8 +25,9 @@ if TYPE_CHECKING:
 
 # A record ready to send: (key, partition, value), for the producer's topic.
 Addressed = tuple[bytes | None, int, bytes]
-# A record ready to send to a topic of its own: (topic, key, partition, value); value None is a tombstone.
-Routed = tuple[str, bytes | None, int, bytes | None]
+# A record ready to send to a topic of its own: (topic, key, partition, value, stamp); value None is a tombstone;
+# stamp: the Kafka timestamp it must carry (a tombstone's time: it holds none of its own), None = when sent.
+Routed = tuple[str, bytes | None, int, bytes | None, int | None]
 
 
 def address(records: Iterable[bytes], partitions: int | PartitionCache) -> Iterator[Addressed]:
@@ -40,24 +41,27 @@ def address(records: Iterable[bytes], partitions: int | PartitionCache) -> Itera
         yield (None, 0, raw) if key is None else (key, partition_of[key], raw)
 
 
-def address_inputs(records: Iterable[tuple[str, bytes | None, bytes | None]],
+def address_inputs(records: Iterable[tuple[str, bytes | None, bytes | None, int]],
                    partitions: int | PartitionCache) -> Iterator[Routed]:
-    """(topic, key, value) records, each with the partition Kafka's default partitioner gives its key (keyless
-    ones to partition 0), lazily. A record given no key is keyed by its creator_id (gifts and payouts, as
-    produce_session keys them); the creator accounts come with theirs (a tombstone has nothing else)."""
+    """(topic, key, value, time) records, each with the partition Kafka's default partitioner gives its key
+    (keyless ones to partition 0), lazily. A record given no key is keyed by its creator_id (gifts and payouts, as
+    produce_session keys them); the creator accounts come with theirs (a tombstone has nothing else). A tombstone
+    is stamped with its time, which the merge takes from its Kafka timestamp (stream.engine.order): stamped when
+    sent, on the wall clock, it would sort a year after the run's other records."""
     from stream.kafka.session_io import key_of
 
     partition_of = partitions if isinstance(partitions, PartitionCache) else PartitionCache(partitions)
-    for topic, key, value in records:
+    for topic, key, value, t in records:
         if key is None and value is not None:
             key, _ = key_of(value)
-        yield topic, key, (0 if key is None else partition_of[key]), value
+        yield topic, key, (0 if key is None else partition_of[key]), value, (t if value is None else None)
 
 
 # A producer batch: aiokafka's (producer.create_batch()) or stream._native's RecordBatchBuilder.
 Batch: TypeAlias = "BatchBuilder | RecordBatchBuilder"
-# One tick's records packed into producer batches: (partition, batch, records in it, topic), in sending order.
-Shipment = list[tuple[int, Batch, int, str]]
+# One tick's records packed into producer batches: (partition, batch, records in it, topic, stamp), in sending
+# order; stamp: the batch's Kafka timestamp (a tombstone's own batch), None = when sent.
+Shipment = list[tuple[int, Batch, int, str, int | None]]
 
 
 class PacedProducer:
@@ -107,34 +111,43 @@ class PacedProducer:
 
     def pack(self, chunk: Iterable[Addressed] | Iterable[Routed]) -> Shipment:
         """Records into producer batches, a batch per topic and partition (more when one fills), in sending order.
-        All the records of one shipment are stamped alike when it is sent."""
+        All the records of one shipment are stamped alike when it is sent, but a record given a stamp (a
+        tombstone's time), which goes in a batch of its own."""
         out: list[list[Any]] = []
         current: dict[tuple[str, int], list[Any]] = {}  # (topic, partition) -> its open [partition, batch, n, topic]
         for item in chunk:
-            topic, key, p, raw = item if len(item) == 4 else (self.topic, *item)
+            topic, key, p, raw, stamp = item if len(item) == 5 else (self.topic, *item, None)
+            if stamp is not None:
+                batch = self._new_batch()
+                self._add(batch, key, raw, stamp)
+                out.append([p, batch, 1, topic, stamp])
+                current.pop((topic, p), None)  # what follows goes after it
+                continue
             entry = current.get((topic, p))
             if entry is None or not self._add(entry[1], key, raw):
-                entry = current[topic, p] = [p, self._new_batch(), 0, topic]
+                entry = current[topic, p] = [p, self._new_batch(), 0, topic, None]
                 out.append(entry)
                 self._add(entry[1], key, raw)  # a fresh batch takes its first record
             entry[2] += 1
-        return [(p, batch, n, topic) for p, batch, n, topic in out]
+        return [(p, batch, n, topic, stamp) for p, batch, n, topic, stamp in out]
 
     def _new_batch(self) -> Batch:
         if self._native is None:
             return self.producer.create_batch()
         return self._native(self._max_batch_bytes, False, 0, capacity=0)  # stamped when sent
 
-    def _add(self, batch: Batch, key: bytes | None, raw: bytes | None) -> bool:
+    def _add(self, batch: Batch, key: bytes | None, raw: bytes | None, stamp: int | None = None) -> bool:
         if self._native is None:
-            return batch.append(key=key, value=raw, timestamp=None) is not None
+            return batch.append(key=key, value=raw, timestamp=stamp) is not None
+        if stamp is not None:
+            batch.set_timestamp(stamp)
         return batch.add(key, raw)
 
     async def _ship(self, shipment: Shipment) -> None:
         t = self.clock()
         now_ms = int(time.time() * 1000)
-        for p, batch, count, topic in shipment:
-            if self._native is not None:
+        for p, batch, count, topic, stamp in shipment:
+            if self._native is not None and stamp is None:
                 batch.set_timestamp(now_ms)
             fut = await self.producer.send_batch(batch, topic, partition=p)
             self._pending.add(fut)
@@ -159,7 +172,7 @@ class PacedProducer:
         paced0 = self._paced
         for shipment in shipments:
             if self.rate is not None:  # due once the clock has reached its last record
-                due = (self._paced - paced0 + sum(n for _, _, n, _ in shipment)) / self.rate
+                due = (self._paced - paced0 + sum(n for _, _, n, _, _ in shipment)) / self.rate
                 wait = due - (self.clock() - start)
                 if wait > 0:
                     await asyncio.sleep(wait)

@@ -194,7 +194,7 @@ class LoadRun:
         if inputs is None or not inputs.gifts:
             return
         first = inputs.gift_times[0]
-        early = [("accounts", k, v) for (k, v), t in zip(inputs.accounts, inputs.account_times, strict=True)
+        early = [("accounts", k, v, t) for (k, v), t in zip(inputs.accounts, inputs.account_times, strict=True)
                  if t < first]
         if not early:
             return
@@ -204,10 +204,10 @@ class LoadRun:
         self.sent_to[self.cfg.topics.accounts] = sent
         self.progress.show(f"produced {sent:,} account records before the first gift", force=True)
 
-    def _routed(self, records: Iterable[tuple[str, bytes | None, bytes | None]]) -> Iterator:
+    def _routed(self, records: Iterable[tuple[str, bytes | None, bytes | None, int]]) -> Iterator:
         """Inputs.in_time_order's records to their topics, addressed."""
         topics = {"gifts": self.topic, "payouts": self.cfg.topics.payouts, "accounts": self.cfg.topics.accounts}
-        return address_inputs(((topics[kind], key, value) for kind, key, value in records), self.partitions)
+        return address_inputs(((topics[kind], key, value, t) for kind, key, value, t in records), self.partitions)
 
     def _addressed(self) -> Iterator:
         """The records of the paced run, addressed: the gifts (with Inputs: interleaved with the payouts and the
@@ -230,7 +230,7 @@ class LoadRun:
         # Many held objects: a full collection in the run would walk them all and stall the poller, whose
         # stamps are the latency measurement. They live until sent: freeze them.
         gc.freeze()
-        packed = sum(n for shipment in shipments for _, _, n, _ in shipment)
+        packed = sum(n for shipment in shipments for _, _, n, _, _ in shipment)
         self.generation = {"traffic_generation": f"before the run: {packed:,} records generated and packed in "
                                                  f"{time.monotonic() - started:.1f} s"}
         self.progress.show(f"generated {packed:,} records", force=True)

@@ -467,12 +467,14 @@ def test_payouts_fit_the_plain_gifts_before_them_and_some_must_fail(inputs) -> N
 
 def test_in_time_order_merges_the_streams_with_the_tie_rule(inputs) -> None:
     order = list(inputs.in_time_order())
-    assert Counter(kind for kind, _, _ in order) == {"gifts": len(inputs.gifts), "payouts": len(inputs.payouts),
+    assert Counter(kind for kind, _, _, _ in order) == {"gifts": len(inputs.gifts), "payouts": len(inputs.payouts),
                                                        "accounts": len(inputs.accounts)}
-    assert [v for kind, _, v in order if kind == "payouts"] == inputs.payouts
-    assert [(k, v) for kind, k, v in order if kind == "accounts"] == inputs.accounts
+    assert [v for kind, _, v, _ in order if kind == "payouts"] == inputs.payouts
+    assert [(k, v) for kind, k, v, _ in order if kind == "accounts"] == inputs.accounts
+    assert [t for kind, _, _, t in order if kind == "accounts"] == inputs.account_times
+    assert [t for *_, t in order] == sorted(t for *_, t in order)
     # a payout follows the gift it comes after (same time, gifts first)
-    first_payout = next(i for i, (kind, _, _) in enumerate(order) if kind == "payouts")
+    first_payout = next(i for i, (kind, _, _, _) in enumerate(order) if kind == "payouts")
     assert order[first_payout - 1][0] == "gifts"
     later = list(inputs.in_time_order(since=inputs.gift_times[0]))
     assert len(order) - len(later) == sum(t < inputs.gift_times[0] for t in inputs.account_times) > 0

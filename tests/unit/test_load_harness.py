@@ -525,7 +525,7 @@ async def test_paced_producer_sends_each_input_to_its_topic_in_one_order():
 
     inputs = _inputs()
     topics = {"gifts": "gifts", "payouts": "payouts", "accounts": "creator-accounts"}
-    routed = list(address_inputs(((topics[kind], k, v) for kind, k, v in inputs.in_time_order()), 3))
+    routed = list(address_inputs(((topics[kind], k, v, t) for kind, k, v, t in inputs.in_time_order()), 3))
     cluster = _Cluster()
     acked: list[int] = []
     pp = PacedProducer(cluster, "gifts", 3, rate=None, on_batch=lambda p, base, n, t: acked.append(n))
@@ -534,9 +534,13 @@ async def test_paced_producer_sends_each_input_to_its_topic_in_one_order():
     assert sum(acked) == len(inputs.gifts)  # the latency tracker hears of the gifts only
     assert pp.sent_to == {"payouts": len(inputs.payouts), "creator-accounts": len(inputs.accounts)}
     for topic, p in cluster.topics:
-        assert [v for _, v, _ in cluster.topics[topic, p]] == [v for t, _, q, v in routed if t == topic and q == p]
-        stamps = [ts for _, _, ts in cluster.topics[topic, p]]
+        assert [v for _, v, _ in cluster.topics[topic, p]] == [v for t, _, q, v, _ in routed if t == topic and q == p]
+        stamps = [ts for _, v, ts in cluster.topics[topic, p] if v is not None]
         assert stamps == sorted(stamps)  # stamped as sent, in the one order
+    # a tombstone carries its own time (the merge's), not the wall clock's: that would sort it a year later
+    tombstones = [(k, t) for (k, v), t in zip(inputs.accounts, inputs.account_times, strict=True) if v is None]
+    assert tombstones and all((k, None, t) in cluster.topics["creator-accounts", partition_for(k, 3)]
+                              for k, t in tombstones)
     for (k, v), _ in zip(inputs.accounts, inputs.account_times, strict=True):
         assert (k, v) in [(key, value) for key, value, _ in cluster.topics["creator-accounts", partition_for(k, 3)]]
     assert any(v is None for (t, _), log in cluster.topics.items() if t == "creator-accounts" for _, v, _ in log)
