@@ -95,11 +95,18 @@ async def _proc_fetch_request_noting_send_time(self: Fetcher, assignment, node_i
                     _note_end(state, sent_ms)
 
 
-ENDS_SEEN = 4096  # ends kept per partition; dropping the oldest only makes clients.appended_by answer later
+ENDS_SEEN = 4096  # ends kept per partition; dropping the oldest only makes clients.first_fetch_sent answer later
+
+
+def reader_end(lso: int | None, highwater: int | None) -> int | None:
+    """The end a reader can reach, from a fetch's last stable offset and high watermark: the LSO under
+    read_committed; aiokafka gives -1 under read_uncommitted (and None for brokers too old to send one), where the
+    high watermark is the end."""
+    return lso if lso is not None and lso >= 0 else highwater
 
 
 def _note_end(state, sent_ms: int) -> None:
-    end = state.lso if state.lso is not None and state.lso >= 0 else state.highwater
+    end = reader_end(state.lso, state.highwater)
     seen = getattr(state, "ends_seen", None)
     if seen is None:
         seen = state.ends_seen = collections.deque(maxlen=ENDS_SEEN)

@@ -91,13 +91,12 @@ def fetched_up_to(consumer: AIOKafkaConsumer, tp: Any) -> FetchedUpTo:
     answer = getattr(consumer, "fetched_up_to", None)  # a test's fake consumer answers for itself
     if answer is not None:
         return answer(tp)
-    subscription = consumer._subscription.subscription  # aiokafka 0.14 has no public synchronous getter
-    state = subscription.assignment.state_value(tp) if subscription and subscription.assignment else None
+    state = _partition_state(consumer, tp)
     if state is None:
         return FetchedUpTo(None, None, None)
     position = state.position if state.has_valid_position else None
-    end = state.lso if state.lso is not None and state.lso >= 0 else state.highwater
-    return FetchedUpTo(position, end, getattr(state, "fetch_sent_ms", None))
+    return FetchedUpTo(position, aiokafka_patches.reader_end(state.lso, state.highwater),
+                       getattr(state, "fetch_sent_ms", None))
 
 
 def first_fetch_sent(consumer: AIOKafkaConsumer, tp: Any, last_offset: int) -> int | None:
@@ -108,14 +107,18 @@ def first_fetch_sent(consumer: AIOKafkaConsumer, tp: Any, last_offset: int) -> i
     answer = getattr(consumer, "first_fetch_sent", None)  # a test's fake consumer answers for itself
     if answer is not None:
         return answer(tp, last_offset)
-    subscription = consumer._subscription.subscription
-    state = subscription.assignment.state_value(tp) if subscription and subscription.assignment else None
-    seen = getattr(state, "ends_seen", None)
+    seen = getattr(_partition_state(consumer, tp), "ends_seen", None)
     if not seen:
         return None
     while seen and seen[0][0] <= last_offset:
         seen.popleft()
     return seen[0][1] if seen else None
+
+
+def _partition_state(consumer: AIOKafkaConsumer, tp: Any) -> Any:
+    """aiokafka's TopicPartitionState of an assigned partition, or None (0.14 has no public synchronous getter)."""
+    subscription = consumer._subscription.subscription
+    return subscription.assignment.state_value(tp) if subscription and subscription.assignment else None
 
 
 async def close_within(aw: Awaitable, what: str, partition: int | None = None,

@@ -388,7 +388,8 @@ class PartitionTask:
         offsets, values, stamps, keys = columns_of(msgs, with_keys=kind is Input.ACCOUNTS)
         now_ms = int(time.time() * 1000)  # later than any fetch that brought them: the safe side when not known
         sent_ms = first_fetch_sent(self.consumer, tp, offsets[-1]) if offsets else None
-        self.pending[kind].add(offsets, values, stamps, keys, arrived_ms=min(now_ms, sent_ms or now_ms))
+        self.pending[kind].add(offsets, values, stamps, keys,
+                               arrived_ms=now_ms if sent_ms is None else min(now_ms, sent_ms))
 
     def has_pending(self) -> bool:
         return any(len(p) for p in self.pending)

@@ -10,6 +10,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from stream.engine.model import REJECT_REASONS
 from stream.engine.protocol import Outputs
+from stream.kafka.aiokafka_patches import reader_end
 
 _BATCH_SIZES = (1, 10, 100, 500, 1_000, 5_000, 10_000, 25_000, 50_000, 100_000)
 _SECONDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
@@ -106,9 +107,7 @@ class Metrics:
         self._lag_series = tps
         lags = {}
         for tp in tps:
-            end = consumer.last_stable_offset(tp)
-            if end is None or end < 0:  # -1 under read_uncommitted (at-least-once): the high watermark is the end
-                end = consumer.highwater(tp)
+            end = reader_end(consumer.last_stable_offset(tp), consumer.highwater(tp))
             if end is not None:
                 lags[tp] = lag = max(0, end - await consumer.position(tp))
                 self.lag.labels(tp.topic, str(tp.partition)).set(lag)

@@ -32,6 +32,23 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
+def start_answering(cfg, cluster: FakeCluster, fetched_up_to) -> tuple[Worker, asyncio.Task]:
+    """A worker on the fake cluster whose consumer answers clients.fetched_up_to with fetched_up_to(tp, answer),
+    answer being the fake's own (every log fetched to its end)."""
+    clients = FakeClients(cfg, cluster)
+    make = clients.group_consumer
+
+    def group_consumer(*args, **kwargs):
+        consumer = make(*args, **kwargs)
+        answer = consumer.fetched_up_to
+        consumer.fetched_up_to = lambda tp: fetched_up_to(tp, answer)
+        return consumer
+
+    clients.group_consumer = group_consumer
+    worker = Worker(cfg, load_policy(), clients=clients)
+    return worker, asyncio.create_task(worker.run())
+
+
 def committed(cluster: FakeCluster, topic: str, p: int) -> int | None:
     return cluster.offsets.get(TopicPartition(topic, p))
 
@@ -80,18 +97,8 @@ async def test_records_wait_while_another_input_may_still_deliver_an_earlier_one
     t = cfg.topics
     cluster.append(t.gifts, 0, cid.encode(), gift(event_id="e1", creator_id=cid, diamond_count=2_500), timestamp=T0)
     lagging = {TopicPartition(t.payouts, 0)}  # as if a payout were on the broker, not fetched yet
-    clients = FakeClients(cfg, cluster)
-    make = clients.group_consumer
-
-    def group_consumer(*args, **kwargs):
-        consumer = make(*args, **kwargs)
-        answer = consumer.fetched_up_to
-        consumer.fetched_up_to = lambda tp: FetchedUpTo(0, 1, now_ms()) if tp in lagging else answer(tp)
-        return consumer
-
-    clients.group_consumer = group_consumer
-    worker = Worker(cfg, load_policy(), clients=clients)
-    run = asyncio.create_task(worker.run())
+    worker, run = start_answering(cfg, cluster, lambda tp, answer: FetchedUpTo(0, 1, now_ms()) if tp in lagging
+                                  else answer(tp))
     await run_until(worker, lambda: 0 in worker.tasks and worker.tasks[0].has_pending())
     await asyncio.sleep(0.3)  # many polls
     assert committed(cluster, t.gifts, 0) in (None, 0)  # the gift waits (the first transaction commits 0)
@@ -111,19 +118,8 @@ async def test_an_input_caught_up_only_as_of_an_old_fetch_holds_the_others_back(
     cluster.append(t.payouts, 0, cid.encode(), payout("p1", cid, 2_500_000), timestamp=T0)
     gifts = TopicPartition(t.gifts, 0)
     stale = [now_ms() - 1_000]  # the gifts' last answered fetch: caught up (an empty log), sent a second ago
-    clients = FakeClients(cfg, cluster)
-    make = clients.group_consumer
-
-    def group_consumer(*args, **kwargs):
-        consumer = make(*args, **kwargs)
-        answer = consumer.fetched_up_to
-        consumer.fetched_up_to = lambda tp: (FetchedUpTo(0, 0, stale[0]) if tp == gifts and stale
-                                             else answer(tp))
-        return consumer
-
-    clients.group_consumer = group_consumer
-    worker = Worker(cfg, load_policy(), clients=clients)
-    run = asyncio.create_task(worker.run())
+    worker, run = start_answering(cfg, cluster, lambda tp, answer: FetchedUpTo(0, 0, stale[0]) if tp == gifts and stale
+                                  else answer(tp))
     await run_until(worker, lambda: 0 in worker.tasks and worker.tasks[0].has_pending())
     await asyncio.sleep(3 * cfg.max_task_idle_ms / 1000)  # well past max_task_idle_ms of the old fetch
     assert committed(cluster, t.payouts, 0) in (None, 0)  # the payout waits for a fresher fetch of the gifts
