@@ -11,6 +11,7 @@ from typing import Any
 
 from stream.config import settings_help
 from stream.engine.policy import PolicyError, load_policy
+from stream.live_clients.cli import register as register_live_clients
 
 DEMO_SESSION = "demo-session.jsonl.gz"
 DEMO_ACCOUNTS = "demo-accounts.jsonl"  # the creator accounts of the demo session's creators
@@ -291,6 +292,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("policy", help="validate a policy file")
     p.add_argument("policy", nargs="?", help="policy TOML file (default: the built-in policy)")
     p.set_defaults(func=cmd_policy_check)
+    register_live_clients(sub)
     register_load = load_kit()
     if register_load is not None:
         register_load(sub)
