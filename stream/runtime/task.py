@@ -420,6 +420,8 @@ class PartitionTask:
         # (a batch that took exactly the last record waiting is not capped: nothing would be left to go on with,
         # and the worker would poll without ever waiting, starving the heartbeat)
         self.capped = count >= self.cfg.batch_max_records and self.has_pending()
+        if count:
+            positions.update(self.past_non_records(positions))
         self._pause_full_inputs()
         if not count:
             return positions, [], 0, stamps
@@ -428,6 +430,21 @@ class PartitionTask:
         else:
             changelog = self.writer.drain(engine)
         return positions, changelog, count, stamps
+
+    def past_non_records(self, positions: dict[TopicPartition, int] | None = None) -> dict[TopicPartition, int]:
+        """The inputs with nothing waiting whose consumer position is past their processed records (`positions`,
+        else the last commit's): the offsets between are no records (a transaction's commit or abort marker, an
+        aborted batch, compacted offsets), which the consumer has stepped over. Committing the position, as Kafka
+        Streams does, keeps the group's lag from counting them forever: a transactional producer ends every
+        partition it writes with a marker, so the lag never came back to 0."""
+        past: dict[TopicPartition, int] = {}
+        for kind, tp in self.input_tps.items():
+            if len(self.pending[kind]):
+                continue
+            position = fetched_up_to(self.consumer, tp).position
+            if position is not None and position > (positions or {}).get(tp, self.committed.get(tp, 0)):
+                past[tp] = position
+        return past
 
     def _horizon(self, kind: Input) -> int:
         """How far this input, while it has nothing waiting, lets the others go (stream.engine.order, rule 4): a

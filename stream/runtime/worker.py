@@ -190,9 +190,10 @@ class Worker:
                 self._start_due_restores()
                 data = await self._consumer.getmany(timeout_ms=self._poll_timeout_ms(), max_records=self._max_polled)
                 self._last_poll = time.monotonic()
-                if data or any(task.has_pending() for task in self.tasks.values()):
-                    async with self._lock:
-                        await self._process(data)
+                # (also with no records polled: records may wait for another input, or a fetch stepped over a
+                # marker only, which is committed past)
+                async with self._lock:
+                    await self._process(data)
                     self._gc.after_batch()
                 if self._lost is not None:
                     await self._rejoin()
@@ -374,7 +375,11 @@ class Worker:
         commits: dict[int, asyncio.Task] = {}
         try:
             for p, task in sorted(self.tasks.items()):
-                if task.state is not TaskState.RUNNING or not task.has_pending():
+                if task.state is not TaskState.RUNNING:
+                    continue
+                if not task.has_pending():
+                    if past := task.past_non_records():  # only markers since the last commit: commit past them
+                        commits[p] = asyncio.ensure_future(task.commit(Outputs(), [], past))
                     continue
                 if task.snapshotting is not None:  # a checkpoint body is being taken from its engine
                     await asyncio.gather(task.snapshotting, return_exceptions=True)

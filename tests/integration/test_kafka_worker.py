@@ -15,6 +15,7 @@ from pathlib import Path
 
 import orjson
 import pytest
+from aiokafka import AIOKafkaProducer
 
 from stream.config import WorkerConfig, dump_config
 from stream.engine import model
@@ -149,6 +150,28 @@ async def test_a_new_group_starts_from_the_log_start(cfg):
     await wait_drained(cfg)
     worker.stop()
     await run
+    await assert_matches_offline(cfg, records)
+
+
+async def test_inputs_from_a_transactional_producer_are_committed_past_their_markers(cfg):
+    # Seen: a transactional producer ends each partition it writes with a commit marker; the worker committed the
+    # offset after its last record, before the marker, so the group's lag stayed at 1 per partition for good
+    # (and a lag-based autoscaler never saw the group caught up).
+    records = session(400, seed=5)
+    async with AIOKafkaProducer(bootstrap_servers=cfg.bootstrap_servers, transactional_id=f"{cfg.group_id}-tx",
+                                acks="all") as producer:
+        for lo in range(0, len(records), 100):
+            async with producer.transaction():
+                for raw in records[lo:lo + 100]:
+                    await producer.send(cfg.topics.gifts, raw, key=model.decode_event(raw).creator_id.encode())
+    worker = Worker(cfg, load_policy())
+    run = asyncio.create_task(worker.run())
+    try:
+        await wait_drained(cfg, timeout=60)
+        assert await committed_lag(cfg) == 0
+    finally:
+        worker.stop()
+        await run
     await assert_matches_offline(cfg, records)
 
 
