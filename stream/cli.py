@@ -46,6 +46,25 @@ def _session(args: argparse.Namespace):
                          read_accounts(accounts) if accounts else [])
 
 
+def _recording(args: argparse.Namespace):
+    """The recording FILE names (stream.kafka.recording), or None when FILE is a plain session file (or absent)."""
+    from stream.kafka.recording import is_recording, read_recording
+
+    if not args.file or not is_recording(args.file):
+        return None
+    if args.session or args.payouts or args.accounts:
+        raise SystemExit("giftstream replay: a recording holds its payouts and accounts; give no --session, "
+                         "--payouts or --accounts with it")
+    recording = read_recording(args.file)
+    if args.partitions is not None and args.partitions != recording.partitions():
+        raise SystemExit(f"giftstream replay: {args.file} was recorded over {recording.partitions()} partitions; "
+                         "its records are replayed where they were (leave --partitions out)")
+    if not recording.complete:
+        print(f"giftstream replay: {args.file} has no trailer: the recording was cut short; replaying what it holds",
+              file=sys.stderr)
+    return recording
+
+
 def _utc(ms: int) -> str:
     import datetime
 
@@ -58,20 +77,30 @@ def cmd_replay(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from stream.engine.order import Input
-    from stream.runtime.replay import replay, write_outputs
+    from stream.runtime.replay import replay, replay_recording, write_outputs
 
     policy = load_policy(args.policy)
-    path, records = _session(args)
-    extra = f" (+ {len(records.payouts):,} payouts, {len(records.accounts):,} account records)" if records.merged \
-        else ""
-    print(f"replaying {len(records.gifts):,} records from {path}{extra} with policy {policy.version} "
-          f"over {args.partitions} partitions", file=sys.stderr)
-    with tqdm(total=len(records), unit="ev", unit_scale=True, disable=args.quiet, file=sys.stderr,
-              mininterval=0.2) as bar:
-        result = replay(records, policy, partitions=args.partitions, batch_size=args.batch_size,
-                        final=args.end_of_session, source=f"file:{path.name}", progress=bar.update,
-                        topics={Input.PAYOUTS: f"file:{Path(args.payouts).name}" if args.payouts else "payouts",
-                                Input.ACCOUNTS: "creator-accounts"})
+    recording = _recording(args)
+    if recording is not None:
+        print(f"replaying {len(recording):,} recorded records from {args.file} with policy {policy.version}, each "
+              f"on its recorded partition of {recording.partitions()}", file=sys.stderr)
+        with tqdm(total=len(recording), unit="rec", unit_scale=True, disable=args.quiet, file=sys.stderr,
+                  mininterval=0.2) as bar:
+            result = replay_recording(recording, policy, batch_size=args.batch_size, final=args.end_of_session,
+                                      progress=bar.update)
+    else:
+        path, records = _session(args)
+        partitions = args.partitions or 6
+        extra = f" (+ {len(records.payouts):,} payouts, {len(records.accounts):,} account records)" \
+            if records.merged else ""
+        print(f"replaying {len(records.gifts):,} records from {path}{extra} with policy {policy.version} "
+              f"over {partitions} partitions", file=sys.stderr)
+        with tqdm(total=len(records), unit="ev", unit_scale=True, disable=args.quiet, file=sys.stderr,
+                  mininterval=0.2) as bar:
+            result = replay(records, policy, partitions=partitions, batch_size=args.batch_size,
+                            final=args.end_of_session, source=f"file:{path.name}", progress=bar.update,
+                            topics={Input.PAYOUTS: f"file:{Path(args.payouts).name}" if args.payouts else "payouts",
+                                    Input.ACCOUNTS: "creator-accounts"})
     if args.out:
         paths = write_outputs(result, args.out)
         print(f"wrote {', '.join(str(p) for p in paths.values())}", file=sys.stderr)
@@ -123,12 +152,23 @@ def cmd_replay_to_kafka(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from stream.engine.order import Input
-    from stream.kafka.session_io import produce_session
+    from stream.kafka.session_io import produce_recording, produce_session
 
     cfg = _worker_config(args)
     _check_kafka(cfg)
-    path, session = _session(args)
     speed = None if args.speed == "max" else float(args.speed)
+    recording = _recording(args)
+    if recording is not None:
+        if args.topic:
+            raise SystemExit("giftstream replay --to-kafka: a recording goes to the config's input topics; "
+                             "give no --topic with it")
+        with tqdm(total=len(recording), unit="rec", unit_scale=True, disable=args.quiet, file=sys.stderr) as bar:
+            sent = asyncio.run(produce_recording(recording, cfg, speed, bar.update))
+        t = {Input.GIFTS: cfg.topics.gifts, Input.PAYOUTS: cfg.topics.payouts, Input.ACCOUNTS: cfg.topics.accounts}
+        print(f"produced {', '.join(f'{n:,} records to {t[k]}' for k, n in sent.items() if n)} from {args.file}, "
+              f"each to its recorded partition, at {cfg.bootstrap_servers}", file=sys.stderr)
+        return 0
+    path, session = _session(args)
     with tqdm(total=len(session), unit="rec", unit_scale=True, disable=args.quiet, file=sys.stderr) as bar:
         # The accounts and payouts first, unpaced: each record's timestamp (its own time) decides the order the
         # worker merges them in, not when it was produced.
@@ -146,27 +186,50 @@ def cmd_replay_to_kafka(args: argparse.Namespace) -> int:
     return 0
 
 
+def _time_ms(text: str | None) -> int | None:
+    """Epoch milliseconds, or an ISO 8601 time (UTC when it names no zone)."""
+    import datetime
+
+    if text is None:
+        return None
+    if text.isdigit():
+        return int(text)
+    t = datetime.datetime.fromisoformat(text)
+    return int((t if t.tzinfo else t.replace(tzinfo=datetime.UTC)).timestamp() * 1000)
+
+
+def _offset_ranges(specs: list[str]):
+    """--offsets INPUT:PARTITION=FIRST..END (either side may be left out) -> {(input, partition): (first, end)}."""
+    from stream.kafka.recording import INPUT_NAMES
+
+    inputs = {name: kind for kind, name in INPUT_NAMES.items()}
+    ranges = {}
+    for spec in specs:
+        try:
+            where, span = spec.split("=")
+            name, part = where.rsplit(":", 1)
+            lo, hi = span.split("..")
+            ranges[(inputs[name], int(part))] = (int(lo) if lo else None, int(hi) if hi else None)
+        except (ValueError, KeyError):
+            raise SystemExit(f"giftstream record: --offsets {spec!r} is not INPUT:PARTITION=FIRST..END with INPUT "
+                             f"one of {', '.join(inputs)}") from None
+    return ranges
+
+
 def cmd_record(args: argparse.Namespace) -> int:
     import asyncio
 
-    from stream.kafka.session_files import write_session
-    from stream.kafka.session_io import record_session, record_topic
+    from tqdm import tqdm
+
+    from stream.kafka.session_io import record
 
     cfg = _worker_config(args)
-    if args.session:
-        if args.topic or args.file:
-            raise SystemExit("giftstream record: give TOPIC FILE or --session DIR, not both")
-        _check_kafka(cfg)
-        written = asyncio.run(record_session(cfg, args.session))
-        print(f"recorded {', '.join(f'{n:,} records to {name}' for name, n in written.items())} in {args.session}",
-              file=sys.stderr)
-        return 0
-    if not (args.topic and args.file):
-        raise SystemExit("giftstream record: give TOPIC FILE, or --session DIR")
     _check_kafka(cfg)
-    lines = asyncio.run(record_topic(cfg, args.topic))
-    n = write_session(args.file, lines)
-    print(f"recorded {n:,} committed records of {args.topic} to {args.file}", file=sys.stderr)
+    with tqdm(unit="rec", unit_scale=True, disable=args.quiet, file=sys.stderr) as bar:
+        header, n = asyncio.run(record(cfg, args.file, _time_ms(args.since), _time_ms(args.until),
+                                       _offset_ranges(args.offsets), bar.update))
+    print(f"recorded {n:,} committed records of {', '.join(i.topic for i in header.inputs.values())} to "
+          f"{args.file}", file=sys.stderr)
     return 0
 
 
@@ -233,19 +296,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("replay", help="run a recorded session (JSONL, .gz ok) through the engine offline",
-                       description="Run a recorded session through the engine with no broker. Records are "
-                                   "routed to partitions like Kafka's default partitioner, so notices match "
-                                   "a live run on a topic with the same partition count.")
-    p.add_argument("file", nargs="?", help=f"session file (default: the bundled {DEMO_SESSION})")
-    p.add_argument("--session", metavar="DIR", help="a recorded session directory (`giftstream record --session`): "
-                                                    "its gifts, payouts and creator accounts")
+    p = sub.add_parser("replay", help="run a recording or a session file (JSONL, .gz ok) through the engine offline",
+                       description="Run a session through the engine with no broker. A recording's records go to "
+                                   "the partitions and offsets they were on, so every output matches the live run "
+                                   "byte for byte. A session file's records are routed to partitions like Kafka's "
+                                   "default partitioner, so notices match a live run on a topic with the same "
+                                   "partition count fed by `replay --to-kafka`.")
+    p.add_argument("file", nargs="?", help=f"a recording (`giftstream record`) or a session file of gift records, "
+                                           f"one per line (default: the bundled {DEMO_SESSION})")
+    p.add_argument("--session", metavar="DIR", help="a session directory of gifts.jsonl, payouts.jsonl and "
+                                                    "creator-accounts.jsonl (.gz ok)")
     p.add_argument("--payouts", help="payouts made (JSONL, .gz ok): one payout record per line")
     p.add_argument("--accounts", help="creator accounts (JSONL, .gz ok): one account record per line, "
                                       '{"tombstone": "<creator id>", "ts": <ms>} for a closed one (default with '
                                       "the bundled session: its accounts)")
     p.add_argument("--policy", help="policy TOML file (default: the built-in policy)")
-    p.add_argument("--partitions", type=int, default=6, help="partitions to simulate (default 6)")
+    p.add_argument("--partitions", type=int, help="partitions to simulate (default 6; a recording's own)")
     p.add_argument("--batch-size", type=int, default=20_000, help="records per engine batch")
     p.add_argument("--out", help="directory for payout-notices.jsonl, creator-window-totals.jsonl, "
                                  "gifts-late.jsonl, gifts-dlq.jsonl and summary.json")
@@ -279,13 +345,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-level", default="INFO")
     p.set_defaults(func=cmd_worker)
 
-    p = sub.add_parser("record", help="write a topic's committed records to a session file, or all three inputs "
-                                      "to a session directory (--session)")
-    p.add_argument("topic", nargs="?")
-    p.add_argument("file", nargs="?", help="output JSONL (.gz ok)")
-    p.add_argument("--session", metavar="DIR", help="record gifts, payouts and creator-accounts into DIR "
-                                                    "(gifts.jsonl, payouts.jsonl, creator-accounts.jsonl), which "
-                                                    "`giftstream replay --session DIR` replays")
+    p = sub.add_parser("record", help="record the committed records of gifts, payouts and creator-accounts",
+                       description="Write the three inputs' committed records (read_committed, up to the end they "
+                                   "have when the recording starts) to a recording: every record's topic, "
+                                   "partition, offset, key, timestamp and its type, headers and exact value bytes. "
+                                   "`giftstream replay FILE` replays it offline as the live worker ran it, "
+                                   "`replay FILE --to-kafka` produces it again.")
+    p.add_argument("file", help="the recording to write (.gz ok)")
+    p.add_argument("--since", help="gifts and payouts with a Kafka timestamp at or after this (epoch ms or ISO 8601, "
+                                   "UTC unless it says); creator-accounts is a table and is recorded from its start")
+    p.add_argument("--until", help="records with a Kafka timestamp before this (epoch ms or ISO 8601)")
+    p.add_argument("--offsets", action="append", default=[], metavar="INPUT:P=FIRST..END",
+                   help="record offsets [FIRST, END) of that partition instead (either side may be left out), e.g. "
+                        "gifts:0=1000..2000; repeatable")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     _kafka_args(p)
     p.set_defaults(func=cmd_record)
 

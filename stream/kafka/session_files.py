@@ -1,11 +1,13 @@
-"""Session files, the one owner of their format: what `giftstream record` writes and `giftstream replay` reads.
+"""Session files, the one owner of their format: plain JSONL that `giftstream replay` reads (and `giftstream
+import` and the load kit write). A `giftstream record` recording is another format (stream.kafka.recording): a
+session file cannot hold an empty or null value, a value with a newline, or the partition a record was on.
 
-A session file holds one input's records, one per line (JSONL, gzipped when the name ends in .gz), partition by
-partition in offset order as recorded: a record's value as it is (a newline inside a value becomes a space), its
-key being the creator_id it holds. A creator-accounts file may also hold tombstone lines,
-{"tombstone": "<creator id>", "ts": <its Kafka timestamp>}, for the records with a null value. A recorded session
-is a directory with one such file per input (SESSION_FILES). The replay orders the three inputs by the time each
-record holds (stream.engine.order), so the files need no timestamps besides the tombstones'.
+A session file holds one input's records, one per line (JSONL, gzipped when the name ends in .gz), a record's
+value as it is, its key being the creator_id it holds; the replay routes each by that key. A creator-accounts
+file may also hold tombstone lines, {"tombstone": "<creator id>", "ts": <its Kafka timestamp>}, for the records
+with a null value. A session directory holds one such file per input (SESSION_FILES). The replay orders the three
+inputs by the time each record holds (stream.engine.order), so the files need no timestamps besides the
+tombstones'.
 """
 
 from __future__ import annotations
@@ -98,12 +100,6 @@ def tombstone_line(creator_id: str, ts: int) -> bytes:
     return model.encode(_Tombstone(creator_id, ts))
 
 
-
-
-def account_lines(records: Iterable[tuple[bytes | None, bytes | None, int]]) -> list[bytes]:
-    """Recorded creator-accounts records (key, value, Kafka timestamp) as lines: a tombstone as its line."""
-    return [tombstone_line(key.decode(errors="replace"), ts) if value is None and key is not None
-            else (value or b"").replace(b"\n", b" ") for key, value, ts in records]
 
 
 def session_path(directory: str | Path, kind: Input) -> Path | None:

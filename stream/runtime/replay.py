@@ -24,6 +24,7 @@ from stream.engine.native import make_engine
 from stream.engine.order import FINISHED, Input, Pending, feed, runs, valid_time
 from stream.engine.policy import Policy
 from stream.engine.protocol import Engine, Outputs
+from stream.kafka.recording import INPUT_NAMES, Recording
 from stream.kafka.routing import PartitionCache
 from stream.kafka.session_files import AccountRecord, key_of, write_session
 
@@ -146,9 +147,36 @@ def _replay_merged(session: Session, policy: Policy, partitions: int, batch_size
               [valid_time(t) if k is not None else None for k, t in keyed])
     route(Input.ACCOUNTS, [a.key for a in session.accounts], [a.value for a in session.accounts],
           [a.ts or 0 for a in session.accounts], [None] * len(session.accounts))
+    return _run_merged(engines, pending, names, policy, len(session), batch_size, final, progress, started)
+
+
+def replay_recording(recording: Recording, policy: Policy, batch_size: int = 20_000, final: bool = False,
+                     progress: Callable[[int], None] | None = None, engine: str | None = None) -> ReplayResult:
+    """Run a recording (stream.kafka.recording) as the live worker ran it: every record on the partition and at the
+    offset it was on, its key and Kafka timestamp as recorded, the dead letters naming the recorded topics."""
+    with _cyclic_gc_paused():
+        started = time.perf_counter()
+        partitions = recording.partitions()
+        owners = PartitionCache(partitions)
+        names = {kind: info.topic for kind in Input if (info := recording.header.topic(kind)) is not None}
+        engines = {p: make_engine(policy, p, source_topic=names.get(Input.GIFTS, "gifts"), kind=engine,
+                                  track_changes=False, partitions=partitions, owners=owners)
+                   for p in range(partitions)}
+        pending = {p: [Pending(kind) for kind in Input] for p in range(partitions)}
+        for (kind, p), log in recording.logs.items():
+            if not 0 <= p < partitions:
+                raise ValueError(f"the recording has {INPUT_NAMES[kind]}-{p} but {partitions} partitions")
+            pending[p][kind].add(log.offsets, log.values, log.timestamps, log.keys)
+        return _run_merged(engines, pending, names, policy, len(recording), batch_size, final, progress, started)
+
+
+def _run_merged(engines: dict[int, Engine], pending: dict[int, list[Pending]], names: dict[Input, str],
+                policy: Policy, records: int, batch_size: int, final: bool,
+                progress: Callable[[int], None] | None, started: float) -> ReplayResult:
+    """Each partition's pending inputs merged (stream.engine.order with every input complete), in batches."""
     out = Outputs()
     everything = [FINISHED] * len(Input)  # every input complete
-    for p in range(partitions):
+    for p in sorted(engines):
         e, queues = engines[p], pending[p]
         for run in runs(queues, lambda: everything, lambda e=e: e.watermark, policy.max_future_ms):
             for lo in range(run.lo, run.hi, batch_size):
@@ -159,7 +187,7 @@ def _replay_merged(session: Session, policy: Policy, partitions: int, batch_size
         if final:
             e.end_of_stream(out)
     seconds = time.perf_counter() - started
-    result = ReplayResult(out, engines, len(session), seconds, partitions)
+    result = ReplayResult(out, engines, records, seconds, len(engines))
     result.summary = summarize(result)
     return result
 
