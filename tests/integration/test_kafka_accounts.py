@@ -15,10 +15,11 @@ from stream.config import Topics, WorkerConfig
 from stream.engine import model
 from stream.engine.order import Input
 from stream.engine.policy import load_policy
-from stream.kafka.session_files import AccountRecord, read_accounts, read_session
-from stream.kafka.session_io import produce_session, read_topic, record_session
+from stream.kafka.recording import read_recording
+from stream.kafka.session_files import AccountRecord
+from stream.kafka.session_io import produce_session, read_topic, record
 from stream.kafka.topics import create_topics, delete_topics
-from stream.runtime.replay import Session, replay
+from stream.runtime.replay import ReplayResult, Session, replay, replay_recording
 from stream.runtime.worker import Worker
 from stream.state.changelog import restore_state
 from tests.support.events import T0
@@ -101,8 +102,11 @@ async def outputs(cfg: WorkerConfig) -> dict[str, list[bytes]]:
 
 
 def offline(cfg: WorkerConfig, s: Session) -> dict[str, list[bytes]]:
-    r = replay(s, load_policy(), partitions=PARTITIONS, source=cfg.topics.gifts,
-               topics={Input.PAYOUTS: cfg.topics.payouts, Input.ACCOUNTS: cfg.topics.accounts})
+    return outputs_of(replay(s, load_policy(), partitions=PARTITIONS, source=cfg.topics.gifts,
+                             topics={Input.PAYOUTS: cfg.topics.payouts, Input.ACCOUNTS: cfg.topics.accounts}))
+
+
+def outputs_of(r: ReplayResult) -> dict[str, list[bytes]]:
     balances = {cid: (c.balance, c.crossings) for e in r.engines.values() for cid, c in e.state.creators.items()}
     return {"notices": sorted(model.encode(n) for n in r.outputs.notices),
             "dlq": sorted(model.encode(d) for d in r.outputs.dead_letters),
@@ -140,10 +144,9 @@ async def test_a_rebuild_by_a_new_group_and_the_offline_replay_give_the_live_run
     finally:
         await delete_topics(replace(rebuild, topics=replace(rebuild.topics, gifts="-", payouts="-", accounts="-")))
     want = offline(cfg, s)
-    await record_session(cfg, tmp_path)  # `giftstream record --session`, replayed as `replay --session`
-    recorded = Session(read_session(tmp_path / "gifts.jsonl"), read_session(tmp_path / "payouts.jsonl"),
-                       read_accounts(tmp_path / "creator-accounts.jsonl"))
-    from_recording = offline(cfg, recorded)
+    await record(cfg, tmp_path / "rec.jsonl.gz")  # `giftstream record`, replayed as `giftstream replay FILE`
+    r = replay_recording(read_recording(tmp_path / "rec.jsonl.gz"), load_policy())
+    from_recording = outputs_of(r)
     for name in ("notices", "dlq", "totals", "balances"):
         assert live[name] == want[name], name
         assert again[name] == want[name], name

@@ -184,6 +184,32 @@ async def test_a_recording_produced_again_puts_every_record_where_it_was(cfg, tm
         await delete_topics(again)
 
 
+async def test_record_takes_a_time_range_or_an_offset_range(cfg, tmp_path):
+    owners = PartitionCache(PARTITIONS)
+    creator = next(f"c{k}" for k in range(99) if owners[f"c{k}".encode()] == 0)
+    async with AIOKafkaProducer(bootstrap_servers=cfg.bootstrap_servers, acks="all") as producer:
+        for i in range(10):  # Kafka timestamps T0, T0 + 1 s, ...
+            await producer.send_and_wait(cfg.topics.gifts, gift(i, creator, 700, T0 + 1000 * i),
+                                         key=creator.encode(), partition=0, timestamp_ms=T0 + 1000 * i)
+        await producer.send_and_wait(cfg.topics.accounts, b"{}", key=creator.encode(), partition=0,
+                                     timestamp_ms=T0)  # before the range: a table is recorded whole
+    config = write_config(tmp_path / "w.toml", cfg.topics, bootstrap_servers=BOOTSTRAP, group_id=cfg.group_id)
+
+    def recorded(*args: str) -> dict[tuple[Input, int], list[int]]:
+        done = run_cli("record", str(tmp_path / "r.jsonl"), "--quiet", "--config", str(config), *args)
+        assert done.returncode == 0, done.stderr
+        return {k: log.offsets for k, log in read_recording(tmp_path / "r.jsonl").logs.items()}
+
+    iso = "2025-11-24T16:00:03"  # T0 + 3 s
+    assert recorded("--since", iso, "--until", str(T0 + 7000)) == {(Input.GIFTS, 0): [3, 4, 5, 6],
+                                                                   (Input.ACCOUNTS, 0): [0]}
+    assert recorded("--offsets", "gifts:0=2..4", "--offsets", "creator-accounts:0=1..") == {
+        (Input.GIFTS, 0): [2, 3]}
+    assert recorded("--offsets", "gifts:0=8..") == {(Input.GIFTS, 0): [8, 9], (Input.ACCOUNTS, 0): [0]}
+    bad = run_cli("record", str(tmp_path / "r.jsonl"), "--config", str(config), "--offsets", "gift:0=1..2")
+    assert bad.returncode != 0 and "INPUT:PARTITION=FIRST..END" in bad.stderr
+
+
 def test_a_plain_session_file_still_round_trips_through_a_topic(tmp_path):
     _, topics = unique_topics("plain")
     path = write_config(tmp_path / "w.toml", topics, bootstrap_servers=BOOTSTRAP)
