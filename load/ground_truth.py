@@ -8,7 +8,7 @@ With payouts and creator accounts (expected_inputs), a partition's three inputs 
 way stream/engine/order.py's docstring says (written again here, not imported): each input stays in offset order;
 the next record is the input head with the smallest time; at equal times accounts go before gifts before payouts. A
 record's time is the one it holds (a gift's and a payout's `ts`, an account's `updated_ts`), a tombstone's its Kafka
-timestamp, and 0 for a record whose time cannot be read; a gift more than max_future past the partition's watermark
+timestamp, and 0 for a record whose time cannot be read; a record more than max_future past the partition's watermark
 (the highest time of the gifts accepted so far) counts as at the watermark. Along that sequence:
   * an account record (valid: its key is its creator_id, known region and status, a method its region offers) sets
     the creator's account; a tombstone (null value) closes it, keeping the region it had (a creator closed without
@@ -184,13 +184,13 @@ def own_time(kind: int, r: Rec) -> int:
 def merged(inputs: PartitionInputs, watermark: Callable[[], int | None] = lambda: None,
            max_future_ms: int = 0) -> Iterable[tuple[int, Rec]]:
     """(input, record) of a partition in the one order of its inputs (the module docstring). watermark(): the
-    partition's watermark now (asked before each record): a gift more than max_future_ms past it counts as at it."""
+    partition's watermark now (asked before each record): a record more than max_future_ms past it counts as at it."""
     queues = {ACCOUNTS: inputs.accounts, GIFTS: inputs.gifts, PAYOUTS: inputs.payouts}
     times = {kind: [own_time(kind, r) for r in q] for kind, q in queues.items()}
     pos = dict.fromkeys(queues, 0)
     while True:
         wm = watermark()
-        heads = [(wm if kind == GIFTS and wm is not None and t > wm + max_future_ms else t, kind)
+        heads = [(wm if wm is not None and t > wm + max_future_ms else t, kind)
                  for kind, q in queues.items() if pos[kind] < len(q) for t in (times[kind][pos[kind]],)]
         if not heads:
             return

@@ -9,9 +9,10 @@ They are merged into one sequence as Kafka Streams merges the partitions of a ta
   4. the merge goes on only while it can decide: the head may go when every input without a record waiting is
      known to hold none that belongs before it (its horizon, below). Offline every input is complete, so a replay
      decides everything at once;
-  5. a gift whose time is more than the policy's max_future past the partition's watermark (a bad time: the
-     engine rejects it) counts as at the watermark, decided when it is the head of its input, with the watermark
-     the merged records before it leave (`gift_time`).
+  5. a record whose time is more than the policy's max_future past the partition's watermark counts as at the
+     watermark, decided when it is the head of its input, with the watermark the merged records before it leave
+     (`merge_time`): a gift's is a bad time (the engine rejects it), a payout's or an account's a producer's clock
+     gone wrong; either way it must not hold its input back until every other record has gone.
 Because the order depends only on the records (their times and offsets) and on the state the records before them
 made, a live run, a restart, a rebuild by a new group and an offline replay process the same sequence, and so make
 the same bytes, as long as the merge never decides without a record that belongs before the one it takes.
@@ -148,7 +149,7 @@ def plan(pending: Sequence[Pending], horizons: Sequence[int], watermark: int | N
     """The runs the merge can decide now, in order (the module docstring's rules). pending[i] and horizons[i] are
     Input i's: while it has nothing waiting, a record of another input first reported by a fetch sent by
     horizons[i] may go past it (FINISHED: anything may; UNKNOWN: nothing may). watermark, max_future_ms: the
-    partition's engine's, for rule 5 (gift_time). The Pendings are not changed: take each run's records with
+    partition's engine's, for rule 5 (merge_time). The Pendings are not changed: take each run's records with
     Pending.take(run.hi), then plan again (`runs` does): after a run of gifts beside another input's records, the
     watermark may have moved, so the plan stops there."""
     pos = [p.start for p in pending]
@@ -167,20 +168,22 @@ def plan(pending: Sequence[Pending], horizons: Sequence[int], watermark: int | N
             if end > pos[first]:
                 runs.append(Run(Input(first), pos[first], end))
             return runs
-        heads = sorted((gift_time(pending[i].stamps[pos[i]], watermark, bound) if i == Input.GIFTS
-                        else pending[i].stamps[pos[i]], i) for i in waiting)  # by time, then rank (the tie rule)
+        heads = sorted((merge_time(pending[i].stamps[pos[i]], watermark, bound), i)
+                       for i in waiting)  # by time, then rank (the tie rule)
         (_, first), (limit, other) = heads[0], heads[1]
         stamps, j = pending[first].stamps, pos[first]
         end = pending[first].arrived_by(horizon, ends[first])
         if end <= j:
             return runs  # the head waits for an input that may still deliver a record before it
         # The head goes, then the records after it while they sort before the next input's head: before its time,
-        # or at it when the tie rule ranks this input first. A gift past the bound ends a run of gifts: its time
-        # is decided when it is the head, with the watermark the gifts before it leave.
+        # or at it when the tie rule ranks this input first. A record past the bound ends the run (the next head's
+        # time is at most the bound): its time is decided when it is the head, with the watermark the gifts before
+        # it leave.
         j += 1
+        if first == Input.GIFTS and watermark is None and max_future_ms is not None:
+            runs.append(Run(Input(first), pos[first], j))  # the partition's first gift sets the watermark, which rule 5
+            return runs  # needs for the other heads: plan again with it
         while j < end and (stamps[j] < limit or (stamps[j] == limit and first < other)):
-            if first == Input.GIFTS and bound is not None and stamps[j] > bound:
-                break
             j += 1
         runs.append(Run(Input(first), pos[first], j))
         pos[first] = j
@@ -188,10 +191,10 @@ def plan(pending: Sequence[Pending], horizons: Sequence[int], watermark: int | N
             return runs  # the gifts may move the watermark: plan again from here
 
 
-def gift_time(ts: int, watermark: int | None, bound: int | None) -> int:
-    """Rule 5: a gift's time, unless it is more than max_future_ms past the watermark (bound); such a gift is
-    rejected by the engine (ts_too_far_future) and counts as at the watermark, so a bad time cannot hold the gifts
-    behind it back while the other inputs' records overtake them."""
+def merge_time(ts: int, watermark: int | None, bound: int | None) -> int:
+    """Rule 5: a record's time, unless it is more than max_future_ms past the watermark (bound); then it counts as
+    at the watermark, so a bad time cannot hold the records behind it back while the other inputs' records overtake
+    them (offline until the end, live only until the others run empty: the two would differ)."""
     return ts if bound is None or ts <= bound else watermark
 
 
