@@ -137,8 +137,10 @@ for (const [i, messages] of frames.entries()) {
   const frame = createBaseWebcastPushFrame({ payloadEncoding: "pb", payloadType: "msg",
     payload: i === 0 ? gzipSync(fetchResult) : fetchResult });
   await WebcastWebSocketClient.prototype.onMessage.call(socket, Buffer.from(frame.finish()));
+  // Frames are seconds apart on a live socket: each one's events are out before the next arrives. (Pushed back to
+  // back, the connection would interleave them: processProtoMessageFetchResult awaits between messages.)
+  await Promise.all(processing.splice(0));
 }
-await Promise.all(processing);
 
 writeFileSync(out, lines.map((l) => l + "\n").join(""));
 console.log(JSON.stringify({ lines: lines.length, gifts }));
