@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 NATIVE_SRC := native/Cargo.toml native/Cargo.lock $(wildcard native/src/*.rs)
 
-.PHONY: install demo test unit lint kafka-up kafka-down bench bench-kafka clean
+.PHONY: install node-test-tools demo test unit lint kafka-up kafka-down bench bench-kafka clean
 
 install: $(STAMP)
 
@@ -19,6 +19,18 @@ $(STAMP): pyproject.toml $(NATIVE_SRC)
 	$(BIN)/pip install --quiet -e '.[dev]'
 	@touch $@
 
+# The Node.js library the TikTok-Live-Connector tests drive (tests/unit/test_live_tiktok_live_connector.py):
+# tiktok-live-connector pinned exactly by its package-lock.json; needs node and npm on PATH.
+TLC       := tests/support/tiktok-live-connector
+TLC_STAMP := $(TLC)/node_modules/.installed
+
+node-test-tools: $(TLC_STAMP)
+
+$(TLC_STAMP): $(TLC)/package.json $(TLC)/package-lock.json
+	@command -v npm >/dev/null || { echo "the TikTok-Live-Connector tests need Node.js >= 20 and npm on PATH" >&2; exit 1; }
+	npm ci --prefix $(TLC) --no-audit --no-fund
+	@touch $@
+
 demo: install
 	$(BIN)/giftstream replay --out out/demo
 
@@ -27,10 +39,10 @@ lint: install
 	@if cargo clippy --version >/dev/null 2>&1; then cd native && cargo clippy --quiet --release -- -D warnings; \
 	 else echo "lint: cargo clippy not installed, Rust lint skipped"; fi
 
-unit: install
+unit: install node-test-tools
 	$(BIN)/python -m pytest -q -m "not kafka"
 
-test: install lint kafka-up
+test: install lint kafka-up node-test-tools
 	bash deploy/install-test-tools.sh
 	$(BIN)/python -m pytest -q
 

@@ -17,6 +17,7 @@ FORBIDDEN = {
     "state": ("stream.kafka", "stream.runtime", "stream.service", "aiokafka", "faust", "aiohttp"),
     "kafka": ("stream.runtime", "stream.service"),
     "runtime": ("stream.service.http",),
+    "live_clients": ("stream.runtime", "stream.service"),  # a client's gifts become records; it runs no engine
 }
 
 
