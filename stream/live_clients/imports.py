@@ -37,7 +37,8 @@ def reader(source: str) -> SavedReader:
 
 
 def map_gifts(items: Iterable[tuple[str, LiveGift | Unmapped]], into: Imported) -> Imported:
-    """Each (where, item) into a record or an Unmapped with its reason."""
+    """Each (where, item) into a record or an Unmapped with its reason (where: the file and line, or the item
+    number, as the reader counts them: one item per line)."""
     for where, item in items:
         if isinstance(item, Unmapped):
             into.unmapped.append(item)
@@ -54,5 +55,5 @@ def import_sessions(source: str, paths: Iterable[str | Path]) -> Imported:
     read = reader(source)
     out = Imported()
     for path in map(Path, paths):
-        map_gifts(((f"{path}#{i}", item) for i, item in enumerate(read(path), 1)), out)
+        map_gifts(((f"{path}:{i}", item) for i, item in enumerate(read(path), 1)), out)
     return out
