@@ -147,7 +147,7 @@ def test_import_writes_the_gift_events_and_lists_what_it_cannot_map(saved, tmp_p
     assert unmapped == [
         {"where": f"{saved}:{CHAT_LINE}", "reason": "a WebcastChatMessage, not a gift message (the gift event is a "
                                                      "WebcastGiftMessage)"},
-        {"where": f"{saved}#{NOBODY_LINE}", "reason": "no receiving user: the message names none and the room's "
+        {"where": f"{saved}:{NOBODY_LINE}", "reason": "no receiving user: the message names none and the room's "
                                                        "owner is unknown"},
     ]
     err = capsys.readouterr().err
@@ -249,7 +249,7 @@ def test_unreadable_lines_are_listed_with_their_reasons(saved, tmp_path):
     assert isinstance(items[-1], LiveGift)
     rc, events, unmapped = import_(tmp_path, path)
     assert rc == 0 and [e["event_id"] for e in events] == [msg_id(1)]
-    assert unmapped[-1] == {"where": f"{path}#9", "reason": "diamond_count 0 is outside 1..10,000,000 coins"}
+    assert unmapped[-1] == {"where": f"{path}:9", "reason": "diamond_count 0 is outside 1..10,000,000 coins"}
     assert len(unmapped) == len(bad) - 1
 
 
