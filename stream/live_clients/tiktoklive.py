@@ -274,7 +274,10 @@ class KafkaSink:
         await self._producer.start()
 
     async def write(self, key: bytes, record: bytes) -> None:
-        self._pending = [f for f in self._pending if not f.done() or f.result() is None]  # raises a failed send
+        for f in self._pending:
+            if f.done():
+                f.result()  # a send that failed raises here: the capture stops instead of losing records
+        self._pending = [f for f in self._pending if not f.done()]
         self._pending.append(await self._producer.send(self.topic, record, key=key))
 
     async def close(self) -> None:
