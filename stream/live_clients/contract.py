@@ -4,7 +4,8 @@ TikTok-Live-Connector's saved gift objects) into a `LiveGift`; `gift_event` turn
 says why it cannot (`Unmappable`), so nothing is dropped silently.
 
 The rules (README, "Sessions from LIVE clients"):
-- ids stay exact decimal strings (they are 64-bit; a float would round them);
+- ids stay exact decimal strings (they are 64-bit; a float would round them); an id of 0 or "" is absent (0 is
+  protobuf's default for an int64 field the message does not carry), never the id "0";
 - the event id is the message's msg_id: a resend of the same message is the same event, deduplicated;
 - the creator is the user the gift is sent to (a co-host's gifts are the co-host's), the room's owner when the
   message names nobody;
@@ -59,8 +60,10 @@ class Unmapped:
 
 def _id(value: int | str, name: str, optional: bool = False) -> str:
     text = str(value) if not isinstance(value, bool) else ""
-    if text in ("", "0") and optional:
-        return ""
+    if text in ("", "0"):  # 0 is protobuf's default: an int64 id field the message does not carry
+        if optional:
+            return ""
+        raise Unmappable(f"no {name}: the message carries none (empty or 0)")
     if not _ID.match(text):
         raise Unmappable(f"{name} {value!r} is not an id of 1 to 64 of [0-9A-Za-z_-]")
     return text
