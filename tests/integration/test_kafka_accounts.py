@@ -3,7 +3,6 @@ money, a rebuild by a new group, and the offline replay of the same three inputs
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from collections import Counter
 from dataclasses import replace
@@ -20,10 +19,9 @@ from stream.kafka.session_files import AccountRecord
 from stream.kafka.session_io import produce_session, read_topic, record
 from stream.kafka.topics import create_topics, delete_topics
 from stream.runtime.replay import ReplayResult, Session, replay, replay_recording
-from stream.runtime.worker import Worker
 from stream.state.changelog import restore_state
 from tests.support.events import T0
-from tests.support.kafka_checks import PARTITIONS, topics_of_its_own, wait_drained
+from tests.support.kafka_checks import PARTITIONS, run_until_drained, topics_of_its_own
 from tests.support.processes import BOOTSTRAP
 
 pytestmark = pytest.mark.kafka
@@ -78,17 +76,6 @@ async def produce(cfg: WorkerConfig, s: Session) -> None:
     await produce_session(s.gifts, cfg)
 
 
-async def run_group(cfg: WorkerConfig) -> None:
-    worker = Worker(cfg, load_policy())
-    run = asyncio.create_task(worker.run())
-    try:
-        for topic in (cfg.topics.gifts, cfg.topics.payouts, cfg.topics.accounts):
-            await wait_drained(cfg, topic=topic)
-    finally:
-        worker.stop()
-        await run
-
-
 async def outputs(cfg: WorkerConfig) -> dict[str, list[bytes]]:
     t = cfg.topics
     got = {name: sorted(m.value for ms in (await read_topic(cfg, topic)).values() for m in ms)
@@ -118,7 +105,7 @@ async def test_a_gift_and_the_payout_of_its_money_both_waiting_at_start(cfg):
     # Seen before the merge: the batch applied its payout first: "payout p1 of 2000000 exceeds the balance 0".
     await produce_session([gift(1, "c-w", 2_000, T0)], cfg)
     await produce_session([payout("p1", "c-w", 2_000_000, T0 + 1)], cfg, kind=Input.PAYOUTS)
-    await run_group(cfg)
+    await run_until_drained(cfg)
     got = await outputs(cfg)
     assert got["dlq"] == []
     assert [model.decode_notice(n).notice_id for n in got["notices"]] == ["pn-c-w-1"]
@@ -130,7 +117,7 @@ async def test_a_rebuild_by_a_new_group_and_the_offline_replay_give_the_live_run
     # instead of 1,999,000) and missed a notice.
     s = three_inputs()
     await produce(cfg, s)
-    await run_group(cfg)
+    await run_until_drained(cfg)
     live = await outputs(cfg)
     suffix = uuid.uuid4().hex[:8]
     t = cfg.topics
@@ -139,7 +126,7 @@ async def test_a_rebuild_by_a_new_group_and_the_offline_replay_give_the_live_run
         **{k: f"{v}-{suffix}" for k, v in vars(t).items() if k not in ("gifts", "payouts", "accounts")}))
     await create_topics(rebuild, PARTITIONS)
     try:
-        await run_group(rebuild)
+        await run_until_drained(rebuild)
         again = await outputs(rebuild)
     finally:
         await delete_topics(replace(rebuild, topics=replace(rebuild.topics, gifts="-", payouts="-", accounts="-")))

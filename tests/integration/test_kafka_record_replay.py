@@ -17,15 +17,13 @@ from stream.cli import _default_session
 from stream.config import WorkerConfig
 from stream.engine import model
 from stream.engine.order import Input
-from stream.engine.policy import load_policy
 from stream.kafka.recording import read_recording
 from stream.kafka.routing import PartitionCache
 from stream.kafka.session_files import read_session, write_session
 from stream.kafka.session_io import read_topic
 from stream.kafka.topics import create_topics, delete_topics
-from stream.runtime.worker import Worker
 from tests.support.events import T0
-from tests.support.kafka_checks import PARTITIONS, topics_of_its_own, wait_drained
+from tests.support.kafka_checks import PARTITIONS, run_until_drained, topics_of_its_own
 from tests.support.processes import BOOTSTRAP, run_cli, unique_topics, write_config
 
 pytestmark = pytest.mark.kafka
@@ -112,17 +110,6 @@ async def produce(cfg: WorkerConfig, traffic) -> None:
                                         partition=partition)
 
 
-async def run_worker(cfg: WorkerConfig) -> None:
-    worker = Worker(cfg, load_policy())
-    run = asyncio.create_task(worker.run())
-    try:
-        for topic in (cfg.topics.gifts, cfg.topics.payouts, cfg.topics.accounts):
-            await wait_drained(cfg, topic=topic)
-    finally:
-        worker.stop()
-        await run
-
-
 async def live_outputs(cfg: WorkerConfig) -> dict[str, Counter]:
     t = cfg.topics
     return {name: Counter(m.value for ms in (await read_topic(cfg, getattr(t, attr))).values() for m in ms)
@@ -135,7 +122,7 @@ async def test_a_live_run_over_hostile_traffic_replays_from_its_recording_to_eve
     # recording 90 and 330, and a notice's balance differed (empty and null values vanished, a newline inside a
     # value became a space, records were routed by creator_id, not placed on the partition they were on).
     await produce(cfg, hostile_traffic())
-    await run_worker(cfg)
+    await run_until_drained(cfg)
     live = await live_outputs(cfg)
     config = write_config(tmp_path / "w.toml", cfg.topics, bootstrap_servers=BOOTSTRAP, group_id=cfg.group_id)
     recording = tmp_path / "session.rec.jsonl.gz"

@@ -107,6 +107,18 @@ async def run_worker_through(cfg: WorkerConfig, records: list[bytes]) -> Worker:
     return worker
 
 
+async def run_until_drained(cfg: WorkerConfig) -> None:
+    """Run one in-process worker until it has committed all three inputs' records, stop it."""
+    worker = Worker(cfg, load_policy())
+    run = asyncio.create_task(worker.run())
+    try:
+        for topic in (cfg.topics.gifts, cfg.topics.payouts, cfg.topics.accounts):
+            await wait_drained(cfg, topic=topic)
+    finally:
+        worker.stop()
+        await run
+
+
 async def wait_for(condition, what: str, timeout: float = 60, procs: tuple = ()) -> object:
     """Poll condition() until it returns something truthy, and return that; fail after `timeout` s, or as soon as
     one of `procs` (tests/proc_helpers.Proc) has exited. An OSError (an HTTP side not up yet) counts as not yet."""
