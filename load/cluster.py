@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from aiokafka.admin import AIOKafkaAdminClient
-from aiokafka.errors import KafkaError
+from aiokafka.errors import KafkaError, for_code
 
 ROOT = Path(__file__).resolve().parents[1]
 CLUSTER_SH = ROOT / "deploy" / "kafka" / "kafka-cluster.sh"
@@ -126,11 +126,15 @@ class Cluster:
 
     async def partitions(self, topics: list[str] | None = None) -> list[PartitionState]:
         """Leader, replicas and ISR of every partition of `topics` (None: every topic, internal ones included)."""
-        described = await self._ask(lambda admin: admin.describe_topics(topics))
+        async def describe(admin: AIOKafkaAdminClient) -> list:
+            described = await admin.describe_topics(topics)
+            for t in described:  # e.g. a topic created moments ago and not yet known to the broker asked: again
+                if t["error_code"]:
+                    raise for_code(t["error_code"])(f"metadata of {t['topic']}")
+            return described
+
         states = []
-        for t in described:
-            if t["error_code"]:
-                raise RuntimeError(f"metadata of {t['topic']}: error {t['error_code']}")
+        for t in await self._ask(describe):
             states += [PartitionState(t["topic"], p["partition"], p["leader"], tuple(p["replicas"]), tuple(p["isr"]))
                        for p in t["partitions"]]
         return states
