@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 NATIVE_SRC := native/Cargo.toml native/Cargo.lock $(wildcard native/src/*.rs)
 
-.PHONY: install node-test-tools demo test unit lint kafka-up kafka-down bench bench-kafka clean
+.PHONY: install node-test-tools demo test unit lint kafka-up kafka-down kafka-single bench bench-kafka clean
 
 install: $(STAMP)
 
@@ -42,20 +42,27 @@ lint: install
 unit: install node-test-tools
 	$(BIN)/python -m pytest -q -m "not kafka"
 
-test: install lint kafka-up node-test-tools
+test: install lint kafka-single node-test-tools
 	bash deploy/install-test-tools.sh
 	$(BIN)/python -m pytest -q
 
+# `make kafka-up`: the single-node broker the tests use (127.0.0.1:19092). `KAFKA_NODES=3 make kafka-up`: the
+# three-broker loopback cluster instead (127.0.0.1:19192,19292,19392; deploy/kafka/README.md), beside it.
+KAFKA_NODES ?= 1
 kafka-up: install
-	bash deploy/kafka/kafka-up.sh
+	$(if $(filter 1,$(KAFKA_NODES)),bash deploy/kafka/kafka-up.sh,KAFKA_NODES=$(KAFKA_NODES) bash deploy/kafka/kafka-cluster.sh up)
 
 kafka-down:
-	bash deploy/kafka/kafka-down.sh
+	$(if $(filter 1,$(KAFKA_NODES)),bash deploy/kafka/kafka-down.sh,KAFKA_NODES=$(KAFKA_NODES) bash deploy/kafka/kafka-cluster.sh down)
+
+# what `make test` and `make bench-kafka` need whatever KAFKA_NODES says: the single node
+kafka-single: install
+	bash deploy/kafka/kafka-up.sh
 
 bench: install
 	$(BIN)/python -m load.bench_engine
 
-bench-kafka: install kafka-up
+bench-kafka: install kafka-single
 	$(BIN)/giftstream load compare --events 1000000
 
 clean:

@@ -244,7 +244,15 @@ def cmd_topics(args: argparse.Namespace) -> int:
         asyncio.run(delete_topics(cfg))
         print("deleted giftstream topics", file=sys.stderr)
         return 0
-    created = asyncio.run(create_topics(cfg, args.partitions, parse_retention(args.retention)))
+    if args.replication_factor is not None and args.replication_factor < 1:
+        raise SystemExit(f"giftstream topics: --replication-factor {args.replication_factor} < 1")
+    from aiokafka.errors import KafkaError
+
+    try:
+        created = asyncio.run(create_topics(cfg, args.partitions, parse_retention(args.retention),
+                                            args.replication_factor))
+    except KafkaError as e:  # e.g. a replication factor above the brokers there are
+        raise SystemExit(f"giftstream topics: {e}") from None
     print(f"created {', '.join(created) or 'nothing (all topics exist)'}", file=sys.stderr)
     return 0
 
@@ -329,6 +337,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("action", choices=["create", "delete"])
     p.add_argument("--partitions", type=int, default=6, help="partitions of every topic (default 6)")
     p.add_argument("--retention", default="7d", help="retention of non-compacted topics (default 7d)")
+    p.add_argument("--replication-factor", type=int, metavar="N",
+                   help="copies of every partition (default: min(3, brokers in the cluster)); with 3 or more "
+                        "every topic gets min.insync.replicas=2")
     _kafka_args(p)
     p.set_defaults(func=cmd_topics)
 

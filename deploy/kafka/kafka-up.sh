@@ -55,23 +55,11 @@ log() { echo "kafka-up: $*"; }
 die() { echo "kafka-up: ERROR: $*" >&2; exit 1; }
 
 # ---------------------------------------------------------------- prerequisites
-if ! command -v java >/dev/null 2>&1; then
-  echo "kafka-up: ERROR: 'java' not found. Install a Java 17+ runtime, e.g.: apt-get install openjdk-17-jre-headless maven" >&2
-  exit 2
-fi
-JAVA_SPEC="$(java -XshowSettings:properties -version 2>&1 | sed -n 's/^ *java\.specification\.version = //p' | head -n1)"
-JAVA_MAJOR="${JAVA_SPEC#1.}"; JAVA_MAJOR="${JAVA_MAJOR%%.*}"
-if ! [[ "$JAVA_MAJOR" =~ ^[0-9]+$ ]] || (( JAVA_MAJOR < 17 )); then
-  echo "kafka-up: ERROR: Java >= 17 required, found '${JAVA_SPEC:-unknown}'. Install e.g.: apt-get install openjdk-17-jre-headless" >&2
-  exit 2
-fi
-if ! command -v mvn >/dev/null 2>&1; then
-  echo "kafka-up: ERROR: 'mvn' not found (needed once to fetch Kafka jars from Maven Central). Install e.g.: apt-get install maven" >&2
-  exit 2
-fi
-
-KAFKA_VERSION="$(sed -n 's:.*<kafka.version>\(.*\)</kafka.version>.*:\1:p' "$POM" | head -n1)"
-[[ -n "$KAFKA_VERSION" ]] || die "cannot read <kafka.version> from $POM"
+LOG_NAME=kafka-up
+# shellcheck source=deploy/kafka/lib.sh
+source "${SCRIPT_DIR}/lib.sh"
+require_java_and_mvn
+KAFKA_VERSION="$(pom_kafka_version)"
 
 LIBS="${GIFTSTREAM_KAFKA_LIBS:-${KAFKA_HOME}/libs}"
 CONFIG_DIR="${KAFKA_HOME}/config"
@@ -273,23 +261,7 @@ fi
 
 # ---------------------------------------------------------------- install jars
 mkdir -p "$KAFKA_HOME" "$CONFIG_DIR" "$DATA_DIR" "$LOG_DIR"
-POM_SUM="$(sha256sum "$POM" | cut -c1-16)"
-MARKER="${LIBS}/.installed"
-if [[ -f "$MARKER" && "$(cat "$MARKER")" == "${KAFKA_VERSION} ${POM_SUM}" ]]; then
-  :
-else
-  log "installing Apache Kafka ${KAFKA_VERSION} jars into ${LIBS} (Maven Central via mvn)"
-  rm -rf "${LIBS}.tmp"
-  if ! mvn -B -Dstyle.color=never -f "$POM" dependency:copy-dependencies \
-        -DincludeScope=runtime -DoutputDirectory="${LIBS}.tmp" >"${LOG_DIR}/mvn-install.log" 2>&1; then
-    grep -E 'ERROR|FAIL' "${LOG_DIR}/mvn-install.log" | tail -n 20 >&2 || true
-    rm -rf "${LIBS}.tmp"
-    die "mvn failed to resolve Kafka ${KAFKA_VERSION} jars (is Maven Central reachable?); full log: ${LOG_DIR}/mvn-install.log"
-  fi
-  echo "${KAFKA_VERSION} ${POM_SUM}" >"${LIBS}.tmp/.installed"
-  rm -rf "$LIBS"
-  mv "${LIBS}.tmp" "$LIBS"
-fi
+install_jars "$LIBS" "$LOG_DIR"
 
 # ---------------------------------------------------------------- --fresh wipe
 if [[ "$FRESH" == "1" ]]; then

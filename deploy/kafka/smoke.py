@@ -24,6 +24,8 @@ on a raw connection (no authentication, so they work on the SASL listener too):
                                       coordinator ready? (the first lookup
                                       creates __consumer_offsets /
                                       __transaction_state)
+  smoke.py --brokers N PORT           does the broker's metadata list N brokers
+                                      (the loopback cluster, kafka-cluster.sh)?
 Exit status 0 for yes.
 """
 
@@ -44,6 +46,7 @@ from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.protocol.admin import ApiVersionRequest_v0
 from aiokafka.protocol.api import RequestHeader_v1
 from aiokafka.protocol.coordination import FindCoordinatorRequest_v1
+from aiokafka.protocol.metadata import MetadataRequest_v1
 from aiokafka.structs import OffsetAndMetadata
 
 STEP_TIMEOUT = 30.0
@@ -103,6 +106,11 @@ async def broker_answers(port: int) -> bool:
 async def coordinator_ready(kind: int, port: int) -> bool:
     response = await ask(port, FindCoordinatorRequest_v1("giftstream-warmup", kind))
     return response is not None and response.error_code == 0
+
+
+async def brokers_registered(want: int, port: int) -> bool:
+    response = await ask(port, MetadataRequest_v1(None))  # None: no topics, only the brokers
+    return response is not None and len(response.brokers) == want
 
 
 async def main(bootstrap: str, keep: bool) -> int:
@@ -312,11 +320,15 @@ if __name__ == "__main__":
     ap.add_argument("--probe", type=int, metavar="PORT", help="only: does the broker on PORT answer ApiVersions?")
     ap.add_argument("--coordinator", type=int, nargs=2, metavar=("KIND", "PORT"),
                     help="only: is the group (KIND 0) or transaction (KIND 1) coordinator ready?")
+    ap.add_argument("--brokers", type=int, nargs=2, metavar=("N", "PORT"),
+                    help="only: does the metadata of the broker on PORT list N brokers?")
     args = ap.parse_args()
     if args.probe is not None:
         sys.exit(0 if asyncio.run(broker_answers(args.probe)) else 1)
     if args.coordinator is not None:
         sys.exit(0 if asyncio.run(coordinator_ready(*args.coordinator)) else 1)
+    if args.brokers is not None:
+        sys.exit(0 if asyncio.run(brokers_registered(*args.brokers)) else 1)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -1,0 +1,54 @@
+# Shared by kafka-up.sh (the single node) and kafka-cluster.sh / kafka-node.sh (the loopback cluster):
+# the prerequisites and the jar install from Maven Central (pom.xml). Source it with LOG_NAME set
+# (the prefix of messages, e.g. kafka-up) and POM pointing at deploy/kafka/pom.xml.
+
+# Java 17+ and mvn, or exit 2 saying what to install.
+require_java_and_mvn() {
+  if ! command -v java >/dev/null 2>&1; then
+    echo "${LOG_NAME}: ERROR: 'java' not found. Install a Java 17+ runtime, e.g.: apt-get install openjdk-17-jre-headless maven" >&2
+    exit 2
+  fi
+  local spec major
+  spec="$(java -XshowSettings:properties -version 2>&1 | sed -n 's/^ *java\.specification\.version = //p' | head -n1)"
+  major="${spec#1.}"; major="${major%%.*}"
+  if ! [[ "$major" =~ ^[0-9]+$ ]] || (( major < 17 )); then
+    echo "${LOG_NAME}: ERROR: Java >= 17 required, found '${spec:-unknown}'. Install e.g.: apt-get install openjdk-17-jre-headless" >&2
+    exit 2
+  fi
+  if ! command -v mvn >/dev/null 2>&1; then
+    echo "${LOG_NAME}: ERROR: 'mvn' not found (needed once to fetch Kafka jars from Maven Central). Install e.g.: apt-get install maven" >&2
+    exit 2
+  fi
+}
+
+# The Kafka version pom.xml pins.
+pom_kafka_version() {
+  local v
+  v="$(sed -n 's:.*<kafka.version>\(.*\)</kafka.version>.*:\1:p' "$POM" | head -n1)"
+  [[ -n "$v" ]] || { echo "${LOG_NAME}: ERROR: cannot read <kafka.version> from $POM" >&2; exit 1; }
+  echo "$v"
+}
+
+# install_jars LIBS LOG_DIR: `mvn dependency:copy-dependencies` into LIBS once; the marker LIBS/.installed
+# holds the version and the pom checksum, so a changed pom reinstalls.
+install_jars() {
+  local libs="$1" log_dir="$2" version pom_sum
+  version="$(pom_kafka_version)"
+  pom_sum="$(sha256sum "$POM" | cut -c1-16)"
+  if [[ -f "${libs}/.installed" && "$(cat "${libs}/.installed")" == "${version} ${pom_sum}" ]]; then
+    return 0
+  fi
+  echo "${LOG_NAME}: installing Apache Kafka ${version} jars into ${libs} (Maven Central via mvn)"
+  mkdir -p "$log_dir"
+  rm -rf "${libs}.tmp"
+  if ! mvn -B -Dstyle.color=never -f "$POM" dependency:copy-dependencies \
+        -DincludeScope=runtime -DoutputDirectory="${libs}.tmp" >"${log_dir}/mvn-install.log" 2>&1; then
+    grep -E 'ERROR|FAIL' "${log_dir}/mvn-install.log" | tail -n 20 >&2 || true
+    rm -rf "${libs}.tmp"
+    echo "${LOG_NAME}: ERROR: mvn failed to resolve Kafka ${version} jars (is Maven Central reachable?); full log: ${log_dir}/mvn-install.log" >&2
+    exit 1
+  fi
+  echo "${version} ${pom_sum}" >"${libs}.tmp/.installed"
+  rm -rf "$libs"
+  mv "${libs}.tmp" "$libs"
+}
