@@ -47,7 +47,7 @@ test: install lint kafka-single node-test-tools
 	$(BIN)/python -m pytest -q
 
 # `make kafka-up`: the single-node broker the tests use (127.0.0.1:19092). `KAFKA_NODES=3 make kafka-up`: the
-# three-broker loopback cluster instead (127.0.0.1:19192,19292,19392; deploy/kafka/README.md), beside it.
+# three-broker loopback cluster instead (127.0.0.1:19500,19600,19700; deploy/kafka/README.md), beside it.
 KAFKA_NODES ?= 1
 kafka-up: install
 	$(if $(filter 1,$(KAFKA_NODES)),bash deploy/kafka/kafka-up.sh,KAFKA_NODES=$(KAFKA_NODES) bash deploy/kafka/kafka-cluster.sh up)

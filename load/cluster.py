@@ -2,7 +2,7 @@
 runs: bring it up or down, stop / SIGKILL / start one node, and ask the cluster who leads which partition and
 whether every replica is back in sync.
 
-    cluster = Cluster()                      # KAFKA_NODES=3, <repo>/.local/kafka-cluster, ports 19192..19392
+    cluster = Cluster()                      # KAFKA_NODES=3, <repo>/.local/kafka-cluster, ports 19500..19700
     cluster.up()                             # kafka-cluster.sh up (no-op when it runs)
     node = max((await cluster.leader_counts("gifts")).items(), key=lambda kv: kv[1])[0]
     cluster.kill(node)                       # SIGKILL; cluster.stop(node) is SIGTERM
@@ -46,7 +46,7 @@ class PartitionState:
 
 
 class Cluster:
-    def __init__(self, nodes: int = 3, home: Path | str | None = None, port_base: int = 19092,
+    def __init__(self, nodes: int = 3, home: Path | str | None = None, port_base: int = 19400,
                  env: dict[str, str] | None = None) -> None:
         self.nodes, self.port_base = nodes, port_base
         self.home = Path(home) if home else ROOT / ".local" / "kafka-cluster"

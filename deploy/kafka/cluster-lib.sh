@@ -3,8 +3,8 @@
 #
 # Every node is broker and controller at once (combined KRaft mode); all nodes are voters of one static quorum.
 # Node N (1..KAFKA_NODES) listens on 127.0.0.1 only:
-#   PLAINTEXT  <port base> + 100*N        (19192, 19292, 19392 by default)
-#   CONTROLLER <port base> + 100*N + 1    (19193, 19293, 19393)
+#   PLAINTEXT  <port base> + 100*N        (19500, 19600, 19700 by default)
+#   CONTROLLER <port base> + 100*N + 1    (19501, 19601, 19701)
 # and lives in <cluster home>/node-N/{config,data,logs,kafka.pid}; the jars are in <cluster home>/libs.
 
 REPO_ROOT="$(cd "${SCRIPT_DIR}/../.." && pwd)"
@@ -15,7 +15,7 @@ source "${SCRIPT_DIR}/lib.sh"
 NODES="${KAFKA_NODES:-3}"
 CLUSTER_HOME="${GIFTSTREAM_KAFKA_CLUSTER_HOME:-${REPO_ROOT}/.local/kafka-cluster}"
 LIBS="${GIFTSTREAM_KAFKA_LIBS:-${CLUSTER_HOME}/libs}"
-PORT_BASE="${GIFTSTREAM_KAFKA_CLUSTER_PORT_BASE:-19092}"
+PORT_BASE="${GIFTSTREAM_KAFKA_CLUSTER_PORT_BASE:-19400}"
 HEAP_OPTS="${GIFTSTREAM_KAFKA_CLUSTER_HEAP_OPTS:--Xms512m -Xmx512m}"
 START_TIMEOUT="${GIFTSTREAM_KAFKA_START_TIMEOUT:-90}"
 STOP_TIMEOUT="${GIFTSTREAM_KAFKA_STOP_TIMEOUT:-30}"

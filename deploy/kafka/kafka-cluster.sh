@@ -17,7 +17,7 @@
 #   GIFTSTREAM_KAFKA_CLUSTER_HOME        jars, nodes' config/data/logs (default: <repo>/.local/kafka-cluster)
 #   GIFTSTREAM_KAFKA_LIBS                the Kafka jars (default: <cluster home>/libs); another's, to share them
 #   GIFTSTREAM_KAFKA_CLUSTER_PORT_BASE   node N listens on BASE+100*N, its controller on BASE+100*N+1
-#                                        (default 19092: 19192/19193, 19292/19293, 19392/19393)
+#                                        (default 19400: 19500/19501, 19600/19601, 19700/19701)
 #   GIFTSTREAM_KAFKA_CLUSTER_HEAP_OPTS   JVM heap of each node (default "-Xms512m -Xmx512m")
 #   GIFTSTREAM_KAFKA_START_TIMEOUT       seconds to wait for the cluster (default 90)
 #   GIFTSTREAM_KAFKA_STOP_TIMEOUT        seconds after SIGTERM before SIGKILL (default 30)
