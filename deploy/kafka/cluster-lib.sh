@@ -132,31 +132,6 @@ log.cleaner.threads=1
 EOF
 }
 
-log4j_properties() {
-  cat <<EOF
-# Written by deploy/kafka/kafka-cluster.sh / kafka-node.sh
-status = warn
-shutdownHook = disable
-name = giftstream-kafka-node-$1
-appender.server.type = RollingFile
-appender.server.name = server
-appender.server.fileName = $(node_home "$1")/logs/server.log
-appender.server.filePattern = $(node_home "$1")/logs/server.log.%i
-appender.server.layout.type = PatternLayout
-appender.server.layout.pattern = [%d] %p %m (%c)%n
-appender.server.policies.type = Policies
-appender.server.policies.size.type = SizeBasedTriggeringPolicy
-appender.server.policies.size.size = 50MB
-appender.server.strategy.type = DefaultRolloverStrategy
-appender.server.strategy.max = 3
-rootLogger.level = INFO
-rootLogger.appenderRef.server.ref = server
-logger.request.name = kafka.request.logger
-logger.request.level = WARN
-logger.statechange.name = state.change.logger
-logger.statechange.level = WARN
-EOF
-}
 
 # Write node $1's config and format its storage if it has none. Not while it runs.
 prepare_node() {
@@ -164,7 +139,8 @@ prepare_node() {
   home="$(node_home "$n")"
   mkdir -p "${home}/config" "${home}/data" "${home}/logs"
   server_properties "$n" >"$(node_props "$n")"
-  log4j_properties "$n" >"${home}/config/log4j2.properties"
+  log4j_properties "giftstream-kafka-node-${n}" "${home}/logs" "deploy/kafka/kafka-cluster.sh / kafka-node.sh" \
+    >"${home}/config/log4j2.properties"
   if [[ ! -f "${home}/data/meta.properties" ]]; then
     log "node ${n}: formatting KRaft storage in ${home}/data (cluster id ${CLUSTER_ID})"
     if ! java -Xmx256m -cp "${LIBS}/*" -Dlog4j2.configurationFile="${home}/config/log4j2.properties" \

@@ -284,30 +284,7 @@ if ! broker_pid >/dev/null; then
   server_properties >"$SERVER_PROPS"
   chmod 600 "$SERVER_PROPS"   # holds the keystore password
 
-  cat >"$LOG4J_CONF" <<EOF
-# Written by deploy/kafka/kafka-up.sh
-status = warn
-# keep logging through Kafka's own shutdown hook (else the last shutdown lines are lost)
-shutdownHook = disable
-name = giftstream-kafka
-appender.server.type = RollingFile
-appender.server.name = server
-appender.server.fileName = ${LOG_DIR}/server.log
-appender.server.filePattern = ${LOG_DIR}/server.log.%i
-appender.server.layout.type = PatternLayout
-appender.server.layout.pattern = [%d] %p %m (%c)%n
-appender.server.policies.type = Policies
-appender.server.policies.size.type = SizeBasedTriggeringPolicy
-appender.server.policies.size.size = 50MB
-appender.server.strategy.type = DefaultRolloverStrategy
-appender.server.strategy.max = 3
-rootLogger.level = INFO
-rootLogger.appenderRef.server.ref = server
-logger.request.name = kafka.request.logger
-logger.request.level = WARN
-logger.statechange.name = state.change.logger
-logger.statechange.level = WARN
-EOF
+  log4j_properties giftstream-kafka "$LOG_DIR" "deploy/kafka/kafka-up.sh" >"$LOG4J_CONF"
 
   CP="${LIBS}/*"
   # ------------------------------------------------------------ format storage once

@@ -52,3 +52,32 @@ install_jars() {
   rm -rf "$libs"
   mv "${libs}.tmp" "$libs"
 }
+
+# A broker's log4j2 configuration on stdout: log4j_properties NAME LOG_DIR WRITER. One rolling server.log, the
+# request and state-change loggers at WARN; shutdownHook disabled to keep logging through Kafka's own shutdown
+# hook (else the last shutdown lines are lost).
+log4j_properties() {
+  cat <<EOF
+# Written by $3
+status = warn
+shutdownHook = disable
+name = $1
+appender.server.type = RollingFile
+appender.server.name = server
+appender.server.fileName = $2/server.log
+appender.server.filePattern = $2/server.log.%i
+appender.server.layout.type = PatternLayout
+appender.server.layout.pattern = [%d] %p %m (%c)%n
+appender.server.policies.type = Policies
+appender.server.policies.size.type = SizeBasedTriggeringPolicy
+appender.server.policies.size.size = 50MB
+appender.server.strategy.type = DefaultRolloverStrategy
+appender.server.strategy.max = 3
+rootLogger.level = INFO
+rootLogger.appenderRef.server.ref = server
+logger.request.name = kafka.request.logger
+logger.request.level = WARN
+logger.statechange.name = state.change.logger
+logger.statechange.level = WARN
+EOF
+}
