@@ -153,6 +153,7 @@ def cmd_replay_to_kafka(args: argparse.Namespace) -> int:
 
     from stream.engine.order import Input
     from stream.kafka.session_io import produce_recording, produce_session
+    from stream.kafka.topics import input_topics
 
     cfg = _worker_config(args)
     _check_kafka(cfg)
@@ -164,7 +165,7 @@ def cmd_replay_to_kafka(args: argparse.Namespace) -> int:
                              "give no --topic with it")
         with tqdm(total=len(recording), unit="rec", unit_scale=True, disable=args.quiet, file=sys.stderr) as bar:
             sent = asyncio.run(produce_recording(recording, cfg, speed, bar.update))
-        t = {Input.GIFTS: cfg.topics.gifts, Input.PAYOUTS: cfg.topics.payouts, Input.ACCOUNTS: cfg.topics.accounts}
+        t = input_topics(cfg.topics)
         print(f"produced {', '.join(f'{n:,} records to {t[k]}' for k, n in sent.items() if n)} from {args.file}, "
               f"each to its recorded partition, at {cfg.bootstrap_servers}", file=sys.stderr)
         return 0

@@ -16,6 +16,7 @@ from stream.engine.order import Input, tombstone_times
 from stream.kafka.recording import INPUT_NAMES, Header, Record, Recording, RecordingWriter, TopicInfo, new_header
 from stream.kafka.routing import PartitionCache
 from stream.kafka.session_files import key_of
+from stream.kafka.topics import input_topics
 
 MAX_PACE_JUMP_MS = 60_000
 
@@ -35,8 +36,7 @@ async def produce_session(records: list[bytes | None], cfg: WorkerConfig, topic:
     partition 0, as the offline replay routes them); a tombstone (None) is stamped with its time from `times` (the
     merge orders every other record by the time in its value: stream.engine.order). speed=None: as fast as possible;
     N: N times the event-time pace. kind: the input the records are for (gifts unless told)."""
-    topic = topic or {Input.GIFTS: cfg.topics.gifts, Input.PAYOUTS: cfg.topics.payouts,
-                      Input.ACCOUNTS: cfg.topics.accounts}[kind]
+    topic = topic or input_topics(cfg.topics)[kind]
     stamps = tombstone_times(records, times)
     producer = bulk_producer(cfg, linger_ms=20)
     await producer.start()
@@ -142,8 +142,7 @@ async def record(cfg: WorkerConfig, path: str | Path, since_ms: int | None = Non
     in the range needs its account), up to until. offsets: (input, partition) -> [first, end) instead, either side
     open (None). An input whose topic does not exist is left out (the header lists the inputs recorded). Returns the
     header written and the records written."""
-    t = cfg.topics
-    topics = {Input.GIFTS: t.gifts, Input.PAYOUTS: t.payouts, Input.ACCOUNTS: t.accounts}
+    topics = input_topics(cfg.topics)
     consumer = AIOKafkaConsumer(bootstrap_servers=cfg.bootstrap_servers, enable_auto_commit=False,
                                 isolation_level="read_committed", max_partition_fetch_bytes=16 << 20,
                                 **cfg.kafka_security())
@@ -152,7 +151,7 @@ async def record(cfg: WorkerConfig, path: str | Path, since_ms: int | None = Non
         await consumer._client.force_metadata_update()  # a topic created moments ago may not be known yet
         parts = {kind: sorted(consumer.partitions_for_topic(topic) or ()) for kind, topic in topics.items()}
         if not parts[Input.GIFTS]:
-            raise ValueError(f"giftstream record: topic {t.gifts} does not exist")
+            raise ValueError(f"giftstream record: topic {topics[Input.GIFTS]} does not exist")
         tps = {TopicPartition(topics[kind], p): (kind, p) for kind, ps in parts.items() for p in ps}
         firsts = await consumer.beginning_offsets(list(tps))
         ends = await consumer.end_offsets(list(tps))
@@ -210,8 +209,7 @@ async def produce_recording(recording: Recording, cfg: WorkerConfig, speed: floa
     order). The topics must have the recorded partition counts (the engine's partition checks depend on it). The
     offsets are the target's: a dead letter names the new offset. speed: None as fast as possible; N: N times the
     recorded pace. Returns the records produced per input."""
-    t = cfg.topics
-    topics = {Input.GIFTS: t.gifts, Input.PAYOUTS: t.payouts, Input.ACCOUNTS: t.accounts}
+    topics = input_topics(cfg.topics)
     producer = bulk_producer(cfg, linger_ms=20)
     await producer.start()
     try:

@@ -14,11 +14,17 @@ import logging
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError, for_code
 
-from stream.config import WorkerConfig
+from stream.config import Topics, WorkerConfig
+from stream.engine.order import Input
 
 log = logging.getLogger(__name__)
 WEEK_MS = 7 * 24 * 3_600_000
 MAX_DEFAULT_REPLICATION = 3
+
+
+def input_topics(topics: Topics) -> dict[Input, str]:
+    """The topic of each input of a partition (stream.engine.order.Input)."""
+    return {Input.GIFTS: topics.gifts, Input.PAYOUTS: topics.payouts, Input.ACCOUNTS: topics.accounts}
 
 
 def default_replication_factor(brokers: int) -> int:

@@ -47,6 +47,7 @@ from stream.kafka.clients import (
 )
 from stream.kafka.columnar_fetch import columns_of
 from stream.kafka.routing import PartitionCache, partition_for
+from stream.kafka.topics import input_topics
 from stream.runtime.restore import ChangelogReader
 from stream.service.metrics import Metrics
 from stream.state.changelog import ChangelogWriter, Record, RecordBatchBuilder, StateRestore, cursor_record, engine_body
@@ -179,10 +180,8 @@ class PartitionTask:
         self.cfg, self.policy, self.clients, self.consumer = cfg, policy, clients, consumer
         self.reader, self.checkpoints, self.kept = reader, checkpoints, kept
         self.outputs, self.metrics, self.worker_id = outputs, metrics, worker_id
-        t = cfg.topics
-        names = {Input.GIFTS: t.gifts, Input.PAYOUTS: t.payouts, Input.ACCOUNTS: t.accounts}
         self.input_tps: dict[Input, TopicPartition] = {
-            kind: TopicPartition(topic, partition) for kind, topic in names.items()
+            kind: TopicPartition(topic, partition) for kind, topic in input_topics(cfg.topics).items()
             if assigned is None or topic in assigned}
         self.inputs = tuple(self.input_tps.values())
         self.kinds = {tp: kind for kind, tp in self.input_tps.items()}
@@ -398,12 +397,10 @@ class PartitionTask:
         """Run the engine over the records whose turn has come in the merged order of the inputs (stream.engine.order).
         Returns the positions after them, the changelog of what changed, the record count and the gifts' timestamps.
         Records of an input wait while another input may still deliver an earlier one (see `_horizon`)."""
-        t = self.cfg.topics
         engine = self.engine
         positions: dict[TopicPartition, int] = {}
         count = 0
         stamps: list[int] = []
-        topics = {Input.GIFTS: t.gifts, Input.PAYOUTS: t.payouts, Input.ACCOUNTS: t.accounts}
         for run in runs(self.pending, lambda: [self._horizon(kind) for kind in Input], lambda: engine.watermark,
                         self.policy.max_future_ms):
             self.clean = False  # until this batch commits
@@ -411,7 +408,7 @@ class PartitionTask:
             # At most batch_max_records a batch, as a poll would hand over: records gathered while an input was
             # waited for must not make one long call that stops the event loop (and the heartbeat).
             records = queue.take(min(run.hi, queue.start + self.cfg.batch_max_records - count))
-            count += feed(engine, run.input, records, out, topics[run.input])
+            count += feed(engine, run.input, records, out, self.input_tps[run.input].topic)
             positions[self.input_tps[run.input]] = records[0][-1] + 1
             if run.input is Input.GIFTS:
                 stamps += records[2]
