@@ -86,13 +86,20 @@ def _cyclic_gc_paused() -> Iterator[None]:
             gc.enable()
 
 
+def _engines(policy: Policy, partitions: int, source: str, engine: str | None,
+             owners: PartitionCache | None = None) -> dict[int, Engine]:
+    """One engine per partition, sharing one partition cache (`owners`, else a new one), with no changelog to track
+    (offline)."""
+    owners = owners or PartitionCache(partitions)
+    return {p: make_engine(policy, p, source_topic=source, kind=engine, track_changes=False, partitions=partitions,
+                           owners=owners)
+            for p in range(partitions)}
+
+
 def _replay(records: list[bytes], policy: Policy, partitions: int, batch_size: int, final: bool, source: str,
             progress: Callable[[int], None] | None, engine: str | None) -> ReplayResult:
     started = time.perf_counter()
-    owners = PartitionCache(partitions)
-    engines = {p: make_engine(policy, p, source_topic=source, kind=engine, track_changes=False, partitions=partitions,
-                              owners=owners)
-               for p in range(partitions)}
+    engines = _engines(policy, partitions, source, engine)
     routed = [engines[p] for p in range(partitions)]
     out = Outputs()
     for lo in range(0, len(records), batch_size):
@@ -121,10 +128,8 @@ def _replay_merged(session: Session, policy: Policy, partitions: int, batch_size
                    topics: dict[Input, str]) -> ReplayResult:
     """Each partition's inputs merged (stream.engine.order.plan with every input complete), partition by partition."""
     started = time.perf_counter()
-    owners = PartitionCache(partitions)
-    engines = {p: make_engine(policy, p, source_topic=source, kind=engine, track_changes=False, partitions=partitions,
-                              owners=owners)
-               for p in range(partitions)}
+    owners = PartitionCache(partitions)  # the engines' and the routing's
+    engines = _engines(policy, partitions, source, engine, owners)
     names = {Input.GIFTS: source, Input.PAYOUTS: topics.get(Input.PAYOUTS, "payouts"),
              Input.ACCOUNTS: topics.get(Input.ACCOUNTS, "creator-accounts")}
     pending = {p: [Pending(kind) for kind in Input] for p in range(partitions)}
@@ -157,11 +162,8 @@ def replay_recording(recording: Recording, policy: Policy, batch_size: int = 20_
     with _cyclic_gc_paused():
         started = time.perf_counter()
         partitions = recording.partitions()
-        owners = PartitionCache(partitions)
         names = {kind: info.topic for kind in Input if (info := recording.header.topic(kind)) is not None}
-        engines = {p: make_engine(policy, p, source_topic=names.get(Input.GIFTS, "gifts"), kind=engine,
-                                  track_changes=False, partitions=partitions, owners=owners)
-                   for p in range(partitions)}
+        engines = _engines(policy, partitions, names.get(Input.GIFTS, "gifts"), engine)
         pending = {p: [Pending(kind) for kind in Input] for p in range(partitions)}
         for (kind, p), log in recording.logs.items():
             if not 0 <= p < partitions:
