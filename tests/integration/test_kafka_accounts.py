@@ -21,17 +21,9 @@ from stream.kafka.topics import create_topics, delete_topics
 from stream.runtime.replay import ReplayResult, Session, replay, replay_recording
 from stream.state.changelog import restore_state
 from tests.support.events import T0
-from tests.support.kafka_checks import PARTITIONS, run_until_drained, topics_of_its_own
-from tests.support.processes import BOOTSTRAP
+from tests.support.kafka_checks import PARTITIONS, run_until_drained
 
 pytestmark = pytest.mark.kafka
-
-
-@pytest.fixture
-async def cfg():
-    c = await topics_of_its_own(BOOTSTRAP)
-    yield c
-    await delete_topics(c)
 
 
 def gift(i: int, creator: str, coins: int, ts: int) -> bytes:

@@ -11,20 +11,11 @@ import pytest
 from stream.kafka.routing import PartitionCache
 from stream.kafka.session_files import read_session
 from stream.kafka.session_io import read_topic
-from stream.kafka.topics import delete_topics
 from stream.live_clients import tiktoklive as ttl
-from tests.support.kafka_checks import PARTITIONS, topics_of_its_own
-from tests.support.processes import BOOTSTRAP
+from tests.support.kafka_checks import PARTITIONS
 from tests.unit.test_live_tiktoklive import FRAMES, HOST, ROOM, capture_to, frame, library_events
 
 pytestmark = pytest.mark.kafka
-
-
-@pytest.fixture
-async def cfg():
-    c = await topics_of_its_own(BOOTSTRAP)
-    yield c
-    await delete_topics(c)
 
 
 async def test_capture_to_kafka_produces_what_capture_to_a_file_writes(cfg, tmp_path):

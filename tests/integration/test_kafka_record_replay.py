@@ -21,22 +21,15 @@ from stream.kafka.recording import read_recording
 from stream.kafka.routing import PartitionCache
 from stream.kafka.session_files import read_session, write_session
 from stream.kafka.session_io import read_topic
-from stream.kafka.topics import create_topics, delete_topics
+from stream.kafka.topics import create_topics, delete_topics, input_topics
 from tests.support.events import T0
-from tests.support.kafka_checks import PARTITIONS, run_until_drained, topics_of_its_own
+from tests.support.kafka_checks import PARTITIONS, run_until_drained
 from tests.support.processes import BOOTSTRAP, run_cli, unique_topics, write_config
 
 pytestmark = pytest.mark.kafka
 
 OUTPUTS = {"payout-notices": "notices", "creator-window-totals": "window_totals", "gifts-late": "late",
            "gifts-dlq": "dlq"}
-
-
-@pytest.fixture
-async def cfg():
-    c = await topics_of_its_own(BOOTSTRAP)
-    yield c
-    await delete_topics(c)
 
 
 def gift(i: int, creator: str, coins: int, ts: int, **extra) -> bytes:
@@ -93,8 +86,7 @@ def hostile_traffic() -> dict[Input, list[tuple[int | None, bytes | None, bytes 
 
 async def produce(cfg: WorkerConfig, traffic) -> None:
     """Transactionally, with an aborted transaction in between: the read_committed offsets have gaps."""
-    t = cfg.topics
-    topic = {Input.GIFTS: t.gifts, Input.PAYOUTS: t.payouts, Input.ACCOUNTS: t.accounts}
+    topic = input_topics(cfg.topics)
     owners = PartitionCache(PARTITIONS)
     async with AIOKafkaProducer(bootstrap_servers=cfg.bootstrap_servers, transactional_id=f"{cfg.group_id}-feed",
                                 acks="all") as producer:

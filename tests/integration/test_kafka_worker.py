@@ -22,7 +22,6 @@ from stream.engine import model
 from stream.engine.policy import load_policy
 from stream.kafka.clients import KafkaClients
 from stream.kafka.session_io import produce_session, read_topic
-from stream.kafka.topics import delete_topics
 from stream.runtime.worker import Worker
 from stream.state.changelog import restore_state
 from tests.support.events import gift
@@ -33,21 +32,12 @@ from tests.support.kafka_checks import (
     group_committed,
     run_worker_through,
     session,
-    topics_of_its_own,
     wait_drained,
     wait_for,
 )
-from tests.support.processes import BOOTSTRAP
 
 pytestmark = pytest.mark.kafka
 ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture
-async def cfg():
-    c = await topics_of_its_own(BOOTSTRAP)
-    yield c
-    await delete_topics(c)
 
 
 async def test_end_to_end_totals_are_exact_and_notices_match_the_offline_replay(cfg):
