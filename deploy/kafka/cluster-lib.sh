@@ -54,12 +54,6 @@ voters() {
   echo "$out"
 }
 
-alive() {  # running and not a zombie
-  kill -0 "$1" 2>/dev/null || return 1
-  local st
-  st="$(sed -n 's/^State:[[:space:]]*\([A-Z]\).*/\1/p' "/proc/$1/status" 2>/dev/null || true)"
-  [[ "$st" != "Z" && "$st" != "X" ]]
-}
 is_node_process() {  # pid $1 is node $2's broker (guards against pid reuse)
   alive "$1" && tr '\0' ' ' <"/proc/$1/cmdline" 2>/dev/null | grep -q -- "kafka.Kafka $(node_props "$2")"
 }
@@ -196,21 +190,14 @@ wait_node() {
 # Signal node $1 (TERM: clean shutdown, leaderships moved first; KILL: none) and wait until it is gone
 # (after TERM, SIGKILL once STOP_TIMEOUT has passed).
 signal_node() {
-  local n="$1" sig="$2" pid deadline
+  local n="$1" sig="$2" pid
   if ! pid="$(node_pid "$n")"; then
     log "node ${n}: not running"
     rm -f "$(node_pid_file "$n")"
     return 0
   fi
   log "node ${n}: SIG${sig} (pid ${pid})"
-  kill "-${sig}" "$pid" 2>/dev/null || true
-  deadline=$((SECONDS + STOP_TIMEOUT))
-  while alive "$pid" && (( SECONDS < deadline )); do sleep 0.1; done
-  if alive "$pid"; then
-    log "node ${n}: still alive after ${STOP_TIMEOUT}s, sending SIGKILL"
-    kill -KILL "$pid" 2>/dev/null || true
-    while alive "$pid"; do sleep 0.1; done
-  fi
+  stop_process "$pid" "$sig" "$STOP_TIMEOUT" "node ${n}: "
   rm -f "$(node_pid_file "$n")"
   log "node ${n}: stopped"
 }

@@ -12,6 +12,9 @@
 set -euo pipefail
 
 SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+LOG_NAME=kafka-down
+# shellcheck source=deploy/kafka/lib.sh
+source "${SCRIPT_DIR}/lib.sh"
 REPO_ROOT="$(cd "${SCRIPT_DIR}/../.." && pwd)"
 KAFKA_HOME="${GIFTSTREAM_KAFKA_HOME:-${REPO_ROOT}/.local/kafka}"
 STOP_TIMEOUT="${GIFTSTREAM_KAFKA_STOP_TIMEOUT:-30}"
@@ -28,13 +31,6 @@ done
 PID_FILE="${KAFKA_HOME}/kafka.pid"
 SERVER_PROPS="${KAFKA_HOME}/config/server.properties"
 DATA_DIR="${KAFKA_HOME}/data"
-
-alive() {  # running and not a zombie
-  kill -0 "$1" 2>/dev/null || return 1
-  local st
-  st="$(sed -n 's/^State:[[:space:]]*\([A-Z]\).*/\1/p' "/proc/$1/status" 2>/dev/null || true)"
-  [[ "$st" != "Z" && "$st" != "X" ]]
-}
 
 is_our_broker() {
   alive "$1" &&
@@ -58,14 +54,7 @@ if [[ -z "$pid" ]]; then
   echo "kafka-down: kafka not running (home ${KAFKA_HOME})"
 else
   echo "kafka-down: stopping kafka (pid ${pid})"
-  kill -TERM "$pid" 2>/dev/null || true
-  deadline=$((SECONDS + STOP_TIMEOUT))
-  while alive "$pid" && (( SECONDS < deadline )); do sleep 0.2; done
-  if alive "$pid"; then
-    echo "kafka-down: still alive after ${STOP_TIMEOUT}s, sending SIGKILL"
-    kill -KILL "$pid" 2>/dev/null || true
-    while alive "$pid"; do sleep 0.1; done
-  fi
+  stop_process "$pid" TERM "$STOP_TIMEOUT" ""
   echo "kafka-down: stopped"
 fi
 rm -f "$PID_FILE"

@@ -81,3 +81,24 @@ logger.statechange.name = state.change.logger
 logger.statechange.level = WARN
 EOF
 }
+
+alive() {  # running and not a zombie
+  kill -0 "$1" 2>/dev/null || return 1
+  local st
+  st="$(sed -n 's/^State:[[:space:]]*\([A-Z]\).*/\1/p' "/proc/$1/status" 2>/dev/null || true)"
+  [[ "$st" != "Z" && "$st" != "X" ]]
+}
+
+# Signal a process and wait until it is gone: stop_process PID SIGNAL TIMEOUT LABEL. A process still alive
+# TIMEOUT seconds after the signal gets SIGKILL (LABEL prefixes the message saying so).
+stop_process() {
+  local pid="$1" sig="$2" timeout="$3" label="$4" deadline
+  kill "-${sig}" "$pid" 2>/dev/null || true
+  deadline=$((SECONDS + timeout))
+  while alive "$pid" && (( SECONDS < deadline )); do sleep 0.1; done
+  if alive "$pid"; then
+    echo "${LOG_NAME}: ${label}still alive after ${timeout}s, sending SIGKILL"
+    kill -KILL "$pid" 2>/dev/null || true
+    while alive "$pid"; do sleep 0.1; done
+  fi
+}
