@@ -125,15 +125,20 @@ def install() -> None:
 
 
 class NotAMember(Exception):
-    """The group coordinator does not know this member at its generation, or is rebalancing."""
+    """The group coordinator does not know this member at its generation: it was expelled."""
+
+
+class GroupRebalancing(Exception):
+    """The group is rebalancing: this member is still in it, and the rebalance decides what it owns next."""
 
 
 async def confirm_membership(consumer: aiokafka.AIOKafkaConsumer) -> None:
     """Ask the group coordinator, now, whether this consumer is still a member at its generation (one
     Heartbeat). A process that was stopped (SIGSTOP, a long GC pause, a frozen VM) past the session timeout
     still believes in its old assignment until its next heartbeat; fencing a partition's producer on that
-    belief would fence the owner the group chose instead. NotAMember when it is not (or the group is
-    rebalancing, which may move the partition); aiokafka's own heartbeat then rejoins."""
+    belief would fence the owner the group chose instead. NotAMember when it is not (aiokafka's own heartbeat
+    then rejoins as a new member); GroupRebalancing when the group is rebalancing, which may move the partition
+    (the member rejoins as itself: leaving the group here would start yet another rebalance)."""
     coordinator = consumer._coordinator
     if coordinator is None or coordinator.member_id == "" or coordinator.generation < 0:
         raise NotAMember("not (yet) a member of the group")
@@ -146,4 +151,6 @@ async def confirm_membership(consumer: aiokafka.AIOKafkaConsumer) -> None:
             coordinator.reset_generation()
         elif error is Errors.RebalanceInProgressError:
             coordinator.request_rejoin()
+            raise GroupRebalancing(f"group {coordinator.group_id} generation {coordinator.generation}: "
+                                   f"{error.__name__}")
         raise NotAMember(f"group {coordinator.group_id} generation {coordinator.generation}: {error.__name__}")

@@ -50,7 +50,8 @@ class KafkaClients:
         )
 
     async def confirm_membership(self, consumer: AIOKafkaConsumer) -> None:
-        """Raise aiokafka_patches.NotAMember unless the group still knows this consumer at its generation."""
+        """Raise aiokafka_patches.NotAMember unless the group still knows this consumer at its generation, and
+        GroupRebalancing while the group is rebalancing."""
         await aiokafka_patches.confirm_membership(consumer)
 
     def restore_consumer(self, value_deserializer: Callable[[bytes], Any] | None = None) -> AIOKafkaConsumer:

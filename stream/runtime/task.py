@@ -36,7 +36,7 @@ from stream.engine.native import make_engine, resolve_kind
 from stream.engine.order import FINISHED, UNKNOWN, Input, Pending, feed, runs
 from stream.engine.policy import Policy
 from stream.engine.protocol import Engine, Outputs
-from stream.kafka.aiokafka_patches import NotAMember
+from stream.kafka.aiokafka_patches import GroupRebalancing, NotAMember
 from stream.kafka.clients import (
     CLOSE_TIMEOUT_S,
     PRODUCER_BATCH_BYTES,
@@ -78,6 +78,11 @@ class TaskMigrated(Exception):
     """Another member owns the partition now: close every task dirty and rejoin the group."""
 
 
+class TaskAwaitsRebalance(Exception):
+    """The group is rebalancing and may move the partition: do nothing with it (above all, fence nobody) until
+    the rebalance has decided, then restore again if it is still ours. The member stays in the group."""
+
+
 # Errors that mean this member lost the partition: a newer producer epoch exists for its transactional.id,
 # or the group has moved to a generation without this member (at-least-once commits, confirm_membership).
 MIGRATED_ERRORS = (Errors.ProducerFenced, Errors.InvalidProducerEpoch, Errors.CommitFailedError,
@@ -85,10 +90,12 @@ MIGRATED_ERRORS = (Errors.ProducerFenced, Errors.InvalidProducerEpoch, Errors.Co
                    NotAMember)
 
 
-def outcome_of(error: BaseException) -> TaskCorrupted | TaskMigrated:
+def outcome_of(error: BaseException) -> TaskCorrupted | TaskMigrated | TaskAwaitsRebalance:
     """The one place that decides what a failure means for the task."""
-    if isinstance(error, TaskCorrupted | TaskMigrated):
+    if isinstance(error, TaskCorrupted | TaskMigrated | TaskAwaitsRebalance):
         return error
+    if isinstance(error, GroupRebalancing):
+        return TaskAwaitsRebalance(f"{type(error).__name__}: {error}")
     if isinstance(error, MIGRATED_ERRORS):
         return TaskMigrated(f"{type(error).__name__}: {error}")
     return TaskCorrupted(f"{type(error).__name__}: {error}")

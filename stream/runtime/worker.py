@@ -47,6 +47,7 @@ from stream.runtime.task import (
     KeptState,
     OutputTopics,
     PartitionTask,
+    TaskAwaitsRebalance,
     TaskCorrupted,
     TaskMigrated,
     TaskState,
@@ -59,6 +60,7 @@ aiokafka_patches.install()
 log = logging.getLogger(__name__)
 
 STATE_SIZE_EVERY_S = 1.0  # state-size gauges after a batch at most this often (sizes() walks the tables)
+REBALANCE_RECHECK_S = 0.5  # a restore that met a rebalance asks again this soon, if the rebalance left it here
 RETRY_FIRST_S, RETRY_MAX_S = 1.0, 30.0  # restore retries back off from the first to the longest wait
 LOOP_STALL_S = 120.0  # a consume loop that has not come back from a poll for this long is hung
 
@@ -338,11 +340,15 @@ class Worker:
             await task.restore()
         except asyncio.CancelledError:
             raise
-        except (TaskCorrupted, TaskMigrated) as outcome:
+        except (TaskCorrupted, TaskMigrated, TaskAwaitsRebalance) as outcome:
             pr = task.progress
             pr.last_error = str(outcome)
             pr.retry_at = time.monotonic() + min(RETRY_MAX_S, RETRY_FIRST_S * 2 ** (pr.attempts - 1))
-            if isinstance(outcome, TaskMigrated):
+            if isinstance(outcome, TaskAwaitsRebalance):  # the rebalance revokes or keeps it; else try again soon
+                pr.retry_at = time.monotonic() + REBALANCE_RECHECK_S
+                log.info("partition restore: waiting for the group's rebalance", extra={
+                    "worker": self.worker_id, "partition": task.partition, "error": str(outcome)})
+            elif isinstance(outcome, TaskMigrated):
                 self._lost = f"partition {task.partition}: {outcome}"  # the loop rejoins the group
                 log.warning("partition restore: not the owner any more", extra={
                     "worker": self.worker_id, "partition": task.partition, "error": str(outcome)})

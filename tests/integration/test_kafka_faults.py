@@ -157,6 +157,74 @@ async def test_a_broker_restart_never_moves_a_committed_position_backwards(priva
     await assert_matches_offline(cfg, records)
 
 
+class MembershipCheckedMidRebalance(KafkaClients):
+    """Its restores' membership checks wait until `joined` is set (another member has asked the group to let it
+    in, so the group is rebalancing): the check then meets the rebalance, as it does when two members restore at
+    once after a broker restart or a scale-out."""
+
+    def __init__(self, cfg, joined: asyncio.Event) -> None:
+        super().__init__(cfg)
+        self.joined = joined
+        self.answers: list[str] = []
+
+    async def confirm_membership(self, consumer) -> None:
+        if not self.joined.is_set():
+            await self.joined.wait()
+        try:
+            await super().confirm_membership(consumer)
+            self.answers.append("member")
+        except Exception as e:
+            self.answers.append(f"{type(e).__name__}: {e}")
+            raise
+
+
+async def test_a_restore_that_meets_a_rebalance_waits_for_it_and_the_member_stays_in_the_group(caplog):
+    """Found by `load run --chaos` (issue 15): after a broker restart two workers took turns rebalancing the
+    group for 10-20 s, an assignment every ~200 ms and nothing committed. A restore confirms its membership
+    first; a heartbeat answered REBALANCE_IN_PROGRESS was taken for "this member lost its partitions": the worker
+    gave up every task, left the group and joined as a new member, which started another rebalance, which the
+    other member's restore met the same way. Now a rebalance in progress makes the restore wait for the group's
+    decision: the member keeps its member id and never leaves."""
+    cfg = replace(await topics_of_its_own(BOOTSTRAP), session_timeout_ms=30_000)  # heartbeats 3 s apart
+    records = session(6_000, seed=67)
+    await produce_session(records[:3_000], cfg)
+    caplog.set_level(logging.INFO, logger="stream")
+    joined = asyncio.Event()
+    first_clients = MembershipCheckedMidRebalance(cfg, joined)
+    first = Worker(cfg, load_policy(), worker_id="first", clients=first_clients)
+    runs = [asyncio.create_task(first.run())]
+    second: Worker | None = None
+
+    def member_id(w: Worker) -> str:
+        return w._consumer._coordinator.member_id if w._consumer is not None and w._consumer._coordinator else ""
+
+    def shared() -> bool:
+        owned = [sorted(p for p, t in w.tasks.items() if t.state is TaskState.RUNNING) for w in (first, second)]
+        return all(owned) and sorted(owned[0] + owned[1]) == list(range(PARTITIONS))
+
+    try:
+        await wait_for(lambda: len(first.tasks) == PARTITIONS and member_id(first), "the first member's restores")
+        before = member_id(first)
+        second = Worker(cfg, load_policy(), worker_id="second")
+        runs.append(asyncio.create_task(second.run()))
+        await wait_for(lambda: member_id(second), "the second member to ask to join", 30)
+        joined.set()  # the group rebalances now, until the first member rejoins
+        await wait_for(shared, "both members to share the partitions", 90)
+        after = member_id(first)
+        await produce_session(records[3_000:], cfg)
+        await wait_drained(cfg)
+    finally:
+        for w in (first, second):
+            if w is not None:
+                w.stop()
+        await asyncio.gather(*runs)
+    assert any("RebalanceInProgress" in a for a in first_clients.answers), first_clients.answers  # it met the rebalance
+    left = [r.getMessage() for r in caplog.records if r.getMessage().startswith("fenced: giving up every partition")]
+    assert not left and after == before, f"left the group {len(left)} times; member id {before} -> {after}"
+    await assert_matches_offline(cfg, records)
+    await delete_topics(cfg)
+
+
 async def test_a_missing_output_topic_is_reported_and_retried_and_nothing_is_polled_meanwhile():
     """Issue 11.3. The restore used to run in aiokafka's rebalance callback, which logs and swallows its
     exceptions: with an output topic missing no partition got a task, yet the worker looked healthy. Now the
