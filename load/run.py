@@ -41,8 +41,11 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
-from aiokafka.errors import KafkaError
+from aiokafka.errors import KafkaError, for_code
+from aiokafka.protocol.commit import OffsetFetchRequest
 
+from load.chaos import Chaos
+from load.chaos import checks as chaos_checks
 from load.generator import Inputs
 from load.latency import LatencyTracker, percentiles
 from load.producing import PacedProducer, Shipment, address_inputs
@@ -51,6 +54,8 @@ from load.timeline import Point, poll_period, series
 from load.verify import verify
 from stream.config import WorkerConfig
 from stream.engine.policy import Policy
+
+POLL_TIMEOUT_S = 5.0  # a committed-offset poll that takes longer is given up (a broker away) and counted
 
 
 @dataclass
@@ -107,8 +112,10 @@ class LoadRun:
     pp: PacedProducer
 
     def __init__(self, cfg: WorkerConfig, policy: Policy, records: Iterator[bytes] | Inputs,
-                 opts: RunOptions) -> None:
+                 opts: RunOptions, chaos: Chaos | None = None) -> None:
         self.cfg, self.policy, self.opts = cfg, policy, opts
+        self.chaos = chaos  # faults injected while producing (load/chaos.py), or none
+        self.poll_failures = 0  # committed-offset polls that failed or timed out (a broker away)
         self.inputs = records if isinstance(records, Inputs) else None
         self.records: Iterator[bytes] = iter(records.gifts) if isinstance(records, Inputs) else records
         self.topic = cfg.topics.gifts
@@ -149,6 +156,9 @@ class LoadRun:
         results = self._results(s)
         report = {"config": self._config(), "results": results, "verification": await self._verification(results),
                   "series": s}
+        if self.chaos is not None:
+            report["chaos"] = self.chaos.report(self.tracker.samples, self.opts.warmup)
+            _add_checks(report["verification"], chaos_checks(report["chaos"]))
         report["files"] = {k: str(v) for k, v in write_report(self.opts.out, report).items()}
         return report
 
@@ -240,14 +250,20 @@ class LoadRun:
         """Send the shipments for opts.duration while a poller task polls every poll interval."""
         producing_done = asyncio.Event()
         poll_task = asyncio.create_task(self._poller(producing_done))
+        chaos_task = (asyncio.create_task(self.chaos.run(self.clock, self.opts.duration))
+                      if self.chaos is not None else None)
         try:
             self.sent = await self.pp.run(shipments, duration=self.opts.duration)
+            if chaos_task is not None:  # the last fault finishes its action (a stopped worker is woken)
+                await chaos_task
         finally:
             for topic, n in self.pp.sent_to.items():
                 self.sent_to[topic] = self.sent_to.get(topic, 0) + n
             self.last_send = self.clock()
             producing_done.set()
             await poll_task
+            if chaos_task is not None and not chaos_task.done():
+                chaos_task.cancel()
 
     async def _poller(self, producing_done: asyncio.Event) -> None:
         started = self.clock()
@@ -277,22 +293,47 @@ class LoadRun:
         if self._coordinator is None:
             self._coordinator = await self.admin.find_coordinator(group)
         try:
-            got = await self.admin.list_consumer_group_offsets(group, self._coordinator, tps)
+            got = await self._offset_fetch(group, tps)
         except KafkaError:
             self._coordinator = await self.admin.find_coordinator(group)
-            got = await self.admin.list_consumer_group_offsets(group, self._coordinator, tps)
-        wanted = set(tps)
-        return {tp: (o.offset if o is not None and o.offset >= 0 else 0) for tp, o in got.items() if tp in wanted}
+            got = await self._offset_fetch(group, tps)
+        return {tp: got.get(tp, -1) if got.get(tp, -1) >= 0 else 0 for tp in tps}
+
+    async def _offset_fetch(self, group: str, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
+        """OffsetFetch, raising the response's top-level error. The admin client's list_consumer_group_offsets
+        reads only the per-partition ones, and a coordinator still loading after a restart answers with a
+        top-level COORDINATOR_LOAD_IN_PROGRESS and -1 for every partition: "never committed", a lag spike."""
+        by_topic: dict[str, list[int]] = {}
+        for tp in tps:
+            by_topic.setdefault(tp.topic, []).append(tp.partition)
+        response = await self.admin._send_request(OffsetFetchRequest(group, list(by_topic.items())),
+                                                  self._coordinator)
+        if getattr(response, "error_code", 0):
+            raise for_code(response.error_code)(f"OffsetFetch of group {group}")
+        out = {}
+        for topic, partitions in response.topics:
+            for partition, offset, _metadata, error_code in partitions:
+                if error_code:
+                    raise for_code(error_code)(f"OffsetFetch of {topic}-{partition}")
+                out[TopicPartition(topic, partition)] = offset
+        return out
 
     async def _committed_offsets(self) -> dict[int, int]:
         return {tp.partition: o for tp, o in (await self._group_offsets(self._tps)).items()}
 
-    async def _other_lag(self) -> int:
-        """End offsets minus the group's committed offsets, summed over the other input topics' partitions."""
+    async def _other_lag(self) -> int | None:
+        """End offsets minus the group's committed offsets, summed over the other input topics' partitions (None:
+        the poll failed)."""
         if not self.other_topics:
             return 0
         tps = [TopicPartition(topic, p) for topic in self.other_topics for p in range(self.partitions)]
-        committed, ends = await asyncio.gather(self._group_offsets(tps), self.consumer.end_offsets(tps))
+        try:
+            committed, ends = await asyncio.wait_for(
+                asyncio.gather(self._group_offsets(tps), self.consumer.end_offsets(tps)), POLL_TIMEOUT_S)
+        except (KafkaError, OSError, TimeoutError):
+            self.poll_failures += 1
+            self._coordinator = None
+            return None
         return sum(max(0, ends[tp] - committed.get(tp, 0)) for tp in tps)
 
     async def _stamped_committed(self) -> tuple[dict[int, int], float]:
@@ -303,16 +344,25 @@ class LoadRun:
         return sum(max(0, c.get(p, 0) - max(self._base_end[p], self._base_committed.get(p, 0)))
                    for p in range(self.partitions))
 
-    async def _poll_once(self) -> int:
-        """One poll: stamps the committed offsets, appends a Point; returns the lag."""
+    async def _poll_once(self) -> int | None:
+        """One poll: stamps the committed offsets, appends a Point; returns the lag (None: the poll failed, as
+        while a broker is away; counted, and the next poll asks again)."""
         # Committed and end offsets side by side; the committed offsets are stamped when they arrive.
-        (c, t), end_offsets = await asyncio.gather(self._stamped_committed(), self.consumer.end_offsets(self._tps))
+        try:
+            (c, t), end_offsets = await asyncio.wait_for(
+                asyncio.gather(self._stamped_committed(), self.consumer.end_offsets(self._tps)), POLL_TIMEOUT_S)
+        except (KafkaError, OSError, TimeoutError):
+            self.poll_failures += 1
+            self._coordinator = None
+            return None
         for p, off in c.items():
             self.tracker.committed(p, off, t)
         ends = {tp.partition: o for tp, o in end_offsets.items()}
         lag = sum(max(0, ends[p] - c.get(p, 0)) for p in range(self.partitions))
         self.points.append(Point(t, self.pp.sent, self._committed_in_run(c),
                                  sum(ends[p] - self._base_end[p] for p in ends), lag))
+        if self.chaos is not None:
+            self.chaos.observe(t, c, ends)
         return lag
 
     async def _tick(self, last: float) -> float:
@@ -363,6 +413,8 @@ class LoadRun:
             "latency_after_warmup_s": steady,
             # The latency resolution: a record is stamped at the first poll that sees it committed.
             "poll_period_s": poll_period(points),
+            "poll_failures": self.poll_failures,
+            "send_failures": self.pp.failed,
             **other,
         }
 
@@ -400,3 +452,10 @@ def _return_freed_memory() -> None:
         libc.malloc_trim(0)
     except (OSError, AttributeError):  # not glibc: nothing to trim this way
         pass
+
+
+def _add_checks(verification: dict[str, Any], extra: list[tuple[str, bool, str]]) -> None:
+    """More checks into a verification dict (load/verify.py's shape); it passes only if they pass too."""
+    verification.setdefault("checks", [])
+    verification["checks"] += [{"name": n, "passed": ok, "detail": d} for n, ok, d in extra]
+    verification["passed"] = bool(verification.get("passed")) and all(ok for _, ok, _ in extra)

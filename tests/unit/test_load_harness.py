@@ -11,9 +11,11 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import msgspec
 import pytest
+from aiokafka import TopicPartition
 
 from load.latency import LatencySample, LatencyTracker, percentiles
 from load.producing import PacedProducer
@@ -226,9 +228,12 @@ class _FakeGroup:
         self.lookups += 1
         return 0  # node 0: a valid coordinator, looked up once
 
-    async def list_consumer_group_offsets(self, group_id, coordinator, tps):
-        committed, self.seen = self.seen, {tp.partition: self.prod.next.get(tp.partition, 0) for tp in tps}
-        return {tp: type("Om", (), {"offset": committed.get(tp.partition, -1)})() for tp in tps}
+    async def _send_request(self, request, node):  # the admin client's, for the run's OffsetFetch
+        topics = request._partitions
+        tps = [(topic, p) for topic, ps in topics for p in ps]
+        committed, self.seen = self.seen, {p: self.prod.next.get(p, 0) for _, p in tps}
+        return SimpleNamespace(error_code=0, topics=[(topic, [(p, committed.get(p, -1), "", 0) for p in ps])
+                                                     for topic, ps in topics])
 
 
 async def test_load_run_measures_and_reports_without_a_broker(tmp_path, policy):
@@ -254,8 +259,9 @@ async def test_load_run_measures_and_reports_without_a_broker(tmp_path, policy):
     r = report["results"]
     assert list(r) == ["produced", "produce_seconds", "produce_rate", "committed", "throughput", "peak_throughput",
                        "max_lag", "final_lag", "drained", "drain_s", "latency_s", "latency_after_warmup_s",
-                       "poll_period_s"]
+                       "poll_period_s", "poll_failures", "send_failures"]
     assert r["produced"] == r["committed"] == r["latency_s"]["records"] == 4_000
+    assert r["poll_failures"] == r["send_failures"] == 0
     assert r["drained"] and r["final_lag"] == 0 and 0 < r["latency_s"]["p50"] <= r["latency_s"]["max"] < 1
     assert report["config"]["partitions"] == 3 and report["config"]["traffic_generation"] == "live, while producing"
     assert report["verification"] == {"passed": None, "checks": [], "reason": "skipped (--no-verify)"}
@@ -468,11 +474,13 @@ class _Cluster(_FakeProducer):
         self.lookups += 1
         return 0
 
-    async def list_consumer_group_offsets(self, group_id, coordinator, tps):
+    async def _send_request(self, request, node):  # the admin client's, for the run's OffsetFetch
+        tps = [TopicPartition(topic, p) for topic, ps in request._partitions for p in ps]
         now = {tp: len(self.topics.get((tp.topic, tp.partition), ())) for tp in tps}
         committed = {tp: self.seen.get(tp, -1) for tp in tps}
         self.seen.update(now)
-        return {tp: type("Om", (), {"offset": committed[tp]})() for tp in tps}
+        return SimpleNamespace(error_code=0, topics=[(topic, [(p, committed[TopicPartition(topic, p)], "", 0)
+                                                              for p in ps]) for topic, ps in request._partitions])
 
     def consumer_records(self, topic: str, partitions: int = 3) -> dict[int, list]:
         from aiokafka.structs import ConsumerRecord
@@ -617,3 +625,34 @@ def test_a_failed_notice_check_names_the_notices_that_differ():
     b2 = model.encode(payout_notice(policy, "b", "US", None, 1, 4_000_000, "e1", 0))
     assert _notices_apart([a, b], [b2, c]) == "; only live: ['pn-a-1'], only offline: ['pn-c-1'], " \
                                              "different bytes: ['pn-b-1']"
+
+
+async def test_a_coordinator_still_loading_is_a_failed_poll_not_a_lag_spike(tmp_path, policy):
+    """Right after a broker restart the group coordinator answers OffsetFetch with a top-level
+    COORDINATOR_LOAD_IN_PROGRESS and -1 for every partition; aiokafka's admin client reads only the per-partition
+    errors, so the chaos run's lag jumped to the whole topic for a poll. Such an answer is a failed poll now."""
+    from load.run import LoadRun, RunOptions
+    from stream.config import WorkerConfig
+
+    prod = _FakeProducer()
+    prod.next = {0: 500, 1: 500, 2: 500}
+    group = _FakeGroup(prod)
+    loading = {"yes": True}
+    answer = group._send_request
+
+    async def send(request, node):
+        if loading["yes"]:
+            return SimpleNamespace(error_code=14, topics=[(t, [(p, -1, "", 0) for p in ps])
+                                                          for t, ps in request._partitions])
+        return await answer(request, node)
+
+    group._send_request = send
+    run = LoadRun(WorkerConfig(group_id="g"), policy, iter(()), RunOptions(rate=None, duration=1, out=tmp_path))
+    run.producer, run.consumer, run.admin = prod, group, group
+    run.partitions = 3
+    run._tps = [TopicPartition(run.topic, p) for p in range(3)]
+    run._base_end = {p: 0 for p in range(3)}
+    run.pp = SimpleNamespace(sent=0)
+    assert await run._poll_once() is None and run.poll_failures == 1 and not run.points
+    loading["yes"] = False
+    assert await run._poll_once() == 1_500 and run.poll_failures == 1  # nothing committed yet: a real lag
