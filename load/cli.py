@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 from dataclasses import asdict
 from pathlib import Path
@@ -110,7 +111,14 @@ def cmd_run(args: argparse.Namespace) -> int:
                       partitions=args.partitions,
                       extra={"traffic": {k: v for k, v in asdict(traffic).items() if k != "regions"}})
     records = generate_inputs(traffic) if args.accounts else generate(traffic)
-    report = asyncio.run(LoadRun(cfg, policy, records, opts).run())
+    if args.chaos:
+        try:
+            report = asyncio.run(_chaos_run(args, cfg, policy, records, opts))
+        except ValueError as e:  # a plan that does not fit, an unknown kind
+            print(f"giftstream load run --chaos: {e}", file=sys.stderr)
+            return 2
+    else:
+        report = asyncio.run(LoadRun(cfg, policy, records, opts).run())
     r, v = report["results"], report["verification"]
     lat = r["latency_s"]
 
@@ -130,11 +138,52 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"  {'ok  ' if ch['passed'] else 'FAIL'} {ch['name']}: {ch['detail']}", file=sys.stderr)
     if not v.get("checks"):
         print(f"  verification: {v.get('reason')}", file=sys.stderr)
+    if report.get("chaos"):
+        from load.chaos import fmt_s
+
+        c = report["chaos"]
+        print(f"faults: {c['healed']} of {len(c['faults'])} healed; p99 outside the fault windows "
+              f"{fmt_s((c['latency_outside_faults_s'] or {}).get('p99'))}", file=sys.stderr)
+        for kind, k in c["by_kind"].items():
+            print(f"  {kind}: {k['faults']} faults, {k['healed']} healed, recovery p50 {fmt_s(k['recovery_p50_s'])}"
+                  f" max {fmt_s(k['recovery_max_s'])}", file=sys.stderr)
     print(f"report: {report['files']['markdown']}", file=sys.stderr)
     print(json.dumps({"results": r, "verification": {"passed": v.get("passed")}}, default=str))
     if v.get("passed") is False:
         return 1
     return 0
+
+
+async def _chaos_run(args: argparse.Namespace, cfg, policy, records, opts) -> dict:
+    """`load run --chaos`: topics first, then the workers this run starts, then the load with its faults."""
+    import logging
+
+    from load.chaos import Chaos, ChaosOptions, kinds_arg, plan_faults
+    from load.cluster import Cluster, SingleNode
+    from load.run import LoadRun
+    from stream.kafka.topics import create_topics
+
+    # The run's own clients retry through the faults it makes; aiokafka's complaints about them are expected.
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
+    brokers = Cluster(args.kafka_nodes) if args.kafka_nodes > 1 else SingleNode()
+    if args.kafka_nodes > 1 and not args.bootstrap and not args.config:
+        cfg.bootstrap_servers = brokers.bootstrap
+    chaos_opts = ChaosOptions(kinds=kinds_arg(args.chaos), faults=args.faults, workers=args.workers,
+                              seed=args.chaos_seed if args.chaos_seed is not None else args.seed,
+                              session_timeout_ms=args.session_timeout_ms, out=opts.out / "workers",
+                              worker_args=tuple(args.worker_arg or ()))
+    opts.extra["chaos"] = {k: getattr(chaos_opts, k) for k in ("faults", "workers", "seed", "session_timeout_ms")}
+    opts.extra["chaos"]["kinds"] = [k.value for k in chaos_opts.kinds]
+    opts.extra["chaos"]["brokers"] = args.kafka_nodes
+    # Refused here, before any worker starts, when the faults do not fit the duration (run() plans it again).
+    plan_faults(chaos_opts.seed, chaos_opts.kinds, chaos_opts.faults, opts.duration, chaos_opts.workers)
+    await create_topics(cfg, opts.partitions)
+    chaos = Chaos(cfg, brokers, chaos_opts)
+    try:
+        await chaos.start()
+        return await LoadRun(cfg, policy, records, opts, chaos=chaos).run()
+    finally:
+        await chaos.stop()
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
@@ -230,6 +279,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "payouts, interleaved with the gifts at the rate, to the config's accounts and payouts "
                         "topics; verify them too (load.generator.generate_inputs)")
     p.add_argument("--payout-rate", type=float, default=0.002, help="with --accounts: payouts per gift record")
+    c = p.add_argument_group("chaos (load/chaos.py): faults at seeded times while the load flows")
+    c.add_argument("--chaos", metavar="KINDS",
+                   help="inject faults: all, or a comma-separated subset of worker-kill, worker-term, worker-stop, "
+                        "broker-kill, worker-add. The run starts its own workers (--workers) with the config")
+    c.add_argument("--faults", type=int, default=10, help="faults over the run, the kinds in turn (default 10)")
+    c.add_argument("--workers", type=int, default=2, help="with --chaos: workers the run starts (default 2)")
+    c.add_argument("--chaos-seed", type=int, default=None, help="the fault plan's seed (default: --seed)")
+    c.add_argument("--session-timeout-ms", type=int, default=6_000,
+                   help="with --chaos: the workers' session timeout; worker-stop pauses past it (default 6000)")
+    c.add_argument("--kafka-nodes", type=int, default=int(os.environ.get("KAFKA_NODES", "1")),
+                   help="with --chaos: 1 = the single node (make kafka-up), 3 = the loopback cluster "
+                        "(KAFKA_NODES=3 make kafka-up), whose broker-kill takes the node leading most gifts partitions")
+    c.add_argument("--worker-arg", action="append", help="with --chaos: extra `giftstream worker` flag (repeatable)")
     _kafka_args(p)
     _traffic_args(p, None)
     p.set_defaults(func=cmd_run)

@@ -16,7 +16,9 @@ them so clients on that loop keep going.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -30,6 +32,8 @@ from aiokafka.errors import KafkaError, for_code
 ROOT = Path(__file__).resolve().parents[1]
 CLUSTER_SH = ROOT / "deploy" / "kafka" / "kafka-cluster.sh"
 NODE_SH = ROOT / "deploy" / "kafka" / "kafka-node.sh"
+SINGLE_UP_SH = ROOT / "deploy" / "kafka" / "kafka-up.sh"
+SINGLE_DOWN_SH = ROOT / "deploy" / "kafka" / "kafka-down.sh"
 
 
 @dataclass(frozen=True)
@@ -165,6 +169,66 @@ class Cluster:
             if time.monotonic() - t0 > timeout:
                 raise TimeoutError(f"cluster not healthy after {timeout:g} s: {last}")
             await asyncio.sleep(0.5)
+
+
+class SingleNode:
+    """The single node (deploy/kafka/kafka-up.sh, `make kafka-up`) as a one-node Cluster for the chaos harness:
+    node id 1, SIGKILLed and started again (data kept) through the same script. `env` takes the script's
+    settings (GIFTSTREAM_KAFKA_HOME, GIFTSTREAM_KAFKA_PORT, ...) for a broker of its own; by default the one
+    `make kafka-up` runs."""
+
+    node_ids = (1,)
+
+    def __init__(self, env: dict[str, str] | None = None) -> None:
+        self.env = {**os.environ, **(env or {}), "GIFTSTREAM_KAFKA_FRESH": "0"}  # a restart keeps the data
+        self.env.setdefault("GIFTSTREAM_PYTHON", sys.executable)
+        self.home = Path(self.env.get("GIFTSTREAM_KAFKA_HOME", ROOT / ".local" / "kafka"))
+        self.bootstrap = f"127.0.0.1:{self.env.get('GIFTSTREAM_KAFKA_PORT', '19092')}"
+
+    def pid(self, node: int = 1) -> int | None:
+        try:
+            return int((self.home / "kafka.pid").read_text())
+        except (OSError, ValueError):
+            return None
+
+    def kill(self, node: int = 1) -> None:
+        """kill -9 and wait until it is gone: no clean shutdown, no flush beyond what the OS has."""
+        pid = self.pid()
+        if pid is None:
+            raise RuntimeError(f"no broker pid in {self.home / 'kafka.pid'}")
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while _running(pid):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"broker {pid} survived SIGKILL")
+            time.sleep(0.05)
+
+    def start(self, node: int = 1) -> None:
+        """Start it (or again, keeping its data) and wait until it answers and its coordinators are up."""
+        done = subprocess.run(["bash", str(SINGLE_UP_SH)], env=self.env, capture_output=True, text=True,
+                              timeout=180, stdin=subprocess.DEVNULL)
+        if done.returncode:
+            raise RuntimeError(f"kafka-up.sh exited with {done.returncode}:\n{done.stdout}\n{done.stderr}")
+
+    def down(self, wipe: bool = False) -> None:
+        subprocess.run(["bash", str(SINGLE_DOWN_SH), *(["--wipe"] if wipe else [])], env=self.env,
+                       capture_output=True, timeout=120, stdin=subprocess.DEVNULL)
+
+    async def leader_counts(self, topic: str) -> dict[int, int]:
+        return {1: 1}  # it leads everything
+
+    async def wait_healthy(self, timeout: float = 120, topics: list[str] | None = None) -> float:
+        return 0.0  # one replica: in sync once it answers, which start() waited for
+
+
+def _running(pid: int) -> bool:
+    """The process exists and is not a zombie (a killed child of ours stays one until reaped)."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return not any(line.startswith("State:") and "Z" in line for line in f)
+    except OSError:
+        return False
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -88,6 +88,7 @@ class PacedProducer:
         self.on_batch, self.tick, self.clock = on_batch, tick, clock
         self.sent = 0  # records of `topic` sent
         self.sent_to: dict[str, int] = {}  # records sent to each other topic
+        self.failed = 0  # records of every topic whose batch the producer gave up on (not written)
         self._paced = 0  # records of every topic sent (what the rate counts)
         self._partition_of = PartitionCache(partitions)
         self._pending: set[asyncio.Future] = set()
@@ -156,13 +157,20 @@ class PacedProducer:
                 fut.add_done_callback(functools.partial(self._acked, p, count, t))
                 self.sent += count
             else:
-                fut.add_done_callback(self._pending.discard)
+                fut.add_done_callback(functools.partial(self._other_acked, count))
                 self.sent_to[topic] = self.sent_to.get(topic, 0) + count
 
     def _acked(self, p: int, count: int, t: float, f: asyncio.Future) -> None:
         self._pending.discard(f)
-        if self.on_batch is not None and not f.cancelled() and f.exception() is None:
+        if f.cancelled() or f.exception() is not None:
+            self.failed += count
+        elif self.on_batch is not None:
             self.on_batch(p, f.result().offset, count, t)
+
+    def _other_acked(self, count: int, f: asyncio.Future) -> None:
+        self._pending.discard(f)
+        if f.cancelled() or f.exception() is not None:
+            self.failed += count
 
     async def run(self, shipments: Iterable[Shipment], duration: float | None = None,
                   stop: asyncio.Event | None = None) -> int:

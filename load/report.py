@@ -25,12 +25,21 @@ def write_report(out_dir: str | Path, report: dict[str, Any]) -> dict[str, Path]
     paths["json"].write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS) + b"\n")
     s = report.get("series") or series([], [])
     t = s["t"]
+    faults = (report.get("chaos") or {}).get("faults", [])
 
     def plot(path: Path, title: str, ylabel: str, lines: list[tuple[str, list]]) -> None:
         fig, ax = plt.subplots(figsize=(8, 3.6), dpi=100)
         for label, ys in lines:
             xs = [x for x, y in zip(t, ys, strict=False) if y is not None]
             ax.plot(xs, [y for y in ys if y is not None], label=label, linewidth=1.4)
+        for i, f in enumerate(faults):  # a fault: a line where it began, its healing shaded, its number on top
+            ax.axvline(f["at"], color=FAULT_COLOURS.get(f["kind"], "grey"), linewidth=0.8, alpha=0.8)
+            if f.get("healed_at") is not None:
+                ax.axvspan(f["at"], f["healed_at"], color=FAULT_COLOURS.get(f["kind"], "grey"), alpha=0.08)
+            ax.annotate(str(i + 1), (f["at"], 1.0), xycoords=("data", "axes fraction"), fontsize=6,
+                        ha="center", va="bottom")
+        for kind in dict.fromkeys(f["kind"] for f in faults):
+            ax.plot([], [], color=FAULT_COLOURS.get(kind, "grey"), linewidth=0.8, label=kind)
         ax.set_title(title)
         ax.set_xlabel("seconds since start")
         ax.set_ylabel(ylabel)
@@ -48,6 +57,10 @@ def write_report(out_dir: str | Path, report: dict[str, Any]) -> dict[str, Path]
          [("p50", s["latency_p50"]), ("p99", s["latency_p99"])])
     paths["markdown"].write_text(markdown(report))
     return paths
+
+
+FAULT_COLOURS = {"worker-kill": "tab:red", "worker-term": "tab:orange", "worker-stop": "tab:purple",
+                 "broker-kill": "black", "worker-add": "tab:green"}
 
 
 def _fmt(v: object, unit: str = "") -> str:
@@ -104,5 +117,34 @@ def markdown(report: dict[str, Any]) -> str:
         lines += [f"| {ch['name']} | {'ok' if ch['passed'] else 'FAIL'} | {ch['detail']} |" for ch in v["checks"]]
     else:
         lines.append(v.get("reason", "verification was not run"))
+    if report.get("chaos"):
+        lines += chaos_markdown(report["chaos"])
     lines += ["", "## Plots", "", "![rate](rate.png)", "", "![lag](lag.png)", "", "![latency](latency.png)", ""]
     return "\n".join(lines)
+
+
+def chaos_markdown(chaos: dict[str, Any]) -> list[str]:
+    """The faults of a chaos run: a summary per kind, then every fault (numbered as on the plots)."""
+    out = chaos.get("latency_outside_faults_s") or {}
+    lines = ["", f"## Faults (seed {chaos.get('seed')}, {chaos.get('workers')} workers, session timeout "
+             f"{chaos.get('session_timeout_ms')} ms)", "",
+             f"{chaos.get('healed')} of {len(chaos.get('faults', []))} faults healed; latency outside the fault "
+             f"windows ({_fmt(chaos.get('outside_records'))} records after the warm-up): p50 "
+             f"{_fmt(out.get('p50'), ' s')}, p99 {_fmt(out.get('p99'), ' s')}, max {_fmt(out.get('max'), ' s')}.",
+             "", "| kind | faults | healed | recovery p50 | recovery max | worst p99 in a fault window |",
+             "|---|---:|---:|---:|---:|---:|"]
+    for kind, k in (chaos.get("by_kind") or {}).items():
+        lines.append(f"| {kind} | {k['faults']} | {k['healed']} | {_fmt(k['recovery_p50_s'], ' s')} | "
+                     f"{_fmt(k['recovery_max_s'], ' s')} | {_fmt(k['p99_in_fault_max_s'], ' s')} |")
+    lines += ["", "| # | at | kind | target | action | lag before / max | recovered in | p99 in it | details |",
+              "|---:|---:|---|---|---:|---:|---:|---:|---|"]
+    for i, f in enumerate(chaos.get("faults", [])):
+        lines.append(f"| {i + 1} | {_fmt(f['at'], ' s')} | {f['kind']} | {f['target']} | "
+                     f"{_fmt(f['action_s'], ' s')} | {_fmt(f['pre_fault_lag'])} / {_fmt(f['max_lag'])} | "
+                     f"{_fmt(f['recovery_s'], ' s') if f['healed_at'] is not None else 'NOT healed'}"
+                     f"{' (overlapped)' if f['overlapped'] else ''} | "
+                     f"{_fmt((f['latency_s'] or {}).get('p99'), ' s')} | "
+                     f"{', '.join(f'{k} {v}' for k, v in f['details'].items())} |")
+    if chaos.get("unexpected_exits"):
+        lines += ["", "Workers that ended on their own: " + "; ".join(chaos["unexpected_exits"])]
+    return lines
