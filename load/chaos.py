@@ -17,11 +17,13 @@ one per slot of equal length between `first_at` and the end of producing minus `
 the first half of its slot, its target worker drawn too. Faults run one after another: one that is due while the
 last is still acting waits for it (`overlapped` in the report when the one before had not healed yet).
 
-A fault has healed (heal_time, pure) at the first committed-offset poll, once its action is done, at which every
-gifts partition has committed at least the end offset it had when the fault began, and the total lag is back
-under its level before the fault (the highest lag polled in the PRE_FAULT_S before it). Its recovery time is
-measured from the fault's start. The latency around a fault is that of the records sent between its start and
-its healing; "outside the fault windows" is every other record after the warm-up.
+A fault has healed (heal_time, pure) at the first committed-offset poll at which every gifts partition has
+committed at least the end offset it had when the fault began, and the total lag is back under its level
+before the fault (the highest lag polled in the PRE_FAULT_S before it), counting from the fault's start (a
+worker-add from the end of its action: judged_from). Its recovery time is measured from the fault's start, and
+its window runs from its start to its healing. The latency around a fault is that of the records in flight in
+its window (sent before it ended, committed after it began); "outside the fault windows" is every record after
+the warm-up in flight in no window. A chain of overlapping faults heals to the level before its first fault.
 """
 
 from __future__ import annotations
@@ -140,6 +142,13 @@ def heal_time(samples: Sequence[OffsetsSample], began: float, acted: float, leve
         if s.lag <= pre_lag and all(s.committed.get(p, 0) >= end for p, end in ends_then.items()):
             return s.t, pre_lag, max_lag
     return None, pre_lag, max_lag
+
+
+def judged_from(rec: FaultRecord) -> float:
+    """When a fault's healing starts to count: a worker-add disrupts when the new member joins and again when it
+    leaves, so after its action; every other fault at once (a killed or stopped worker's partitions cannot pass
+    their ends until they move, a single broker's until it is back; a cluster heals before the broker returns)."""
+    return rec.at + rec.action_s if rec.kind == FaultKind.WORKER_ADD.value else rec.at
 
 
 class Brokers(Protocol):
@@ -310,7 +319,7 @@ class Chaos:
             rec.overlapped = prev_healed is None or prev_healed > rec.at
             if not rec.overlapped:
                 level = pre_fault_lag(self.samples, rec.at)
-            healed, rec.pre_fault_lag, rec.max_lag = heal_time(self.samples, rec.at, rec.at + rec.action_s, level)
+            healed, rec.pre_fault_lag, rec.max_lag = heal_time(self.samples, rec.at, judged_from(rec), level)
             rec.healed_at = None if healed is None else round(healed, 3)
             rec.recovery_s = None if healed is None else round(healed - rec.at, 3)
             end = healed if healed is not None else last_end

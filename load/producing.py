@@ -98,16 +98,27 @@ class PacedProducer:
 
             self._native = RecordBatchBuilder
         self._max_batch_bytes = max_batch_bytes
+        self._run_start: float | None = None  # run()'s start and records paced then
+        self._run_paced0 = 0
 
     def address(self, records: Iterable[bytes]) -> Iterator[Addressed]:
         return address(records, self._partition_of)
 
-    def shipments(self, records: Iterable[Addressed] | Iterable[Routed], max_chunk: int = 20_000
-                  ) -> Iterator[Shipment]:
-        """The records cut into ticks and packed, lazily."""
-        size = max_chunk if self.rate is None else max(1, round(self.rate * self.tick))
+    def shipments(self, records: Iterable[Addressed] | Iterable[Routed], max_chunk: int = 20_000,
+                  catch_up: bool = False) -> Iterator[Shipment]:
+        """The records cut into ticks and packed, lazily. catch_up: a shipment taken while run() is behind its
+        rate (a slow or absent broker: aiokafka holds a partition's next batch until its last one is sent)
+        holds every record due by then, up to max_chunk, so the batches grow instead of the backlog."""
+        tick = max_chunk if self.rate is None else max(1, round(self.rate * self.tick))
         it = iter(records)
-        while chunk := list(itertools.islice(it, size)):
+        while True:
+            size = tick
+            if catch_up and self.rate is not None and self._run_start is not None:
+                due = self.rate * (self.clock() - self._run_start) - (self._paced - self._run_paced0)
+                size = max(tick, min(max_chunk, int(due)))
+            chunk = list(itertools.islice(it, size))
+            if not chunk:
+                return
             yield self.pack(chunk)
 
     def pack(self, chunk: Iterable[Addressed] | Iterable[Routed]) -> Shipment:
@@ -178,6 +189,7 @@ class PacedProducer:
         `topic` sent (sent_to has the other topics')."""
         start = self.clock()
         paced0 = self._paced
+        self._run_start, self._run_paced0 = start, paced0  # for shipments(catch_up=True)
         for shipment in shipments:
             if self.rate is not None:  # due once the clock has reached its last record
                 due = (self._paced - paced0 + sum(n for _, _, n, _, _ in shipment)) / self.rate

@@ -231,7 +231,7 @@ class LoadRun:
         if self.opts.generate_live:
             self.generation = {"traffic_generation": "live, while producing" if self.inputs is None else
                                "before the run, packed into batches while producing"}
-            return self.pp.shipments(self._addressed())
+            return self.pp.shipments(self._addressed(), catch_up=True)
         started = time.monotonic()
         # Generated, addressed and packed into producer batches before the clock starts (see PacedProducer):
         # the run only hands batches over. About 0.6 KiB per record, held until sent.

@@ -8,6 +8,7 @@ up and stops what it started."""
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from dataclasses import replace
 
@@ -15,12 +16,15 @@ import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
+from load.chaos import ALL_KINDS
+from stream.config import WorkerConfig
 from stream.engine.policy import load_policy
 from stream.kafka.session_io import produce_session
 from stream.kafka.topics import delete_topics, topic_specs
 from stream.runtime.worker import Worker
 from tests.support.cluster import cluster_for_tests, wait_drained_through_faults
 from tests.support.kafka_checks import assert_matches_offline, committed_lag, session, topics_of_its_own
+from tests.support.processes import run_cli, unique_topics, write_config
 
 pytestmark = [pytest.mark.kafka, pytest.mark.cluster, pytest.mark.slow]
 PARTITIONS = 6  # two led by each broker
@@ -96,3 +100,24 @@ async def test_a_sigkilled_leader_broker_loses_and_duplicates_nothing(cluster, c
         worker.stop()
         await run
     await assert_matches_offline(cfg, records)
+
+
+def test_a_chaos_run_on_the_cluster_loses_and_duplicates_nothing(cluster, tmp_path):
+    """`giftstream load run --chaos all --kafka-nodes 3`: one fault of each kind, the broker-kill taking the node
+    that leads the most gifts partitions; nothing lost, nothing twice, every fault healed."""
+    suffix, topics = unique_topics("chaos-cluster")
+    config = write_config(tmp_path / "worker.toml", topics, bootstrap_servers=cluster.bootstrap,
+                          group_id=f"giftstream-{suffix}")
+    out = tmp_path / "report"
+    r = run_cli("load", "run", "--config", str(config), "--chaos", "all", "--faults", "5", "--workers", "2",
+                "--kafka-nodes", "3", "--session-timeout-ms", "3000", "--duration", "60", "--rate", "2000",
+                "--accounts", "--creators", "200", "--senders", "10000", "--drain-timeout", "180", "--out", str(out),
+                "--quiet", timeout=600)
+    report = json.loads((out / "report.json").read_text()) if (out / "report.json").exists() else {}
+    assert r.returncode == 0, f"{r.stderr[-4000:]}\n{json.dumps(report.get('verification'), indent=1)}"
+    chaos = report["chaos"]
+    assert sorted(chaos["by_kind"]) == sorted(k.value for k in ALL_KINDS)
+    broker = next(f for f in chaos["faults"] if f["kind"] == "broker-kill")
+    assert broker["details"]["led"] >= 2  # two of six gifts partitions at least, on three brokers
+    assert chaos["healed"] == 5 and not chaos["unexpected_exits"] and report["verification"]["passed"]
+    asyncio.run(delete_topics(WorkerConfig(bootstrap_servers=cluster.bootstrap, topics=topics)))

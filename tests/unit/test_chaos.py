@@ -6,7 +6,17 @@ from collections import Counter
 
 import pytest
 
-from load.chaos import ALL_KINDS, Chaos, ChaosOptions, FaultKind, FaultRecord, OffsetsSample, heal_time, plan_faults
+from load.chaos import (
+    ALL_KINDS,
+    Chaos,
+    ChaosOptions,
+    FaultKind,
+    FaultRecord,
+    OffsetsSample,
+    heal_time,
+    judged_from,
+    plan_faults,
+)
 from load.latency import LatencySample
 from stream.config import WorkerConfig
 
@@ -73,3 +83,9 @@ def test_overlapping_faults_heal_to_the_steady_level_before_the_first_and_latenc
     assert first["latency_s"]["max"] == 3.0
     assert report["outside_records"] == 20 and report["latency_outside_faults_s"]["max"] == 0.2
     assert report["healed"] == 2 and set(report["by_kind"]) == {"worker-kill", "broker-kill"}
+
+
+def test_a_scale_out_heals_only_after_its_scale_in_every_other_fault_from_its_start():
+    add = FaultRecord("worker-add", 10.0, at=10.0, action_s=9.5)
+    kill = FaultRecord("broker-kill", 10.0, at=10.0, action_s=20.0)
+    assert judged_from(add) == 19.5 and judged_from(kill) == 10.0

@@ -159,6 +159,31 @@ async def test_paced_producer_holds_the_rate():
     assert 700 <= sent <= 1_100
 
 
+async def test_paced_producer_catches_up_in_bigger_batches_not_more_of_them():
+    """A partition's next batch waits for its last one (aiokafka), here 20 ms each, longer than a tick, and the
+    broker is away for the first 0.3 s: shipments of one tick each fall ever further behind the rate; shipments
+    that take every record due by then keep it."""
+    class Roomy(_FakeBatch):
+        def append(self, key, value, timestamp):
+            self.n += 1
+            return object()
+
+    class Stalling(_FakeProducer):
+        def create_batch(self):
+            return Roomy()
+
+        async def send_batch(self, batch, topic, partition):
+            await asyncio.sleep(0.3 if not self.sent else 0.02)
+            return await super().send_batch(batch, topic, partition)
+
+    for catch_up, low, high in ((True, 1_500, 2_100), (False, 0, 800)):
+        prod = Stalling()
+        pp = PacedProducer(prod, "t", 1, rate=4_000, tick=0.01)
+        records = (json.dumps({"creator_id": "c", "ts": i}).encode() for i in range(100_000))
+        sent = await pp.run(pp.shipments(pp.address(records), catch_up=catch_up), duration=0.5)
+        assert low <= sent <= high, (catch_up, sent)
+
+
 class _BuildingProducer(_FakeProducer):
     """Builds each batch like aiokafka's sender does and keeps the records it would have sent."""
 
