@@ -175,8 +175,8 @@ async def _chaos_run(args: argparse.Namespace, cfg, policy, records, opts) -> di
     opts.extra["chaos"] = {k: getattr(chaos_opts, k) for k in ("faults", "workers", "seed", "session_timeout_ms")}
     opts.extra["chaos"]["kinds"] = [k.value for k in chaos_opts.kinds]
     opts.extra["chaos"]["brokers"] = args.kafka_nodes
-    # Generated while producing: constant memory over a long soak, and batches that grow while a broker is away
-    # (PacedProducer.shipments(catch_up=True)) where packed ones would queue up one small batch at a time.
+    # Generated while producing: constant memory over a long soak, and batches built as they are sent, which grow
+    # while a broker is away (load.producing.OrderedProducer) where packed ones would queue up one at a time.
     opts.generate_live = True
     # Refused here, before any worker starts, when the faults do not fit the duration (run() plans it again).
     plan_faults(chaos_opts.seed, chaos_opts.kinds, chaos_opts.faults, opts.duration, chaos_opts.workers)

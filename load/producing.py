@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import functools
 import itertools
 import time
@@ -13,6 +14,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, TypeAlias
 
 from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
 
 from load.generator import TrafficConfig
 from stream.config import WorkerConfig
@@ -98,27 +100,16 @@ class PacedProducer:
 
             self._native = RecordBatchBuilder
         self._max_batch_bytes = max_batch_bytes
-        self._run_start: float | None = None  # run()'s start and records paced then
-        self._run_paced0 = 0
 
     def address(self, records: Iterable[bytes]) -> Iterator[Addressed]:
         return address(records, self._partition_of)
 
-    def shipments(self, records: Iterable[Addressed] | Iterable[Routed], max_chunk: int = 20_000,
-                  catch_up: bool = False) -> Iterator[Shipment]:
-        """The records cut into ticks and packed, lazily. catch_up: a shipment taken while run() is behind its
-        rate (a slow or absent broker: aiokafka holds a partition's next batch until its last one is sent)
-        holds every record due by then, up to max_chunk, so the batches grow instead of the backlog."""
-        tick = max_chunk if self.rate is None else max(1, round(self.rate * self.tick))
+    def shipments(self, records: Iterable[Addressed] | Iterable[Routed], max_chunk: int = 20_000
+                  ) -> Iterator[Shipment]:
+        """The records cut into ticks and packed, lazily."""
+        size = max_chunk if self.rate is None else max(1, round(self.rate * self.tick))
         it = iter(records)
-        while True:
-            size = tick
-            if catch_up and self.rate is not None and self._run_start is not None:
-                due = self.rate * (self.clock() - self._run_start) - (self._paced - self._run_paced0)
-                size = max(tick, min(max_chunk, int(due)))
-            chunk = list(itertools.islice(it, size))
-            if not chunk:
-                return
+        while chunk := list(itertools.islice(it, size)):
             yield self.pack(chunk)
 
     def pack(self, chunk: Iterable[Addressed] | Iterable[Routed]) -> Shipment:
@@ -189,10 +180,9 @@ class PacedProducer:
         `topic` sent (sent_to has the other topics')."""
         start = self.clock()
         paced0 = self._paced
-        self._run_start, self._run_paced0 = start, paced0  # for shipments(catch_up=True)
         for shipment in shipments:
             if self.rate is not None:  # due once the clock has reached its last record
-                due = (self._paced - paced0 + sum(n for _, _, n, _, _ in shipment)) / self.rate
+                due = (self._paced - paced0 + self._records_in(shipment)) / self.rate
                 wait = due - (self.clock() - start)
                 if wait > 0:
                     await asyncio.sleep(wait)
@@ -200,9 +190,135 @@ class PacedProducer:
                 break
             await self._ship(shipment)
             await asyncio.sleep(0)  # let the poller run
+        await self._flush()
+        return self.sent
+
+    def _records_in(self, shipment: Shipment) -> int:
+        return sum(n for _, _, n, _, _ in shipment)
+
+    async def _flush(self) -> None:
+        """Wait for every batch sent to be acked (or failed)."""
         if self._pending:
             await asyncio.gather(*list(self._pending), return_exceptions=True)
-        return self.sent
+
+
+# A record queued for its partition's sender: (topic, key, value, stamp, handed over at, on the run's clock).
+Queued = tuple[str, bytes | None, bytes | None, int | None, float]
+
+
+class OrderedProducer(PacedProducer):
+    """A PacedProducer that keeps each partition's records, across its topics, visible in the order they were
+    handed over, and builds its batches as it sends them.
+
+    Consumers see a partition's gifts, payouts and creator accounts in the order of their times only if records
+    of one topic become visible before those of another that come after them; on a cluster a record is visible
+    once replicated, and replication delays differ by broker and grow with load (seconds on a cluster short of
+    CPU), far past any merge slack. So each partition has a sender of its own (no partition waits for another):
+    it takes every record queued for it, up to the first of another topic (or a stamped tombstone), into one
+    batch, and before the first batch of another topic it waits for the acks of the ones before (acks=all:
+    replicated, visible). A broker that is slow or away makes the batches grow, not the backlog.
+
+    `shipments` yields the records in chunks of a tick (not packed); on_batch gets each run of records handed
+    over at the same time (a batch may hold several)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._queues: dict[int, collections.deque[Queued]] = {}
+        self._wake: dict[int, asyncio.Event] = {}
+        self._senders: dict[int, asyncio.Task] = {}
+        self._closing = False
+
+    def shipments(self, records: Iterable[Addressed] | Iterable[Routed], max_chunk: int = 20_000  # type: ignore[override]
+                  ) -> Iterator[list]:
+        size = max_chunk if self.rate is None else max(1, round(self.rate * self.tick))
+        it = iter(records)
+        while chunk := list(itertools.islice(it, size)):
+            yield chunk
+
+    def _records_in(self, shipment: list) -> int:  # type: ignore[override]
+        return len(shipment)
+
+    async def _ship(self, shipment: list) -> None:  # type: ignore[override]
+        t = self.clock()
+        touched = set()
+        for item in shipment:
+            topic, key, p, raw, stamp = item if len(item) == 5 else (self.topic, *item, None)
+            self._queues.setdefault(p, collections.deque()).append((topic, key, raw, stamp, t))
+            touched.add(p)
+            self._paced += 1
+            if topic == self.topic:
+                self.sent += 1
+            else:
+                self.sent_to[topic] = self.sent_to.get(topic, 0) + 1
+        for p in touched:
+            if p not in self._senders:
+                self._wake[p] = asyncio.Event()
+                self._senders[p] = asyncio.create_task(self._sender(p))
+            self._wake[p].set()
+
+    async def _sender(self, p: int) -> None:
+        queue, wake = self._queues[p], self._wake[p]
+        last_topic: str | None = None
+        unacked: list[asyncio.Future] = []  # this partition's batches of last_topic, sent and not yet acked
+        while True:
+            if not queue:
+                if self._closing:
+                    return
+                wake.clear()
+                await wake.wait()
+                continue
+            topic, _, _, stamp, _ = queue[0]
+            if topic != last_topic and unacked:
+                await asyncio.gather(*unacked, return_exceptions=True)
+            if topic != last_topic:
+                unacked, last_topic = [], topic
+            batch = self._new_batch()
+            runs: list[list[Any]] = []  # [records, handed over at]
+            if stamp is not None:  # a tombstone: a batch of its own, stamped with its time
+                _, key, raw, _, t = queue.popleft()
+                self._add(batch, key, raw, stamp)
+                runs.append([1, t])
+            else:
+                while queue and queue[0][0] == topic and queue[0][3] is None:
+                    _, key, raw, _, t = queue[0]
+                    if not self._add(batch, key, raw):
+                        if not runs:
+                            raise ValueError(f"a record of {len(raw or b'')} bytes does not fit in a batch")
+                        break  # full: the rest goes in the next batch
+                    queue.popleft()
+                    if runs and runs[-1][1] == t:
+                        runs[-1][0] += 1
+                    else:
+                        runs.append([1, t])
+                if self._native is not None:
+                    batch.set_timestamp(int(time.time() * 1000))
+            try:
+                fut = await self.producer.send_batch(batch, topic, partition=p)
+            except KafkaError:  # e.g. no room for request_timeout_ms while a broker was away: not written
+                self.failed += sum(n for n, _ in runs)
+                continue
+            self._pending.add(fut)
+            unacked.append(fut)
+            fut.add_done_callback(functools.partial(self._acked_runs, p, topic, runs))
+
+    def _acked_runs(self, p: int, topic: str, runs: list[list[Any]], f: asyncio.Future) -> None:
+        self._pending.discard(f)
+        if f.cancelled() or f.exception() is not None:
+            self.failed += sum(n for n, _ in runs)
+        elif topic == self.topic and self.on_batch is not None:
+            base = f.result().offset
+            for n, t in runs:
+                self.on_batch(p, base, n, t)
+                base += n
+
+    async def _flush(self) -> None:
+        self._closing = True
+        for wake in self._wake.values():
+            wake.set()
+        await asyncio.gather(*self._senders.values())
+        self._senders.clear()
+        self._closing = False
+        await super()._flush()
 
 
 def traffic_config(args: argparse.Namespace, rate: float | None = None) -> TrafficConfig:

@@ -48,7 +48,7 @@ from load.chaos import Chaos
 from load.chaos import checks as chaos_checks
 from load.generator import Inputs
 from load.latency import LatencyTracker, percentiles
-from load.producing import PacedProducer, Shipment, address_inputs
+from load.producing import OrderedProducer, PacedProducer, Shipment, address_inputs
 from load.report import write_report
 from load.timeline import Point, poll_period, series
 from load.verify import verify
@@ -186,9 +186,12 @@ class LoadRun:
             if n != self.partitions:
                 raise RuntimeError(f"topic {topic} has {n} partitions, {self.topic} {self.partitions}: the inputs "
                                    "must be co-partitioned")
-        self.pp = PacedProducer(self.producer, self.topic, self.partitions, self.opts.rate,
-                                on_batch=self.tracker.sent, clock=self.clock,
-                                native_batches=not self.opts.generate_live)
+        # With other inputs the order across topics is part of what is verified: OrderedProducer keeps it as
+        # consumers see it (and packs while sending); gifts alone go pre-packed (no packing in the measured run).
+        ordered = self.inputs is not None or self.opts.generate_live
+        self.pp = (OrderedProducer if ordered else PacedProducer)(
+            self.producer, self.topic, self.partitions, self.opts.rate, on_batch=self.tracker.sent, clock=self.clock,
+            native_batches=not self.opts.generate_live)
         await self._produce_first_accounts()
         shipments = self._shipments()
         self._base_end = {tp.partition: o for tp, o in (await self.consumer.end_offsets(self._tps)).items()}
@@ -228,10 +231,10 @@ class LoadRun:
         return self._routed(self.inputs.in_time_order(since=since))
 
     def _shipments(self) -> Iterable[Shipment]:
-        if self.opts.generate_live:
+        if isinstance(self.pp, OrderedProducer):
             self.generation = {"traffic_generation": "live, while producing" if self.inputs is None else
-                               "before the run, packed into batches while producing"}
-            return self.pp.shipments(self._addressed(), catch_up=True)
+                               "before the run, packed into batches while producing, in order across topics"}
+            return self.pp.shipments(self._addressed())
         started = time.monotonic()
         # Generated, addressed and packed into producer batches before the clock starts (see PacedProducer):
         # the run only hands batches over. About 0.6 KiB per record, held until sent.

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import dataclasses
 import gzip
+import itertools
 import json
 import subprocess
 import sys
@@ -159,29 +160,55 @@ async def test_paced_producer_holds_the_rate():
     assert 700 <= sent <= 1_100
 
 
-async def test_paced_producer_catches_up_in_bigger_batches_not_more_of_them():
-    """A partition's next batch waits for its last one (aiokafka), here 20 ms each, longer than a tick, and the
-    broker is away for the first 0.3 s: shipments of one tick each fall ever further behind the rate; shipments
-    that take every record due by then keep it."""
+async def test_the_ordered_producer_shows_a_partitions_topics_in_order_and_grows_its_batches_while_it_waits():
+    """Each ack comes 40 ms after its send. A partition's first batch of another topic is sent only once the
+    batches before it are acked (visible: on a cluster, once replicated), while the other partitions go on; the
+    records queued meanwhile go out in one batch, so the rate holds."""
+    from load.producing import OrderedProducer
+
+    loop = asyncio.get_running_loop()
+    sends: list[tuple[float, int, str, int]] = []  # (sent at, partition, topic, records)
+    acks: dict[int, float] = {}  # index in sends -> acked at
+
     class Roomy(_FakeBatch):
         def append(self, key, value, timestamp):
             self.n += 1
             return object()
 
-    class Stalling(_FakeProducer):
+    class SlowAcks(_FakeProducer):
         def create_batch(self):
             return Roomy()
 
         async def send_batch(self, batch, topic, partition):
-            await asyncio.sleep(0.3 if not self.sent else 0.02)
-            return await super().send_batch(batch, topic, partition)
+            i = len(sends)
+            sends.append((loop.time(), partition, topic, batch.n))
+            base = self.next.get((topic, partition), 0)
+            self.next[(topic, partition)] = base + batch.n
+            fut = loop.create_future()
 
-    for catch_up, low, high in ((True, 1_500, 2_100), (False, 0, 800)):
-        prod = Stalling()
-        pp = PacedProducer(prod, "t", 1, rate=4_000, tick=0.01)
-        records = (json.dumps({"creator_id": "c", "ts": i}).encode() for i in range(100_000))
-        sent = await pp.run(pp.shipments(pp.address(records), catch_up=catch_up), duration=0.5)
-        assert low <= sent <= high, (catch_up, sent)
+            def ack() -> None:
+                acks[i] = loop.time()
+                fut.set_result(type("Md", (), {"offset": base})())
+
+            loop.call_later(0.04, ack)
+            return fut
+
+    def routed(i: int) -> tuple:  # every 500th record a payout, partitions 0 and 1 alternating
+        topic = "payouts" if i % 500 == 499 else "gifts"
+        return topic, b"k", i % 2, b"v%d" % i, None
+
+    seen: list[tuple[int, int, int]] = []
+    pp = OrderedProducer(SlowAcks(), "gifts", 2, rate=5_000, on_batch=lambda p, base, n, t: seen.append((p, base, n)))
+    sent = await pp.run(pp.shipments(routed(i) for i in range(100_000)), duration=0.5)
+    assert 2_000 <= sent <= 2_600 and pp.failed == 0  # 5,000/s for 0.5 s, payouts not counted
+    for p in (0, 1):
+        mine = [(i, s) for i, s in enumerate(sends) if s[1] == p]
+        for (i, a), (_, b) in itertools.pairwise(mine):
+            if a[2] != b[2]:
+                assert b[0] >= acks[i], f"partition {p}: a {b[2]} batch sent before the {a[2]} one was acked"
+    assert max(s[3] for s in sends if s[2] == "gifts") > 60  # records queued behind an ack went out together
+    per_p = {p: sum(n for q, _, n in seen if q == p) for p in (0, 1)}
+    assert sum(per_p.values()) == sent  # every gift acked, counted once
 
 
 class _BuildingProducer(_FakeProducer):
