@@ -13,6 +13,7 @@ from load.chaos import (
     FaultKind,
     FaultRecord,
     OffsetsSample,
+    checks,
     heal_time,
     judged_from,
     plan_faults,
@@ -89,3 +90,17 @@ def test_a_scale_out_heals_only_after_its_scale_in_every_other_fault_from_its_st
     add = FaultRecord("worker-add", 10.0, at=10.0, action_s=9.5)
     kill = FaultRecord("broker-kill", 10.0, at=10.0, action_s=20.0)
     assert judged_from(add) == 19.5 and judged_from(kill) == 10.0
+
+
+def test_the_checks_fail_on_an_unhealed_fault_a_failed_action_an_unclean_sigterm_or_a_worker_that_died():
+    def fault(kind: str, **details) -> dict:
+        return {"kind": kind, "at": 1.0, "target": "w1", "details": details}
+
+    good = {"faults": [fault("worker-term", exit_code=0), fault("worker-add", exit_code=0)], "healed": 2,
+            "unexpected_exits": []}
+    assert all(ok for _, ok, _ in checks(good))
+    for bad in ({**good, "healed": 1},
+                {**good, "faults": [fault("worker-term", exit_code=0), fault("broker-kill", error="RuntimeError: x")]},
+                {**good, "faults": [fault("worker-term", exit_code=1), fault("worker-add", exit_code=0)]},
+                {**good, "unexpected_exits": ["w2 exited with 1"]}):
+        assert not all(ok for _, ok, _ in checks(bad)), bad
