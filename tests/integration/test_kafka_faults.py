@@ -41,19 +41,16 @@ from tests.support.kafka_checks import (
     wait_drained,
     wait_for,
 )
-from tests.support.private_broker import PrivateBroker
+from tests.support.private_broker import FAULTS_PORT, started_private_broker
 from tests.support.processes import BOOTSTRAP, http_get, start_worker, write_config
 
 pytestmark = pytest.mark.kafka
-PRIVATE_BROKER_PORT = 19192  # and the two after it (controller, SASL)
 
 
 @pytest.fixture(scope="module")
 def private_broker(tmp_path_factory):
-    broker = PrivateBroker(tmp_path_factory.mktemp("kafka-private"), PRIVATE_BROKER_PORT)
-    broker.start()
-    yield broker
-    broker.stop()
+    with started_private_broker(tmp_path_factory, "kafka-private", FAULTS_PORT) as broker:
+        yield broker
 
 
 class CommitWatch:

@@ -9,19 +9,16 @@ import json
 
 import pytest
 
-from tests.support.private_broker import PrivateBroker
+from tests.support.private_broker import CHAOS_PORT, started_private_broker
 from tests.support.processes import run_cli, unique_topics, write_config
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
-PRIVATE_BROKER_PORT = 19292  # and the two after it; test_kafka_faults' broker is on 19192
 
 
 @pytest.fixture(scope="module")
 def broker(tmp_path_factory):
-    b = PrivateBroker(tmp_path_factory.mktemp("kafka-chaos"), PRIVATE_BROKER_PORT)
-    b.start()
-    yield b
-    b.stop()
+    with started_private_broker(tmp_path_factory, "kafka-chaos", CHAOS_PORT) as b:
+        yield b
 
 
 def test_a_short_chaos_run_loses_and_duplicates_nothing(broker, tmp_path):

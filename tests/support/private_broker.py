@@ -6,10 +6,17 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from load.cluster import SINGLE_UP_SH, SingleNode
 from tests.support.processes import KAFKA_HOME
+
+# Each test module's broker has ports of its own (the port and the two after it: controller, SASL), away from the
+# shared single node (19092-19095) and the cluster (19500-19701).
+FAULTS_PORT = 19192  # tests/integration/test_kafka_faults.py
+CHAOS_PORT = 19292  # tests/integration/test_load_chaos.py
 
 
 class PrivateBroker(SingleNode):
@@ -28,3 +35,14 @@ class PrivateBroker(SingleNode):
     def stop(self) -> None:
         self.down()
         shutil.rmtree(self.home, ignore_errors=True)
+
+
+@contextmanager
+def started_private_broker(tmp_path_factory, name: str, port: int) -> Iterator[PrivateBroker]:
+    """A PrivateBroker started in a fresh temporary home, stopped and wiped afterwards (a module fixture's body)."""
+    broker = PrivateBroker(tmp_path_factory.mktemp(name), port)
+    broker.start()
+    try:
+        yield broker
+    finally:
+        broker.stop()
