@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import asyncio
 import bisect
-import math
 import random
 import time
 from collections.abc import Callable, Sequence
@@ -166,6 +165,7 @@ class Brokers(Protocol):
 class ChaosOptions:
     kinds: tuple[FaultKind, ...] = ALL_KINDS
     faults: int = 10
+    duration: float = 60.0  # seconds of producing the faults are spread over (the run's --duration)
     workers: int = 2
     seed: int = 1
     session_timeout_ms: int = 6_000  # the workers': a stopped one is expelled after it
@@ -176,7 +176,8 @@ class ChaosOptions:
 class Chaos:
     """The workers of a chaos run and the faults injected into them and the brokers.
 
-    start() starts `workers` workers and waits until each is ready; run(clock, duration) injects the plan (an
+    The plan is made here, so a plan that does not fit the duration is refused (ValueError) before any worker
+    starts. start() starts `workers` workers and waits until each is ready; run(clock) injects the plan (an
     asyncio task beside the load); observe() takes every committed-offset poll; report() heals the faults
     against the polls and the latencies; stop() stops every worker it started (SIGTERM, then SIGKILL)."""
 
@@ -190,7 +191,7 @@ class Chaos:
         self.records: list[FaultRecord] = []
         self.samples: list[OffsetsSample] = []
         self.unexpected_exits: list[str] = []
-        self.plan: list[PlannedFault] = []
+        self.plan = plan_faults(opts.seed, opts.kinds, opts.faults, opts.duration, opts.workers)
         self._added = 0
         self._clock: Callable[[], float] = time.monotonic
 
@@ -239,10 +240,9 @@ class Chaos:
     def observe(self, t: float, committed: dict[int, int], ends: dict[int, int]) -> None:
         self.samples.append(OffsetsSample(t, dict(committed), dict(ends)))
 
-    async def run(self, clock: Callable[[], float], duration: float) -> None:
-        """Inject the plan (made here: its slots need the run's duration), then return."""
+    async def run(self, clock: Callable[[], float]) -> None:
+        """Inject the plan, each fault when `clock` (seconds since producing started) reaches it, then return."""
         self._clock = clock
-        self.plan = plan_faults(self.opts.seed, self.opts.kinds, self.opts.faults, duration, self.opts.workers)
         for planned in self.plan:
             wait = planned.at - clock()
             while wait > 0:
@@ -380,4 +380,4 @@ def kinds_arg(text: str) -> tuple[FaultKind, ...]:
 
 
 def fmt_s(v: float | None) -> str:
-    return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.2f} s"
+    return "n/a" if v is None else f"{v:.2f} s"

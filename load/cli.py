@@ -113,10 +113,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     records = generate_inputs(traffic) if args.accounts else generate(traffic)
     if args.chaos:
         try:
-            report = asyncio.run(_chaos_run(args, cfg, policy, records, opts))
-        except ValueError as e:  # a plan that does not fit, an unknown kind
+            chaos = _chaos(args, cfg, opts)
+        except ValueError as e:  # an unknown kind, a plan that does not fit the duration
             print(f"giftstream load run --chaos: {e}", file=sys.stderr)
             return 2
+        report = asyncio.run(_chaos_run(chaos, cfg, policy, records, opts))
     else:
         report = asyncio.run(LoadRun(cfg, policy, records, opts).run())
     r, v = report["results"], report["verification"]
@@ -154,34 +155,38 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _chaos_run(args: argparse.Namespace, cfg, policy, records, opts) -> dict:
-    """`load run --chaos`: topics first, then the workers this run starts, then the load with its faults."""
+def _chaos(args: argparse.Namespace, cfg, opts):
+    """The chaos of `load run --chaos` (its plan made, nothing started yet); the run's options follow it."""
     import logging
 
-    from load.chaos import Chaos, ChaosOptions, kinds_arg, plan_faults
+    from load.chaos import Chaos, ChaosOptions, kinds_arg
     from load.cluster import Cluster, SingleNode
-    from load.run import LoadRun
-    from stream.kafka.topics import create_topics
 
     # The run's own clients retry through the faults it makes; aiokafka's complaints about them are expected.
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
     brokers = Cluster(args.kafka_nodes) if args.kafka_nodes > 1 else SingleNode()
     if args.kafka_nodes > 1 and not args.bootstrap and not args.config:
         cfg.bootstrap_servers = brokers.bootstrap
-    chaos_opts = ChaosOptions(kinds=kinds_arg(args.chaos), faults=args.faults, workers=args.workers,
-                              seed=args.chaos_seed if args.chaos_seed is not None else args.seed,
+    chaos_opts = ChaosOptions(kinds=kinds_arg(args.chaos), faults=args.faults, duration=opts.duration,
+                              workers=args.workers, seed=args.chaos_seed if args.chaos_seed is not None else args.seed,
                               session_timeout_ms=args.session_timeout_ms, out=opts.out / "workers",
                               worker_args=tuple(args.worker_arg or ()))
+    chaos = Chaos(cfg, brokers, chaos_opts)
     opts.extra["chaos"] = {k: getattr(chaos_opts, k) for k in ("faults", "workers", "seed", "session_timeout_ms")}
     opts.extra["chaos"]["kinds"] = [k.value for k in chaos_opts.kinds]
     opts.extra["chaos"]["brokers"] = args.kafka_nodes
     # Generated while producing: constant memory over a long soak, and batches built as they are sent, which grow
     # while a broker is away (load.producing.OrderedProducer) where packed ones would queue up one at a time.
     opts.generate_live = True
-    # Refused here, before any worker starts, when the faults do not fit the duration (run() plans it again).
-    plan_faults(chaos_opts.seed, chaos_opts.kinds, chaos_opts.faults, opts.duration, chaos_opts.workers)
+    return chaos
+
+
+async def _chaos_run(chaos, cfg, policy, records, opts) -> dict:
+    """`load run --chaos`: topics first, then the workers the run starts, then the load with its faults."""
+    from load.run import LoadRun
+    from stream.kafka.topics import create_topics
+
     await create_topics(cfg, opts.partitions)
-    chaos = Chaos(cfg, brokers, chaos_opts)
     try:
         await chaos.start()
         return await LoadRun(cfg, policy, records, opts, chaos=chaos).run()
