@@ -155,24 +155,23 @@ class PacedProducer:
             fut = await self.producer.send_batch(batch, topic, partition=p)
             self._pending.add(fut)
             self._paced += count
+            fut.add_done_callback(functools.partial(self._acked, p, topic, [[count, t]]))
             if topic == self.topic:
-                fut.add_done_callback(functools.partial(self._acked, p, count, t))
                 self.sent += count
             else:
-                fut.add_done_callback(functools.partial(self._other_acked, count))
                 self.sent_to[topic] = self.sent_to.get(topic, 0) + count
 
-    def _acked(self, p: int, count: int, t: float, f: asyncio.Future) -> None:
+    def _acked(self, p: int, topic: str, runs: list[list[Any]], f: asyncio.Future) -> None:
+        """A batch's ack: `runs`, its [records, handed over at] in order, go to on_batch (`topic`'s only), or
+        count as failed."""
         self._pending.discard(f)
         if f.cancelled() or f.exception() is not None:
-            self.failed += count
-        elif self.on_batch is not None:
-            self.on_batch(p, f.result().offset, count, t)
-
-    def _other_acked(self, count: int, f: asyncio.Future) -> None:
-        self._pending.discard(f)
-        if f.cancelled() or f.exception() is not None:
-            self.failed += count
+            self.failed += sum(n for n, _ in runs)
+        elif topic == self.topic and self.on_batch is not None:
+            base = f.result().offset
+            for n, t in runs:
+                self.on_batch(p, base, n, t)
+                base += n
 
     async def run(self, shipments: Iterable[Shipment], duration: float | None = None,
                   stop: asyncio.Event | None = None) -> int:
@@ -299,17 +298,7 @@ class OrderedProducer(PacedProducer):
                 continue
             self._pending.add(fut)
             unacked.append(fut)
-            fut.add_done_callback(functools.partial(self._acked_runs, p, topic, runs))
-
-    def _acked_runs(self, p: int, topic: str, runs: list[list[Any]], f: asyncio.Future) -> None:
-        self._pending.discard(f)
-        if f.cancelled() or f.exception() is not None:
-            self.failed += sum(n for n, _ in runs)
-        elif topic == self.topic and self.on_batch is not None:
-            base = f.result().offset
-            for n, t in runs:
-                self.on_batch(p, base, n, t)
-                base += n
+            fut.add_done_callback(functools.partial(self._acked, p, topic, runs))
 
     async def _flush(self) -> None:
         self._closing = True
