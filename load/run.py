@@ -34,7 +34,7 @@ import ctypes.util
 import gc
 import sys
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Awaitable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -253,7 +253,7 @@ class LoadRun:
         """Send the shipments for opts.duration while a poller task polls every poll interval."""
         producing_done = asyncio.Event()
         poll_task = asyncio.create_task(self._poller(producing_done))
-        chaos_task = (asyncio.create_task(self.chaos.run(self.clock, self.opts.duration))
+        chaos_task = (asyncio.create_task(self.chaos.run(self.clock))
                       if self.chaos is not None else None)
         try:
             self.sent = await self.pp.run(shipments, duration=self.opts.duration)
@@ -300,7 +300,7 @@ class LoadRun:
         except KafkaError:
             self._coordinator = await self.admin.find_coordinator(group)
             got = await self._offset_fetch(group, tps)
-        return {tp: got.get(tp, -1) if got.get(tp, -1) >= 0 else 0 for tp in tps}
+        return {tp: max(got.get(tp, -1), 0) for tp in tps}
 
     async def _offset_fetch(self, group: str, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
         """OffsetFetch, raising the response's top-level error. The admin client's list_consumer_group_offsets
@@ -330,14 +330,21 @@ class LoadRun:
         if not self.other_topics:
             return 0
         tps = [TopicPartition(topic, p) for topic in self.other_topics for p in range(self.partitions)]
+        got = await self._bounded(self._group_offsets(tps), self.consumer.end_offsets(tps))
+        if got is None:
+            return None
+        committed, ends = got
+        return sum(max(0, ends[tp] - committed.get(tp, 0)) for tp in tps)
+
+    async def _bounded(self, *asks: Awaitable[Any]) -> list[Any] | None:
+        """The answers to `asks`, asked side by side; None when one fails or they take over POLL_TIMEOUT_S (a
+        broker away): counted in poll_failures, and the coordinator is looked up again next time."""
         try:
-            committed, ends = await asyncio.wait_for(
-                asyncio.gather(self._group_offsets(tps), self.consumer.end_offsets(tps)), POLL_TIMEOUT_S)
+            return await asyncio.wait_for(asyncio.gather(*asks), POLL_TIMEOUT_S)
         except (KafkaError, OSError, TimeoutError):
             self.poll_failures += 1
             self._coordinator = None
             return None
-        return sum(max(0, ends[tp] - committed.get(tp, 0)) for tp in tps)
 
     async def _stamped_committed(self) -> tuple[dict[int, int], float]:
         c = await self._committed_offsets()
@@ -351,13 +358,10 @@ class LoadRun:
         """One poll: stamps the committed offsets, appends a Point; returns the lag (None: the poll failed, as
         while a broker is away; counted, and the next poll asks again)."""
         # Committed and end offsets side by side; the committed offsets are stamped when they arrive.
-        try:
-            (c, t), end_offsets = await asyncio.wait_for(
-                asyncio.gather(self._stamped_committed(), self.consumer.end_offsets(self._tps)), POLL_TIMEOUT_S)
-        except (KafkaError, OSError, TimeoutError):
-            self.poll_failures += 1
-            self._coordinator = None
+        got = await self._bounded(self._stamped_committed(), self.consumer.end_offsets(self._tps))
+        if got is None:
             return None
+        (c, t), end_offsets = got
         for p, off in c.items():
             self.tracker.committed(p, off, t)
         ends = {tp.partition: o for tp, o in end_offsets.items()}
