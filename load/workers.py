@@ -157,9 +157,7 @@ class WorkerProc:
         t = time.monotonic()
         self.resume()  # a stopped process would not see the SIGTERM
         self.terminate()
-        while self.alive() and time.monotonic() - t < timeout:
-            await asyncio.sleep(0.1)
-        if self.alive():
+        if await self.exited(timeout) is None:
             self.popen.kill()
         self.exit_code = self.popen.wait(10)
         if self.stop_seconds is None:
