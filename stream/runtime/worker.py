@@ -343,9 +343,10 @@ class Worker:
         except (TaskCorrupted, TaskMigrated, TaskAwaitsRebalance) as outcome:
             pr = task.progress
             pr.last_error = str(outcome)
-            pr.retry_at = time.monotonic() + min(RETRY_MAX_S, RETRY_FIRST_S * 2 ** (pr.attempts - 1))
-            if isinstance(outcome, TaskAwaitsRebalance):  # the rebalance revokes or keeps it; else try again soon
-                pr.retry_at = time.monotonic() + REBALANCE_RECHECK_S
+            # A rebalance revokes or keeps the task; if it keeps it, the restore goes on soon, without backing off.
+            pr.retry_at = time.monotonic() + (REBALANCE_RECHECK_S if isinstance(outcome, TaskAwaitsRebalance) else
+                                              min(RETRY_MAX_S, RETRY_FIRST_S * 2 ** (pr.attempts - 1)))
+            if isinstance(outcome, TaskAwaitsRebalance):
                 log.info("partition restore: waiting for the group's rebalance", extra={
                     "worker": self.worker_id, "partition": task.partition, "error": str(outcome)})
             elif isinstance(outcome, TaskMigrated):
