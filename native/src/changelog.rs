@@ -468,6 +468,17 @@ impl Restore {
             *pos += 4 + len;
             Ok(part)
         };
+        let mut counts = [0usize; 256]; // records per kind (a key's first byte): the tables are sized once
+        while pos < body.len() {
+            let key = next(&mut pos)?;
+            next(&mut pos)?;
+            counts[usize::from(key.first().copied().unwrap_or(0))] += 1;
+        }
+        self.creators.reserve(counts[usize::from(CREATOR)]);
+        self.streaks.reserve(counts[usize::from(STREAK)]);
+        self.accounts.reserve(counts[usize::from(ACCOUNT)]);
+        self.payouts.reserve(counts[usize::from(PAYOUT)]);
+        pos = 0;
         while pos < body.len() {
             let key = next(&mut pos)?;
             let value = next(&mut pos)?;
@@ -494,6 +505,7 @@ impl Restore {
             }
         }
         st.pane_creators = pane_creators;
+        st.seen.reserve(self.chunks.values().flat_map(BTreeMap::values).map(Vec::len).sum());
         let mut starts = Vec::with_capacity(self.chunks.len());
         for (bucket, chunks) in self.chunks {
             let mut ids = ChunkedVec::default();

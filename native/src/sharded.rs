@@ -91,6 +91,19 @@ impl<K: Hash + Eq, V> ShardedMap<K, V> {
         self.shards.iter().map(HashTable::len).sum()
     }
 
+    /// Room for `additional` more keys, each shard its share: a restore that knows its count builds each table
+    /// once instead of growing it step by step (every step moves the entries and touches fresh pages).
+    pub fn reserve(&mut self, additional: usize) {
+        let mut slots = [0usize; SHARDS];
+        for &s in self.pick.iter() {
+            slots[s as usize] += 1;
+        }
+        let hasher = &self.hasher;
+        for (shard, n) in self.shards.iter_mut().zip(slots) {
+            shard.reserve(additional * n / PICK_SLOTS + 1, |(k, _)| hasher.hash_one(k));
+        }
+    }
+
     pub fn iter(&self) -> impl Iterator<Item = (&K, &V)> {
         self.shards.iter().flat_map(|s| s.iter().map(|(k, v)| (k, v)))
     }
@@ -210,6 +223,11 @@ mod tests {
         expected.sort_unstable();
         assert_eq!(all, expected);
         let used = m.shards.iter().filter(|s| !s.is_empty()).count();
+        let mut reserved: ShardedMap<u64, u64> = ShardedMap::default();
+        reserved.reserve(3_000);
+        reserved.insert(1, 1);
+        let room: usize = reserved.shards.iter().map(HashTable::capacity).sum();
+        assert!(room >= 3_000 && reserved.get(&1) == Some(&1), "reserve makes room ({room})");
         assert!(used > SHARDS / 2, "keys spread over the shards ({used} used)");
     }
 
