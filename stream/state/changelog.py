@@ -16,9 +16,12 @@ records are read; the native one keeps no Python object per record (native/src/c
 from __future__ import annotations
 
 import asyncio
+import os
 import struct
 import time
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
 
 import msgspec
 
@@ -298,6 +301,18 @@ class RecordsRestore:
         return state, list(writer.chunks.items())
 
 
+T = TypeVar("T")
+
+# Restores build state out of fresh memory: run side by side on more threads than cores, they thrash the caches
+# and the kernel's page faults and every one of them finishes later (docs/benchmarks.md, "State at scale").
+_RESTORE_CPU = ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="restore")
+
+
+async def restore_work(fn: Callable[..., T], *args: object) -> T:
+    """Run a restore's CPU work (native, without the GIL) off the event loop, at most one per core at a time."""
+    return await asyncio.get_running_loop().run_in_executor(_RESTORE_CPU, fn, *args)
+
+
 class StateRestore:
     """One partition's state rebuilt from changelog records as they are read (a checkpoint's body first, when
     there is one), then handed to a new engine. `apply` is cheap per call (the worker's poll loop goes on
@@ -323,11 +338,11 @@ class StateRestore:
 
     async def apply_body(self, body: bytes) -> None:
         """A checkpoint's body (state_body's format); in a thread, as it holds a whole state."""
-        await asyncio.to_thread(self._restore.apply_body, body)
+        await restore_work(self._restore.apply_body, body)
 
     async def finish(self) -> tuple[Engine, ChangelogWriter]:
         """The engine running on the rebuilt state, and its changelog writer. ValueError: the records do not
         make a state (a corrupt changelog or checkpoint)."""
         engine = self._make(None)
-        starts = await asyncio.to_thread(engine.adopt, self._restore)
+        starts = await restore_work(engine.adopt, self._restore)
         return engine, ChangelogWriter(dict(starts))
