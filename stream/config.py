@@ -99,7 +99,8 @@ SETTING_HELP = {
                         "brought that record: the slack for producers that append a record that belongs before "
                         "another a little after it. While another input is empty, every record waits about this "
                         "long; 0 = as soon as the same fetch or a later one says caught up (Kafka Streams' "
-                        "max.task.idle.ms = 0; exact when producers append in order)",
+                        "max.task.idle.ms = 0; exact only when every record is appended after all, of any input, that "
+                        "belong before it, which gifts appended out of time order break)",
     "exactly_once": "true: transactions + read_committed; false: at-least-once (comparison only)",
     "http_port": "port for /metrics /healthz /readyz /creators/<id>; 0 = no HTTP",
     "security_protocol": "PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL",
