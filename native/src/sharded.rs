@@ -223,12 +223,23 @@ mod tests {
         expected.sort_unstable();
         assert_eq!(all, expected);
         let used = m.shards.iter().filter(|s| !s.is_empty()).count();
-        let mut reserved: ShardedMap<u64, u64> = ShardedMap::default();
-        reserved.reserve(3_000);
-        reserved.insert(1, 1);
-        let room: usize = reserved.shards.iter().map(HashTable::capacity).sum();
-        assert!(room >= 3_000 && reserved.get(&1) == Some(&1), "reserve makes room ({room})");
         assert!(used > SHARDS / 2, "keys spread over the shards ({used} used)");
+    }
+
+    #[test]
+    fn reserve_gives_every_shard_room_for_its_share() {
+        let mut m: ShardedMap<u64, u64> = ShardedMap::default();
+        m.reserve(64_000);
+        let room: Vec<usize> = m.shards.iter().map(HashTable::capacity).collect();
+        assert!(room.iter().sum::<usize>() >= 64_000, "room for all ({room:?})");
+        assert!(room.iter().all(|&r| r >= 64_000 / SHARDS / 2), "every shard its share ({room:?})");
+        let before = room.clone();
+        for k in 0..48_000u64 {
+            m.insert(k.wrapping_mul(0x9e37_79b9_7f4a_7c15), k);
+        }
+        let after: Vec<usize> = m.shards.iter().map(HashTable::capacity).collect();
+        assert_eq!(before, after, "inserting fewer keys than reserved grows no shard");
+        assert_eq!(m.len(), 48_000);
     }
 
     #[test]

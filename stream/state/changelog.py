@@ -303,8 +303,8 @@ class RecordsRestore:
 
 T = TypeVar("T")
 
-# Restores build state out of fresh memory: run side by side on more threads than cores, they thrash the caches
-# and the kernel's page faults and every one of them finishes later (docs/benchmarks.md, "State at scale").
+# A restore's build is CPU and fresh memory only: more of them at once than cores makes each finish later, and
+# the slowest far later (docs/benchmarks.md, "Checkpoint restarts, sized tables and one restore per core").
 _RESTORE_CPU = ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="restore")
 
 
