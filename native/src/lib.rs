@@ -389,6 +389,12 @@ impl Core {
          st.accounts.len())
     }
 
+    /// (creators, streaks, dedupe ids): the tables' lengths, without walking them (the worker's gauges).
+    fn counts(&self) -> (usize, usize, usize) {
+        let st = &self.engine.state;
+        (st.creators.len(), st.streaks.len(), st.seen.len())
+    }
+
     fn watermark(&self) -> Option<i64> {
         self.engine.state.watermark
     }

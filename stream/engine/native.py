@@ -25,7 +25,7 @@ from stream.config import ENGINES
 from stream.engine import model
 from stream.engine.model import AccountClosed, CreatorAccount, LateGift, MissedWindow, Payout, WindowTotal
 from stream.engine.policy import Policy
-from stream.engine.protocol import Changelog, ChunkStarts, Engine, Outputs, PricedIn, StateSizes
+from stream.engine.protocol import Changelog, ChunkStarts, Engine, Outputs, PricedIn, StateCounts, StateSizes
 from stream.engine.reference import EngineEdges, EngineHooks, PartitionEngine
 from stream.state.tables import Account, CreatorState, PartitionState, Streak, creator_fields
 
@@ -163,6 +163,9 @@ class NativePartitionEngine(EngineEdges):
 
     def sizes(self) -> StateSizes:
         return StateSizes(*self._core.sizes())
+
+    def counts(self) -> StateCounts:
+        return StateCounts(*self._core.counts())
 
     def priced_in(self) -> PricedIn:
         regions, methods = self._core.priced_in()

@@ -48,6 +48,15 @@ class StateSizes:
 
 
 @dataclass(frozen=True)
+class StateCounts:
+    """What the state-size gauges show: the entries of the state's big tables, each counted in O(1)."""
+
+    creators: int
+    streaks: int
+    dedupe_ids: int
+
+
+@dataclass(frozen=True)
 class PricedIn:
     """What a partition's state needs its policy to price (Policy.cannot_price): the regions its open streaks were
     priced in (their coins are credited at that region's rate when they close), and the (region, payout method)
@@ -189,7 +198,12 @@ class Engine(Protocol):
         ...
 
     def sizes(self) -> StateSizes:
-        """How much state the engine holds."""
+        """How much state the engine holds, with sums that walk every creator and streak (reports, tests)."""
+        ...
+
+    def counts(self) -> StateCounts:
+        """The table sizes alone, without walking them: the worker's gauges and log lines ask for them between
+        batches, on the event loop."""
         ...
 
     def priced_in(self) -> PricedIn:

@@ -40,7 +40,7 @@ from stream.engine.model import (
     WindowTotal,
 )
 from stream.engine.policy import CLOSED, Policy, bps_of
-from stream.engine.protocol import Changelog, Changes, ChunkStarts, Outputs, PricedIn, StateSizes
+from stream.engine.protocol import Changelog, Changes, ChunkStarts, Outputs, PricedIn, StateCounts, StateSizes
 from stream.state.changelog import RecordsRestore, encode_changes, record_batches, state_body
 from stream.state.changelog_schema import STREAK_KEY_SEP
 from stream.state.tables import RETENTION_BUCKET_MS, Account, CreatorState, PartitionState, Streak, creator_fields
@@ -793,6 +793,10 @@ class PartitionEngine(EngineEdges):
         return PricedIn(frozenset(s.region for s in st.streaks.values() if s.open),
                         frozenset((a.region, a.payout_method) for a in st.accounts.values()
                                   if a.account_status != CLOSED))
+
+    def counts(self) -> StateCounts:
+        st = self.state
+        return StateCounts(len(st.creators), len(st.streaks), len(st.seen))
 
     def sizes(self) -> StateSizes:
         st = self.state

@@ -269,7 +269,7 @@ class PartitionTask:
         log.info("partition restored", extra={"worker": self.worker_id, "partition": self.partition,
                                               "source": self.progress.source,
                                               "changelog_records": self.progress.changelog_read,
-                                              "creators": self.engine.sizes().creators,
+                                              "creators": self.engine.counts().creators,
                                               "attempts": self.progress.attempts, "seconds": round(seconds, 3)})
 
     async def _restore_state(self) -> tuple[Engine, ChangelogWriter]:

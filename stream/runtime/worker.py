@@ -59,7 +59,6 @@ from stream.state.checkpoint import CheckpointStore
 aiokafka_patches.install()
 log = logging.getLogger(__name__)
 
-STATE_SIZE_EVERY_S = 1.0  # state-size gauges after a batch at most this often (sizes() walks the tables)
 REBALANCE_RECHECK_S = 0.5  # a restore that met a rebalance asks again this soon, if the rebalance left it here
 RETRY_FIRST_S, RETRY_MAX_S = 1.0, 30.0  # restore retries back off from the first to the longest wait
 LOOP_STALL_S = 120.0  # a consume loop that has not come back from a poll for this long is hung
@@ -403,7 +402,7 @@ class Worker:
         for p, result in zip(commits, results, strict=True):
             if isinstance(result, BaseException):
                 await self._failed(p, result)
-        self.metrics.set_state_size(self._running(), every=STATE_SIZE_EVERY_S)
+        self.metrics.set_state_size(self._running())
 
     async def _failed(self, p: int, error: BaseException) -> None:
         """A batch's commit failed: act on its outcome."""

@@ -13,6 +13,7 @@ import msgspec
 
 from stream.engine import model
 from stream.engine.native import NativePartitionEngine
+from stream.engine.protocol import StateCounts
 from stream.engine.reference import Outputs, PartitionEngine
 from stream.kafka.routing import PartitionCache
 from stream.state.changelog import ChangelogWriter, restore_state
@@ -130,6 +131,9 @@ def run_side_by_side(policy, records: Sequence[Input], cuts: list[int], payouts:
     _extend(total, outs[0])
     assert py.state == native.state
     assert py.sizes() == native.sizes()
+    for eng in (py, native):  # the O(1) counts are the walked sizes' table lengths
+        sizes = eng.sizes()
+        assert eng.counts() == StateCounts(sizes.creators, sizes.streaks, sizes.dedupe_ids)
     if restore:
         assert comparable(engines[2].state) == comparable(native.state)
     return SideBySide(py, native, total)

@@ -1,25 +1,26 @@
-"""Metrics.set_state_size: the gauges follow the engines, and with `every` they are refreshed at most that
-often (engine.sizes() walks the state tables, so the worker does not call it after every batch)."""
+"""Metrics: the state-size gauges follow the engines' O(1) counts, and the lag is measured from the right end."""
 
 from __future__ import annotations
 
 from types import SimpleNamespace
 
-import pytest
 from aiokafka import TopicPartition
 
-from stream.engine.reference import StateSizes
-from stream.service import metrics as metrics_module
+from stream.engine.protocol import StateCounts, StateSizes
 from stream.service.metrics import Metrics
 
 
 class CountingEngine:
+    """Counts only: the gauges are set after every batch, so they must never walk the tables (sizes())."""
+
     def __init__(self, creators: int) -> None:
-        self.creators, self.calls = creators, 0
+        self.creators = creators
+
+    def counts(self) -> StateCounts:
+        return StateCounts(self.creators, 2, 3)
 
     def sizes(self) -> StateSizes:
-        self.calls += 1
-        return StateSizes(self.creators, 2, 3, 4, 1, 5)
+        raise AssertionError("sizes() walks every creator and streak: not for the gauges")
 
 
 def gauge(m: Metrics, name: str) -> float:
@@ -28,31 +29,14 @@ def gauge(m: Metrics, name: str) -> float:
     return value
 
 
-def test_state_size_gauges_sum_the_partitions() -> None:
+def test_state_size_gauges_sum_the_partitions_counts() -> None:
     m = Metrics()
     tasks = {0: SimpleNamespace(engine=CountingEngine(10)), 1: SimpleNamespace(engine=CountingEngine(7))}
     m.set_state_size(tasks)
     assert gauge(m, "giftstream_state_creators") == 17
     assert gauge(m, "giftstream_state_streaks") == 4
     assert gauge(m, "giftstream_state_dedupe_ids") == 6
-
-
-def test_state_size_every_limits_how_often_the_engines_are_asked(monkeypatch: pytest.MonkeyPatch) -> None:
-    now = [1000.0]
-    monkeypatch.setattr(metrics_module.time, "monotonic", lambda: now[0])
-    m = Metrics()
-    engine = CountingEngine(10)
-    tasks = {0: SimpleNamespace(engine=engine)}
-    m.set_state_size(tasks, every=1.0)
-    assert engine.calls == 1
-    engine.creators = 11
-    now[0] += 0.4
-    m.set_state_size(tasks, every=1.0)  # too soon: skipped
-    assert engine.calls == 1 and gauge(m, "giftstream_state_creators") == 10
-    now[0] += 0.7
-    m.set_state_size(tasks, every=1.0)
-    assert engine.calls == 2 and gauge(m, "giftstream_state_creators") == 11
-    m.set_state_size({}, every=0.0)  # without `every` (restore, release): always
+    m.set_state_size({})  # every partition released
     assert gauge(m, "giftstream_state_creators") == 0
 
 
