@@ -343,9 +343,11 @@ class Worker:
             pr = task.progress
             pr.last_error = str(outcome)
             # A rebalance revokes or keeps the task; if it keeps it, the restore goes on soon, without backing off.
-            pr.retry_at = time.monotonic() + (REBALANCE_RECHECK_S if isinstance(outcome, TaskAwaitsRebalance) else
-                                              min(RETRY_MAX_S, RETRY_FIRST_S * 2 ** (pr.attempts - 1)))
-            if isinstance(outcome, TaskAwaitsRebalance):
+            awaits_rebalance = isinstance(outcome, TaskAwaitsRebalance)
+            retry_in_s = (REBALANCE_RECHECK_S if awaits_rebalance else
+                          min(RETRY_MAX_S, RETRY_FIRST_S * 2 ** (pr.attempts - 1)))
+            pr.retry_at = time.monotonic() + retry_in_s
+            if awaits_rebalance:
                 log.info("partition restore: waiting for the group's rebalance", extra={
                     "worker": self.worker_id, "partition": task.partition, "error": str(outcome)})
             elif isinstance(outcome, TaskMigrated):
@@ -355,7 +357,7 @@ class Worker:
             else:
                 log.warning("partition restore failed; retrying", extra={
                     "worker": self.worker_id, "partition": task.partition, "attempt": pr.attempts,
-                    "error": str(outcome), "retry_in_s": round(pr.retry_at - time.monotonic(), 1)})
+                    "error": str(outcome), "retry_in_s": round(retry_in_s, 1)})
             return
         finally:
             task.restoring = None
