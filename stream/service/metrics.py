@@ -115,8 +115,8 @@ class Metrics:
 
     def set_state_size(self, tasks: dict) -> None:
         """The state-size gauges, from each engine's counts (O(1): set after every batch)."""
-        sizes = [t.engine.counts() for t in tasks.values()]
-        self.state_creators.set(sum(s.creators for s in sizes))
-        self.state_streaks.set(sum(s.streaks for s in sizes))
-        self.state_dedupe_ids.set(sum(s.dedupe_ids for s in sizes))
-        self.partitions.set(len(sizes))
+        counts = [t.engine.counts() for t in tasks.values()]
+        self.state_creators.set(sum(c.creators for c in counts))
+        self.state_streaks.set(sum(c.streaks for c in counts))
+        self.state_dedupe_ids.set(sum(c.dedupe_ids for c in counts))
+        self.partitions.set(len(counts))
