@@ -387,12 +387,21 @@ impl Restore {
         Some(())
     }
 
-    fn streak<'v>(&mut self, name: &str, value: Option<&'v [u8]>) -> Option<()> {
+    fn streak(&mut self, name: &str, value: Option<&[u8]>) -> Option<()> {
         let key = StreakKey::parse(name);
-        let Some(v) = value else {
-            self.streaks.remove(&key);
-            return Some(());
-        };
+        match value {
+            Some(v) => {
+                let streak = self.streak_value(v)?;
+                self.streaks.insert(key, streak);
+            }
+            None => {
+                self.streaks.remove(&key);
+            }
+        }
+        Some(())
+    }
+
+    fn streak_value<'v>(&mut self, v: &'v [u8]) -> Option<Streak> {
         let mut r = Reader::new(v);
         let (mut creator_id, mut region, mut last_event_id) = (None, None, None);
         let mut nums = [None::<i64>; 4];
@@ -428,10 +437,8 @@ impl Restore {
         r.done().then_some(())?;
         let region = intern_region(&mut self.region_names, region?);
         let [diamond_count, count, credited, last_ts] = nums;
-        self.streaks.insert(key, Streak { creator_id: creator_id?, region, diamond_count: diamond_count?,
-                                          count: count?, credited: credited?, last_ts: last_ts?,
-                                          last_event_id: last_event_id?, open, dirty: false });
-        Some(())
+        Some(Streak { creator_id: creator_id?, region, diamond_count: diamond_count?, count: count?,
+                      credited: credited?, last_ts: last_ts?, last_event_id: last_event_id?, open, dirty: false })
     }
 
     fn dedupe_chunk(&mut self, name: &str, value: Option<&[u8]>) -> Option<()> {
@@ -475,15 +482,23 @@ impl Restore {
             counts[usize::from(key.first().copied().unwrap_or(0))] += 1;
         }
         self.creators.reserve(counts[usize::from(CREATOR)]);
-        self.streaks.reserve(counts[usize::from(STREAK)]);
         self.accounts.reserve(counts[usize::from(ACCOUNT)]);
         self.payouts.reserve(counts[usize::from(PAYOUT)]);
+        // A body holds no tombstones, so its streaks can all go in at the end, at once (ShardedMap::insert_all).
+        let mut streaks = Vec::with_capacity(counts[usize::from(STREAK)]);
         pos = 0;
         while pos < body.len() {
             let key = next(&mut pos)?;
             let value = next(&mut pos)?;
-            self.apply(key, Some(value))?;
+            match key.strip_prefix(&[STREAK, NAME_SEP]).map(std::str::from_utf8) {
+                Some(Ok(name)) => {
+                    self.records += 1;
+                    streaks.push((StreakKey::parse(name), self.streak_value(value).ok_or_else(|| bad(key))?));
+                }
+                _ => self.apply(key, Some(value))?,
+            }
         }
+        self.streaks.insert_all(streaks);
         Ok(())
     }
 
@@ -505,7 +520,7 @@ impl Restore {
             }
         }
         st.pane_creators = pane_creators;
-        st.seen.reserve(self.chunks.values().flat_map(BTreeMap::values).map(Vec::len).sum());
+        let mut seen = Vec::with_capacity(self.chunks.values().flat_map(BTreeMap::values).map(Vec::len).sum());
         let mut starts = Vec::with_capacity(self.chunks.len());
         for (bucket, chunks) in self.chunks {
             let mut ids = ChunkedVec::default();
@@ -513,25 +528,52 @@ impl Restore {
             for (start, part) in chunks {
                 bucket_starts.push(start);
                 for id in part {
-                    st.seen.insert_new(id.clone());
+                    seen.push((id.clone(), ()));
                     ids.push(id);
                 }
             }
             st.seen_buckets.insert(bucket, ids);
             starts.push((bucket, bucket_starts));
         }
+        st.seen.insert_all(seen);
         starts.sort_unstable();
-        // Keys order as their texts: written once each, not at every comparison.
-        let mut closed: Vec<(i64, String, &StreakKey)> = st.streaks.iter().filter(|(_, s)| !s.open)
-            .map(|(k, s)| (s.last_ts - s.last_ts.rem_euclid(RETENTION_BUCKET_MS), k.to_string(), k)).collect();
-        closed.sort_unstable_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
+        // Keys order as their texts. Each text is written once, into one buffer, and a comparison looks at the
+        // first 32 bytes as two numbers before it reads the texts (most keys differ there).
+        let mut texts: Vec<u8> = Vec::new();
+        let mut closed: Vec<ClosedStreak> = st.streaks.iter().filter(|(_, s)| !s.open).map(|(k, s)| {
+            let start = texts.len();
+            write!(texts, "{k}").expect("writing to a Vec");
+            let text = &texts[start..];
+            ClosedStreak { bucket: s.last_ts - s.last_ts.rem_euclid(RETENTION_BUCKET_MS),
+                           prefix: (be_prefix(text), be_prefix(text.get(16..).unwrap_or_default())),
+                           text: start..texts.len(), key: k }
+        }).collect();
+        closed.sort_unstable_by(|a, b| (a.bucket, a.prefix).cmp(&(b.bucket, b.prefix))
+            .then_with(|| texts[a.text.clone()].cmp(&texts[b.text.clone()])));
         let mut streak_buckets: HashMap<i64, ChunkedVec<StreakKey>> = HashMap::new();
-        for (bucket, _, key) in closed {
-            streak_buckets.entry(bucket).or_default().push(key.clone());
+        for c in closed {
+            streak_buckets.entry(c.bucket).or_default().push(c.key.clone());
         }
         st.streak_buckets = streak_buckets;
         Ok((st, starts))
     }
+}
+
+/// A closed streak as the restore sorts them: by retention bucket, then by its key's text.
+struct ClosedStreak<'a> {
+    bucket: i64,
+    prefix: (u128, u128), // the text's bytes 0-15 and 16-31, zero-padded: they order as the bytes do
+    text: std::ops::Range<usize>,
+    key: &'a StreakKey,
+}
+
+/// Up to the first 16 bytes as a big-endian number, zero-padded: two byte strings that differ within those
+/// bytes order as these numbers do; equal numbers leave the order to the rest of the bytes.
+fn be_prefix(b: &[u8]) -> u128 {
+    let mut buf = [0u8; 16];
+    let n = b.len().min(16);
+    buf[..n].copy_from_slice(&b[..n]);
+    u128::from_be_bytes(buf)
 }
 
 /// The whole state as changelog records (a checkpoint's body, see Restore::apply_body): the dedupe ids cut
@@ -579,4 +621,89 @@ pub fn snapshot(st: &State, chunks: &HashMap<i64, Vec<usize>>) -> Result<Vec<u8>
         put(&key, &account_value(a));
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn closed_streak(creator: &str, last_ts: i64) -> Streak {
+        Streak { creator_id: Id::new(creator), region: Arc::from("US"), diamond_count: 1, count: 1, credited: 1,
+                 last_ts, last_event_id: Id::new("1"), open: false, dirty: false }
+    }
+
+    fn body(records: &[(Vec<u8>, Vec<u8>)]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for (k, v) in records {
+            out.extend_from_slice(&(k.len() as u32).to_be_bytes());
+            out.extend_from_slice(k);
+            out.extend_from_slice(&(v.len() as u32).to_be_bytes());
+            out.extend_from_slice(v);
+        }
+        out
+    }
+
+    #[test]
+    fn a_restored_bucket_of_closed_streaks_is_in_key_text_order() {
+        // Numeric keys and text keys, many alike in their first 32 bytes, some a prefix of another.
+        let sep = STREAK_KEY_SEP;
+        let mut texts: Vec<String> = Vec::new();
+        for room in ["7234567890123456789", "723456789012345678", "72", "7"] {
+            for sender in ["1234567890123456789", "123456789012345678", "5"] {
+                texts.push(format!("{room}{sep}{sender}{sep}5655{sep}9"));
+                texts.push(format!("{room}{sep}{sender}{sep}-3{sep}"));
+                texts.push(format!("{room}{sep}{sender}x{sep}5655{sep}9")); // not numeric: a text key
+                texts.push(format!("{room}{sep}{sender}{sep}5655{sep}9{sep}extra"));
+            }
+        }
+        texts.push("a".repeat(40));
+        texts.push(format!("{}\0", "a".repeat(40)));
+        texts.push("a".repeat(16));
+        let mut restore = Restore::default();
+        let records: Vec<(Vec<u8>, Vec<u8>)> = texts.iter().enumerate().map(|(i, t)| {
+            let mut key = Vec::new();
+            key_start(&mut key, STREAK).extend_from_slice(t.as_bytes());
+            // two retention buckets, the keys spread over both
+            (key, streak_value(&closed_streak("1", (i as i64 % 2) * RETENTION_BUCKET_MS + 5)))
+        }).collect();
+        restore.apply_body(&body(&records)).map_err(|e| e.to_string()).unwrap();
+        assert_eq!(restore.streaks.len(), texts.len());
+        let (st, _) = restore.finish().unwrap();
+        for bucket in [0, RETENTION_BUCKET_MS] {
+            let got: Vec<String> = st.streak_buckets[&bucket].iter().map(|k| k.to_string()).collect();
+            let mut expected = got.clone();
+            expected.sort();
+            assert_eq!(got, expected, "bucket {bucket}");
+            assert_eq!(got.len(), texts.len() / 2 + (texts.len() % 2) * usize::from(bucket == 0));
+        }
+    }
+
+    #[test]
+    fn a_body_gives_the_state_its_records_give_one_at_a_time() {
+        let records: Vec<(Vec<u8>, Vec<u8>)> = (0..3_000).map(|i| {
+            let text = format!("{}{STREAK_KEY_SEP}{i}{STREAK_KEY_SEP}7{STREAK_KEY_SEP}{i}", i % 17);
+            let mut key = Vec::new();
+            key_start(&mut key, STREAK).extend_from_slice(text.as_bytes());
+            (key, streak_value(&closed_streak(&format!("{}", i % 5), i)))
+        }).collect();
+        let mut at_once = Restore::default();
+        at_once.apply_body(&body(&records)).unwrap();
+        let mut one_by_one = Restore::default();
+        for (k, v) in &records {
+            one_by_one.apply(k, Some(v)).unwrap();
+        }
+        assert_eq!(at_once.records, one_by_one.records);
+        let snapshot_of = |r: Restore| {
+            let (st, _) = r.finish().unwrap();
+            let mut all: Vec<(String, Vec<u8>)> = st.streaks.iter().map(|(k, s)| (k.to_string(), streak_value(s))).collect();
+            all.sort();
+            let order: Vec<Vec<String>> = {
+                let mut buckets: Vec<_> = st.streak_buckets.iter().collect();
+                buckets.sort_by_key(|(b, _)| **b);
+                buckets.into_iter().map(|(_, keys)| keys.iter().map(|k| k.to_string()).collect()).collect()
+            };
+            (all, order)
+        };
+        assert_eq!(snapshot_of(at_once), snapshot_of(one_by_one));
+    }
 }

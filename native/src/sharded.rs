@@ -91,16 +91,38 @@ impl<K: Hash + Eq, V> ShardedMap<K, V> {
         self.shards.iter().map(HashTable::len).sum()
     }
 
-    /// Room for `additional` more keys, each shard its share: a restore that knows its count builds each table
-    /// once instead of growing it step by step (every step moves the entries and touches fresh pages).
-    pub fn reserve(&mut self, additional: usize) {
-        let mut slots = [0usize; SHARDS];
-        for &s in self.pick.iter() {
-            slots[s as usize] += 1;
-        }
+    /// Many entries at once, a later entry of a key replacing an earlier one (as `insert` one at a time would).
+    /// They go in sorted by where each lands in its shard's table, so each table is written nearly front to
+    /// back: a restore's million keys inserted in their own order would each land at a random place in a table
+    /// far larger than the cache, and each insert would wait for memory.
+    pub fn insert_all(&mut self, entries: Vec<(K, V)>) {
+        let mut per_shard = [0usize; SHARDS];
+        let hashed: Vec<(u64, K, V)> = entries.into_iter().map(|(k, v)| {
+            let h = self.hasher.hash_one(&k);
+            per_shard[self.shard_of(h)] += 1;
+            (h, k, v)
+        }).collect();
         let hasher = &self.hasher;
-        for (shard, n) in self.shards.iter_mut().zip(slots) {
-            shard.reserve(additional * n / PICK_SLOTS + 1, |(k, _)| hasher.hash_one(k));
+        for (shard, n) in self.shards.iter_mut().zip(per_shard) {
+            shard.reserve(n, |(k, _)| hasher.hash_one(k));
+        }
+        // A table's first probe for a hash is bucket `hash & (buckets - 1)` (hashbrown's h1).
+        let masks: Vec<u64> = self.shards.iter()
+            .map(|s| ((s.capacity() / 7 * 8).next_power_of_two() - 1) as u64).collect();
+        let place = |h: u64| -> (usize, u64) {
+            let shard = self.shard_of(h);
+            (shard, h & masks[shard])
+        };
+        let mut sorted = hashed;
+        sorted.sort_by_key(|(h, _, _)| place(*h)); // stable: a key's later entry still comes later
+        for (h, key, value) in sorted {
+            let i = self.shard_of(h);
+            match self.shards[i].entry(h, |(k, _)| *k == key, |(k, _)| hasher.hash_one(k)) {
+                Entry::Occupied(mut e) => e.get_mut().1 = value,
+                Entry::Vacant(e) => {
+                    e.insert((key, value));
+                }
+            }
         }
     }
 
@@ -227,19 +249,26 @@ mod tests {
     }
 
     #[test]
-    fn reserve_gives_every_shard_room_for_its_share() {
-        let mut m: ShardedMap<u64, u64> = ShardedMap::default();
-        m.reserve(64_000);
-        let room: Vec<usize> = m.shards.iter().map(HashTable::capacity).collect();
-        assert!(room.iter().sum::<usize>() >= 64_000, "room for all ({room:?})");
-        assert!(room.iter().all(|&r| r >= 64_000 / SHARDS / 2), "every shard its share ({room:?})");
-        let before = room.clone();
-        for k in 0..48_000u64 {
-            m.insert(k.wrapping_mul(0x9e37_79b9_7f4a_7c15), k);
+    fn insert_all_is_inserting_one_at_a_time() {
+        let entries: Vec<(u64, u64)> =
+            (0..50_000u64).map(|i| (i.wrapping_mul(0x9e37_79b9_7f4a_7c15) % 20_000, i)).collect();
+        let mut one_by_one: ShardedMap<u64, u64> = ShardedMap::default();
+        let mut at_once: ShardedMap<u64, u64> = ShardedMap::default();
+        for (k, v) in [(7, 1), (123_456, 2)] {
+            one_by_one.insert(k, v);
+            at_once.insert(k, v);
         }
-        let after: Vec<usize> = m.shards.iter().map(HashTable::capacity).collect();
-        assert_eq!(before, after, "inserting fewer keys than reserved grows no shard");
-        assert_eq!(m.len(), 48_000);
+        for (k, v) in &entries {
+            one_by_one.insert(*k, *v);
+        }
+        at_once.insert_all(entries);
+        let sorted = |m: &ShardedMap<u64, u64>| {
+            let mut all: Vec<_> = m.iter().map(|(k, v)| (*k, *v)).collect();
+            all.sort_unstable();
+            all
+        };
+        assert_eq!(sorted(&at_once), sorted(&one_by_one), "the same keys, each with its last value");
+        assert_eq!(at_once.get(&123_456), Some(&2));
     }
 
     #[test]
