@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use foldhash::{HashMap, HashMapExt, HashSet};
 
-use crate::engine::{intern_region, Account, Creator, State, Streak, Tally, RETENTION_BUCKET_MS};
+use crate::engine::{intern_region, sort_prefix, Account, Creator, State, Streak, Tally, RETENTION_BUCKET_MS};
 use crate::ids::{Id, StreakKey, STREAK_KEY_SEP};
 use crate::msgpack::{Reader, Writer};
 use crate::sharded::{ChunkedVec, ShardedMap};
@@ -545,7 +545,7 @@ impl Restore {
             write!(texts, "{k}").expect("writing to a Vec");
             let text = &texts[start..];
             ClosedStreak { bucket: s.last_ts - s.last_ts.rem_euclid(RETENTION_BUCKET_MS),
-                           prefix: (be_prefix(text), be_prefix(text.get(16..).unwrap_or_default())),
+                           prefix: (sort_prefix(text), sort_prefix(text.get(16..).unwrap_or_default())),
                            text: start..texts.len(), key: k }
         }).collect();
         closed.sort_unstable_by(|a, b| (a.bucket, a.prefix).cmp(&(b.bucket, b.prefix))
@@ -565,15 +565,6 @@ struct ClosedStreak<'a> {
     prefix: (u128, u128), // the text's bytes 0-15 and 16-31, zero-padded: they order as the bytes do
     text: std::ops::Range<usize>,
     key: &'a StreakKey,
-}
-
-/// Up to the first 16 bytes as a big-endian number, zero-padded: two byte strings that differ within those
-/// bytes order as these numbers do; equal numbers leave the order to the rest of the bytes.
-fn be_prefix(b: &[u8]) -> u128 {
-    let mut buf = [0u8; 16];
-    let n = b.len().min(16);
-    buf[..n].copy_from_slice(&b[..n]);
-    u128::from_be_bytes(buf)
 }
 
 /// The whole state as changelog records (a checkpoint's body, see Restore::apply_body): the dedupe ids cut

@@ -397,8 +397,7 @@ fn mark_streak_changed(dirty: &mut Dirty, s: &mut Streak, key: &StreakKey) {
 /// The first 16 bytes of `s` as a big-endian number, zero-padded: when two strings' prefixes differ they
 /// order as the strings do (a shorter string pads with zeros, which no byte is below); when they are equal
 /// the strings may still differ, from the 17th byte or in trailing zero bytes, so ties compare the strings.
-fn sort_prefix(s: &str) -> u128 {
-    let b = s.as_bytes();
+pub fn sort_prefix(b: &[u8]) -> u128 {
     let mut buf = [0u8; 16];
     let n = b.len().min(16);
     buf[..n].copy_from_slice(&b[..n]);
@@ -907,7 +906,7 @@ impl Engine {
             while pane < end {
                 if let Some(h) = self.state.pane_creators.get(&pane) {
                     holders.reserve(h.len());
-                    holders.extend(h.iter().map(|cid| (sort_prefix(cid), cid)));
+                    holders.extend(h.iter().map(|cid| (sort_prefix(cid.as_bytes()), cid)));
                 }
                 pane += pane_ms;
             }
@@ -1223,14 +1222,14 @@ mod tests {
                    "700000000000000000", "70000000000000000000", "6999999999999999999", "1234567890123456",
                    "1234567890123456\0", "12345678901234560", "1234567890123457", "é", "zz", "z\u{1f}"];
         let mut by_prefix: Vec<&str> = ids.to_vec();
-        by_prefix.sort_unstable_by(|a, b| sort_prefix(a).cmp(&sort_prefix(b)).then_with(|| a.cmp(b)));
+        by_prefix.sort_unstable_by(|a, b| sort_prefix(a.as_bytes()).cmp(&sort_prefix(b.as_bytes())).then_with(|| a.cmp(b)));
         let mut by_string = ids.to_vec();
         by_string.sort_unstable();
         assert_eq!(by_prefix, by_string);
         for a in ids {
             for b in ids {
-                if sort_prefix(a) != sort_prefix(b) {
-                    assert_eq!(sort_prefix(a).cmp(&sort_prefix(b)), a.cmp(b), "{a:?} vs {b:?}");
+                if sort_prefix(a.as_bytes()) != sort_prefix(b.as_bytes()) {
+                    assert_eq!(sort_prefix(a.as_bytes()).cmp(&sort_prefix(b.as_bytes())), a.cmp(b), "{a:?} vs {b:?}");
                 }
             }
         }
