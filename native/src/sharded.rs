@@ -70,6 +70,10 @@ impl<K: Hash + Eq, V> ShardedMap<K, V> {
 
     pub fn insert(&mut self, key: K, value: V) -> Option<V> {
         let h = self.hasher.hash_one(&key);
+        self.insert_hashed(h, key, value)
+    }
+
+    fn insert_hashed(&mut self, h: u64, key: K, value: V) -> Option<V> {
         let i = self.shard_of(h);
         let hasher = &self.hasher;
         match self.shards[i].entry(h, |(k, _)| *k == key, |(k, _)| hasher.hash_one(k)) {
@@ -116,13 +120,7 @@ impl<K: Hash + Eq, V> ShardedMap<K, V> {
         let mut sorted = hashed;
         sorted.sort_by_key(|(h, _, _)| place(*h)); // stable: a key's later entry still comes later
         for (h, key, value) in sorted {
-            let i = self.shard_of(h);
-            match self.shards[i].entry(h, |(k, _)| *k == key, |(k, _)| hasher.hash_one(k)) {
-                Entry::Occupied(mut e) => e.get_mut().1 = value,
-                Entry::Vacant(e) => {
-                    e.insert((key, value));
-                }
-            }
+            self.insert_hashed(h, key, value);
         }
     }
 
