@@ -5,7 +5,8 @@
 //! leading zero, at most 19 digits) is held as that number; any other id keeps its text. The mapping is
 //! one-to-one, so two ids are equal exactly when their texts are, and the text comes back unchanged when
 //! it is written out (changelog, snapshots). Holding numbers saves an allocation per id and hashes and
-//! compares 8 bytes instead of a string.
+//! compares 8 bytes instead of a string. Other ids of at most 14 bytes (handles, short generated ids) are held
+//! inline, so they allocate nothing either; only longer texts (UUIDs, say) are on the heap.
 
 use std::fmt::{self, Write as _};
 
@@ -32,19 +33,44 @@ fn canonical_number(s: &str) -> Option<u64> {
     Some(n)
 }
 
-/// A client's id (event, payout): a number when its text is a canonical decimal, else the text.
+/// A client's id (event, payout): a number when its text is a canonical decimal, else the text (inline when
+/// short). Each text has exactly one form (`Id::new` picks it), so the derived equality and hash are the texts'.
 #[derive(Clone, PartialEq, Eq, Hash, Debug)]
 #[allow(clippy::box_collection)] // on purpose: a thin pointer, see below
 pub enum Id {
     Num(u64),
-    Text(Box<String>), // a thin box keeps an Id at 16 bytes; text ids are rare
+    Short(InlineText<ID_INLINE_MAX>),
+    Text(Box<String>), // a thin box keeps an Id at 16 bytes
+}
+
+/// The longest text an Id holds inline: what fits in its 16 bytes beside the tag and the length.
+const ID_INLINE_MAX: usize = 14;
+
+/// A text of at most N bytes, held in place (no allocation); the bytes after it are zero, so the derived
+/// equality and hash are the text's.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub struct InlineText<const N: usize> {
+    len: u8,
+    bytes: [u8; N],
+}
+
+impl<const N: usize> InlineText<N> {
+    fn new(s: &str) -> Option<Self> {
+        let mut bytes = [0u8; N];
+        bytes.get_mut(..s.len())?.copy_from_slice(s.as_bytes());
+        Some(InlineText { len: s.len() as u8, bytes })
+    }
+
+    fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.bytes[..usize::from(self.len)]).expect("made from a str")
+    }
 }
 
 impl Id {
     pub fn new(s: &str) -> Id {
         match canonical_number(s) {
             Some(n) => Id::Num(n),
-            None => Id::Text(Box::new(s.to_owned())),
+            None => InlineText::new(s).map_or_else(|| Id::Text(Box::new(s.to_owned())), Id::Short),
         }
     }
 }
@@ -54,6 +80,7 @@ impl Id {
     pub fn with_str<R>(&self, f: impl FnOnce(&str) -> R) -> R {
         match self {
             Id::Num(n) => f(itoa::Buffer::new().format(*n)),
+            Id::Short(t) => f(t.as_str()),
             Id::Text(s) => f(s),
         }
     }
@@ -61,10 +88,7 @@ impl Id {
 
 impl fmt::Display for Id {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Id::Num(n) => f.write_str(itoa::Buffer::new().format(*n)),
-            Id::Text(s) => f.write_str(s),
-        }
+        self.with_str(|s| f.write_str(s))
     }
 }
 
@@ -72,12 +96,24 @@ impl fmt::Display for Id {
 /// stream/engine/reference.py. When room, sender and group (or its absence) are canonical numbers the key is held as
 /// numbers; otherwise as the joined text. Like `Id`, equal keys have equal texts and vice versa: a text key
 /// is only made when some part is not a canonical number, and then its text cannot be split into four
-/// canonical parts (a part holding U+001F adds separators; any other part stays non-canonical). Keys order
-/// as their texts do (the streak timers break ties by key, like the Python engine's heap).
+/// canonical parts (a part holding U+001F adds separators; any other part stays non-canonical). A text key
+/// of at most KEY_INLINE_MAX bytes is held inline. Keys order as their texts do (the streak timers break
+/// ties by key, like the Python engine's heap).
 #[derive(Clone, PartialEq, Eq, Hash, Debug)]
 pub enum StreakKey {
     Num { room: u64, sender: u64, gift: i64, group: u64 }, // group NO_GROUP: none
+    Short(InlineText<KEY_INLINE_MAX>),
     Text(Box<str>),
+}
+
+/// The longest text a StreakKey holds inline: what fits in its 40 bytes (the numeric form's size) beside the
+/// tag and the length.
+const KEY_INLINE_MAX: usize = 38;
+
+impl StreakKey {
+    fn text(text: &str) -> StreakKey {
+        InlineText::new(text).map_or_else(|| StreakKey::Text(text.into()), StreakKey::Short)
+    }
 }
 
 impl StreakKey {
@@ -85,8 +121,7 @@ impl StreakKey {
         let group_num = if group.is_empty() { Some(NO_GROUP) } else { canonical_number(group) };
         match (canonical_number(room), canonical_number(sender), group_num) {
             (Some(room), Some(sender), Some(group)) => StreakKey::Num { room, sender, gift, group },
-            _ => StreakKey::Text(format!("{room}{STREAK_KEY_SEP}{sender}{STREAK_KEY_SEP}{gift}{STREAK_KEY_SEP}{group}")
-                .into()),
+            _ => StreakKey::text(&format!("{room}{STREAK_KEY_SEP}{sender}{STREAK_KEY_SEP}{gift}{STREAK_KEY_SEP}{group}")),
         }
     }
 
@@ -101,13 +136,14 @@ impl StreakKey {
                 }
             }
         }
-        StreakKey::Text(text.into())
+        StreakKey::text(text)
     }
 
     /// Whether the streak has a group id (without one, nothing tells a straggler from a new streak).
     pub fn has_group(&self) -> bool {
         match self {
             StreakKey::Num { group, .. } => *group != NO_GROUP,
+            StreakKey::Short(t) => !t.as_str().ends_with(STREAK_KEY_SEP),
             StreakKey::Text(s) => !s.ends_with(STREAK_KEY_SEP),
         }
     }
@@ -127,6 +163,7 @@ impl StreakKey {
                 let len = KEY_TEXT_MAX - w.len();
                 f(&buf[..len])
             }
+            StreakKey::Short(t) => f(t.as_str().as_bytes()),
             StreakKey::Text(s) => f(s.as_bytes()),
         }
     }
@@ -160,6 +197,7 @@ impl fmt::Display for StreakKey {
                 }
                 Ok(())
             }
+            StreakKey::Short(t) => f.write_str(t.as_str()),
             StreakKey::Text(s) => f.write_str(s),
         }
     }
@@ -177,8 +215,49 @@ mod tests {
         }
         assert!(matches!(Id::new("1992986610555159599"), Id::Num(_)));
         assert!(matches!(Id::new("10000000000000000000"), Id::Text(_)));
-        assert!(matches!(Id::new("01"), Id::Text(_)));
+        assert!(matches!(Id::new("01"), Id::Short(_)));
         assert_ne!(Id::new("01"), Id::new("1"));
+    }
+
+    #[test]
+    fn text_keys_are_inline_up_to_38_bytes_and_order_as_their_texts() {
+        assert_eq!(std::mem::size_of::<StreakKey>(), 40);
+        let room = "r991028"; // 7 + 1 + 9 + 1 + 4 + 1 + 15 = 38 bytes, then 39
+        for (group, inline) in [("g991028-2222222", true), ("g991028-22222222", false), ("", true)] {
+            let key = StreakKey::new(room, "v75362433", 7934, group);
+            let text = format!("{room}\x1f{}\x1f7934\x1f{group}", "v75362433");
+            assert_eq!(matches!(key, StreakKey::Short(_)), inline, "{text:?}");
+            assert_eq!(key.to_string(), text);
+            assert_eq!(StreakKey::parse(&text), key);
+            assert_eq!(key.has_group(), !group.is_empty());
+        }
+        let mut keys: Vec<StreakKey> = ["r1\x1fv1\x1f1\x1fg1", "r1\x1fv1\x1f1\x1f", "9\x1f9\x1f1\x1f9",
+            "r1\x1fv1\x1f1\x1fg1-aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa", "r0\x1fv1\x1f1\x1fg1-bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb"]
+            .iter().map(|t| StreakKey::parse(t)).collect();
+        keys.sort();
+        let texts: Vec<String> = keys.iter().map(|k| k.to_string()).collect();
+        let mut sorted = texts.clone();
+        sorted.sort();
+        assert_eq!(texts, sorted);
+    }
+
+    #[test]
+    fn short_texts_are_held_inline_and_equal_as_their_texts() {
+        assert_eq!(std::mem::size_of::<Id>(), 16);
+        let (at_most, longer) = ("abcdefghijkl\u{e9}", "abcdefghijklm\u{e9}"); // 14 and 15 bytes
+        for s in ["", "a", "568836p0", "abcdefghijklmn", "abcdefghijklmno", "\u{e9}\u{e9}\u{e9}\u{e9}\u{e9}\u{e9}\u{e9}",
+                  at_most, longer, "123e4567-e89b-12d3-a456-426614174000"] {
+            let id = Id::new(s);
+            assert_eq!(id.to_string(), s);
+            assert_eq!(matches!(id, Id::Short(_)), s.len() <= ID_INLINE_MAX, "{s:?}");
+            assert_eq!(id, Id::new(s));
+        }
+        assert_ne!(Id::new("ab"), Id::new("ab\0"));
+        assert_ne!(Id::new("abcdefghijklmn"), Id::new("abcdefghijklmno"));
+        use std::hash::BuildHasher;
+        let hash = |id: &Id| foldhash::fast::FixedState::with_seed(1).hash_one(id);
+        assert_eq!(hash(&Id::new("568836p0")), hash(&Id::new("568836p0")));
+        assert_ne!(hash(&Id::new("568836p0")), hash(&Id::new("568836p1")));
     }
 
     #[test]
@@ -194,7 +273,7 @@ mod tests {
         }
         // Texts that split differently but join the same are the same key, as in the Python engine.
         assert_eq!(StreakKey::new("1\x1f2", "3", 4, ""), StreakKey::new("1", "2\x1f3", 4, ""));
-        assert!(matches!(StreakKey::parse("1\x1f2\x1f+3\x1f4"), StreakKey::Text(_)));
+        assert!(matches!(StreakKey::parse("1\x1f2\x1f+3\x1f4"), StreakKey::Short(_)));
         // Keys order as their texts.
         let mut keys: Vec<StreakKey> = ["9\x1f1\x1f1\x1f", "10\x1f1\x1f1\x1f2", "a\x1f1\x1f1\x1f", "10\x1f1\x1f1\x1f"]
             .iter().map(|t| StreakKey::parse(t)).collect();
