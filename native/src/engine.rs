@@ -198,6 +198,10 @@ impl Panes {
         match self.find(pane) {
             Ok(i) => Some(std::mem::replace(&mut self.0[i].1, tally)),
             Err(i) => {
+                // Most creators hold one or two panes: a Vec's first growth would make room for four.
+                if self.0.capacity() == 0 {
+                    self.0.reserve_exact(1);
+                }
                 self.0.insert(i, (pane, tally));
                 None
             }
