@@ -101,26 +101,29 @@ impl<K: Hash + Eq, V> ShardedMap<K, V> {
     /// far larger than the cache, and each insert would wait for memory.
     pub fn insert_all(&mut self, entries: Vec<(K, V)>) {
         let mut per_shard = [0usize; SHARDS];
-        let hashed: Vec<(u64, K, V)> = entries.into_iter().map(|(k, v)| {
-            let h = self.hasher.hash_one(&k);
+        let hashes: Vec<u64> = entries.iter().map(|(k, _)| {
+            let h = self.hasher.hash_one(k);
             per_shard[self.shard_of(h)] += 1;
-            (h, k, v)
+            h
         }).collect();
         let hasher = &self.hasher;
         for (shard, n) in self.shards.iter_mut().zip(per_shard) {
             shard.reserve(n, |(k, _)| hasher.hash_one(k));
         }
-        // A table's first probe for a hash is bucket `hash & (buckets - 1)` (hashbrown's h1).
+        // A table's first probe for a hash is bucket `hash & (buckets - 1)` (hashbrown's h1). The order is sorted,
+        // not the entries (which are large): (shard, bucket) in one number, then the entry's index, so a key's
+        // later entry still comes later.
         let masks: Vec<u64> = self.shards.iter()
             .map(|s| ((s.capacity() / 7 * 8).next_power_of_two() - 1) as u64).collect();
-        let place = |h: u64| -> (usize, u64) {
+        let mut order: Vec<(u64, usize)> = hashes.iter().enumerate().map(|(i, &h)| {
             let shard = self.shard_of(h);
-            (shard, h & masks[shard])
-        };
-        let mut sorted = hashed;
-        sorted.sort_by_key(|(h, _, _)| place(*h)); // stable: a key's later entry still comes later
-        for (h, key, value) in sorted {
-            self.insert_hashed(h, key, value);
+            (((shard as u64) << (64 - SHARD_BITS)) | (h & masks[shard]), i)
+        }).collect();
+        order.sort_unstable();
+        let mut entries: Vec<Option<(K, V)>> = entries.into_iter().map(Some).collect();
+        for (_, i) in order {
+            let (key, value) = entries[i].take().expect("each index once");
+            self.insert_hashed(hashes[i], key, value);
         }
     }
 
