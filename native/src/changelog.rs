@@ -19,6 +19,7 @@ use foldhash::{HashMap, HashMapExt, HashSet};
 use crate::engine::{intern_region, sort_prefix, Account, Creator, State, Streak, Tally, RETENTION_BUCKET_MS};
 use crate::ids::{Id, StreakKey, STREAK_KEY_SEP};
 use crate::msgpack::{Reader, Writer};
+use crate::record_batch;
 use crate::sharded::{ChunkedVec, ShardedMap};
 
 // ------------------------------------------------------------------------------------ the schema
@@ -462,6 +463,28 @@ impl Restore {
         r.done().then_some(())?;
         self.chunks.entry(bucket).or_default().insert(start, ids);
         Some(())
+    }
+
+    /// Apply the records of a fetch's record batches `take` (indices among `record_batch::split_batches(raw)`,
+    /// ascending) whose offset is at least `from`: (records applied, the last one's offset, -1 for none). A batch
+    /// that cannot be read (its CRC, a cut record, compression) fails the whole call before any record of it.
+    pub fn apply_batches(&mut self, raw: &[u8], take: &[usize], from: i64) -> Result<(u64, i64), String> {
+        let batches = record_batch::split_batches(raw);
+        let (mut applied, mut last) = (0, -1);
+        for &i in take {
+            let batch = batches.get(i).ok_or_else(|| format!("the fetch has no record batch {i}"))?;
+            let cols = record_batch::read_batch(batch).ok_or_else(|| {
+                format!("the changelog's record batch {i} of the fetch cannot be read (CRC, format or a cut record)")
+            })?;
+            for ((&offset, key), value) in cols.offsets.iter().zip(&cols.keys).zip(&cols.values) {
+                if offset < from {
+                    continue; // fetched again from the middle of its batch
+                }
+                self.apply(key.ok_or_else(|| format!("changelog record {offset} has no key"))?, *value)?;
+                (applied, last) = (applied + 1, offset);
+            }
+        }
+        Ok((applied, last))
     }
 
     /// Apply a checkpoint's body: records as [u32 key length][key][u32 value length][value], big-endian.

@@ -708,6 +708,14 @@ impl ChangelogRestore {
             .map_err(pyo3::exceptions::PyValueError::new_err)
     }
 
+    /// Apply the records of a fetch's raw record set (stream.kafka.columnar_fetch.RawRecords) straight from its
+    /// bytes, without the GIL: the batches `take` (indices in the set), records from offset `from` on. Returns
+    /// (records applied, the last one's offset or -1).
+    fn apply_batches(&mut self, py: Python<'_>, raw: &[u8], take: Vec<usize>, from: i64) -> PyResult<(u64, i64)> {
+        let inner = &mut self.inner;
+        py.detach(|| inner.apply_batches(raw, &take, from)).map_err(pyo3::exceptions::PyValueError::new_err)
+    }
+
     /// Apply a checkpoint's body (stream.state.checkpoint): length-prefixed records.
     fn apply_body(&mut self, py: Python<'_>, body: &[u8]) -> PyResult<()> {
         let inner = &mut self.inner;
@@ -752,6 +760,13 @@ fn read_record_batches<'py>(py: Python<'py>, buf: &[u8], keys: bool) -> PyResult
         }
     }
     Ok(out)
+}
+
+/// For each record batch of a fetch response's record set (cut as read_record_batches cuts them): whether its
+/// format is one the native reader reads (v2, no compression), from its header alone.
+#[pyfunction]
+fn readable_record_batches(buf: &[u8]) -> Vec<bool> {
+    record_batch::split_batches(buf).into_iter().map(record_batch::readable).collect()
 }
 
 /// The changelog schema this build writes and reads (native/src/changelog.rs), in the shape of
@@ -826,5 +841,6 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(process_routed, m)?)?;
     m.add_function(wrap_pyfunction!(partition_for, m)?)?;
     m.add_function(wrap_pyfunction!(read_record_batches, m)?)?;
+    m.add_function(wrap_pyfunction!(readable_record_batches, m)?)?;
     Ok(())
 }

@@ -68,6 +68,12 @@ impl<'a> Reader<'a> {
     }
 }
 
+/// Whether `read_batch` can read the batch's format (v2, no compression), from its header alone: the CRC and
+/// the records are checked when it is read.
+pub fn readable(batch: &[u8]) -> bool {
+    batch.len() >= RECORDS_START && batch[16] == 2 && batch[22] & 0x07 == 0
+}
+
 /// The records of one v2 batch with no compression whose CRC-32C holds; None for anything else (the caller's
 /// aiokafka path then checks the CRC itself and reports a corrupt batch).
 pub fn read_batch(batch: &[u8]) -> Option<Columns<'_>> {

@@ -16,6 +16,11 @@ tests/integration/test_columnar_fetch.py compares the two paths on the same fetc
 compressed batches included.
 
 Consequence for getmany(max_records=N): N counts chunks (each at most Columns.chunk_records records).
+
+Raw records (Columns(raw=True), the changelog restore): a partition fetch whose batches the native reader can
+all read comes out as one RawRecords, the fetch's bytes and which of its batches a reader may see (decided as
+above); its consumer parses them itself (ChangelogRestore.apply_batches: no Python object per record). A fetch
+with any other batch comes out as RecordChunks, as above.
 """
 
 from __future__ import annotations
@@ -38,11 +43,12 @@ SUPPORTED_AIOKAFKA = "0.14.0"  # the fetcher internals below are this version's
 class Columns:
     """The value_deserializer marker that asks for chunks; never called as a deserializer."""
 
-    def __init__(self, chunk_records: int = 1000, keys: bool = False, keyed_topics: frozenset[str] = frozenset()
-                 ) -> None:
+    def __init__(self, chunk_records: int = 1000, keys: bool = False, keyed_topics: frozenset[str] = frozenset(),
+                 raw: bool = False) -> None:
         self.chunk_records = max(1, chunk_records)
         self.keys = keys  # chunks carry the record keys too (a changelog restore needs them)
         self.keyed_topics = keyed_topics  # ...of these topics only (the creator accounts: a tombstone is its key)
+        self.raw = raw  # RawRecords where the native reader can read the whole fetch
 
     def __call__(self, value: bytes) -> bytes:  # pragma: no cover - aiokafka never calls it in columnar mode
         raise RuntimeError("Columns is a marker for columnar fetching, not a deserializer")
@@ -58,6 +64,35 @@ class RecordChunk:
     values: list[bytes | None]
     timestamps: list[int]
     keys: list[bytes | None] | None = None  # when the consumer's Columns asked for keys
+
+
+@dataclass(slots=True)
+class RawRecords:
+    """One partition fetch's record set as fetched: the records of its batches `batches` (indices among the
+    set's batches, ascending) from offset `first` on are the reader's, in offset order."""
+
+    topic: str
+    partition: int
+    raw: bytes
+    batches: list[int]
+    first: int
+
+    def columns(self) -> tuple[list[int], list[bytes | None], list[bytes | None]]:
+        """(offsets, keys, values) of those records, as Python objects (for a consumer that does not parse them)."""
+        offsets: list[int] = []
+        keys: list[bytes | None] = []
+        values: list[bytes | None] = []
+        parsed = _native.read_record_batches(self.raw, True)
+        for i in self.batches:
+            cols = parsed[i]
+            if cols is None:
+                raise kafka_errors.CorruptRecordException(f"record batch {i} of {self.topic}-{self.partition}'s fetch")
+            batch_offsets, batch_values, _, batch_keys = cols
+            start = bisect.bisect_left(batch_offsets, self.first)
+            offsets += batch_offsets[start:]
+            keys += batch_keys[start:]
+            values += batch_values[start:]
+        return offsets, keys, values
 
 
 class _RawMemoryRecords:
@@ -87,6 +122,9 @@ class _ColumnarPartitionRecords(_fetcher.PartitionRecords):
         if not isinstance(columns, Columns) or not isinstance(self._records, _RawMemoryRecords):
             yield from super()._unpack_records()
             return
+        if columns.raw and all(_native.readable_record_batches(self._records.raw)):
+            yield from self._unpack_raw()
+            return
         # The same steps as aiokafka 0.14's PartitionRecords._unpack_records, batch by batch; only the
         # records of a batch come from the native reader. Records of consecutive batches are gathered into
         # chunks of chunk_records (producers often send small batches; a chunk per batch would make
@@ -109,14 +147,7 @@ class _ColumnarPartitionRecords(_fetcher.PartitionRecords):
             # A batch the native reader took has passed its CRC check there.
             if self._check_crcs and cols is None and not next_batch.validate_crc():
                 raise kafka_errors.CorruptRecordException(f"Invalid CRC - {tp}")
-            skip = next_batch.is_control_batch
-            if self._isolation_level == _fetcher.READ_COMMITTED and next_batch.producer_id is not None:
-                self._consume_aborted_up_to(next_batch.base_offset)
-                if next_batch.is_control_batch and self._contains_abort_marker(next_batch):
-                    self._aborted_producers.discard(next_batch.producer_id)
-                if next_batch.is_transactional and next_batch.producer_id in self._aborted_producers:
-                    skip = True
-            if not skip:
+            if not self._skipped(next_batch):
                 if cols is None:  # compressed or an older format: aiokafka reads the records
                     batch_offsets, batch_values, batch_stamps, batch_keys = [], [], [], []
                     for record in next_batch:
@@ -146,6 +177,36 @@ class _ColumnarPartitionRecords(_fetcher.PartitionRecords):
         if offsets:
             self.next_fetch_offset = after
             yield RecordChunk(tp.topic, tp.partition, offsets, values, stamps, keys if with_keys else None)
+
+    def _skipped(self, batch) -> bool:
+        """Whether a reader must not see the batch's records: a control batch, or under read_committed one of an
+        aborted transaction (aiokafka 0.14's steps; they track the aborted producers batch by batch)."""
+        skip = batch.is_control_batch
+        if self._isolation_level == _fetcher.READ_COMMITTED and batch.producer_id is not None:
+            self._consume_aborted_up_to(batch.base_offset)
+            if batch.is_control_batch and self._contains_abort_marker(batch):
+                self._aborted_producers.discard(batch.producer_id)
+            if batch.is_transactional and batch.producer_id in self._aborted_producers:
+                skip = True
+        return skip
+
+    def _unpack_raw(self):
+        """The fetch as one RawRecords: which batches a reader may see, decided batch by batch as above; their
+        records (CRC included) are read by the consumer of the RawRecords."""
+        records = self._records
+        first = self.next_fetch_offset
+        take: list[int] = []
+        index = 0
+        after = first
+        while records.has_next():
+            batch = records.next_batch()
+            if not self._skipped(batch):
+                take.append(index)
+            index += 1
+            after = batch.next_offset
+        self.next_fetch_offset = after
+        if take:
+            yield RawRecords(self._tp.topic, self._tp.partition, records.raw, take, first)
 
 
 _ORIGINAL_MEMORY_RECORDS = _fetcher.MemoryRecords
@@ -188,4 +249,4 @@ def columns_of(msgs: list, with_keys: bool = False
     return offsets, values, stamps, keys
 
 
-__all__ = ["Columns", "RecordChunk", "available", "columns_of", "install"]
+__all__ = ["Columns", "RawRecords", "RecordChunk", "available", "columns_of", "install"]

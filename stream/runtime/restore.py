@@ -29,6 +29,9 @@ from stream.kafka.clients import KafkaClients, close_within
 log = logging.getLogger(__name__)
 
 Sink = Callable[[list[bytes], list[bytes | None]], None]  # keys and values of consecutive records
+# A fetch's raw record set, the batches to take and the first offset to take: (records applied, the last one's
+# offset or -1). Without one, a read's RawRecords are made into keys and values for its Sink.
+BatchSink = Callable[[bytes, list[int], int], tuple[int, int]]
 POLL_MS = 200
 CHUNK_RECORDS = 5000  # records per chunk handed to a sink (columnar fetching)
 
@@ -39,6 +42,7 @@ class _Read:
     start: int  # offset to read from
     end: int  # read until the position reaches this
     sink: Sink
+    batch_sink: BatchSink | None
     on_progress: Callable[[int], None]  # records read so far
     done: asyncio.Future
     position: int = -1  # next offset to read
@@ -61,7 +65,7 @@ class ChangelogReader:
     async def _ready_consumer(self) -> AIOKafkaConsumer:
         if self._started is None:
             self._columnar = columnar_fetch.install()
-            deserializer = columnar_fetch.Columns(CHUNK_RECORDS, keys=True) if self._columnar else None
+            deserializer = columnar_fetch.Columns(CHUNK_RECORDS, keys=True, raw=True) if self._columnar else None
             self._consumer = self.clients.restore_consumer(deserializer)
             self._started = asyncio.ensure_future(self._consumer.start())
         try:
@@ -81,16 +85,16 @@ class ChangelogReader:
         return begin, end
 
     async def read(self, partition: int, start: int, end: int, sink: Sink,
-                   on_progress: Callable[[int], None] = lambda n: None) -> int:
-        """Hand every record of the partition from `start` until the position reaches `end` to `sink`, in
-        offset order; returns the records read. One read per partition at a time."""
+                   on_progress: Callable[[int], None] = lambda n: None, batch_sink: BatchSink | None = None) -> int:
+        """Hand every record of the partition from `start` until the position reaches `end` to `sink` (or, as
+        fetched, to `batch_sink`), in offset order; returns the records read. One read per partition at a time."""
         if start >= end:
             return 0
         await self._ready_consumer()
         tp = TopicPartition(self.topic, partition)
         if partition in self._reads:
             raise RuntimeError(f"{tp.topic}-{partition} is being read already")
-        read = _Read(tp, start, end, sink, on_progress, asyncio.get_running_loop().create_future())
+        read = _Read(tp, start, end, sink, batch_sink, on_progress, asyncio.get_running_loop().create_future())
         self._reads[partition] = read
         self._wake.set()
         if self._pump is None or self._pump.done():
@@ -183,8 +187,24 @@ class ChangelogReader:
         keys: list[bytes] = []
         values: list[bytes | None] = []
         last = read.position - 1
+        applied = 0
         for m in msgs:
-            if type(m) is columnar_fetch.RecordChunk:
+            if type(m) is columnar_fetch.RawRecords:
+                if keys:  # records gathered before it go first
+                    read.sink(keys, values)
+                    applied += len(keys)
+                    keys, values = [], []
+                first = max(m.first, last + 1)
+                if read.batch_sink is not None:
+                    n, batch_last = read.batch_sink(m.raw, m.batches, first)
+                else:
+                    offsets, batch_keys, batch_values = m.columns()
+                    start = bisect.bisect_left(offsets, first)
+                    read.sink(batch_keys[start:], batch_values[start:])
+                    n, batch_last = len(offsets) - start, offsets[-1] if len(offsets) > start else -1
+                applied += n
+                last = max(last, batch_last)
+            elif type(m) is columnar_fetch.RecordChunk:
                 first = bisect.bisect_left(m.offsets, last + 1)
                 keys += m.keys[first:]
                 values += m.values[first:]
@@ -193,8 +213,10 @@ class ChangelogReader:
                 keys.append(m.key)
                 values.append(m.value)
                 last = m.offset
-        read.sink(keys, values)
-        read.records += len(keys)
+        if keys:
+            read.sink(keys, values)
+            applied += len(keys)
+        read.records += applied
         read.position = last + 1
         read.quiet_since = now
         read.on_progress(read.records)

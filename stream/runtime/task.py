@@ -295,7 +295,7 @@ class PartitionTask:
                 await self._refuse_checkpoint("corrupt", str(e))
                 restore = self._new_state_restore()
         try:
-            await self.reader.read(p, pr.changelog_start, end, restore.apply, self._note_read)
+            await self.reader.read(p, pr.changelog_start, end, restore.apply, self._note_read, restore.apply_batches)
             engine, writer = await restore.finish()
         except ValueError:
             if pr.source == "checkpoint":  # the tail did not fit it: the next attempt reads the whole changelog

@@ -336,6 +336,13 @@ class StateRestore:
         """Records oldest first; a None value is a tombstone."""
         self._restore.apply(keys, values)
 
+    @property
+    def apply_batches(self) -> Callable[[bytes, list[int], int], tuple[int, int]] | None:
+        """The native restore's reader of a fetch's raw record batches (stream.runtime.restore.BatchSink), None
+        for the Python one (it takes keys and values)."""
+        native = ChangelogRestore is not None and isinstance(self._restore, ChangelogRestore)
+        return self._restore.apply_batches if native else None
+
     async def apply_body(self, body: bytes) -> None:
         """A checkpoint's body (state_body's format); in a thread, as it holds a whole state."""
         await restore_work(self._restore.apply_body, body)

@@ -156,8 +156,8 @@ async def test_columnar_consumer_sees_exactly_what_a_plain_consumer_sees():
             for prod in (plain, gzip, txn):
                 await prod.stop()
 
-        async def consume(columnar: bool) -> dict[int, list[tuple[int, bytes | None, int]]]:
-            extra = {"value_deserializer": columnar_fetch.Columns(64)} if columnar else {}
+        async def consume(columnar: bool, raw: bool = False) -> dict[int, list[tuple[int, bytes | None, int]]]:
+            extra = {"value_deserializer": columnar_fetch.Columns(64, keys=raw, raw=raw)} if columnar else {}
             consumer = AIOKafkaConsumer(topic, bootstrap_servers=BOOTSTRAP, auto_offset_reset="earliest",
                                         isolation_level="read_committed", enable_auto_commit=False,
                                         max_partition_fetch_bytes=4096, **extra)  # many small fetches
@@ -168,6 +168,15 @@ async def test_columnar_consumer_sees_exactly_what_a_plain_consumer_sees():
                 # 300 + 200 + 50 (the committed transaction) + 100 records are visible
                 while sum(map(len, seen.values())) < 650 and asyncio.get_running_loop().time() < deadline:
                     for tp, msgs in (await consumer.getmany(timeout_ms=2000, max_records=7)).items():
+                        if raw:  # a raw fetch's records as RawRecords.columns gives them (no timestamps)
+                            kinds.update(type(m) for m in msgs)
+                            for m in msgs:
+                                if type(m) is columnar_fetch.RawRecords:
+                                    offsets, _, values = m.columns()
+                                else:
+                                    offsets, values = m.offsets, m.values
+                                seen[tp.partition] += zip(offsets, values, [0] * len(offsets), strict=True)
+                            continue
                         offsets, values, stamps, _ = columnar_fetch.columns_of(msgs)
                         if columnar:
                             assert all(type(m) is columnar_fetch.RecordChunk for m in msgs)
@@ -176,8 +185,13 @@ async def test_columnar_consumer_sees_exactly_what_a_plain_consumer_sees():
                 await consumer.stop()
             return seen
 
+        kinds: set[type] = set()
         plain_seen, columnar_seen = await consume(False), await consume(True)
         assert plain_seen == columnar_seen
+        raw_seen = await consume(True, raw=True)
+        assert raw_seen == {p: [(o, v, 0) for o, v, _ in recs] for p, recs in plain_seen.items()}
+        # fetches of plain batches come raw; those holding a compressed batch as chunks
+        assert kinds == {columnar_fetch.RawRecords, columnar_fetch.RecordChunk}
         values = {v for recs in columnar_seen.values() for _, v, _ in recs}
         assert b"tTrue0" in values and b"tFalse0" not in values  # the aborted transactions stay invisible
         assert b"z5" in values and None in values  # compressed batches; a null value (a tombstone)
@@ -215,3 +229,67 @@ def test_chunks_gather_records_across_small_batches_and_track_the_position():
     assert seen == list(range(7, 42))
     assert sizes == [5, 5, 5, 5, 5, 5, 5]
     assert recs.next_fetch_offset == 42
+
+
+def _changelog_records() -> list[tuple[bytes, bytes | None]]:
+    """A small real state's changelog (the state-scale builder's offline run: creators, panes, streaks, dedupe ids)."""
+    from load.state_scale import build_partition
+    from stream.engine.policy import load_policy
+
+    records, _ = build_partition(load_policy(), 0, 1, list(range(40)), seed=3, start_ts=1_796_000_000_000,
+                                 gifts_topic="gifts")
+    return records
+
+
+def _restored(apply) -> tuple:
+    """(counts, sizes, every creator) of the native state a ChangelogRestore fed by `apply` makes."""
+    from stream._native import ChangelogRestore
+    from stream.engine.native import make_engine
+    from stream.engine.policy import load_policy
+
+    restore = ChangelogRestore()
+    apply(restore)
+    applied = restore.records
+    engine = make_engine(load_policy(), 0, None, "gifts", "native", partitions=1)
+    engine.adopt(restore)
+    return engine.counts(), engine.sizes(), [engine.creator(f"sc{i}") for i in range(40)], applied
+
+
+def test_a_restore_from_raw_batches_is_the_restore_from_their_records():
+    records = _changelog_records()
+    batches = [build_batch(base, [(k, v, 0, []) for k, v in records[base:base + 25]])
+               for base in range(0, len(records), 25)]
+    raw = b"".join(batches)
+    keys, values = [k for k, _ in records], [v for _, v in records]
+    whole = _restored(lambda r: r.apply(keys, values))
+    assert whole[2][0] is not None and whole[3] == len(records)
+
+    def from_raw(r):
+        assert r.apply_batches(raw, list(range(len(batches))), 0) == (len(records), len(records) - 1)
+    assert _restored(from_raw) == whole
+    # from the middle of the second batch on, with the first record of each batch seen already
+    start = 37
+    tail = _restored(lambda r: (r.apply(keys[:start], values[:start]),
+                                r.apply_batches(raw, list(range(1, len(batches))), start)))
+    assert tail == whole
+    # a batch left out (an aborted transaction's) is not applied
+    from stream._native import ChangelogRestore
+
+    restore = ChangelogRestore()
+    assert restore.apply_batches(raw, [0, 2], 0) == (50, 74) and restore.records == 50
+
+
+def test_a_raw_batch_that_does_not_read_fails_the_apply():
+    from stream._native import ChangelogRestore
+
+    records = [(k, v, 0, []) for k, v in _changelog_records()[:30]]
+    batch = bytearray(build_batch(0, records))
+    batch[-3] ^= 0xFF  # the CRC no longer holds
+    with pytest.raises(ValueError, match="cannot be read"):
+        ChangelogRestore().apply_batches(bytes(batch), [0], 0)
+    with pytest.raises(ValueError, match="no record batch 1"):
+        ChangelogRestore().apply_batches(build_batch(0, records), [1], 0)
+    from stream._native import readable_record_batches
+
+    plain, gzip = build_batch(0, records), build_batch(30, [(b"k", b"v" * 100, 0, [])] * 5, compression=1)
+    assert readable_record_batches(plain + gzip) == [True, False]
