@@ -1,6 +1,7 @@
 """One restore consumer for every changelog partition being restored (after Kafka Streams'
 StoreChangelogReader): a task asks for its partition from an offset to an end, and the reader hands it the
-records chunk by chunk as they arrive.
+records chunk by chunk as they arrive: as each fetch's raw record batches (columnar_fetch.RawRecords) to a
+read's batch sink, which parses them natively, or as keys and values.
 
 Why one consumer: a consumer per restoring partition is a client, its connections and its own fetches per
 partition (96 partitions restoring at once were 96 clients). Here one fetch serves every partition being

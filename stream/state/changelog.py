@@ -320,7 +320,7 @@ class StateRestore:
     loop.
 
     Native engine: the records go straight into native/src/changelog.rs's Restore (no Python object kept per
-    record). Python engine: the latest value of each key is kept (RecordsRestore), and restore_state builds the
+    record; `apply_batches` takes a fetch's raw record batches, so none is even made). Python engine: the latest value of each key is kept (RecordsRestore), and restore_state builds the
     PartitionState when the engine adopts it."""
 
     def __init__(self, make_engine: EngineFactory, native: bool) -> None:
