@@ -82,17 +82,20 @@ class CheckpointStore:
 
     def load(self, partition: int) -> Checkpoint | None:
         """The partition's checkpoint, None when there is none. CheckpointInvalid when it cannot be trusted."""
+        # The body is read into its own bytes object (no copy out of the whole file's): it is tens of MB.
         try:
-            data = self.path(partition).read_bytes()
+            with self.path(partition).open("rb") as f:
+                magic = f.read(len(MAGIC))
+                line = f.readline(MAX_HEADER_BYTES + 1) if magic == MAGIC else b""
+                body = f.read() if line.endswith(b"\n") else b""
         except FileNotFoundError:
             return None
-        if not data.startswith(MAGIC):
+        if magic != MAGIC:
             raise CheckpointInvalid("not a giftstream checkpoint (or another version)")
-        line_end = data.find(b"\n", len(MAGIC), len(MAGIC) + MAX_HEADER_BYTES)
-        if line_end < 0:
+        if not line.endswith(b"\n"):
             raise CheckpointInvalid("the header is cut short")
         try:
-            header = json.loads(data[len(MAGIC):line_end])
+            header = json.loads(line[:-1])
             topic, part = header["topic"], header["partition"]
             offset, end, written = header["changelog_offset"], header["changelog_end"], header["written_ms"]
             size, crc = header["body_bytes"], header["body_crc32"]
@@ -100,7 +103,6 @@ class CheckpointStore:
             raise CheckpointInvalid(f"the header cannot be read: {e!r}") from e
         if (topic, part) != (self.topic, partition):
             raise CheckpointInvalid(f"it is the checkpoint of {topic}-{part}")
-        body = data[line_end + 1:]
         if len(body) != size:
             raise CheckpointInvalid(f"the body has {len(body)} bytes, the header says {size}")
         if zlib.crc32(body) != crc:

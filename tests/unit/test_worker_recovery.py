@@ -238,7 +238,8 @@ async def test_a_restart_loads_its_checkpoints_and_reads_only_the_changelogs_tai
     assert_each_notice_once(cluster, cfg, 5)  # exactly once across restarts
 
 
-@pytest.mark.parametrize("damage", ["flip a body byte", "cut", "another partition's", "ahead of the changelog"])
+@pytest.mark.parametrize("damage", ["flip a body byte", "cut", "header cut", "another format", "another partition's",
+                                    "ahead of the changelog"])
 async def test_a_checkpoint_that_cannot_be_trusted_falls_back_to_the_changelog(cfg, tmp_path, damage):
     cfg.state_dir = str(tmp_path)
     cluster = FakeCluster(PARTITIONS)
@@ -250,6 +251,10 @@ async def test_a_checkpoint_that_cannot_be_trusted_falls_back_to_the_changelog(c
         path.write_bytes(data[:-5] + bytes([data[-5] ^ 1]) + data[-4:])
     elif damage == "cut":
         path.write_bytes(data[:-10])
+    elif damage == "header cut":
+        path.write_bytes(data[:data.index(b"\n") + 30])
+    elif damage == "another format":
+        path.write_bytes(b"GIFTSTREAM-CHECKPOINT 0\n" + data[data.index(b"\n") + 1:])
     elif damage == "another partition's":
         path.write_bytes((tmp_path / "g" / f"{cfg.topics.changelog}-1.checkpoint").read_bytes())
     else:  # the changelog was made again, shorter: the checkpoint's offset is past its end
