@@ -320,8 +320,9 @@ class StateRestore:
     loop.
 
     Native engine: the records go straight into native/src/changelog.rs's Restore (no Python object kept per
-    record; `apply_batches` takes a fetch's raw record batches, so none is even made). Python engine: the latest value of each key is kept (RecordsRestore), and restore_state builds the
-    PartitionState when the engine adopts it."""
+    record; `apply_batches` takes a fetch's raw record batches, so none is even made). Python engine: the latest
+    value of each key is kept (RecordsRestore), and restore_state builds the PartitionState when the engine
+    adopts it."""
 
     def __init__(self, make_engine: EngineFactory, native: bool) -> None:
         self._make = make_engine
