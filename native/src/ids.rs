@@ -225,20 +225,24 @@ mod tests {
         let room = "r991028"; // 7 + 1 + 9 + 1 + 4 + 1 + 15 = 38 bytes, then 39
         for (group, inline) in [("g991028-2222222", true), ("g991028-22222222", false), ("", true)] {
             let key = StreakKey::new(room, "v75362433", 7934, group);
-            let text = format!("{room}\x1f{}\x1f7934\x1f{group}", "v75362433");
+            let text = format!("{room}\x1fv75362433\x1f7934\x1f{group}");
             assert_eq!(matches!(key, StreakKey::Short(_)), inline, "{text:?}");
             assert_eq!(key.to_string(), text);
             assert_eq!(StreakKey::parse(&text), key);
             assert_eq!(key.has_group(), !group.is_empty());
         }
-        let mut keys: Vec<StreakKey> = ["r1\x1fv1\x1f1\x1fg1", "r1\x1fv1\x1f1\x1f", "9\x1f9\x1f1\x1f9",
-            "r1\x1fv1\x1f1\x1fg1-aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa", "r0\x1fv1\x1f1\x1fg1-bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb"]
-            .iter().map(|t| StreakKey::parse(t)).collect();
+        // inline and heap keys order together as their texts
+        assert_keys_sort_as_their_texts(&["r1\x1fv1\x1f1\x1fg1", "r1\x1fv1\x1f1\x1f", "9\x1f9\x1f1\x1f9",
+            "r1\x1fv1\x1f1\x1fg1-aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa", "r0\x1fv1\x1f1\x1fg1-bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb"]);
+    }
+
+    fn assert_keys_sort_as_their_texts(texts: &[&str]) {
+        let mut keys: Vec<StreakKey> = texts.iter().map(|t| StreakKey::parse(t)).collect();
         keys.sort();
-        let texts: Vec<String> = keys.iter().map(|k| k.to_string()).collect();
-        let mut sorted = texts.clone();
-        sorted.sort();
-        assert_eq!(texts, sorted);
+        let sorted_keys: Vec<String> = keys.iter().map(|k| k.to_string()).collect();
+        let mut sorted_texts: Vec<String> = texts.iter().map(|t| t.to_string()).collect();
+        sorted_texts.sort();
+        assert_eq!(sorted_keys, sorted_texts);
     }
 
     #[test]
@@ -275,12 +279,6 @@ mod tests {
         assert_eq!(StreakKey::new("1\x1f2", "3", 4, ""), StreakKey::new("1", "2\x1f3", 4, ""));
         assert!(matches!(StreakKey::parse("1\x1f2\x1f+3\x1f4"), StreakKey::Short(_)));
         // Keys order as their texts.
-        let mut keys: Vec<StreakKey> = ["9\x1f1\x1f1\x1f", "10\x1f1\x1f1\x1f2", "a\x1f1\x1f1\x1f", "10\x1f1\x1f1\x1f"]
-            .iter().map(|t| StreakKey::parse(t)).collect();
-        keys.sort();
-        let texts: Vec<String> = keys.iter().map(|k| k.to_string()).collect();
-        let mut sorted = texts.clone();
-        sorted.sort();
-        assert_eq!(texts, sorted);
+        assert_keys_sort_as_their_texts(&["9\x1f1\x1f1\x1f", "10\x1f1\x1f1\x1f2", "a\x1f1\x1f1\x1f", "10\x1f1\x1f1\x1f"]);
     }
 }
