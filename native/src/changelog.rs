@@ -467,7 +467,8 @@ impl Restore {
 
     /// Apply the records of a fetch's record batches `take` (indices among `record_batch::split_batches(raw)`,
     /// ascending) whose offset is at least `from`: (records applied, the last one's offset, -1 for none). A batch
-    /// that cannot be read (its CRC, a cut record, compression) fails the whole call before any record of it.
+    /// that cannot be read (its CRC, a cut record, compression) fails the call, none of its records applied: the
+    /// restore it belongs to fails and starts again.
     pub fn apply_batches(&mut self, raw: &[u8], take: &[usize], from: i64) -> Result<(u64, i64), String> {
         let batches = record_batch::split_batches(raw);
         let (mut applied, mut last) = (0, -1);
