@@ -709,11 +709,12 @@ impl ChangelogRestore {
     }
 
     /// Apply the records of a fetch's raw record set (stream.kafka.columnar_fetch.RawRecords) straight from its
-    /// bytes, without the GIL: the batches `take` (indices in the set), records from offset `from` on. Returns
+    /// bytes, without the GIL: the batches `take` (indices in the set), records from `from_offset` on. Returns
     /// (records applied, the last one's offset or -1).
-    fn apply_batches(&mut self, py: Python<'_>, raw: &[u8], take: Vec<usize>, from: i64) -> PyResult<(u64, i64)> {
+    fn apply_batches(&mut self, py: Python<'_>, raw: &[u8], take: Vec<usize>, from_offset: i64)
+        -> PyResult<(u64, i64)> {
         let inner = &mut self.inner;
-        py.detach(|| inner.apply_batches(raw, &take, from)).map_err(pyo3::exceptions::PyValueError::new_err)
+        py.detach(|| inner.apply_batches(raw, &take, from_offset)).map_err(pyo3::exceptions::PyValueError::new_err)
     }
 
     /// Apply a checkpoint's body (stream.state.checkpoint): length-prefixed records.
