@@ -33,6 +33,21 @@ use sharded::ChunkedVec;
 // handles that mix much better than glibc's allocator.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// mimalloc asks the kernel for transparent huge pages; on the machines measured, a restore, which touches all
+/// of its state for the first time, spends most of its kernel time zeroing them, and small pages cost less per
+/// byte (docs/benchmarks.md, "Huge pages off"). So the process opts out unless MIMALLOC_ALLOW_THP says yes (1, true,
+/// on or yes). The setting is the process's and its children inherit it, so it is set either way.
+fn set_huge_pages() {
+    #[cfg(target_os = "linux")]
+    {
+        let allow = std::env::var("MIMALLOC_ALLOW_THP")
+            .is_ok_and(|v| matches!(v.to_ascii_lowercase().as_str(), "1" | "true" | "on" | "yes"));
+        // SAFETY: prctl with PR_SET_THP_DISABLE takes plain integers and touches no memory of ours.
+        unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, libc::c_ulong::from(!allow), 0, 0, 0) };
+    }
+}
+
 use engine::{Account, AccountRecord, Creator, Engine, Output, PayoutResult, Regions, Reject, RegionRule, Settings, State,
              Streak, Tally, Window};
 
@@ -822,6 +837,7 @@ fn partition_for(key: &[u8], partitions: u32) -> u32 {
 
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    set_huge_pages();
     // The changelog schema has one home, stream.state.changelog_schema; this build's compiled-in copy must be it.
     let py = m.py();
     let expected = py.import("stream.state.changelog_schema")?.getattr("SCHEMA")?;

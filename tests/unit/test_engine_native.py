@@ -4,6 +4,10 @@ on the same input, record for record, the same outputs, counters, changelog reco
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import orjson
 import pytest
@@ -239,3 +243,25 @@ def test_accounts_side_by_side_on_a_fixed_session():
     assert accounts["c2"] == Account("DE", "closed", "bank", 30, T0 + 5 * s)
     assert accounts["c3"] == Account("KR", "verified", "bank", 19, T0 + 12 * s)
     assert result.native.creator("c2").region == "DE" and result.native.sizes().accounts == 3
+
+
+THP_LINE = "THP_enabled:"
+
+
+def _huge_pages_enabled_after_import(env_value: str | None) -> str:
+    """Whether a fresh interpreter that imports stream._native may still get transparent huge pages (the
+    kernel's THP_enabled line of /proc/self/status), with MIMALLOC_ALLOW_THP unset or set to `env_value`."""
+    env = {k: v for k, v in os.environ.items() if k != "MIMALLOC_ALLOW_THP"}
+    if env_value is not None:
+        env["MIMALLOC_ALLOW_THP"] = env_value
+    code = ("import stream._native\n"
+            f"print(next(l.split()[1] for l in open('/proc/self/status') if l.startswith({THP_LINE!r})))")
+    return subprocess.run([sys.executable, "-c", code], env=env, check=True, capture_output=True,
+                          text=True).stdout.strip()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux") or THP_LINE not in Path("/proc/self/status").read_text(),
+                    reason="the kernel does not report THP_enabled")
+def test_the_compiled_engine_opts_the_process_out_of_huge_pages_unless_mimalloc_is_told_otherwise():
+    assert _huge_pages_enabled_after_import(None) == "0"
+    assert _huge_pages_enabled_after_import("1") == "1"  # the operator's MIMALLOC_ALLOW_THP decides
