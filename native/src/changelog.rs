@@ -380,11 +380,14 @@ impl Restore {
         }
         r.done().then_some(())?;
         let tally = Tally { milli: milli?, credits: credits?, dirty: false };
-        if !self.creators.contains_key(cid) {
-            self.creators.insert(cid.to_owned(), Creator::new(""));
-            self.unknown.insert(cid.to_owned());
-        }
-        self.creators.get_mut(cid)?.panes.insert(pane, tally);
+        let c = match self.creators.get_mut(cid) {
+            Some(c) => c,
+            None => {
+                self.unknown.insert(cid.to_owned());
+                self.creators.entry(cid.to_owned()).or_insert_with(|| Creator::new(""))
+            }
+        };
+        c.panes.insert(pane, tally);
         Some(())
     }
 

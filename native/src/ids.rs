@@ -127,8 +127,9 @@ impl StreakKey {
 
     /// The key of a joined text (a snapshot's or changelog's key): numbers when `new` would have made them.
     pub fn parse(text: &str) -> StreakKey {
-        let parts: Vec<&str> = text.split(STREAK_KEY_SEP).collect();
-        if let [room, sender, gift, group] = parts[..] {
+        let mut parts = text.split(STREAK_KEY_SEP);
+        let parts = [parts.next(), parts.next(), parts.next(), parts.next(), parts.next()];
+        if let [Some(room), Some(sender), Some(gift), Some(group), None] = parts {
             if let Ok(g) = gift.parse::<i64>() {
                 let key = StreakKey::new(room, sender, g, group);
                 if matches!(key, StreakKey::Num { .. }) && itoa::Buffer::new().format(g) == gift {
@@ -278,6 +279,7 @@ mod tests {
         // Texts that split differently but join the same are the same key, as in the Python engine.
         assert_eq!(StreakKey::new("1\x1f2", "3", 4, ""), StreakKey::new("1", "2\x1f3", 4, ""));
         assert!(matches!(StreakKey::parse("1\x1f2\x1f+3\x1f4"), StreakKey::Short(_)));
+        assert!(matches!(StreakKey::parse("1\x1f2\x1f3"), StreakKey::Short(_))); // three parts: held as its text
         // Keys order as their texts.
         assert_keys_sort_as_their_texts(&["9\x1f1\x1f1\x1f", "10\x1f1\x1f1\x1f2", "a\x1f1\x1f1\x1f", "10\x1f1\x1f1\x1f"]);
     }
