@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use std::io::Write as _;
 use std::sync::Arc;
 
-use foldhash::{HashMap, HashMapExt, HashSet};
+use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 
 use crate::engine::{intern_region, sort_prefix, Account, Creator, State, Streak, Tally, RETENTION_BUCKET_MS};
 use crate::ids::{Id, StreakKey, STREAK_KEY_SEP};
@@ -540,7 +540,14 @@ impl Restore {
                              streaks: self.streaks, payouts_seen: self.payouts, accounts: self.accounts,
                              region_names: self.region_names,
                              ..Default::default() };
-        let mut pane_creators: HashMap<i64, HashSet<String>> = HashMap::new();
+        let mut per_pane: HashMap<i64, usize> = HashMap::new();
+        for c in st.creators.values() {
+            for (pane, _) in c.panes.iter() {
+                *per_pane.entry(*pane).or_default() += 1;
+            }
+        }
+        let mut pane_creators: HashMap<i64, HashSet<String>> =
+            per_pane.into_iter().map(|(pane, n)| (pane, HashSet::with_capacity(n))).collect();
         for (cid, c) in &st.creators {
             for (pane, _) in c.panes.iter() {
                 pane_creators.entry(*pane).or_default().insert(cid.clone());

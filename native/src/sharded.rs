@@ -25,6 +25,8 @@ pub struct ShardedMap<K, V> {
 
 const PICK_BITS: u32 = 12;
 const PICK_SLOTS: usize = 1 << PICK_BITS;
+/// insert_all's order cuts each shard's table into at most 2^MAX_ORDER_BITS runs of neighbouring buckets.
+const MAX_ORDER_BITS: u32 = 10;
 
 /// Slot -> shard, shard i holding a number of slots proportional to 2^(i/SHARDS).
 fn pick_table() -> Box<[u8; PICK_SLOTS]> {
@@ -110,18 +112,34 @@ impl<K: Hash + Eq, V> ShardedMap<K, V> {
         for (shard, n) in self.shards.iter_mut().zip(per_shard) {
             shard.reserve(n, |(k, _)| hasher.hash_one(k));
         }
-        // A table's first probe for a hash is bucket `hash & (buckets - 1)` (hashbrown's h1). The order is sorted,
-        // not the entries (which are large): (shard, bucket) in one number, then the entry's index, so a key's
-        // later entry still comes later.
+        // A table's first probe for a hash is bucket `hash & (buckets - 1)` (hashbrown's h1). The entries (which
+        // are large) stay where they are: their indices are counted into groups of neighbouring first buckets
+        // (a shard's table cut into runs holding a few entries each), in index order within a group, so a
+        // key's later entry still comes later.
         let masks: Vec<u64> = self.shards.iter()
             .map(|s| ((s.capacity() / 7 * 8).next_power_of_two() - 1) as u64).collect();
-        let mut order: Vec<(u64, usize)> = hashes.iter().enumerate().map(|(i, &h)| {
+        let order_bits = (hashes.len() / SHARDS / 4).max(1).ilog2().min(MAX_ORDER_BITS);
+        let shifts: Vec<u32> = masks.iter().map(|m| m.count_ones().saturating_sub(order_bits)).collect();
+        let group_of = |h: u64| {
             let shard = self.shard_of(h);
-            (((shard as u64) << (64 - SHARD_BITS)) | (h & masks[shard]), i)
-        }).collect();
-        order.sort_unstable();
+            (shard << order_bits) | ((h & masks[shard]) >> shifts[shard]) as usize
+        };
+        let mut next = vec![0usize; SHARDS << order_bits];
+        for &h in &hashes {
+            next[group_of(h)] += 1;
+        }
+        let mut at = 0;
+        for slot in next.iter_mut() {
+            (*slot, at) = (at, at + *slot);
+        }
+        let mut order = vec![0usize; hashes.len()];
+        for (i, &h) in hashes.iter().enumerate() {
+            let slot = &mut next[group_of(h)];
+            order[*slot] = i;
+            *slot += 1;
+        }
         let mut entries: Vec<Option<(K, V)>> = entries.into_iter().map(Some).collect();
-        for (_, i) in order {
+        for i in order {
             let (key, value) = entries[i].take().expect("each index once");
             self.insert_hashed(hashes[i], key, value);
         }
