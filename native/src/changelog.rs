@@ -18,7 +18,7 @@ use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 
 use crate::engine::{intern_region, sort_prefix, Account, Creator, State, Streak, Tally, RETENTION_BUCKET_MS};
 use crate::ids::{Id, StreakKey, STREAK_KEY_SEP};
-use crate::msgpack::{Reader, Writer};
+use crate::msgpack::{self, Reader, Writer};
 use crate::record_batch;
 use crate::sharded::{ChunkedVec, ShardedMap};
 
@@ -264,7 +264,7 @@ impl Restore {
             return Ok(());
         }
         let name = key.get(2..).filter(|_| key.get(1) == Some(&NAME_SEP));
-        let Some(name) = name.and_then(|n| std::str::from_utf8(n).ok()) else {
+        let Some(name) = name.and_then(msgpack::text) else {
             return if matches!(kind, Some(CREATOR | PANE | STREAK | DEDUPE | PAYOUT | ACCOUNT)) {
                 Err(bad(key))
             } else {
@@ -517,8 +517,8 @@ impl Restore {
         while pos < body.len() {
             let key = next(&mut pos)?;
             let value = next(&mut pos)?;
-            match key.strip_prefix(&[STREAK, NAME_SEP]).map(std::str::from_utf8) {
-                Some(Ok(name)) => {
+            match key.strip_prefix(&[STREAK, NAME_SEP]).and_then(msgpack::text) {
+                Some(name) => {
                     self.records += 1;
                     streaks.push((StreakKey::parse(name), self.streak_value(value).ok_or_else(|| bad(key))?));
                 }
@@ -576,7 +576,7 @@ impl Restore {
         let mut texts: Vec<u8> = Vec::new();
         let mut closed: Vec<ClosedStreak> = st.streaks.iter().filter(|(_, s)| !s.open).map(|(k, s)| {
             let start = texts.len();
-            write!(texts, "{k}").expect("writing to a Vec");
+            k.with_text(|t| texts.extend_from_slice(t));
             let text = &texts[start..];
             ClosedStreak { bucket: s.last_ts - s.last_ts.rem_euclid(RETENTION_BUCKET_MS),
                            prefix: (sort_prefix(text), sort_prefix(text.get(16..).unwrap_or_default())),
@@ -621,7 +621,7 @@ pub fn snapshot(st: &State, chunks: &HashMap<i64, Vec<usize>>) -> Result<Vec<u8>
         }
     }
     for (k, s) in st.streaks.iter() {
-        write!(key_start(&mut key, STREAK), "{k}").expect("writing to a Vec");
+        k.with_text(|t| key_start(&mut key, STREAK).extend_from_slice(t));
         put(&key, &streak_value(s));
     }
     for (bucket, ids) in &st.seen_buckets {

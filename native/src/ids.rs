@@ -62,7 +62,8 @@ impl<const N: usize> InlineText<N> {
     }
 
     fn as_str(&self) -> &str {
-        std::str::from_utf8(&self.bytes[..usize::from(self.len)]).expect("made from a str")
+        // SAFETY: `new` is the only maker, and it copies the bytes of a str.
+        unsafe { std::str::from_utf8_unchecked(&self.bytes[..usize::from(self.len)]) }
     }
 }
 
@@ -118,22 +119,37 @@ impl StreakKey {
 
 impl StreakKey {
     pub fn new(room: &str, sender: &str, gift: i64, group: &str) -> StreakKey {
-        let group_num = if group.is_empty() { Some(NO_GROUP) } else { canonical_number(group) };
-        match (canonical_number(room), canonical_number(sender), group_num) {
-            (Some(room), Some(sender), Some(group)) => StreakKey::Num { room, sender, gift, group },
-            _ => StreakKey::text(&format!("{room}{STREAK_KEY_SEP}{sender}{STREAK_KEY_SEP}{gift}{STREAK_KEY_SEP}{group}")),
-        }
+        StreakKey::numeric(room, sender, gift, group).unwrap_or_else(|| {
+            StreakKey::text(&format!("{room}{STREAK_KEY_SEP}{sender}{STREAK_KEY_SEP}{gift}{STREAK_KEY_SEP}{group}"))
+        })
+    }
+
+    /// The numeric form, when room, sender and group (or its absence) are canonical numbers.
+    fn numeric(room: &str, sender: &str, gift: i64, group: &str) -> Option<StreakKey> {
+        let group = if group.is_empty() { NO_GROUP } else { canonical_number(group)? };
+        Some(StreakKey::Num { room: canonical_number(room)?, sender: canonical_number(sender)?, gift, group })
     }
 
     /// The key of a joined text (a snapshot's or changelog's key): numbers when `new` would have made them.
     pub fn parse(text: &str) -> StreakKey {
-        let mut parts = text.split(STREAK_KEY_SEP);
-        let parts = [parts.next(), parts.next(), parts.next(), parts.next(), parts.next()];
-        if let [Some(room), Some(sender), Some(gift), Some(group), None] = parts {
+        // The separators' places, in one pass over the bytes (the separator is ASCII: a char boundary).
+        let (mut seps, mut n) = ([0usize; 3], 0);
+        for (i, &b) in text.as_bytes().iter().enumerate() {
+            if b == STREAK_KEY_SEP as u8 {
+                if n == seps.len() {
+                    return StreakKey::text(text); // more than four parts
+                }
+                (seps[n], n) = (i, n + 1);
+            }
+        }
+        if n == seps.len() {
+            let [a, b, c] = seps;
+            let (room, sender, gift, group) = (&text[..a], &text[a + 1..b], &text[b + 1..c], &text[c + 1..]);
             if let Ok(g) = gift.parse::<i64>() {
-                let key = StreakKey::new(room, sender, g, group);
-                if matches!(key, StreakKey::Num { .. }) && itoa::Buffer::new().format(g) == gift {
-                    return key;
+                if itoa::Buffer::new().format(g) == gift {
+                    if let Some(key) = StreakKey::numeric(room, sender, g, group) {
+                        return key;
+                    }
                 }
             }
         }
@@ -155,7 +171,7 @@ const KEY_TEXT_MAX: usize = 80;
 
 impl StreakKey {
     /// Call `f` with the key's text, written on the stack for a numeric key.
-    fn with_text<R>(&self, f: impl FnOnce(&[u8]) -> R) -> R {
+    pub fn with_text<R>(&self, f: impl FnOnce(&[u8]) -> R) -> R {
         match self {
             StreakKey::Num { .. } => {
                 let mut buf = [0u8; KEY_TEXT_MAX];

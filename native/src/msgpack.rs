@@ -196,7 +196,7 @@ impl<'a> Reader<'a> {
             0xdb => self.be(4)? as usize,
             _ => return None,
         };
-        std::str::from_utf8(self.take(n)?).ok()
+        text(self.take(n)?)
     }
 
     fn header(&mut self, fix: u8, b16: u8, b32: u8) -> Option<usize> {
@@ -215,6 +215,16 @@ impl<'a> Reader<'a> {
 
     pub fn map(&mut self) -> Option<usize> {
         self.header(0x80, 0xde, 0xdf)
+    }
+}
+
+/// The bytes as text. Most changelog texts are ASCII ids: one ASCII pass is cheaper than the UTF-8 check.
+pub fn text(bytes: &[u8]) -> Option<&str> {
+    if bytes.is_ascii() {
+        // SAFETY: ASCII bytes are valid UTF-8.
+        Some(unsafe { std::str::from_utf8_unchecked(bytes) })
+    } else {
+        std::str::from_utf8(bytes).ok()
     }
 }
 
