@@ -40,10 +40,12 @@ lint: install
 	 else echo "lint: cargo clippy not installed, Rust lint skipped"; fi
 
 unit: install node-test-tools
+	cd native && cargo test --quiet --release
 	$(BIN)/python -m pytest -q -m "not kafka"
 
 test: install lint kafka-single node-test-tools
 	bash deploy/install-test-tools.sh
+	cd native && cargo test --quiet --release
 	$(BIN)/python -m pytest -q
 
 # `make kafka-up`: the single-node broker the tests use (127.0.0.1:19092). `KAFKA_NODES=3 make kafka-up`: the
