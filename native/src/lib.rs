@@ -34,6 +34,9 @@ use sharded::ChunkedVec;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+use engine::{Account, AccountRecord, Creator, Engine, Output, PayoutResult, Regions, Reject, RegionRule, Settings, State,
+             Streak, Tally, Window};
+
 /// mimalloc asks the kernel for transparent huge pages; on the machines measured, a restore, which touches all
 /// of its state for the first time, spends most of its kernel time zeroing them, and small pages cost less per
 /// byte (docs/benchmarks.md, "Huge pages off"). So the process opts out unless MIMALLOC_ALLOW_THP says yes (1, true,
@@ -47,9 +50,6 @@ fn set_huge_pages() {
         unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, libc::c_ulong::from(!allow), 0, 0, 0) };
     }
 }
-
-use engine::{Account, AccountRecord, Creator, Engine, Output, PayoutResult, Regions, Reject, RegionRule, Settings, State,
-             Streak, Tally, Window};
 
 /// A partition engine. Built by stream.engine.native from the policy and the Python it calls back
 /// (stream.engine.reference.EngineHooks: decode fallback, dead letters, notices), checked here when it is built.
