@@ -12,19 +12,22 @@ use std::hash::{BuildHasher, Hash};
 const SHARD_BITS: u32 = 6;
 const SHARDS: usize = 1 << SHARD_BITS;
 
-/// Each key is hashed once: bits 32-43 of the hash pick the shard, and the shard's table uses the same hash
-/// (its bucket index comes from the low bits, its tag from the top 7: both independent of the shard bits).
+/// Each key is hashed once. The shard is picked by the top bits of the hash times an odd constant, which
+/// depend on all of its bits: foldhash's middle bits alone vary too little over close keys (consecutive
+/// numeric ids) for about 1 seed in 100. The shard's table uses the same hash: its bucket index comes from the
+/// low bits and its tag from the top 7, and both stay evenly spread within a shard (the multiply is a bijection).
 ///
 /// The shards get unequal shares of the keys, from 1 to 2 in geometric steps: shards of equal size would
 /// all reach their growth point together, in the same batch, and stop it as long as one big table would.
 pub struct ShardedMap<K, V> {
     shards: Vec<HashTable<(K, V)>>,
-    hasher: foldhash::fast::RandomState, // seeded per process: ids come from clients
-    pick: Box<[u8; PICK_SLOTS]>,         // hash bits 32-43 -> shard
+    hasher: foldhash::fast::RandomState, // seeded per map and per process: ids come from clients
+    pick: Box<[u8; PICK_SLOTS]>,         // top PICK_BITS bits of the mixed hash -> shard
 }
 
 const PICK_BITS: u32 = 12;
 const PICK_SLOTS: usize = 1 << PICK_BITS;
+const SHARD_MIX: u64 = 0x9e37_79b9_7f4a_7c15; // 2^64 / the golden ratio, odd
 /// insert_all's order cuts each shard's table into at most 2^MAX_ORDER_BITS runs of neighbouring buckets.
 const MAX_ORDER_BITS: u32 = 10;
 
@@ -54,7 +57,7 @@ impl<K, V> Default for ShardedMap<K, V> {
 
 impl<K, V> ShardedMap<K, V> {
     fn shard_of(&self, hash: u64) -> usize {
-        self.pick[((hash >> 32) as usize) & (PICK_SLOTS - 1)] as usize
+        self.pick[(hash.wrapping_mul(SHARD_MIX) >> (64 - PICK_BITS)) as usize] as usize
     }
 }
 
@@ -227,6 +230,7 @@ impl<T> FromIterator<T> for ChunkedVec<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ids::Id;
 
     #[test]
     fn chunked_vec_keeps_order_across_chunks() {
@@ -265,6 +269,20 @@ mod tests {
         assert_eq!(all, expected);
         let used = m.shards.iter().filter(|s| !s.is_empty()).count();
         assert!(used > SHARDS / 2, "keys spread over the shards ({used} used)");
+    }
+
+    #[test]
+    fn close_ids_spread_over_the_shards_whatever_the_maps_seed() {
+        // Consecutive numeric ids (one client's counter): each map has its own hash seed, and the shards must
+        // be spread for every seed, not just most.
+        for _ in 0..1000 {
+            let mut m: ShardedMap<Id, ()> = ShardedMap::default();
+            for i in 0..3000u64 {
+                m.insert(Id::Num(7_000_000_000_000_000_000 + i), ());
+            }
+            let used = m.shards.iter().filter(|s| !s.is_empty()).count();
+            assert_eq!(used, SHARDS, "3000 ids in {used} of {SHARDS} shards");
+        }
     }
 
     #[test]
