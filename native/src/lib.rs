@@ -829,6 +829,49 @@ fn schema_differences(ours: &Bound<'_, PyDict>, theirs: &Bound<'_, PyDict>) -> P
     Ok(out)
 }
 
+/// A session's gift records split by the partition Kafka's default partitioner gives their key (creator_id), each
+/// share in file order, with the merge time of each record (stream.engine.order): what the merged replay queues per
+/// partition. A record the native decoder takes is certainly a valid gift, so its key is its creator_id and its time
+/// its ts; any other record is asked of `fallback(raw) -> (key or None, merge time)` (the Python rules), and a
+/// record without a key goes to partition 0.
+#[pyfunction]
+fn split_gifts<'py>(py: Python<'py>, raws: &Bound<'py, PyList>, partitions: u32, max_bytes: usize,
+                    max_depth: usize, fallback: &Bound<'py, PyAny>)
+                    -> PyResult<Vec<(Bound<'py, PyList>, Vec<i64>)>> {
+    if partitions == 0 {
+        return Err(pyo3::exceptions::PyValueError::new_err("split_gifts needs at least one partition"));
+    }
+    let mut shares: Vec<(Vec<Bound<'py, PyAny>>, Vec<i64>)> = (0..partitions).map(|_| (Vec::new(), Vec::new())).collect();
+    for item in raws.iter() {
+        let bytes = item.cast::<PyBytes>()?;
+        let (p, time) = match decode_fast(bytes.as_bytes(), max_bytes, max_depth) {
+            Some(ev) => (murmur2::partition_for(ev.creator_id.as_bytes(), partitions), ev.ts),
+            None => {
+                let (key, time): (Option<Vec<u8>>, i64) = fallback.call1((&item,))?.extract()?;
+                (key.map_or(0, |k| murmur2::partition_for(&k, partitions)), time)
+            }
+        };
+        let share = &mut shares[p as usize];
+        share.0.push(item);
+        share.1.push(time);
+    }
+    shares.into_iter().map(|(values, times)| Ok((PyList::new(py, values)?, times))).collect()
+}
+
+/// The end of a merge run (stream.engine.order.run_end): the first index in [lo, hi) whose stamp is past `limit`
+/// (at it too, unless `through_ties`), else hi.
+#[pyfunction]
+fn run_end(stamps: &Bound<'_, PyList>, lo: usize, hi: usize, limit: i64, through_ties: bool) -> PyResult<usize> {
+    let hi = hi.min(stamps.len());
+    for j in lo..hi {
+        let t: i64 = stamps.get_item(j)?.extract()?;
+        if t > limit || (t == limit && !through_ties) {
+            return Ok(j);
+        }
+    }
+    Ok(hi.max(lo))
+}
+
 /// murmur2 partition of a key (for tests against aiokafka's).
 #[pyfunction]
 fn partition_for(key: &[u8], partitions: u32) -> u32 {
@@ -857,6 +900,8 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<batch_builder::RecordBatchBuilder>()?;
     m.add_function(wrap_pyfunction!(process_routed, m)?)?;
     m.add_function(wrap_pyfunction!(partition_for, m)?)?;
+    m.add_function(wrap_pyfunction!(split_gifts, m)?)?;
+    m.add_function(wrap_pyfunction!(run_end, m)?)?;
     m.add_function(wrap_pyfunction!(read_record_batches, m)?)?;
     m.add_function(wrap_pyfunction!(readable_record_batches, m)?)?;
     Ok(())

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import MutableMapping, Sequence
+from collections.abc import Callable, MutableMapping, Sequence
 
 import msgspec
 
@@ -39,6 +39,16 @@ log = logging.getLogger(__name__)
 
 def native_available() -> bool:
     return _native is not None
+
+
+def split_gifts(raws: list[bytes], partitions: int, policy: Policy,
+                fallback: Callable[[bytes], tuple[bytes | None, int]]) -> list[tuple[list[bytes], list[int]]] | None:
+    """The gift records of a session split by partition, with their merge times (stream._native.split_gifts); None
+    when the compiled module is not built. fallback(raw) -> (key or None, merge time) decides each record the native
+    decoder does not take as a valid gift."""
+    if _native is None:
+        return None
+    return _native.split_gifts(raws, partitions, policy.max_record_bytes, model.MAX_JSON_DEPTH, fallback)
 
 
 class _NativeOwners(dict):

@@ -183,12 +183,25 @@ def plan(pending: Sequence[Pending], horizons: Sequence[int], watermark: int | N
         if first == Input.GIFTS and watermark is None and max_future_ms is not None:
             runs.append(Run(Input(first), pos[first], j))  # the partition's first gift sets the watermark, which rule 5
             return runs  # needs for the other heads: plan again with it
-        while j < end and (stamps[j] < limit or (stamps[j] == limit and first < other)):
-            j += 1
+        j = run_end(stamps, j, end, limit, first < other)
         runs.append(Run(Input(first), pos[first], j))
         pos[first] = j
         if first == Input.GIFTS:
             return runs  # the gifts may move the watermark: plan again from here
+
+
+def _run_end(stamps: list[int], lo: int, hi: int, limit: int, through_ties: bool) -> int:
+    """The first index in [lo, hi) whose stamp is past limit (at it too, unless through_ties), else hi."""
+    j = lo
+    while j < hi and (stamps[j] < limit or (through_ties and stamps[j] == limit)):
+        j += 1
+    return j
+
+
+try:  # the same loop compiled: it walks every gift that another input's records wait beside
+    from stream._native import run_end
+except ImportError:  # not built
+    run_end = _run_end
 
 
 def merge_time(ts: int, watermark: int | None, bound: int | None) -> int:

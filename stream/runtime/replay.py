@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from stream.engine import model
-from stream.engine.native import make_engine
-from stream.engine.order import FINISHED, Input, Pending, feed, runs, valid_time
+from stream.engine.native import make_engine, split_gifts
+from stream.engine.order import FINISHED, Input, Pending, feed, record_time, runs, valid_time
 from stream.engine.policy import Policy
 from stream.engine.protocol import Engine, Outputs
 from stream.kafka.recording import INPUT_NAMES, Recording
@@ -146,13 +146,41 @@ def _replay_merged(session: Session, policy: Policy, partitions: int, batch_size
             pending[p][kind].add(list(range(len(idx))), [values[i] for i in idx], [kafka_ts[i] for i in idx],
                                  [keys[i] for i in idx], None if None in share_times else share_times)
 
-    for kind, raws in ((Input.GIFTS, session.gifts), (Input.PAYOUTS, session.payouts)):
-        keyed = [key_of(r) for r in raws]  # (creator_id, ts): the ts is the record's time when it is a valid one
-        route(kind, [k for k, _ in keyed], raws, [0] * len(raws),
-              [valid_time(t) if k is not None else None for k, t in keyed])
+    for p, (raws, times) in enumerate(_split_gifts(session.gifts, owners, policy)):
+        if raws:
+            pending[p][Input.GIFTS].add(list(range(len(raws))), raws, [0] * len(raws), None, times)
+    keyed = [key_of(r) for r in session.payouts]  # (creator_id, ts): the ts is the record's time when it is valid
+    route(Input.PAYOUTS, [k for k, _ in keyed], session.payouts, [0] * len(keyed),
+          [valid_time(t) if k is not None else None for k, t in keyed])
     route(Input.ACCOUNTS, [a.key for a in session.accounts], [a.value for a in session.accounts],
           [a.ts or 0 for a in session.accounts], [None] * len(session.accounts))
     return _run_merged(engines, pending, names, policy, len(session), batch_size, final, progress, started)
+
+
+def _split_gifts(raws: list[bytes], owners: PartitionCache, policy: Policy) -> list[tuple[list[bytes], list[int]]]:
+    """A session's gift records split by the partition of their key (creator_id), each share in file order, with
+    each record's merge time: in the compiled module when it is built (the same rules: _gift_key_and_time decides
+    what its decoder does not take as a valid gift)."""
+    split = split_gifts(raws, owners.partitions, policy, _gift_key_and_time)
+    return split if split is not None else _split_gifts_in_python(raws, owners)
+
+
+def _split_gifts_in_python(raws: list[bytes], owners: PartitionCache) -> list[tuple[list[bytes], list[int]]]:
+    shares: list[tuple[list[bytes], list[int]]] = [([], []) for _ in range(owners.partitions)]
+    for raw in raws:
+        key, time = _gift_key_and_time(raw)
+        values, times = shares[0 if key is None else owners[key]]
+        values.append(raw)
+        times.append(time)
+    return shares
+
+
+def _gift_key_and_time(raw: bytes) -> tuple[bytes | None, int]:
+    """A gift record's key (its creator_id; None when it cannot be read) and merge time (its ts when it is a valid
+    time, else what stream.engine.order.record_time makes of it, 0 when nothing)."""
+    key, ts = key_of(raw)
+    time = valid_time(ts) if key is not None else None
+    return key, time if time is not None else record_time(Input.GIFTS, raw) or 0
 
 
 def replay_recording(recording: Recording, policy: Policy, batch_size: int = 20_000, final: bool = False,

@@ -82,3 +82,40 @@ def test_the_structural_scan_agrees_with_msgspec_on_what_is_json(raw):
     except RecursionError:
         return  # msgspec cannot judge this one (that is why the scan exists)
     assert (verdict is None or verdict[0] != model.NOT_JSON) == is_json
+
+
+@st.composite
+def session_gift_records(draw) -> bytes:
+    """Gift records as a session file may hold them: hostile ones, and ones whose key or time only Python reads
+    (an invalid gift with a readable creator_id, a time out of range or of the wrong type, no creator_id)."""
+    if draw(st.booleans()):
+        return draw(hostile_records())
+    rec = orjson.loads(gift(creator_id=draw(st.sampled_from(["c1", "c2", "c3", "ü", "9" * 20])),
+                            ts=T0 + draw(st.integers(0, 10**6))))
+    form = draw(st.sampled_from(["ts", "invalid gift", "no creator", "creator"]))
+    raw_value = None  # JSON text put in place of the field's value
+    if form == "ts":
+        rec["ts"] = "RAW"
+        raw_value = draw(st.sampled_from([b"-1", b"0", b"1.5", b"1e3", b"9223372036854775808", b"18446744073709551616",
+                                          b"1000000000000000", b'"1"', b"true", b"null"]))
+    elif form == "invalid gift":
+        rec[draw(st.sampled_from(["diamond_count", "sender_id", "repeat_end"]))] = draw(st.sampled_from([-5, "", 7.5]))
+    elif form == "no creator":
+        del rec["creator_id"]
+    else:
+        rec["creator_id"] = "RAW"
+        raw_value = draw(st.sampled_from([b"5", b"null", b'["c1"]', b'"\\ud800"', b'"c\\u0031"', b'""']))
+    raw = orjson.dumps(rec)
+    return raw if raw_value is None else raw.replace(b'"RAW"', raw_value)
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(records=st.lists(session_gift_records(), max_size=12), partitions=st.sampled_from([1, 3, 6]))
+def test_the_compiled_split_of_a_session_by_partition_is_the_python_one(policy, records, partitions):
+    """The merged replay queues each partition's gifts with their merge times; the compiled split must give the
+    Python rules' partition and time for every record, the ones its decoder declines included."""
+    from stream.kafka.routing import PartitionCache
+    from stream.runtime.replay import _split_gifts, _split_gifts_in_python
+
+    assert _split_gifts(records, PartitionCache(partitions), policy) == \
+        _split_gifts_in_python(records, PartitionCache(partitions))

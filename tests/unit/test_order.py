@@ -187,3 +187,17 @@ def test_a_record_passes_an_empty_input_once_that_input_was_caught_up_as_of_the_
     q[A].take(1)
     assert plan(q, [F, F, 1_000]) == [] and plan(q, [1_000, F, 1_050]) == [] \
         and plan(q, [1_050, F, 1_050]) == [Run(G, 2, 3)]  # every empty input must be caught up as of 1050
+
+
+def test_the_compiled_run_end_is_the_python_loop():
+    from stream.engine import order
+
+    if order.run_end is order._run_end:
+        pytest.skip("native module not built")
+    rng = random.Random(7)
+    for _ in range(2000):
+        stamps = [rng.randrange(0, 6) for _ in range(rng.randrange(0, 12))]
+        lo = rng.randrange(0, len(stamps) + 1)
+        hi = rng.randrange(lo, len(stamps) + 1)
+        limit, ties = rng.randrange(-1, 7), rng.random() < 0.5
+        assert order.run_end(stamps, lo, hi, limit, ties) == order._run_end(stamps, lo, hi, limit, ties)
