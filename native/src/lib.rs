@@ -858,6 +858,24 @@ fn split_gifts<'py>(py: Python<'py>, raws: &Bound<'py, PyList>, partitions: u32,
     shares.into_iter().map(|(values, times)| Ok((PyList::new(py, values)?, times))).collect()
 }
 
+/// The merge times of gift records from index `lo` on (stream.engine.order.Pending.stamps): a record the native
+/// decoder takes is certainly a valid gift, and its time is its ts; any other (None included) is asked of
+/// `fallback(value) -> time` (the Python rules, stream.engine.order.record_time).
+#[pyfunction]
+fn gift_times(values: &Bound<'_, PyList>, lo: usize, max_depth: usize, fallback: &Bound<'_, PyAny>)
+              -> PyResult<Vec<i64>> {
+    let mut times = Vec::with_capacity(values.len().saturating_sub(lo));
+    for j in lo..values.len() {
+        let item = values.get_item(j)?;
+        let fast = item.cast::<PyBytes>().ok().and_then(|b| decode_fast(b.as_bytes(), usize::MAX, max_depth).map(|ev| ev.ts));
+        times.push(match fast {
+            Some(ts) => ts,
+            None => fallback.call1((&item,))?.extract()?,
+        });
+    }
+    Ok(times)
+}
+
 /// The end of a merge run (stream.engine.order.run_end): the first index in [lo, hi) whose stamp is past `limit`
 /// (at it too, unless `through_ties`), else hi.
 #[pyfunction]
@@ -902,6 +920,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(partition_for, m)?)?;
     m.add_function(wrap_pyfunction!(split_gifts, m)?)?;
     m.add_function(wrap_pyfunction!(run_end, m)?)?;
+    m.add_function(wrap_pyfunction!(gift_times, m)?)?;
     m.add_function(wrap_pyfunction!(read_record_batches, m)?)?;
     m.add_function(wrap_pyfunction!(readable_record_batches, m)?)?;
     Ok(())

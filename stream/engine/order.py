@@ -53,6 +53,11 @@ import msgspec
 from stream.engine import model
 from stream.engine.protocol import Engine, Outputs
 
+try:
+    from stream import _native
+except ImportError:  # not built
+    _native = None
+
 FINISHED = 2**63 - 1  # the horizon of an input that can deliver nothing more (offline; a topic not assigned)
 UNKNOWN = -1  # the horizon of an input that may still deliver anything (not caught up, or not fetched yet)
 
@@ -115,6 +120,9 @@ class Pending:
         """The merge's timestamp of every record held (record_time; a tombstone's is its Kafka timestamp)."""
         if len(self.times) < len(self.offsets):
             kind, values, kafka = self.kind, self.values, self.kafka_ts
+            if kind is Input.GIFTS:  # most of the records: read in the compiled module when it is built
+                self.times += gift_times(values, len(self.times))
+                return self.times
             tombstones = kind is Input.ACCOUNTS  # a null gift or payout is bad input: time 0, as unreadable
             self.times += [kafka[i] if values[i] is None and tombstones else record_time(kind, values[i]) or 0
                            for i in range(len(self.times), len(values))]
@@ -190,6 +198,17 @@ def plan(pending: Sequence[Pending], horizons: Sequence[int], watermark: int | N
             return runs  # the gifts may move the watermark: plan again from here
 
 
+def _gift_time(value: bytes | None) -> int:
+    return record_time(Input.GIFTS, value) or 0
+
+
+def gift_times(values: list[bytes | None], lo: int) -> list[int]:
+    """The merge times of gift records values[lo:] (record_time, 0 when unreadable)."""
+    if _native is None:
+        return [_gift_time(v) for v in values[lo:]]
+    return _native.gift_times(values, lo, model.MAX_JSON_DEPTH, _gift_time)
+
+
 def _run_end(stamps: list[int], lo: int, hi: int, limit: int, through_ties: bool) -> int:
     """The first index in [lo, hi) whose stamp is past limit (at it too, unless through_ties), else hi."""
     j = lo
@@ -198,10 +217,8 @@ def _run_end(stamps: list[int], lo: int, hi: int, limit: int, through_ties: bool
     return j
 
 
-try:  # the same loop compiled: it walks every gift that another input's records wait beside
-    from stream._native import run_end
-except ImportError:  # not built
-    run_end = _run_end
+# The same loop compiled: it walks every gift that another input's records wait beside.
+run_end = _run_end if _native is None else _native.run_end
 
 
 def merge_time(ts: int, watermark: int | None, bound: int | None) -> int:

@@ -119,3 +119,11 @@ def test_the_compiled_split_of_a_session_by_partition_is_the_python_one(policy, 
 
     assert _split_gifts(records, PartitionCache(partitions), policy) == \
         _split_gifts_in_python(records, PartitionCache(partitions))
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(records=st.lists(st.one_of(session_gift_records(), st.none()), max_size=12), lo=st.integers(0, 3))
+def test_the_compiled_merge_times_of_gifts_are_the_python_ones(records, lo):
+    from stream.engine import order
+
+    assert order.gift_times(records, lo) == [order.record_time(order.Input.GIFTS, v) or 0 for v in records[lo:]]
