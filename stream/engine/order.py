@@ -247,7 +247,7 @@ def feed(engine: Engine, kind: Input, records: tuple[list[int], list[bytes | Non
     if not offsets:
         return 0
     if kind is Input.GIFTS:
-        engine.process([v if v is not None else b"" for v in values], offsets, out)
+        engine.process(values if None not in values else [v if v is not None else b"" for v in values], offsets, out)
         return len(offsets)
     limit = engine.policy.max_record_bytes  # the gifts' decoder holds them to it; the others' here
     if kind is Input.PAYOUTS:

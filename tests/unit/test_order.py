@@ -201,3 +201,22 @@ def test_the_compiled_run_end_is_the_python_loop():
         hi = rng.randrange(lo, len(stamps) + 1)
         limit, ties = rng.randrange(-1, 7), rng.random() < 0.5
         assert order.run_end(stamps, lo, hi, limit, ties) == order._run_end(stamps, lo, hi, limit, ties)
+
+
+@pytest.mark.parametrize("engine", ["python", "native"])
+def test_a_null_gift_value_is_fed_as_an_empty_record(policy, engine):
+    """A tombstone on the gifts topic is bad input, dead-lettered as an empty record would be."""
+    from stream.engine.native import make_engine, native_available
+    from stream.engine.order import feed
+    from stream.engine.protocol import Outputs
+    from tests.support.events import gift
+
+    if engine == "native" and not native_available():
+        pytest.skip("native module not built")
+    got = []
+    for values in ([None, gift(), None], [b"", gift(), b""]):
+        out = Outputs()
+        feed(make_engine(policy, 0, kind=engine, track_changes=False), G, ([0, 1, 2], values, [0] * 3, [None] * 3),
+             out, "gifts")
+        got.append((out.dead_letters, out.stats))
+    assert got[0] == got[1] and len(got[0][0]) == 2
