@@ -198,15 +198,16 @@ def plan(pending: Sequence[Pending], horizons: Sequence[int], watermark: int | N
             return runs  # the gifts may move the watermark: plan again from here
 
 
-def _gift_time(value: bytes | None) -> int:
+def gift_time(value: bytes | None) -> int:
+    """A gift record's merge time: record_time, 0 when unreadable."""
     return record_time(Input.GIFTS, value) or 0
 
 
 def gift_times(values: list[bytes | None], lo: int) -> list[int]:
     """The merge times of gift records values[lo:] (record_time, 0 when unreadable)."""
     if _native is None:
-        return [_gift_time(v) for v in values[lo:]]
-    return _native.gift_times(values, lo, model.MAX_JSON_DEPTH, _gift_time)
+        return [gift_time(v) for v in values[lo:]]
+    return _native.gift_times(values, lo, model.MAX_JSON_DEPTH, gift_time)
 
 
 def _run_end(stamps: list[int], lo: int, hi: int, limit: int, through_ties: bool) -> int:

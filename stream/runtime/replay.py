@@ -21,7 +21,7 @@ from pathlib import Path
 
 from stream.engine import model
 from stream.engine.native import make_engine, split_gifts
-from stream.engine.order import FINISHED, Input, Pending, feed, record_time, runs, valid_time
+from stream.engine.order import FINISHED, Input, Pending, feed, gift_time, runs, valid_time
 from stream.engine.policy import Policy
 from stream.engine.protocol import Engine, Outputs
 from stream.kafka.recording import INPUT_NAMES, Recording
@@ -177,10 +177,10 @@ def _split_gifts_in_python(raws: list[bytes], owners: PartitionCache) -> list[tu
 
 def _gift_key_and_time(raw: bytes) -> tuple[bytes | None, int]:
     """A gift record's key (its creator_id; None when it cannot be read) and merge time (its ts when it is a valid
-    time, else what stream.engine.order.record_time makes of it, 0 when nothing)."""
+    time, else stream.engine.order.gift_time's)."""
     key, ts = key_of(raw)
     time = valid_time(ts) if key is not None else None
-    return key, time if time is not None else record_time(Input.GIFTS, raw) or 0
+    return key, time if time is not None else gift_time(raw)
 
 
 def replay_recording(recording: Recording, policy: Policy, batch_size: int = 20_000, final: bool = False,
