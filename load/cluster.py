@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import KafkaError, for_code
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -142,6 +143,17 @@ class Cluster:
             states += [PartitionState(t["topic"], p["partition"], p["leader"], tuple(p["replicas"]), tuple(p["isr"]))
                        for p in t["partitions"]]
         return states
+
+    async def topic_config(self, topic: str, name: str) -> str | None:
+        """The value of the topic's config `name` (None: not set and no default)."""
+        async def describe(admin: AIOKafkaAdminClient) -> str | None:
+            (response,) = await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, topic, {name: None})])
+            error_code, message, _, _, entries = response.resources[0][:5]
+            if error_code:  # e.g. a topic created moments ago and not yet known to the broker asked: again
+                raise for_code(error_code)(f"config of {topic}: {message}")
+            return {entry[0]: entry[1] for entry in entries}.get(name)
+
+        return await self._ask(describe)
 
     async def leaders(self, topic: str) -> dict[int, int]:
         """partition -> its leader's node id (-1: none)."""

@@ -13,8 +13,7 @@ import time
 from dataclasses import replace
 
 import pytest
-from aiokafka.admin import AIOKafkaAdminClient
-from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from load.chaos import ALL_KINDS
 from stream.config import WorkerConfig
@@ -44,24 +43,30 @@ async def cfg(cluster):
     await delete_topics(c)
 
 
-async def min_insync(cfg, topic: str) -> str:
-    admin = AIOKafkaAdminClient(bootstrap_servers=cfg.bootstrap_servers)
-    await admin.start()
-    try:
-        (response,) = await admin.describe_configs(
-            [ConfigResource(ConfigResourceType.TOPIC, topic, {"min.insync.replicas": None})])
-        return {name: value for name, value, *_ in response.resources[0][4]}["min.insync.replicas"]
-    finally:
-        await admin.close()
-
-
 async def test_the_topics_have_three_replicas_and_need_two_in_sync(cluster, cfg):
     names = [s.name for s in topic_specs(cfg, PARTITIONS)]
     states = await cluster.partitions(names)
     assert len(states) == len(names) * PARTITIONS
     assert all(len(p.replicas) == 3 and p.healthy for p in states)
     for name in names:
-        assert await min_insync(cfg, name) == "2"
+        assert await cluster.topic_config(name, "min.insync.replicas") == "2"
+
+
+async def test_the_config_of_a_topic_created_just_after_the_question_is_still_read(cluster, cfg):
+    """A broker that does not know a topic yet (created moments ago, its metadata still on the way) answers
+    describe_configs with UNKNOWN_TOPIC_OR_PARTITION and no entries: asked again until it knows."""
+    late = f"{cfg.topics.gifts}-created-late"
+    question = asyncio.create_task(cluster.topic_config(late, "min.insync.replicas"))
+    await asyncio.sleep(1.0)
+    admin = AIOKafkaAdminClient(bootstrap_servers=cfg.bootstrap_servers)
+    await admin.start()
+    try:
+        assert not question.done(), "answered before the topic existed"
+        await admin.create_topics([NewTopic(late, 1, 3, topic_configs={"min.insync.replicas": "2"})])
+        assert await question == "2"
+    finally:
+        await admin.delete_topics([late])
+        await admin.close()
 
 
 async def test_a_sigkilled_leader_broker_loses_and_duplicates_nothing(cluster, cfg):
