@@ -60,6 +60,7 @@ except ImportError:  # not built
 
 FINISHED = 2**63 - 1  # the horizon of an input that can deliver nothing more (offline; a topic not assigned)
 UNKNOWN = -1  # the horizon of an input that may still deliver anything (not caught up, or not fetched yet)
+LET_GO_AFTER = 4096  # processed records a Pending may keep before it drops them (the drop is amortised over them)
 
 
 class Input(enum.IntEnum):
@@ -95,6 +96,7 @@ class Pending:
         """times: the records' merge times when the caller read them already (they must be record_time's).
         arrived_ms: the send time (wall-clock ms) of the fetch that first reported them (0 offline, where every
         input is complete)."""
+        self._let_go_of_processed()
         if times is not None and len(self.times) == len(self.offsets):
             self.times += times
         self.offsets += offsets
@@ -104,6 +106,18 @@ class Pending:
         if self.arrivals:
             arrived_ms = max(arrived_ms, self.arrivals[-1][1])  # a clock set back must not reorder the adds
         self.arrivals.append((len(self.offsets), arrived_ms))
+
+    def _let_go_of_processed(self) -> None:
+        """Drop the records already processed once they are at least as many as those waiting (and not few). Live,
+        with the slack, an input in steady traffic never runs empty, so `take` alone would keep every record it
+        ever held. Only here, between plans: a plan's runs index the lists as they are."""
+        done = self.start
+        if done < LET_GO_AFTER or done < len(self.offsets) - done:
+            return
+        for column in (self.offsets, self.values, self.kafka_ts, self.keys, self.times):
+            del column[:done]  # times may be shorter: what is left of it still starts at the next record
+        self.arrivals = [(end - done, arrived) for end, arrived in self.arrivals]  # take() dropped those <= start
+        self.start = 0
 
     def arrived_by(self, horizon: int, hi: int) -> int:
         """The end of the records before index `hi` first reported by a fetch sent by `horizon` (arrivals rise,

@@ -189,6 +189,26 @@ def test_a_record_passes_an_empty_input_once_that_input_was_caught_up_as_of_the_
         and plan(q, [1_050, F, 1_050]) == [Run(G, 2, 3)]  # every empty input must be caught up as of 1050
 
 
+def test_an_input_that_never_runs_empty_holds_only_what_still_waits():
+    """Live, with the slack, the gifts of the last max_task_idle_ms are always waiting while traffic flows: what was
+    processed must be let go though the input never runs empty, and the merge must go on exactly as before."""
+    q = [Pending(kind) for kind in Input]
+    taken, offset = [], 0
+    for poll in range(2_000):
+        q[G].add(list(range(offset, offset + 50)), [value(G, offset + i) for i in range(50)], [0] * 50,
+                 arrived_ms=poll * 20)
+        offset += 50
+        if poll == 1_000:  # a payout among them, merged by its time
+            payout_ts = offset - 75
+            q[P].add([0], [value(P, payout_ts)], [0], arrived_ms=poll * 20)
+        for run in runs(q, lambda poll=poll: [F, F, F if len(q[P]) else poll * 20 - 100], lambda: None, 3_600_000):
+            taken += [(run.input, o) for o in q[run.input].take(run.hi)[0]]
+        assert len(q[G].offsets) <= 2 * len(q[G]) + 4096, f"poll {poll}: {len(q[G].offsets)} held, {len(q[G])} waiting"
+    gifts = [o for kind, o in taken if kind is G]
+    assert gifts == list(range(offset - 5 * 50))  # the last 100 ms wait for a fresher fetch of the payouts
+    assert taken.index((P, 0)) == gifts.index(payout_ts) + 1  # after the gift at its time (tie: gifts first)
+
+
 def test_the_compiled_run_end_is_the_python_loop():
     from stream.engine import order
 
