@@ -391,6 +391,13 @@ fn notice(outputs: &mut Vec<Output>, stats: &mut Stats, c: &mut Creator, creator
 }
 
 /// The streak twin of mark_creator: list a streak key as changed once (its flag says it is listed).
+/// What a streak event found under its key (Engine::streak_key_event), once it is not an open streak's next event.
+enum Found {
+    Absent,
+    Restarted { last_ts: i64, last_event_id: Id },
+    Closed,
+}
+
 fn mark_streak_changed(dirty: &mut Dirty, s: &mut Streak, key: &StreakKey) {
     if !s.dirty {
         s.dirty = true;
@@ -454,11 +461,11 @@ impl Engine {
     }
 
     /// Note a streak key as changed (or deleted, when it is gone).
-    fn mark_streak(&mut self, key: &StreakKey) {
+    fn mark_streak(&mut self, key: &StreakKey, h: u64) {
         if !self.track_changes {
             return;
         }
-        match self.state.streaks.get_mut(key) {
+        match self.state.streaks.get_mut_hashed(h, key) {
             Some(s) => mark_streak_changed(&mut self.dirty, s, key),
             None => self.dirty.streaks.push(key.clone()),
         }
@@ -544,6 +551,11 @@ impl Engine {
                 return;
             }
         }
+        self.process_owned_event(ev, index);
+    }
+
+    /// An event whose creator the caller knows is this partition's (it routed the event by the same partitioner).
+    pub fn process_owned_event(&mut self, ev: &Event, index: usize) {
         let ts = ev.ts;
         if !ev.region.is_empty() {
             if self.cfg.regions.get(ev.region.as_ref()).is_none() {
@@ -643,10 +655,12 @@ impl Engine {
 
     fn streak_key_event(&mut self, ev: &Event, event_id: Id, key: &StreakKey) {
         let count = ev.repeat_count;
-        // The common case first, with one lookup: a further event (or the end) of an open streak. The same
-        // steps as below.
-        if let Some(s) = self.state.streaks.get_mut(key) {
-            if s.open && (!ev.group_id.is_empty() || count >= s.count) {
+        // The key is hashed once: a new streak would otherwise hash it for the lookup, the insert and the close.
+        let h = self.state.streaks.hash(key);
+        let found = match self.state.streaks.get_mut_hashed(h, key) {
+            None => Found::Absent,
+            // The common case: a further event (or the end) of an open streak.
+            Some(s) if s.open && (!ev.group_id.is_empty() || count >= s.count) => {
                 if self.track_changes {
                     mark_streak_changed(&mut self.dirty, s, key);
                 }
@@ -659,57 +673,56 @@ impl Engine {
                 }
                 if ev.repeat_end {
                     let last_ts = s.last_ts;
-                    self.close_streak(key, last_ts, &event_id);
+                    self.close_streak(key, h, last_ts, &event_id);
                 }
                 return;
             }
-        }
-        let mut exists = false;
-        if let Some(s) = self.state.streaks.get(key) {
-            exists = true;
-            if s.open && ev.group_id.is_empty() && count < s.count {
-                // Without a group id a lower cumulative count can only mean a new streak began.
-                let (ts, last_event_id) = (s.last_ts, s.last_event_id.clone());
-                self.close_streak(key, ts, &last_event_id);
-                exists = false;
+            // Open, without a group id and a lower cumulative count: that can only mean a new streak began.
+            Some(s) if s.open => Found::Restarted { last_ts: s.last_ts, last_event_id: s.last_event_id.clone() },
+            Some(_) => Found::Closed,
+        };
+        match found {
+            Found::Absent => {}
+            Found::Restarted { last_ts, last_event_id } => {
+                // without a group id the close forgets the key, so the new streak below is absent too
+                self.close_streak(key, h, last_ts, &last_event_id);
             }
-        }
-        if !exists {
-            let s = Streak { creator_id: Id::new(&ev.creator_id), region: self.streak_region(ev),
-                             diamond_count: ev.diamond_count, count, credited: 0, last_ts: ev.ts,
-                             last_event_id: event_id.clone(), open: true, dirty: self.track_changes };
-            self.state.streaks.insert(key.clone(), s);
-            self.stats.streaks += 1;
-            if self.track_changes {
-                self.dirty.streaks.push(key.clone());
-            }
-            if ev.repeat_end {
-                self.close_streak(key, ev.ts, &event_id);
-            } else {
-                let deadline = ev.ts + self.cfg.streak_timeout_ms;
-                self.heap.push(Reverse((deadline, key.clone())));
-                if deadline < self.next_timer {
-                    self.next_timer = deadline;
+            Found::Closed => {
+                let s = self.state.streaks.get_mut_hashed(h, key).expect("streak exists");
+                if count > s.credited {
+                    // A straggler with a higher count after a timeout (or the real end arriving late): credit the rest.
+                    s.count = count;
+                    s.last_ts = s.last_ts.max(ev.ts);
+                    self.close_streak(key, h, ev.ts, &event_id);
+                } else {
+                    self.stats.streak_stragglers += 1;
                 }
+                self.mark_streak(key, h);
+                return;
             }
-            return;
         }
-        // A closed streak: every open one was handled above (continued by the fast path, or closed and
-        // started again).
-        let s = self.state.streaks.get_mut(key).expect("streak exists");
-        if count > s.credited {
-            // A straggler with a higher count after a timeout (or the real end arriving late): credit the rest.
-            s.count = count;
-            s.last_ts = s.last_ts.max(ev.ts);
-            self.close_streak(key, ev.ts, &event_id);
+        let s = Streak { creator_id: Id::new(&ev.creator_id), region: self.streak_region(ev),
+                         diamond_count: ev.diamond_count, count, credited: 0, last_ts: ev.ts,
+                         last_event_id: event_id.clone(), open: true, dirty: self.track_changes };
+        self.state.streaks.insert_absent_hashed(h, key.clone(), s);
+        self.stats.streaks += 1;
+        if self.track_changes {
+            self.dirty.streaks.push(key.clone());
+        }
+        if ev.repeat_end {
+            self.close_streak(key, h, ev.ts, &event_id);
         } else {
-            self.stats.streak_stragglers += 1;
+            let deadline = ev.ts + self.cfg.streak_timeout_ms;
+            self.heap.push(Reverse((deadline, key.clone())));
+            if deadline < self.next_timer {
+                self.next_timer = deadline;
+            }
         }
-        self.mark_streak(key);
     }
 
-    fn close_streak(&mut self, key: &StreakKey, ts: i64, event_id: &Id) {
-        let s = self.state.streaks.get_mut(key).expect("closing a known streak");
+    /// `h`: the key's hash in `state.streaks`.
+    fn close_streak(&mut self, key: &StreakKey, h: u64, ts: i64, event_id: &Id) {
+        let s = self.state.streaks.get_mut_hashed(h, key).expect("closing a known streak");
         let delta = s.count - s.credited;
         s.credited = s.count;
         s.open = false;
@@ -726,7 +739,7 @@ impl Engine {
         }
         if !key.has_group() {
             // no group id: nothing can tell a straggler from a new streak
-            self.state.streaks.remove(key);
+            self.state.streaks.remove_hashed(h, key);
         } else {
             let bucket = floor_to(last_ts, RETENTION_BUCKET_MS);
             let keys = match self.state.streak_buckets.get_mut(&bucket) {
@@ -867,7 +880,8 @@ impl Engine {
                 break;
             }
             let Reverse((deadline, key)) = self.heap.pop().expect("peeked");
-            let Some(s) = self.state.streaks.get(&key) else { continue };
+            let h = self.state.streaks.hash(&key);
+            let Some(s) = self.state.streaks.get_hashed(h, &key) else { continue };
             if !s.open {
                 continue;
             }
@@ -879,7 +893,7 @@ impl Engine {
             }
             self.stats.streak_timeouts += 1;
             let (ts, last_event_id) = (s.last_ts, s.last_event_id.clone());
-            self.close_streak(&key, ts, &last_event_id);
+            self.close_streak(&key, h, ts, &last_event_id);
         }
         let target = wm - self.cfg.grace_ms;
         let pane_ms = self.cfg.pane_ms;
@@ -962,11 +976,12 @@ impl Engine {
         for bucket in old {
             for key in self.state.streak_buckets.remove(&bucket).unwrap_or_default() {
                 // A straggler may have moved the streak to a newer bucket; it expires from that one.
-                let expired = matches!(self.state.streaks.get(&key),
+                let h = self.state.streaks.hash(&key);
+                let expired = matches!(self.state.streaks.get_hashed(h, &key),
                                        Some(s) if !s.open && floor_to(s.last_ts, RETENTION_BUCKET_MS) == bucket);
                 if expired {
-                    self.state.streaks.remove(&key);
-                    self.mark_streak(&key);
+                    self.state.streaks.remove_hashed(h, &key);
+                    self.mark_streak(&key, h);
                 }
             }
         }

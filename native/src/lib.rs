@@ -656,6 +656,11 @@ fn process_routed(py: Python<'_>, cores: Vec<Bound<'_, Core>>, raws: &Bound<'_, 
     }
     let mut engines: Vec<PyRefMut<'_, Core>> = cores.iter().map(|c| c.try_borrow_mut()).collect::<Result<_, _>>()?;
     let n = engines.len() as u32;
+    // The routing below is each engine's own ownership check: it holds only when engine p is partition p of n.
+    if engines.iter().enumerate().any(|(p, e)| e.engine.cfg.partitions != n || e.engine.cfg.partition != p as u32) {
+        return Err(pyo3::exceptions::PyValueError::new_err(
+            "process_routed needs one engine per partition, engines[p] for partition p"));
+    }
     let (max_bytes, max_depth) = (engines[0].max_record_bytes, engines[0].max_json_depth);
     let mut counts = vec![0u64; engines.len()];
     for (i, item) in raws.iter().enumerate() {
@@ -663,7 +668,7 @@ fn process_routed(py: Python<'_>, cores: Vec<Bound<'_, Core>>, raws: &Bound<'_, 
         let p = match decode_record(bytes, max_bytes, max_depth, &engines[0].hooks)? {
             Decoded::Event(ev) => {
                 let p = murmur2::partition_for(ev.creator_id.as_bytes(), n) as usize;
-                engines[p].engine.process_event(&ev, i);
+                engines[p].engine.process_owned_event(&ev, i);
                 p
             }
             Decoded::Bad(reject) => {

@@ -62,15 +62,35 @@ impl<K, V> ShardedMap<K, V> {
 }
 
 impl<K: Hash + Eq, V> ShardedMap<K, V> {
+    /// The key's hash, for the `_hashed` calls: a caller that looks a key up and then changes the map hashes it
+    /// once.
+    pub fn hash(&self, key: &K) -> u64 {
+        self.hasher.hash_one(key)
+    }
+
     pub fn get(&self, key: &K) -> Option<&V> {
-        let h = self.hasher.hash_one(key);
+        self.get_hashed(self.hash(key), key)
+    }
+
+    pub fn get_hashed(&self, h: u64, key: &K) -> Option<&V> {
         self.shards[self.shard_of(h)].find(h, |(k, _)| k == key).map(|(_, v)| v)
     }
 
     pub fn get_mut(&mut self, key: &K) -> Option<&mut V> {
-        let h = self.hasher.hash_one(key);
+        self.get_mut_hashed(self.hash(key), key)
+    }
+
+    pub fn get_mut_hashed(&mut self, h: u64, key: &K) -> Option<&mut V> {
         let i = self.shard_of(h);
         self.shards[i].find_mut(h, |(k, _)| k == key).map(|(_, v)| v)
+    }
+
+    /// Insert a key the caller knows is absent (no comparison with the keys already there).
+    pub fn insert_absent_hashed(&mut self, h: u64, key: K, value: V) {
+        debug_assert!(self.get_hashed(h, &key).is_none(), "insert_absent_hashed of a present key");
+        let i = self.shard_of(h);
+        let hasher = &self.hasher;
+        self.shards[i].insert_unique(h, (key, value), |(k, _)| hasher.hash_one(k));
     }
 
     pub fn insert(&mut self, key: K, value: V) -> Option<V> {
@@ -91,7 +111,10 @@ impl<K: Hash + Eq, V> ShardedMap<K, V> {
     }
 
     pub fn remove(&mut self, key: &K) -> Option<V> {
-        let h = self.hasher.hash_one(key);
+        self.remove_hashed(self.hash(key), key)
+    }
+
+    pub fn remove_hashed(&mut self, h: u64, key: &K) -> Option<V> {
         let i = self.shard_of(h);
         self.shards[i].find_entry(h, |(k, _)| k == key).ok().map(|e| e.remove().0 .1)
     }
