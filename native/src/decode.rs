@@ -198,6 +198,26 @@ const KEYS: [(&[u8], Key); 12] = [
     (b"repeat_end\"", Key::RepeatEnd), (b"ts\"", Key::Ts), (b"region\"", Key::Region), (b"group_id\"", Key::GroupId),
 ];
 
+/// KEYS as 16-byte little-endian words, with the mask of the name's bytes: on a record's usual key, one compare.
+const KEY_WORDS: [(u128, u128); 12] = key_words();
+
+const fn key_words() -> [(u128, u128); 12] {
+    let mut words = [(0u128, 0u128); 12];
+    let mut k = 0;
+    while k < KEYS.len() {
+        let name = KEYS[k].0;
+        let (mut word, mut mask, mut j) = (0u128, 0u128, 0);
+        while j < name.len() {
+            word |= (name[j] as u128) << (8 * j);
+            mask |= 0xff << (8 * j);
+            j += 1;
+        }
+        words[k] = (word, mask);
+        k += 1;
+    }
+    words
+}
+
 enum Value<'a> {
     Str(&'a str),
     Int(i64),
@@ -270,7 +290,11 @@ impl<'a> FlatScanner<'a> {
             _ => return None,
         };
         let (name, key) = KEYS[candidate];
-        if !rest.starts_with(name) {
+        let matched = match rest.first_chunk::<16>() {
+            Some(chunk) => u128::from_le_bytes(*chunk) & KEY_WORDS[candidate].1 == KEY_WORDS[candidate].0,
+            None => rest.starts_with(name),
+        };
+        if !matched {
             return None;
         }
         self.i += name.len();
@@ -397,6 +421,21 @@ mod tests {
         assert_eq!(FlatScanner::new(minus_zero.as_bytes()).event().unwrap().ts, 0);
         for doubtful in [&br#"{"event_id":"a\"b"}"#[..], br#"{"ts":1.0}"#, br#"{"ts":01}"#, br#"{"a":1} x"#, b"{}"] {
             assert!(FlatScanner::new(doubtful).event().is_none());
+        }
+    }
+
+    #[test]
+    fn every_key_matches_near_the_end_of_a_record_too() {
+        // A key within 16 bytes of the end takes the slice compare, any other the word compare.
+        for (name, _) in KEYS {
+            for tail in ["", ":1}", ":1,\"ts\":1}"] {
+                let record = format!("\"{}{tail}", std::str::from_utf8(name).unwrap());
+                let mut scanner = FlatScanner::new(record.as_bytes());
+                assert!(scanner.key().is_some(), "{record}");
+                assert_eq!(scanner.i, 1 + name.len(), "{record}");
+                let wrong = record.replacen('_', "-", 1).replacen("ts", "tz", 1).replacen("region", "regiom", 1);
+                assert!(FlatScanner::new(wrong.as_bytes()).key().is_none(), "{wrong}");
+            }
         }
     }
 
