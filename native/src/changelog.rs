@@ -562,7 +562,7 @@ impl Restore {
             for (start, part) in chunks {
                 bucket_starts.push(start);
                 for id in part {
-                    seen.push((id.clone(), ()));
+                    seen.push(id.clone());
                     ids.push(id);
                 }
             }

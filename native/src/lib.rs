@@ -18,6 +18,7 @@ mod murmur2;
 mod record_batch;
 
 use std::borrow::Cow;
+use std::collections::VecDeque;
 use std::io::Write as _;
 
 // foldhash: fast on short string keys and seeded per process (ids come from clients: no fixed-seed hash).
@@ -34,8 +35,8 @@ use sharded::ChunkedVec;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-use engine::{Account, AccountRecord, Creator, Engine, Output, PayoutResult, Regions, Reject, RegionRule, Settings, State,
-             Streak, Tally, Window};
+use engine::{Account, AccountRecord, Creator, Engine, Output, PayoutResult, PreparedId, Regions, Reject, RegionRule,
+             Settings, State, Streak, Tally, Window};
 
 /// mimalloc asks the kernel for transparent huge pages; on the machines measured, a restore, which touches all
 /// of its state for the first time, spends most of its kernel time zeroing them, and small pages cost less per
@@ -199,15 +200,12 @@ impl Core {
         {
             let mut core = slf.borrow_mut();
             let me = &mut *core;
-            let n = raws.len();
-            for (i, item) in raws.iter().enumerate() {
-                let bytes = item.cast::<PyBytes>()?;
-                match decode_record(bytes, me.max_record_bytes, me.max_json_depth, &me.hooks)? {
-                    Decoded::Event(ev) => me.engine.process_event(&ev, i),
-                    Decoded::Bad(reject) => me.engine.outputs.push(Output::Reject { index: i, reject }),
-                }
-            }
-            me.engine.stats.events_in += n as u64;
+            let (partitions, partition) = (me.engine.cfg.partitions, me.engine.cfg.partition);
+            let limits = (me.max_record_bytes, me.max_json_depth);
+            decode_and_process(&mut [&mut me.engine], &me.hooks, limits, raws, |ev| {
+                engine::owned_by(partitions, partition, &ev.creator_id).map(|()| 0)
+            })?;
+            me.engine.stats.events_in += raws.len() as u64;
         }
         Self::flush(slf, py, Some(raws), offsets, out, true)
     }
@@ -644,6 +642,78 @@ impl Core {
     }
 }
 
+/// How many records ahead of its engine `decode_and_process` decodes and prepares a record: enough for a
+/// prefetch to arrive from memory while the records before it are processed, few enough to stay in the cache.
+const PREPARE_AHEAD: usize = 8;
+
+/// A record decoded and routed, waiting for its engine.
+enum Routed<'a> {
+    Event { p: usize, ev: Event<'a>, id: PreparedId },
+    Bad(Reject),
+}
+
+/// A batch's records, in order, each decoded and sent to `engines[route(event)]`; a record the decoder rejects,
+/// or whose event `route` refuses, becomes a reject of `engines[0]`. Each record is decoded, routed and
+/// prepared (its dedupe slot prefetched) PREPARE_AHEAD records before its engine processes it; the engines still
+/// see the records one at a time, in order. Returns how many records each engine took. A record that is not
+/// bytes, or that the decode hook fails on, ends the call with its error after the records before it are
+/// processed.
+fn decode_and_process(engines: &mut [&mut Engine], hooks: &Hooks, (max_bytes, max_depth): (usize, usize),
+                      raws: &Bound<'_, PyList>, route: impl Fn(&Event) -> Result<usize, Reject>)
+                      -> PyResult<Vec<u64>> {
+    let mut items = Vec::with_capacity(raws.len());
+    let mut failed = None;
+    for item in raws.iter() {
+        match item.cast_into::<PyBytes>() {
+            Ok(bytes) => items.push(bytes),
+            Err(e) => {
+                failed = Some(PyErr::from(e));
+                break;
+            }
+        }
+    }
+    let mut counts = vec![0u64; engines.len()];
+    let process = |engines: &mut [&mut Engine], counts: &mut [u64], index: usize, routed: Routed<'_>| {
+        let p = match routed {
+            Routed::Event { p, ev, id } => {
+                engines[p].process_prepared(&ev, index, id);
+                p
+            }
+            Routed::Bad(reject) => {
+                engines[0].outputs.push(Output::Reject { index, reject });
+                0
+            }
+        };
+        counts[p] += 1;
+    };
+    let mut ahead: VecDeque<(usize, Routed<'_>)> = VecDeque::with_capacity(PREPARE_AHEAD + 1);
+    for (i, bytes) in items.iter().enumerate() {
+        let routed = match decode_record(bytes, max_bytes, max_depth, hooks) {
+            Ok(Decoded::Event(ev)) => match route(&ev) {
+                Ok(p) => Routed::Event { p, id: engines[p].prepare(&ev), ev },
+                Err(reject) => Routed::Bad(reject),
+            },
+            Ok(Decoded::Bad(reject)) => Routed::Bad(reject),
+            Err(e) => {
+                failed = Some(e);
+                break;
+            }
+        };
+        ahead.push_back((i, routed));
+        if ahead.len() > PREPARE_AHEAD {
+            let (index, routed) = ahead.pop_front().expect("not empty");
+            process(engines, &mut counts, index, routed);
+        }
+    }
+    for (index, routed) in ahead {
+        process(engines, &mut counts, index, routed);
+    }
+    match failed {
+        Some(e) => Err(e),
+        None => Ok(counts),
+    }
+}
+
 /// One batch for several partitions' engines (an offline replay): each record goes to the engine of its
 /// creator's partition (Kafka's murmur2, like the reference engine's process_routed; a record the Python decoder
 /// rejects goes to partition 0), decoded once (by the first core's hooks when the native decoder is not sure).
@@ -661,23 +731,16 @@ fn process_routed(py: Python<'_>, cores: Vec<Bound<'_, Core>>, raws: &Bound<'_, 
         return Err(pyo3::exceptions::PyValueError::new_err(
             "process_routed needs one engine per partition, engines[p] for partition p"));
     }
-    let (max_bytes, max_depth) = (engines[0].max_record_bytes, engines[0].max_json_depth);
-    let mut counts = vec![0u64; engines.len()];
-    for (i, item) in raws.iter().enumerate() {
-        let bytes = item.cast::<PyBytes>()?;
-        let p = match decode_record(bytes, max_bytes, max_depth, &engines[0].hooks)? {
-            Decoded::Event(ev) => {
-                let p = murmur2::partition_for(ev.creator_id.as_bytes(), n) as usize;
-                engines[p].engine.process_owned_event(&ev, i);
-                p
-            }
-            Decoded::Bad(reject) => {
-                engines[0].engine.outputs.push(Output::Reject { index: i, reject });
-                0
-            }
-        };
-        counts[p] += 1;
-    }
+    let limits = (engines[0].max_record_bytes, engines[0].max_json_depth);
+    let counts = {
+        let (first, rest) = engines.split_first_mut().expect("at least one engine");
+        let Core { engine, hooks, .. } = &mut **first;
+        let mut all: Vec<&mut Engine> = vec![engine];
+        all.extend(rest.iter_mut().map(|core| &mut core.engine));
+        decode_and_process(&mut all, hooks, limits, raws, |ev| {
+            Ok(murmur2::partition_for(ev.creator_id.as_bytes(), n) as usize)
+        })?
+    };
     let taken: Vec<_> = engines.iter_mut().zip(&counts).map(|(engine, &count)| {
         (count > 0).then(|| {
             engine.engine.stats.events_in += count;

@@ -4,6 +4,10 @@
 //! new pages), which shows up directly in the worker's p99 latency.
 //! - `ShardedMap`: a hash map split into 64 shards by key hash; each growth moves about 1/64 of the entries, at
 //!   different times (the total work is the same).
+//! - `ShardedSet`: the same sharding over a set of small keys held in open addressing, where the probe for a
+//!   key starts at a place the caller can compute in advance: `prefetch` asks for that cache line some events
+//!   before the key is inserted, so the insert does not wait for memory (hashbrown's table does not say where
+//!   a key would go).
 //! - `ChunkedVec`: a list kept in fixed-size chunks; it never moves what it holds.
 
 use hashbrown::hash_table::{Entry, HashTable};
@@ -21,8 +25,29 @@ const SHARDS: usize = 1 << SHARD_BITS;
 /// all reach their growth point together, in the same batch, and stop it as long as one big table would.
 pub struct ShardedMap<K, V> {
     shards: Vec<HashTable<(K, V)>>,
-    hasher: foldhash::fast::RandomState, // seeded per map and per process: ids come from clients
-    pick: Box<[u8; PICK_SLOTS]>,         // top PICK_BITS bits of the mixed hash -> shard
+    pick: ShardPick,
+}
+
+/// A sharded container's hasher and its hash -> shard table.
+struct ShardPick {
+    hasher: foldhash::fast::RandomState, // seeded per container and per process: ids come from clients
+    table: Box<[u8; PICK_SLOTS]>,        // top PICK_BITS bits of the mixed hash -> shard
+}
+
+impl Default for ShardPick {
+    fn default() -> Self {
+        ShardPick { hasher: Default::default(), table: pick_table() }
+    }
+}
+
+impl ShardPick {
+    fn shard_of(&self, hash: u64) -> usize {
+        self.table[(hash.wrapping_mul(SHARD_MIX) >> (64 - PICK_BITS)) as usize] as usize
+    }
+
+    fn hash<K: Hash>(&self, key: &K) -> u64 {
+        self.hasher.hash_one(key)
+    }
 }
 
 const PICK_BITS: u32 = 12;
@@ -50,14 +75,13 @@ fn pick_table() -> Box<[u8; PICK_SLOTS]> {
 
 impl<K, V> Default for ShardedMap<K, V> {
     fn default() -> Self {
-        ShardedMap { shards: (0..SHARDS).map(|_| HashTable::new()).collect(), hasher: Default::default(),
-                     pick: pick_table() }
+        ShardedMap { shards: (0..SHARDS).map(|_| HashTable::new()).collect(), pick: ShardPick::default() }
     }
 }
 
 impl<K, V> ShardedMap<K, V> {
     fn shard_of(&self, hash: u64) -> usize {
-        self.pick[(hash.wrapping_mul(SHARD_MIX) >> (64 - PICK_BITS)) as usize] as usize
+        self.pick.shard_of(hash)
     }
 }
 
@@ -65,7 +89,7 @@ impl<K: Hash + Eq, V> ShardedMap<K, V> {
     /// The key's hash, for the `_hashed` calls: a caller that looks a key up and then changes the map hashes it
     /// once.
     pub fn hash(&self, key: &K) -> u64 {
-        self.hasher.hash_one(key)
+        self.pick.hash(key)
     }
 
     pub fn get(&self, key: &K) -> Option<&V> {
@@ -89,18 +113,18 @@ impl<K: Hash + Eq, V> ShardedMap<K, V> {
     pub fn insert_absent_hashed(&mut self, h: u64, key: K, value: V) {
         debug_assert!(self.get_hashed(h, &key).is_none(), "insert_absent_hashed of a present key");
         let i = self.shard_of(h);
-        let hasher = &self.hasher;
+        let hasher = &self.pick.hasher;
         self.shards[i].insert_unique(h, (key, value), |(k, _)| hasher.hash_one(k));
     }
 
     pub fn insert(&mut self, key: K, value: V) -> Option<V> {
-        let h = self.hasher.hash_one(&key);
+        let h = self.pick.hash(&key);
         self.insert_hashed(h, key, value)
     }
 
     fn insert_hashed(&mut self, h: u64, key: K, value: V) -> Option<V> {
         let i = self.shard_of(h);
-        let hasher = &self.hasher;
+        let hasher = &self.pick.hasher;
         match self.shards[i].entry(h, |(k, _)| *k == key, |(k, _)| hasher.hash_one(k)) {
             Entry::Occupied(mut e) => Some(std::mem::replace(&mut e.get_mut().1, value)),
             Entry::Vacant(e) => {
@@ -130,11 +154,11 @@ impl<K: Hash + Eq, V> ShardedMap<K, V> {
     pub fn insert_all(&mut self, entries: Vec<(K, V)>) {
         let mut per_shard = [0usize; SHARDS];
         let hashes: Vec<u64> = entries.iter().map(|(k, _)| {
-            let h = self.hasher.hash_one(k);
+            let h = self.pick.hash(k);
             per_shard[self.shard_of(h)] += 1;
             h
         }).collect();
-        let hasher = &self.hasher;
+        let hasher = &self.pick.hasher;
         for (shard, n) in self.shards.iter_mut().zip(per_shard) {
             shard.reserve(n, |(k, _)| hasher.hash_one(k));
         }
@@ -180,11 +204,194 @@ impl<K: Hash + Eq, V> ShardedMap<K, V> {
     }
 }
 
-impl<K: Hash + Eq> ShardedMap<K, ()> {
-    /// As a set: true when the key was not there yet.
-    pub fn insert_new(&mut self, key: K) -> bool {
-        self.insert(key, ()).is_none()
+/// A set split into shards like `ShardedMap`, each shard an open-addressing table (`ProbeSet`). The engine's
+/// dedupe ids: a million of them are far larger than the cache, so each new id's insert would wait for memory;
+/// `prefetch` lets the caller ask for that memory while it works on the events before.
+pub struct ShardedSet<K> {
+    shards: Vec<ProbeSet<K>>,
+    pick: ShardPick,
+}
+
+impl<K> Default for ShardedSet<K> {
+    fn default() -> Self {
+        ShardedSet { shards: (0..SHARDS).map(|_| ProbeSet::default()).collect(), pick: ShardPick::default() }
     }
+}
+
+impl<K: Hash + Eq> ShardedSet<K> {
+    /// The key's hash, for `prefetch` and `insert_new_hashed`.
+    pub fn hash(&self, key: &K) -> u64 {
+        self.pick.hash(key)
+    }
+
+    /// Start loading the cache line where the probe for a key of hash `h` begins (a hint: nothing changes).
+    pub fn prefetch(&self, h: u64) {
+        self.shards[self.pick.shard_of(h)].prefetch(h);
+    }
+
+    /// True when the key was not there yet.
+    pub fn insert_new(&mut self, key: K) -> bool {
+        self.insert_new_hashed(self.hash(&key), key)
+    }
+
+    /// `insert_new` of a key whose hash (`hash`) the caller has.
+    pub fn insert_new_hashed(&mut self, h: u64, key: K) -> bool {
+        let pick = &self.pick;
+        self.shards[pick.shard_of(h)].insert_new(h, key, |k| pick.hash(k))
+    }
+
+    #[cfg(test)]
+    pub fn contains(&self, key: &K) -> bool {
+        let h = self.hash(key);
+        self.shards[self.pick.shard_of(h)].find(h, key).is_some()
+    }
+
+    /// True when the key was there.
+    pub fn remove(&mut self, key: &K) -> bool {
+        let h = self.hash(key);
+        let pick = &self.pick;
+        self.shards[pick.shard_of(h)].remove(h, key, |k| pick.hash(k))
+    }
+
+    pub fn len(&self) -> usize {
+        self.shards.iter().map(|s| s.len).sum()
+    }
+
+    /// Many keys at once (a restore's): each shard is sized once, and each key's line is prefetched a few keys
+    /// ahead of its insert.
+    pub fn insert_all(&mut self, keys: Vec<K>) {
+        const AHEAD: usize = 16;
+        let hashes: Vec<u64> = keys.iter().map(|k| self.hash(k)).collect();
+        let mut per_shard = [0usize; SHARDS];
+        for &h in &hashes {
+            per_shard[self.pick.shard_of(h)] += 1;
+        }
+        let pick = &self.pick;
+        for (shard, n) in self.shards.iter_mut().zip(per_shard) {
+            shard.reserve(n, |k| pick.hash(k));
+        }
+        for (i, key) in keys.into_iter().enumerate() {
+            if let Some(&ahead) = hashes.get(i + AHEAD) {
+                self.shards[pick.shard_of(ahead)].prefetch(ahead);
+            }
+            let h = hashes[i];
+            self.shards[pick.shard_of(h)].insert_new(h, key, |k| pick.hash(k));
+        }
+    }
+
+    #[cfg(test)]
+    pub fn iter(&self) -> impl Iterator<Item = &K> {
+        self.shards.iter().flat_map(|s| s.slots.iter().flatten())
+    }
+}
+
+/// An open-addressing set with linear probing: a key of hash `h` is at slot `h & mask` or in the run of full
+/// slots after it (wrapping around). A slot holds the key itself (16 bytes for an `Id`, four to a cache line),
+/// so a lookup usually reads one line. At most 5/8 of the slots are full; a removal shifts the run after it
+/// back (no tombstones, so lookups never slow down with churn).
+struct ProbeSet<K> {
+    slots: Vec<Option<K>>, // empty, or a power of two long
+    len: usize,
+}
+
+impl<K> Default for ProbeSet<K> {
+    fn default() -> Self {
+        ProbeSet { slots: Vec::new(), len: 0 }
+    }
+}
+
+const MIN_SLOTS: usize = 16;
+
+impl<K: Eq> ProbeSet<K> {
+    fn mask(&self) -> usize {
+        self.slots.len().wrapping_sub(1)
+    }
+
+    fn prefetch(&self, h: u64) {
+        if let Some(slot) = self.slots.get(h as usize & self.mask()) {
+            prefetch_line(slot);
+        }
+    }
+
+    fn find(&self, h: u64, key: &K) -> Option<usize> {
+        let mask = self.mask();
+        let mut i = h as usize & mask;
+        loop {
+            match self.slots.get(i)? {
+                None => return None,
+                Some(k) if k == key => return Some(i),
+                Some(_) => i = (i + 1) & mask,
+            }
+        }
+    }
+
+    fn insert_new(&mut self, h: u64, key: K, hash: impl Fn(&K) -> u64) -> bool {
+        if (self.len + 1) * 8 > self.slots.len() * 5 {
+            self.reserve(1, &hash);
+        }
+        let mask = self.mask();
+        let mut i = h as usize & mask;
+        loop {
+            match &self.slots[i] {
+                None => {
+                    self.slots[i] = Some(key);
+                    self.len += 1;
+                    return true;
+                }
+                Some(k) if *k == key => return false,
+                Some(_) => i = (i + 1) & mask,
+            }
+        }
+    }
+
+    fn remove(&mut self, h: u64, key: &K, hash: impl Fn(&K) -> u64) -> bool {
+        let Some(mut hole) = self.find(h, key) else { return false };
+        self.slots[hole] = None;
+        self.len -= 1;
+        let mask = self.mask();
+        let mut j = hole;
+        loop {
+            j = (j + 1) & mask;
+            let Some(k) = &self.slots[j] else { return true };
+            // k moves into the hole unless its home slot lies after the hole (then the hole is not on its path)
+            let home = hash(k) as usize & mask;
+            if j.wrapping_sub(home) & mask >= j.wrapping_sub(hole) & mask {
+                self.slots[hole] = self.slots[j].take();
+                hole = j;
+            }
+        }
+    }
+
+    /// Room for `additional` more keys within the load limit: grows to the next power of two that has it.
+    fn reserve(&mut self, additional: usize, hash: impl Fn(&K) -> u64) {
+        let need = self.len + additional;
+        if need * 8 <= self.slots.len() * 5 {
+            return;
+        }
+        let size = (need * 8).div_ceil(5).next_power_of_two().max(MIN_SLOTS);
+        let old = std::mem::replace(&mut self.slots, std::iter::repeat_with(|| None).take(size).collect());
+        let mask = size - 1;
+        for key in old.into_iter().flatten() {
+            let mut i = hash(&key) as usize & mask;
+            while self.slots[i].is_some() {
+                i = (i + 1) & mask;
+            }
+            self.slots[i] = Some(key);
+        }
+    }
+}
+
+/// Ask the CPU to bring the cache line holding `value` into its caches (a no-op where there is no such hint).
+#[inline(always)]
+fn prefetch_line<T>(value: &T) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a prefetch only hints; it reads nothing the program sees and cannot fault.
+    unsafe {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        _mm_prefetch::<_MM_HINT_T0>((value as *const T).cast());
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = value;
 }
 
 /// Entries per chunk of a ChunkedVec (16-byte ids: 1 MiB chunks).
@@ -329,6 +536,98 @@ mod tests {
         };
         assert_eq!(sorted(&at_once), sorted(&one_by_one), "the same keys, each with its last value");
         assert_eq!(at_once.get(&123_456), Some(&2));
+    }
+
+    #[test]
+    fn an_id_slot_is_16_bytes() {
+        assert_eq!(std::mem::size_of::<Option<Id>>(), 16, "four slots to a cache line");
+    }
+
+    /// Random inserts and removes against std's HashSet, under a hash that puts many keys on few home slots and
+    /// some on the last slot, so runs wrap around the end and removals shift runs back across it.
+    fn probe_set_follows_hash_set(hash: fn(&u64) -> u64) {
+        let mut set: ProbeSet<u64> = ProbeSet::default();
+        let mut reference = std::collections::HashSet::new();
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        for _ in 0..40_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let key = x % 700;
+            if x.is_multiple_of(3) {
+                assert_eq!(set.remove(hash(&key), &key, hash), reference.remove(&key), "remove {key}");
+            } else {
+                assert_eq!(set.insert_new(hash(&key), key, hash), reference.insert(key), "insert {key}");
+            }
+            assert_eq!(set.len, reference.len());
+        }
+        for key in 0..700u64 {
+            assert_eq!(set.find(hash(&key), &key).is_some(), reference.contains(&key), "find {key}");
+        }
+        assert!(set.len * 8 <= set.slots.len() * 5, "load within 5/8");
+    }
+
+    #[test]
+    fn probe_set_is_a_set_under_colliding_hashes() {
+        probe_set_follows_hash_set(|k| k % 5 * 0x1_0000_0001 + u64::MAX * (k % 2)); // 10 homes, half at the end
+        probe_set_follows_hash_set(|_| u64::MAX); // one run from the last slot
+        probe_set_follows_hash_set(|k| k.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+    }
+
+    #[test]
+    fn sharded_set_behaves_like_one_set() {
+        let mut set: ShardedSet<Id> = ShardedSet::default();
+        let mut reference = std::collections::HashSet::new();
+        for i in 0..30_000u64 {
+            let key = Id::Num(i.wrapping_mul(0x9e37_79b9_7f4a_7c15) % 9_000);
+            assert_eq!(set.insert_new(key.clone()), reference.insert(key.clone()));
+            if i % 5 == 0 {
+                let gone = Id::Num(i % 9_000);
+                assert_eq!(set.remove(&gone), reference.remove(&gone));
+            }
+        }
+        assert_eq!(set.len(), reference.len());
+        let mut all: Vec<_> = set.iter().map(|k| format!("{k:?}")).collect();
+        let mut expected: Vec<_> = reference.iter().map(|k| format!("{k:?}")).collect();
+        all.sort_unstable();
+        expected.sort_unstable();
+        assert_eq!(all, expected);
+        let text = Id::new("a-long-client-event-id-0001");
+        assert!(set.insert_new(text.clone()) && !set.insert_new(text.clone()) && set.contains(&text));
+    }
+
+    #[test]
+    fn close_ids_spread_over_the_set_shards_whatever_the_seed() {
+        for _ in 0..300 {
+            let mut set: ShardedSet<Id> = ShardedSet::default();
+            for i in 0..3000u64 {
+                set.insert_new(Id::Num(7_000_000_000_000_000_000 + i));
+            }
+            let used = set.shards.iter().filter(|s| s.len > 0).count();
+            assert_eq!(used, SHARDS, "3000 ids in {used} of {SHARDS} shards");
+        }
+    }
+
+    #[test]
+    fn set_insert_all_is_inserting_one_at_a_time() {
+        let keys: Vec<u64> = (0..50_000u64).map(|i| i.wrapping_mul(0x9e37_79b9_7f4a_7c15) % 20_000).collect();
+        let mut one_by_one: ShardedSet<u64> = ShardedSet::default();
+        let mut at_once: ShardedSet<u64> = ShardedSet::default();
+        for k in [7, 123_456] {
+            one_by_one.insert_new(k);
+            at_once.insert_new(k);
+        }
+        for k in &keys {
+            one_by_one.insert_new(*k);
+        }
+        at_once.insert_all(keys);
+        let sorted = |s: &ShardedSet<u64>| {
+            let mut all: Vec<u64> = s.iter().copied().collect();
+            all.sort_unstable();
+            all
+        };
+        assert_eq!(sorted(&at_once), sorted(&one_by_one));
+        assert_eq!(at_once.len(), one_by_one.len());
     }
 
     #[test]
