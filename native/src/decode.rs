@@ -82,6 +82,54 @@ pub fn decode_fast(raw: &[u8], max_bytes: usize, max_depth: usize) -> Option<Eve
     ev.valid().then_some(ev)
 }
 
+/// Where a decoded event's strings are in its record, and its numbers: enough to give the same event again from
+/// the same bytes without decoding them (stream._native's staged gifts, decoded when the merge needed their time).
+#[derive(Clone, Copy, Debug)]
+pub struct EventSpans {
+    strs: [(u32, u32); 6], // (start, length) of event_id, room_id, creator_id, sender_id, region, group_id
+    ints: [i64; 5],        // gift_id, gift_type, diamond_count, repeat_count, ts
+    repeat_end: bool,
+}
+
+impl EventSpans {
+    /// The spans of `ev`, decoded from `raw`; None when one of its strings is not a slice of `raw` (serde
+    /// unescaped it).
+    pub fn of(ev: &Event<'_>, raw: &[u8]) -> Option<Self> {
+        let base = raw.as_ptr() as usize;
+        let span = |s: &Cow<'_, str>| -> Option<(u32, u32)> {
+            match s {
+                _ if s.is_empty() => Some((0, 0)), // serde's default is an empty owned string
+                Cow::Borrowed(text) => {
+                    let start = (text.as_ptr() as usize).checked_sub(base)?;
+                    (start + text.len() <= raw.len()).then_some((start as u32, text.len() as u32))
+                }
+                Cow::Owned(_) => None,
+            }
+        };
+        Some(EventSpans {
+            strs: [span(&ev.event_id)?, span(&ev.room_id)?, span(&ev.creator_id)?, span(&ev.sender_id)?,
+                   span(&ev.region)?, span(&ev.group_id)?],
+            ints: [ev.gift_id, ev.gift_type, ev.diamond_count, ev.repeat_count, ev.ts],
+            repeat_end: ev.repeat_end,
+        })
+    }
+
+    /// The event again. `raw` must be the very bytes `of` was given (the caller holds them: a Python bytes object
+    /// is immutable).
+    pub fn event<'a>(&self, raw: &'a [u8]) -> Event<'a> {
+        let s = |k: usize| -> Cow<'a, str> {
+            let (start, len) = self.strs[k];
+            let bytes = &raw[start as usize..(start + len) as usize];
+            debug_assert!(std::str::from_utf8(bytes).is_ok());
+            // SAFETY: the same bytes held this span as a str when `of` took it.
+            Cow::Borrowed(unsafe { std::str::from_utf8_unchecked(bytes) })
+        };
+        let [gift_id, gift_type, diamond_count, repeat_count, ts] = self.ints;
+        Event { event_id: s(0), room_id: s(1), creator_id: s(2), sender_id: s(3), gift_id, gift_type, diamond_count,
+                repeat_count, repeat_end: self.repeat_end, ts, region: s(4), group_id: s(5) }
+    }
+}
+
 /// A structural rule a record breaks (stream.engine.model.scan_structure words it; the native decoder only
 /// declines such records, so the reason and detail come from Python).
 #[derive(Debug, PartialEq, Eq)]
@@ -547,5 +595,22 @@ mod tests {
         ] {
             assert!(decode_fast(bad, 1 << 20, 32).is_none(), "{}", String::from_utf8_lossy(bad));
         }
+    }
+
+    #[test]
+    fn spans_give_the_decoded_event_again() {
+        let escaped = br#"{"event_id":"e\u0031","room_id":"r","creator_id":"c","sender_id":"s","gift_id":5,"gift_type":1,"diamond_count":1,"repeat_count":3,"repeat_end":false,"ts":1000}"#;
+        let flat = br#"{"event_id":"e1","room_id":"r","creator_id":"c7","sender_id":"s","gift_id":5,"gift_type":1,"diamond_count":1,"repeat_count":3,"repeat_end":true,"group_id":"g","ts":7,"region":"JP"}"#;
+        assert!(FlatScanner::new(flat).event().is_some());
+        for raw in [GOOD, &flat[..]] {
+            let ev = decode_fast(raw, 1 << 20, 32).unwrap();
+            let again = EventSpans::of(&ev, raw).expect("every string is a slice of the record").event(raw);
+            assert_eq!(format!("{again:?}"), format!("{ev:?}"));
+        }
+        let ev = decode_fast(escaped, 1 << 20, 32).unwrap();
+        assert_eq!(ev.event_id, "e1");
+        assert!(EventSpans::of(&ev, escaped).is_none()); // an unescaped string is not in the record: decode again
+        let other = flat.to_vec();
+        assert!(EventSpans::of(&decode_fast(GOOD, 1 << 20, 32).unwrap(), &other).is_none()); // another record's
     }
 }

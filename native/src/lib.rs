@@ -14,6 +14,7 @@ mod engine;
 mod ids;
 mod sharded;
 mod msgpack;
+mod staged;
 mod murmur2;
 mod record_batch;
 
@@ -26,9 +27,10 @@ use foldhash::{HashMap, HashSet};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyTuple};
 
-use decode::{decode_fast, Event};
+use decode::{decode_fast, Event, EventSpans};
 use ids::{Id, StreakKey};
 use sharded::ChunkedVec;
+use staged::Staged;
 
 // Most of the engine's allocations are small strings (ids, keys) that live briefly or long; mimalloc
 // handles that mix much better than glibc's allocator.
@@ -66,6 +68,7 @@ struct Core {
     late_cls: Py<PyAny>,
     missed_cls: Py<PyAny>,
     reject_texts: RejectTexts,
+    staged: Staged, // gifts decoded for their merge time, for `process` to take (staged.rs)
 }
 
 /// The wording of the engine's rejects: stream.engine.model.EVENT_REJECTIONS, in its order (model.Rejection
@@ -190,7 +193,20 @@ impl Core {
                   late_cls: classes.1, missed_cls: classes.2,
                   reject_texts: RejectTexts { wrong_partition: rejects.0, unknown_region: rejects.1,
                                               too_far_future: rejects.2, too_old: rejects.3,
-                                              no_region: rejects.4, account_region: rejects.5 } })
+                                              no_region: rejects.4, account_region: rejects.5 },
+                  staged: Staged::default() })
+    }
+
+    /// The merge times of this partition's gift records values[lo:] (stream.engine.order.gift_times); what was
+    /// decoded of them is kept for `process`, which takes it when they come next (staged.rs).
+    fn gift_times(&mut self, values: &Bound<'_, PyList>, lo: usize, fallback: &Bound<'_, PyAny>) -> PyResult<Vec<i64>> {
+        let depth = self.max_json_depth;
+        merge_times(values, lo, depth, fallback, Some(self))
+    }
+
+    /// How many records are staged (staged.rs): for tests.
+    fn staged_count(&self) -> usize {
+        self.staged.len()
     }
 
     /// One batch of raw records of this partition, in offset order.
@@ -202,7 +218,7 @@ impl Core {
             let me = &mut *core;
             let (partitions, partition) = (me.engine.cfg.partitions, me.engine.cfg.partition);
             let limits = (me.max_record_bytes, me.max_json_depth);
-            decode_and_process(&mut [&mut me.engine], &me.hooks, limits, raws, |ev| {
+            decode_and_process(&mut [&mut me.engine], &me.hooks, limits, raws, Some(&mut me.staged), |ev| {
                 engine::owned_by(partitions, partition, &ev.creator_id).map(|()| 0)
             })?;
             me.engine.stats.events_in += raws.len() as u64;
@@ -513,6 +529,13 @@ impl Core {
 
     /// Turn the collected outputs into Python records (in emission order) and add the counters to out.stats.
     /// The core is not borrowed mutably meanwhile: the hooks read it back (a notice's account: Core.account).
+    /// Stage the next record of this partition with what the fast decoder found in it (None: not taken, or taken
+    /// past this core's size limit, where `process` must give the Python decoder's verdict).
+    fn stage(&mut self, raw: &Bound<'_, PyBytes>, spans: Option<EventSpans>, bytes: &[u8]) {
+        let spans = spans.filter(|_| bytes.len() <= self.max_record_bytes);
+        self.staged.push(raw, spans);
+    }
+
     fn flush(slf: &Bound<'_, Self>, py: Python<'_>, raws: Option<&Bound<'_, PyList>>,
              offsets: Option<&Bound<'_, PyAny>>, out: &Bound<'_, PyAny>, batch: bool) -> PyResult<()> {
         let taken = slf.borrow_mut().take_outputs();
@@ -652,15 +675,16 @@ enum Routed<'a> {
     Bad(Reject),
 }
 
-/// A batch's records, in order, each decoded and sent to `engines[route(event)]`; a record the decoder rejects,
+/// A batch's records, in order, each decoded (or taken from `staged`, when the merge decoded it already) and sent
+/// to `engines[route(event)]`; a record the decoder rejects,
 /// or whose event `route` refuses, becomes a reject of `engines[0]`. Each record is decoded, routed and
 /// prepared (its dedupe slot prefetched) PREPARE_AHEAD records before its engine processes it; the engines still
 /// see the records one at a time, in order. Returns how many records each engine took. A record that is not
 /// bytes, or that the decode hook fails on, ends the call with its error after the records before it are
 /// processed.
 fn decode_and_process(engines: &mut [&mut Engine], hooks: &Hooks, (max_bytes, max_depth): (usize, usize),
-                      raws: &Bound<'_, PyList>, route: impl Fn(&Event) -> Result<usize, Reject>)
-                      -> PyResult<Vec<u64>> {
+                      raws: &Bound<'_, PyList>, mut staged: Option<&mut Staged>,
+                      route: impl Fn(&Event) -> Result<usize, Reject>) -> PyResult<Vec<u64>> {
     let mut items = Vec::with_capacity(raws.len());
     let mut failed = None;
     for item in raws.iter() {
@@ -688,7 +712,11 @@ fn decode_and_process(engines: &mut [&mut Engine], hooks: &Hooks, (max_bytes, ma
     };
     let mut ahead: VecDeque<(usize, Routed<'_>)> = VecDeque::with_capacity(PREPARE_AHEAD + 1);
     for (i, bytes) in items.iter().enumerate() {
-        let routed = match decode_record(bytes, max_bytes, max_depth, hooks) {
+        let decoded = match staged.as_deref_mut().and_then(|stage| stage.take(bytes)) {
+            Some(spans) => Ok(Decoded::Event(spans.event(bytes.as_bytes()))),
+            None => decode_record(bytes, max_bytes, max_depth, hooks),
+        };
+        let routed = match decoded {
             Ok(Decoded::Event(ev)) => match route(&ev) {
                 Ok(p) => Routed::Event { p, id: engines[p].prepare(&ev), ev },
                 Err(reject) => Routed::Bad(reject),
@@ -737,7 +765,7 @@ fn process_routed(py: Python<'_>, cores: Vec<Bound<'_, Core>>, raws: &Bound<'_, 
         let Core { engine, hooks, .. } = &mut **first;
         let mut all: Vec<&mut Engine> = vec![engine];
         all.extend(rest.iter_mut().map(|core| &mut core.engine));
-        decode_and_process(&mut all, hooks, limits, raws, |ev| {
+        decode_and_process(&mut all, hooks, limits, raws, None, |ev| {
             Ok(murmur2::partition_for(ev.creator_id.as_bytes(), n) as usize)
         })?
     };
@@ -901,24 +929,41 @@ fn schema_differences(ours: &Bound<'_, PyDict>, theirs: &Bound<'_, PyDict>) -> P
 /// share in file order, with the merge time of each record (stream.engine.order): what the merged replay queues per
 /// partition. A record the native decoder takes is certainly a valid gift, so its key is its creator_id and its time
 /// its ts; any other record is asked of `fallback(raw) -> (key or None, merge time)` (the Python rules), and a
-/// record without a key goes to partition 0.
+/// record without a key goes to partition 0. `cores`, when given, are the partitions' engines, cores[p] for
+/// partition p: each keeps what was decoded of its share for its `process` (staged.rs).
 #[pyfunction]
+#[pyo3(signature = (raws, partitions, max_bytes, max_depth, fallback, cores=None))]
 fn split_gifts<'py>(py: Python<'py>, raws: &Bound<'py, PyList>, partitions: u32, max_bytes: usize,
-                    max_depth: usize, fallback: &Bound<'py, PyAny>)
+                    max_depth: usize, fallback: &Bound<'py, PyAny>, cores: Option<Vec<Bound<'py, Core>>>)
                     -> PyResult<Vec<(Bound<'py, PyList>, Vec<i64>)>> {
     if partitions == 0 {
         return Err(pyo3::exceptions::PyValueError::new_err("split_gifts needs at least one partition"));
     }
+    let mut stages: Vec<PyRefMut<'_, Core>> = match &cores {
+        Some(cores) if cores.len() != partitions as usize => {
+            return Err(pyo3::exceptions::PyValueError::new_err("split_gifts needs one core per partition"));
+        }
+        Some(cores) => cores.iter().map(|c| c.try_borrow_mut()).collect::<Result<_, _>>()?,
+        None => Vec::new(),
+    };
+    if stages.iter().any(|core| (core.max_record_bytes, core.max_json_depth) != (max_bytes, max_depth)) {
+        // What was decoded under other limits is not what the cores' own decode would give.
+        return Err(pyo3::exceptions::PyValueError::new_err("split_gifts' limits must be the cores' own"));
+    }
     let mut shares: Vec<(Vec<Bound<'py, PyAny>>, Vec<i64>)> = (0..partitions).map(|_| (Vec::new(), Vec::new())).collect();
     for item in raws.iter() {
         let bytes = item.cast::<PyBytes>()?;
-        let (p, time) = match decode_fast(bytes.as_bytes(), max_bytes, max_depth) {
-            Some(ev) => (murmur2::partition_for(ev.creator_id.as_bytes(), partitions), ev.ts),
+        let raw = bytes.as_bytes();
+        let (p, time, spans) = match decode_fast(raw, max_bytes, max_depth) {
+            Some(ev) => (murmur2::partition_for(ev.creator_id.as_bytes(), partitions), ev.ts, EventSpans::of(&ev, raw)),
             None => {
                 let (key, time): (Option<Vec<u8>>, i64) = fallback.call1((&item,))?.extract()?;
-                (key.map_or(0, |k| murmur2::partition_for(&k, partitions)), time)
+                (key.map_or(0, |k| murmur2::partition_for(&k, partitions)), time, None)
             }
         };
+        if let Some(core) = stages.get_mut(p as usize) {
+            core.stage(bytes, spans, raw);
+        }
         let share = &mut shares[p as usize];
         share.0.push(item);
         share.1.push(time);
@@ -928,20 +973,34 @@ fn split_gifts<'py>(py: Python<'py>, raws: &Bound<'py, PyList>, partitions: u32,
 
 /// The merge times of gift records from index `lo` on (stream.engine.order.Pending.stamps): a record the native
 /// decoder takes is certainly a valid gift, and its time is its ts; any other (None included) is asked of
-/// `fallback(value) -> time` (the Python rules, stream.engine.order.record_time).
-#[pyfunction]
-fn gift_times(values: &Bound<'_, PyList>, lo: usize, max_depth: usize, fallback: &Bound<'_, PyAny>)
-              -> PyResult<Vec<i64>> {
+/// `fallback(value) -> time` (the Python rules, stream.engine.order.record_time). `core`, when given, keeps what
+/// was decoded for its `process` (staged.rs).
+fn merge_times(values: &Bound<'_, PyList>, lo: usize, max_depth: usize, fallback: &Bound<'_, PyAny>,
+               mut core: Option<&mut Core>) -> PyResult<Vec<i64>> {
     let mut times = Vec::with_capacity(values.len().saturating_sub(lo));
     for j in lo..values.len() {
         let item = values.get_item(j)?;
-        let fast = item.cast::<PyBytes>().ok().and_then(|b| decode_fast(b.as_bytes(), usize::MAX, max_depth).map(|ev| ev.ts));
-        times.push(match fast {
-            Some(ts) => ts,
+        let Ok(bytes) = item.cast::<PyBytes>() else {
+            times.push(fallback.call1((&item,))?.extract()?);
+            continue;
+        };
+        let raw = bytes.as_bytes();
+        let fast = decode_fast(raw, usize::MAX, max_depth); // a record's time does not depend on its size
+        times.push(match &fast {
+            Some(ev) => ev.ts,
             None => fallback.call1((&item,))?.extract()?,
         });
+        if let Some(core) = core.as_deref_mut() {
+            core.stage(bytes, fast.and_then(|ev| EventSpans::of(&ev, raw)), raw);
+        }
     }
     Ok(times)
+}
+
+#[pyfunction]
+fn gift_times(values: &Bound<'_, PyList>, lo: usize, max_depth: usize, fallback: &Bound<'_, PyAny>)
+              -> PyResult<Vec<i64>> {
+    merge_times(values, lo, max_depth, fallback, None)
 }
 
 /// The end of a merge run (stream.engine.order.run_end): the first index in [lo, hi) whose stamp is past `limit`

@@ -22,7 +22,7 @@ from collections.abc import Callable, MutableMapping, Sequence
 import msgspec
 
 from stream.config import ENGINES
-from stream.engine import model
+from stream.engine import model, order
 from stream.engine.model import AccountClosed, CreatorAccount, LateGift, MissedWindow, Payout, WindowTotal
 from stream.engine.policy import Policy
 from stream.engine.protocol import Changelog, ChunkStarts, Engine, Outputs, PricedIn, StateCounts, StateSizes
@@ -42,13 +42,17 @@ def native_available() -> bool:
 
 
 def split_gifts(raws: list[bytes], partitions: int, policy: Policy,
-                fallback: Callable[[bytes], tuple[bytes | None, int]]) -> list[tuple[list[bytes], list[int]]] | None:
+                fallback: Callable[[bytes], tuple[bytes | None, int]],
+                engines: Sequence[Engine] = ()) -> list[tuple[list[bytes], list[int]]] | None:
     """The gift records of a session split by partition, with their merge times (stream._native.split_gifts); None
     when the compiled module is not built. fallback(raw) -> (key or None, merge time) decides each record the native
-    decoder does not take as a valid gift."""
+    decoder does not take as a valid gift. engines: the partitions' (engines[p] for partition p); when they are
+    compiled ones, each keeps what was decoded of its share for its `process` (Engine.gift_times)."""
     if _native is None:
         return None
-    return _native.split_gifts(raws, partitions, policy.max_record_bytes, model.MAX_JSON_DEPTH, fallback)
+    cores = [e._core for e in engines if isinstance(e, NativePartitionEngine)]
+    return _native.split_gifts(raws, partitions, policy.max_record_bytes, model.MAX_JSON_DEPTH, fallback,
+                               cores if cores and len(cores) == len(engines) == partitions else None)
 
 
 class _NativeOwners(dict):
@@ -98,6 +102,9 @@ class NativePartitionEngine(EngineEdges):
             self._load(state)
 
     # ---------------------------------------------------------------- batches
+
+    def gift_times(self, values: list[bytes | None], lo: int) -> list[int]:
+        return self._core.gift_times(values, lo, order.gift_time)
 
     def process(self, raws: list[bytes], offsets: list[int] | int | None = None,
                 out: Outputs | None = None) -> Outputs:

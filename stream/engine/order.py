@@ -87,6 +87,9 @@ class Pending:
     # wall-clock ms), rising.
     arrivals: list[tuple[int, int]] = field(default_factory=list)
     start: int = 0  # index of the next record to process
+    # Reads the gifts' times (values, lo) -> times of values[lo:]: the partition's Engine.gift_times, so the
+    # compiled engine keeps what it decoded for its process; module gift_times when None.
+    gift_times: Callable[[list[bytes | None], int], list[int]] | None = None
 
     def __len__(self) -> int:
         return len(self.offsets) - self.start
@@ -135,7 +138,7 @@ class Pending:
         if len(self.times) < len(self.offsets):
             kind, values, kafka = self.kind, self.values, self.kafka_ts
             if kind is Input.GIFTS:  # most of the records: read in the compiled module when it is built
-                self.times += gift_times(values, len(self.times))
+                self.times += (self.gift_times or gift_times)(values, len(self.times))
                 return self.times
             tombstones = kind is Input.ACCOUNTS  # a null gift or payout is bad input: time 0, as unreadable
             self.times += [kafka[i] if values[i] is None and tombstones else record_time(kind, values[i]) or 0

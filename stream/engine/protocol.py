@@ -35,6 +35,14 @@ class Outputs:
     dead_letters: list[DeadLetter] = field(default_factory=list)
     stats: Counter[str] = field(default_factory=Counter)
 
+    def extend(self, later: Outputs) -> None:
+        """Append what `later` holds, as if it had been emitted here after what this holds."""
+        self.notices += later.notices
+        self.window_totals += later.window_totals
+        self.late += later.late
+        self.dead_letters += later.dead_letters
+        self.stats.update(later.stats)
+
 
 @dataclass(frozen=True)
 class StateSizes:
@@ -120,6 +128,12 @@ class Engine(Protocol):
         """One batch of raw gift records of this partition, in offset order; returns `out` (a new Outputs when
         None). offsets: one per record, or the offset of the first of consecutive records (an offline replay);
         dead letters carry them."""
+        ...
+
+    def gift_times(self, values: list[bytes | None], lo: int) -> list[int]:
+        """The merge times of gift records values[lo:] of this partition, in order (stream.engine.order.gift_time's
+        rule), read before their turn comes. The compiled engine keeps what it decoded of them, so `process`, given
+        them next, does not decode them again."""
         ...
 
     @staticmethod

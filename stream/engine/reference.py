@@ -27,7 +27,7 @@ import weakref
 from collections.abc import Callable, MutableMapping, Sequence
 from dataclasses import dataclass, field
 
-from stream.engine import model
+from stream.engine import model, order
 from stream.engine.model import (
     AccountClosed,
     CreatorAccount,
@@ -155,6 +155,9 @@ class EngineEdges:
     @property
     def source_topic(self) -> str:
         return self.hooks.source_topic
+
+    def gift_times(self, values: list[bytes | None], lo: int) -> list[int]:
+        return [order.gift_time(v) for v in values[lo:]]
 
     @staticmethod
     def _check_partition(partition: int, partitions: int) -> None:

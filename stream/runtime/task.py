@@ -192,13 +192,13 @@ class PartitionTask:
             if assigned is None or topic in assigned}
         self.inputs = tuple(self.input_tps.values())
         self.kinds = {tp: kind for kind, tp in self.input_tps.items()}
+        self.engine: Engine | None = None
         # The merge (stream.engine.order): each input's records waiting for their turn.
-        self.pending = [Pending(kind) for kind in Input]
+        self.pending = self._new_pending()
         self._paused: set[TopicPartition] = set()
         self.capped = False  # the last batch stopped at batch_max_records with records of its turn still waiting
         self.state = TaskState.CREATED
         self.progress = RestoreProgress()
-        self.engine: Engine | None = None
         self.writer: ChangelogWriter | None = None
         self.producer: AIOKafkaProducer | None = plain_producer  # at-least-once: the worker's shared one
         self._owns_producer = plain_producer is None  # exactly-once: one per restore attempt
@@ -258,7 +258,7 @@ class PartitionTask:
             raise outcome_of(e) from e
         for tp in self.inputs:
             self.consumer.seek(tp, positions[tp])
-        self.pending = [Pending(kind) for kind in Input]
+        self.pending = self._new_pending()
         self.committed = positions
         self.clean = True
         self.state = TaskState.RUNNING
@@ -387,6 +387,11 @@ class PartitionTask:
             raise
 
     # ------------------------------------------------------------------ batches
+
+    def _new_pending(self) -> list[Pending]:
+        """Each input's queue for the merge, empty; the gifts' times are read by the engine (Engine.gift_times)."""
+        times = self.engine.gift_times if self.engine is not None else None
+        return [Pending(kind, gift_times=times if kind is Input.GIFTS else None) for kind in Input]
 
     def add(self, tp: TopicPartition, msgs: list) -> None:
         """Polled records of one of the inputs: they wait for their turn in the merge."""

@@ -39,14 +39,6 @@ def assert_same_outputs(a: Outputs, b: Outputs) -> None:
     assert a.stats == b.stats
 
 
-def _extend(total: Outputs, out: Outputs) -> None:
-    total.notices += out.notices
-    total.window_totals += out.window_totals
-    total.late += out.late
-    total.dead_letters += out.dead_letters
-    total.stats.update(out.stats)
-
-
 def feed(engine, items: Sequence[Input], first_offset: int, out: Outputs) -> None:
     """Items in their order: each run of gift records one batch, each run of payouts or of account records one
     call; an item's offset is its index (plus first_offset)."""
@@ -102,7 +94,7 @@ def run_side_by_side(policy, records: Sequence[Input], cuts: list[int], payouts:
                 eng.apply_payouts([model.decode_payout(raw)], [raw], [n], out)
             outs.append(out)
         assert_same_outputs(*outs)
-        _extend(total, outs[0])
+        total.extend(outs[0])
         py_records, step_records = py_log.drain(py), native_log.drain(native)
         assert len(py_records) == len(step_records)  # one record per changed key, no more
         assert dict(py_records) == dict(step_records)
@@ -128,7 +120,7 @@ def run_side_by_side(policy, records: Sequence[Input], cuts: list[int], payouts:
         eng.end_of_stream(out)
     for out in outs[1:]:
         assert_same_outputs(outs[0], out)
-    _extend(total, outs[0])
+    total.extend(outs[0])
     assert py.state == native.state
     assert py.sizes() == native.sizes()
     for eng in (py, native):  # the O(1) counts are the walked sizes' table lengths

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from stream.engine import model
 from stream.engine.native import native_available
+from stream.engine.protocol import Outputs
 from tests.support.differential import run_side_by_side
 from tests.support.events import T0, gift
 
@@ -127,3 +128,44 @@ def test_the_compiled_merge_times_of_gifts_are_the_python_ones(records, lo):
     from stream.engine import order
 
     assert order.gift_times(records, lo) == [order.record_time(order.Input.GIFTS, v) or 0 for v in records[lo:]]
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(records=st.lists(st.one_of(hostile_records(), session_gift_records(), st.just(b"")), min_size=1, max_size=10),
+       staged=st.integers(0, 11), cut=st.integers(0, 11), stale=st.sampled_from([None, "others", "skipped"]),
+       max_bytes=st.sampled_from([None, 256]))
+def test_a_gift_decoded_for_its_merge_time_is_processed_as_if_decoded_again(policy, records, staged, cut, stale,
+                                                                             max_bytes):
+    """The compiled engine keeps what Engine.gift_times decoded (stream._native's stage) for the process that takes
+    those records next, and lets the stage go when other records come first. Either way the outputs, the changes
+    and the state are those of an engine that kept nothing: records staged whole or in part, processed in one batch
+    or two, a stage of other records (their strings elsewhere in their bytes) or one that skips the first record,
+    and records over the engine's size limit that the time's decode takes whatever their size."""
+    import dataclasses
+
+    from stream.engine import order
+    from stream.engine.native import NativePartitionEngine
+    from stream.state.changelog import ChangelogWriter
+    from tests.support.differential import assert_same_outputs
+
+    if max_bytes is not None:
+        policy = dataclasses.replace(policy, max_record_bytes=max_bytes)
+    long = gift(event_id="long" + "x" * 60, room_id="r" * 64, sender_id="s" * 64, ts=T0 + 1)  # over 256 bytes
+    records = [gift(event_id="first", ts=T0), long, *records]
+    plain, staging = NativePartitionEngine(policy), NativePartitionEngine(policy)
+    if stale == "others":
+        others = [gift(event_id=f"other{i}", room_id="r" * 40, creator_id="c2", ts=T0 + i) for i in range(3)]
+        assert staging.gift_times(others, 0) == order.gift_times(others, 0)
+    elif stale == "skipped":
+        assert staging.gift_times(records, 1) == order.gift_times(records, 1)
+    assert staging.gift_times(records[:staged], 0) == order.gift_times(records[:staged], 0)
+    outs = [Outputs(), Outputs()]
+    logs = [ChangelogWriter(), ChangelogWriter()]
+    for lo, hi in ((0, cut), (cut, len(records))):
+        for engine, out in zip((plain, staging), outs, strict=True):
+            if records[lo:hi]:
+                engine.process(records[lo:hi], lo, out)
+        assert dict(logs[0].drain(plain)) == dict(logs[1].drain(staging))
+    assert_same_outputs(*outs)
+    assert plain.state == staging.state
+    assert staging._core.staged_count() == 0  # taken, or let go at the first record it did not hold next

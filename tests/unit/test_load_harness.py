@@ -409,6 +409,61 @@ def test_ground_truth_with_accounts_and_payouts_agrees_with_the_replay(policy, b
     assert any(n.trigger == "account" for n in result.outputs.notices)
 
 
+@pytest.mark.parametrize("engine", ["native", "python"])
+def test_a_merged_replay_gives_the_same_bytes_whatever_the_chunks_its_gifts_are_merged_in(policy, engine, tmp_path,
+                                                                                         monkeypatch):
+    """The merged replays take the gifts GIFT_CHUNK records at a time, a partition's gift input counting as one that
+    may still deliver while more are to come: a record at a time, odd chunks and all at once give the same bytes out,
+    for a session and for a recording of the same records."""
+    from load.generator import TrafficConfig, generate_inputs
+    from stream.engine.order import Input
+    from stream.kafka.recording import Record, RecordingWriter, TopicInfo, new_header, read_recording
+    from stream.kafka.routing import PartitionCache
+    from stream.kafka.session_files import key_of
+    from stream.runtime import replay as replays
+
+    if engine == "native" and not native_available():
+        pytest.skip("native engine not built")
+    inputs = generate_inputs(TrafficConfig(seed=5, events=3_000, creators=12, senders=300, rate_per_s=40.0,
+                                           malformed_rate=0.02, late_rate=0.02, accounts=True, payout_rate=0.01))
+    accounts = [(k, v, t) for (k, v), t in zip(inputs.accounts, inputs.account_times, strict=True)]
+    session = replays.Session(inputs.gifts, inputs.payouts, [replays.AccountRecord(k, v, t) for k, v, t in accounts])
+    owners, partitions = PartitionCache(3), 3
+    records, ends = [], {kind: dict.fromkeys(range(partitions), 0) for kind in Input}
+    for kind, stream, times in ((Input.GIFTS, [(key_of(g)[0], g) for g in inputs.gifts], inputs.gift_times),
+                                (Input.PAYOUTS, [(key_of(q)[0], q) for q in inputs.payouts], inputs.payout_times),
+                                (Input.ACCOUNTS, [(k, v) for k, v, _ in accounts], inputs.account_times)):
+        for (key, value), t in zip(stream, times, strict=True):
+            p = 0 if key is None else owners[key]
+            records.append(Record(kind, p, ends[kind][p], t, key, value))
+            ends[kind][p] += 1
+    names = {Input.GIFTS: "gifts", Input.PAYOUTS: "payouts", Input.ACCOUNTS: "creator-accounts"}
+    header = new_header({kind: TopicInfo(names[kind], partitions) for kind in Input},
+                        {kind: {p: (0, n) for p, n in ends[kind].items()} for kind in Input})
+    with RecordingWriter(tmp_path / "r.jsonl", header) as w:
+        for r in sorted(records, key=lambda r: (r.input, r.partition, r.offset)):
+            w.write(r)
+    recording = read_recording(tmp_path / "r.jsonl")
+
+    def outputs(chunk: int) -> list[dict[str, bytes]]:
+        """Each output file of the session's replay, then of the recording's."""
+        monkeypatch.setattr(replays, "GIFT_CHUNK", chunk)
+        got = []
+        for n, result in enumerate((replays.replay(session, policy, partitions=partitions, final=True, engine=engine),
+                                    replays.replay_recording(recording, policy, final=True, engine=engine))):
+            result.summary.pop("seconds")
+            result.summary.pop("events_per_second")
+            got.append({name: path.read_bytes()
+                        for name, path in replays.write_outputs(result, tmp_path / f"{chunk}-{n}").items()})
+        return got
+
+    whole = outputs(10**9)
+    for files in whole:
+        assert all(files[name] for name in ("payout-notices", "creator-window-totals"))
+        assert all(b'"source_topic":"%s"' % t in files["gifts-dlq"] for t in (b"payouts", b"creator-accounts"))
+    assert outputs(1) == whole and outputs(37) == whole
+
+
 def test_a_payout_at_the_time_of_the_gift_that_credits_its_money_applies(policy):
     """A payout that holds the time of the gift that credits its money is merged after the gift (the tie rule), so
     it applies; a milli-diamond more would not."""
