@@ -527,15 +527,15 @@ impl Core {
         (std::mem::take(&mut self.engine.outputs), std::mem::take(&mut self.engine.stats))
     }
 
-    /// Turn the collected outputs into Python records (in emission order) and add the counters to out.stats.
-    /// The core is not borrowed mutably meanwhile: the hooks read it back (a notice's account: Core.account).
     /// Stage the next record of this partition with what the fast decoder found in it (None: not taken, or taken
     /// past this core's size limit, where `process` must give the Python decoder's verdict).
-    fn stage(&mut self, raw: &Bound<'_, PyBytes>, spans: Option<EventSpans>, bytes: &[u8]) {
-        let spans = spans.filter(|_| bytes.len() <= self.max_record_bytes);
+    fn stage(&mut self, raw: &Bound<'_, PyBytes>, spans: Option<EventSpans>) {
+        let spans = spans.filter(|_| raw.as_bytes().len() <= self.max_record_bytes);
         self.staged.push(raw, spans);
     }
 
+    /// Turn the collected outputs into Python records (in emission order) and add the counters to out.stats.
+    /// The core is not borrowed mutably meanwhile: the hooks read it back (a notice's account: Core.account).
     fn flush(slf: &Bound<'_, Self>, py: Python<'_>, raws: Option<&Bound<'_, PyList>>,
              offsets: Option<&Bound<'_, PyAny>>, out: &Bound<'_, PyAny>, batch: bool) -> PyResult<()> {
         let taken = slf.borrow_mut().take_outputs();
@@ -962,7 +962,7 @@ fn split_gifts<'py>(py: Python<'py>, raws: &Bound<'py, PyList>, partitions: u32,
             }
         };
         if let Some(core) = stages.get_mut(p as usize) {
-            core.stage(bytes, spans, raw);
+            core.stage(bytes, spans);
         }
         let share = &mut shares[p as usize];
         share.0.push(item);
@@ -991,7 +991,7 @@ fn merge_times(values: &Bound<'_, PyList>, lo: usize, max_depth: usize, fallback
             None => fallback.call1((&item,))?.extract()?,
         });
         if let Some(core) = core.as_deref_mut() {
-            core.stage(bytes, fast.and_then(|ev| EventSpans::of(&ev, raw)), raw);
+            core.stage(bytes, fast.and_then(|ev| EventSpans::of(&ev, raw)));
         }
     }
     Ok(times)

@@ -25,13 +25,11 @@ pub struct Staged {
 }
 
 impl Staged {
-    /// Stage the next record; false (nothing staged) when the stage is full.
-    pub fn push(&mut self, raw: &Bound<'_, PyBytes>, spans: Option<EventSpans>) -> bool {
-        if self.records.len() >= MAX_STAGED {
-            return false;
+    /// Stage the next record; nothing when the stage is full.
+    pub fn push(&mut self, raw: &Bound<'_, PyBytes>, spans: Option<EventSpans>) {
+        if self.records.len() < MAX_STAGED {
+            self.records.push_back((raw.clone().unbind(), spans));
         }
-        self.records.push_back((raw.clone().unbind(), spans));
-        true
     }
 
     /// What was staged for `raw` when it is the record staged next (then it is no longer staged); None when it

@@ -160,6 +160,12 @@ class Pending:
         return taken
 
 
+def new_queues(gift_times: Callable[[list[bytes | None], int], list[int]] | None = None) -> list[Pending]:
+    """A partition's empty queue of each input, in Input order; the gifts' times read by `gift_times` (the
+    partition's Engine.gift_times)."""
+    return [Pending(kind, gift_times=gift_times if kind is Input.GIFTS else None) for kind in Input]
+
+
 @dataclass(frozen=True, slots=True)
 class Run:
     """Consecutive records of one input, next in the merged order: indices [lo, hi) of its Pending."""

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from stream.engine import model
 from stream.engine.native import make_engine, split_gifts
-from stream.engine.order import FINISHED, UNKNOWN, Input, Pending, feed, gift_time, runs, valid_time
+from stream.engine.order import FINISHED, UNKNOWN, Input, feed, gift_time, new_queues, runs, valid_time
 from stream.engine.policy import Policy
 from stream.engine.protocol import Engine, Outputs
 from stream.kafka.recording import INPUT_NAMES, PartitionLog, Recording
@@ -240,7 +240,7 @@ class _Merge:
                  progress: Callable[[int], None] | None) -> None:
         self.engines, self.names, self.policy = engines, names, policy
         self.batch_size, self.progress = batch_size, progress
-        self.pending = {p: _new_pending(e) for p, e in engines.items()}
+        self.pending = {p: new_queues(e.gift_times) for p, e in engines.items()}
         self.outputs = {p: Outputs() for p in engines}
 
     def run(self, partitions: Iterable[int], gifts_complete: bool) -> None:
@@ -269,11 +269,6 @@ class _Merge:
         result = ReplayResult(out, self.engines, records, seconds, len(self.engines))
         result.summary = summarize(result)
         return result
-
-
-def _new_pending(engine: Engine) -> list[Pending]:
-    """A partition's queues for the merge; its engine reads the gifts' times (Engine.gift_times)."""
-    return [Pending(kind, gift_times=engine.gift_times if kind is Input.GIFTS else None) for kind in Input]
 
 
 def summarize(result: ReplayResult) -> dict:

@@ -33,7 +33,7 @@ from aiokafka.structs import OffsetAndMetadata
 from stream.config import WorkerConfig
 from stream.engine import model
 from stream.engine.native import make_engine, resolve_kind
-from stream.engine.order import FINISHED, UNKNOWN, Input, Pending, feed, runs
+from stream.engine.order import FINISHED, UNKNOWN, Input, feed, new_queues, runs
 from stream.engine.policy import Policy
 from stream.engine.protocol import Engine, Outputs
 from stream.kafka.aiokafka_patches import GroupRebalancing, NotAMember
@@ -194,7 +194,7 @@ class PartitionTask:
         self.kinds = {tp: kind for kind, tp in self.input_tps.items()}
         self.engine: Engine | None = None
         # The merge (stream.engine.order): each input's records waiting for their turn.
-        self.pending = self._new_pending()
+        self.pending = new_queues()  # queues reading through the engine replace these once it is restored
         self._paused: set[TopicPartition] = set()
         self.capped = False  # the last batch stopped at batch_max_records with records of its turn still waiting
         self.state = TaskState.CREATED
@@ -258,7 +258,7 @@ class PartitionTask:
             raise outcome_of(e) from e
         for tp in self.inputs:
             self.consumer.seek(tp, positions[tp])
-        self.pending = self._new_pending()
+        self.pending = new_queues(self.engine.gift_times)
         self.committed = positions
         self.clean = True
         self.state = TaskState.RUNNING
@@ -387,11 +387,6 @@ class PartitionTask:
             raise
 
     # ------------------------------------------------------------------ batches
-
-    def _new_pending(self) -> list[Pending]:
-        """Each input's queue for the merge, empty; the gifts' times are read by the engine (Engine.gift_times)."""
-        times = self.engine.gift_times if self.engine is not None else None
-        return [Pending(kind, gift_times=times if kind is Input.GIFTS else None) for kind in Input]
 
     def add(self, tp: TopicPartition, msgs: list) -> None:
         """Polled records of one of the inputs: they wait for their turn in the merge."""
